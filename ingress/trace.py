@@ -1,0 +1,63 @@
+"""Trace header (RFC 5321 4.4) and the header summary carried in `received` events."""
+from __future__ import annotations
+
+import email.utils
+from email.header import decode_header, make_header
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from schemas.events import HeaderSummary
+
+__all__ = ["received_header", "summarize_headers"]
+
+_SUMMARY_LIMIT = 998  # one header line's worth; the summary is for analytics, not rendering
+
+
+def received_header(
+    *,
+    helo: str,
+    client_ip: str,
+    reverse_name: str,
+    by_host: str,
+    protocol: str,
+    message_id: str,
+    recipients: list[str],
+) -> bytes:
+    """The `Received:` line the ingress prepends, folded, ending in CRLF."""
+    client = f"{reverse_name or 'unknown'} [{client_ip}]"
+    helo_part = _clean(helo) or "unknown"
+    for_part = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
+    date = email.utils.format_datetime(email.utils.localtime())
+    text = (
+        f"Received: from {helo_part} ({client})\r\n"
+        f"\tby {by_host} (poststelle) with {protocol} id {message_id}{for_part};\r\n"
+        f"\t{date}\r\n"
+    )
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _clean(value: str) -> str:
+    """HELO names are client-chosen: keep them on one line and without comment syntax."""
+    return "".join(c for c in value if c.isprintable() and c not in "()\\")[:255]
+
+
+def summarize_headers(raw: bytes) -> HeaderSummary:
+    """Subject, From, To, Message-ID and Date, decoded (RFC 2047) and cut to a sane length."""
+    headers = BytesHeaderParser(policy=compat32).parsebytes(raw)
+    return HeaderSummary(
+        subject=_decoded(headers.get("Subject")),
+        header_from=_decoded(headers.get("From")),
+        header_to=_decoded(headers.get("To")),
+        message_id_header=_decoded(headers.get("Message-ID")),
+        date=_decoded(headers.get("Date")),
+    )
+
+
+def _decoded(value: object) -> str:
+    if value is None:
+        return ""
+    try:
+        text = str(make_header(decode_header(str(value))))
+    except (ValueError, LookupError, UnicodeError):
+        text = str(value)
+    return " ".join(text.split())[:_SUMMARY_LIMIT]

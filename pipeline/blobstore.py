@@ -1,0 +1,70 @@
+"""Content-addressed store for raw messages (sha256), durable before any event refers to it.
+
+Layout: ``<root>/ab/cd/<sha256>``. A blob is written to a temporary file in the same directory,
+fsynced, renamed into place and the directory fsynced, so a crash never leaves a partial blob under
+its final name. Storing the same bytes twice is a no-op.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from schemas.events import BlobRef
+
+__all__ = ["BlobStore", "BlobNotFound", "FileBlobStore"]
+
+
+class BlobNotFound(LookupError):
+    pass
+
+
+class BlobStore:
+    """The interface stages and sinks use; an S3-compatible backend would implement the same."""
+
+    def put(self, data: bytes) -> BlobRef:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def get(self, ref: BlobRef) -> bytes:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class FileBlobStore(BlobStore):
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path_of(self, sha256: str) -> Path:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise ValueError("not a sha256 hex digest")
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def put(self, data: bytes) -> BlobRef:
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.path_of(digest)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{digest}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        return BlobRef(sha256=digest, size=len(data))
+
+    def get(self, ref: BlobRef) -> bytes:
+        try:
+            data = self.path_of(ref.sha256).read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(ref.sha256) from None
+        if len(data) != ref.size:
+            raise BlobNotFound(f"{ref.sha256}: size {len(data)} != {ref.size}")
+        return data
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,182 @@
+"""The Kafka bus: topic names, client construction, topic creation.
+
+Every producer and consumer in poststelle is built here, so limits (request and fetch sizes),
+durability (`acks=all`, idempotence) and isolation (`read_committed`) are set in one place.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from pipeline.settings import KafkaSettings, Settings
+
+__all__ = ["Topics", "make_producer", "make_transactional_producer", "make_consumer", "ensure_topics"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic names, derived from the prefix and the topology (the stage order is data)."""
+
+    prefix: str
+    stages: tuple[str, ...]
+    destinations: tuple[str, ...] = ("lmtp", "smarthost")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Topics":
+        return cls(settings.kafka.topic_prefix, tuple(settings.topology.stages))
+
+    def _t(self, name: str) -> str:
+        return f"{self.prefix}.{name}"
+
+    @property
+    def received(self) -> str:
+        return self._t("received")
+
+    def checked(self, stage: str) -> str:
+        """Where `stage` writes the messages it passed on (stage_result events)."""
+        return self._t(f"checked.{stage}")
+
+    def stage_input(self, stage: str) -> str:
+        index = self.stages.index(stage)
+        return self.received if index == 0 else self.checked(self.stages[index - 1])
+
+    def routed(self, destination: str) -> str:
+        return self._t(f"routed.{destination}")
+
+    @property
+    def delivery(self) -> str:
+        """delivery_attempt, delivered, deferred and bounced events."""
+        return self._t("delivery")
+
+    @property
+    def ledger(self) -> str:
+        """Compacted: the last delivery state per (message, recipient)."""
+        return self._t("ledger")
+
+    @property
+    def rejected(self) -> str:
+        return self._t("rejected")
+
+    @property
+    def quarantine(self) -> str:
+        return self._t("quarantine")
+
+    @property
+    def deadletter(self) -> str:
+        return self._t("deadletter")
+
+    @property
+    def sessions(self) -> str:
+        """SMTP session events (connect, reject) for analytics."""
+        return self._t("sessions")
+
+    def event_topics(self) -> list[str]:
+        """Every topic that carries events analytics records (all but the ledger)."""
+        return [
+            self.received,
+            *(self.checked(s) for s in self.stages),
+            *(self.routed(d) for d in self.destinations),
+            self.delivery,
+            self.rejected,
+            self.quarantine,
+            self.deadletter,
+            self.sessions,
+        ]
+
+    def all_topics(self) -> list[str]:
+        return [*self.event_topics(), self.ledger]
+
+    def compacted(self) -> set[str]:
+        return {self.ledger}
+
+
+def _common(k: KafkaSettings, client_id: str) -> dict:
+    return {
+        "bootstrap_servers": k.bootstrap,
+        "client_id": f"{k.client_id}-{client_id}",
+        "request_timeout_ms": k.request_timeout_ms,
+    }
+
+
+def make_producer(k: KafkaSettings, client_id: str) -> AIOKafkaProducer:
+    """A durable producer: a send completes only when every in-sync replica has the record."""
+    return AIOKafkaProducer(
+        **_common(k, client_id),
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=k.max_request_size,
+        linger_ms=2,
+    )
+
+
+def make_transactional_producer(k: KafkaSettings, transactional_id: str) -> AIOKafkaProducer:
+    """A producer for consume → produce hops: outputs and input offsets commit atomically.
+
+    A restarted process with the same `transactional_id` fences its previous incarnation and aborts
+    whatever transaction it left open.
+    """
+    return AIOKafkaProducer(
+        **_common(k, transactional_id),
+        acks="all",
+        enable_idempotence=True,
+        transactional_id=transactional_id,
+        max_request_size=k.max_request_size,
+        linger_ms=2,
+    )
+
+
+def make_consumer(k: KafkaSettings, group_id: str | None, client_id: str, **extra) -> AIOKafkaConsumer:
+    """A consumer that reads only committed records and never commits on its own."""
+    return AIOKafkaConsumer(
+        **_common(k, client_id),
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=k.max_partition_fetch_bytes,
+        fetch_max_bytes=max(52_428_800, k.max_partition_fetch_bytes),
+        **extra,
+    )
+
+
+async def ensure_topics(settings: Settings, timeout: float = 60.0) -> None:
+    """Create every topic of the topology that does not exist yet (idempotent)."""
+    k = settings.kafka
+    topics = Topics.from_settings(settings)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(**_common(k, "admin"))
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            wanted = [
+                NewTopic(
+                    name,
+                    k.partitions,
+                    k.replication_factor,
+                    topic_configs={"cleanup.policy": "compact"} if name in topics.compacted() else {},
+                )
+                for name in topics.all_topics()
+                if name not in existing
+            ]
+            if wanted:
+                try:
+                    await admin.create_topics(wanted)
+                except TopicAlreadyExistsError:
+                    pass  # another process created it first
+                log.info("created topics %s", ", ".join(t.name for t in wanted))
+            return
+        except KafkaError as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            log.info("broker not ready for topic creation (%s); retrying", exc)
+            await asyncio.sleep(1.0)
+        finally:
+            await admin.close()

@@ -1,0 +1,329 @@
+"""Configuration: one TOML file, every key overridable from the environment, validated at start.
+
+The file is read into frozen dataclasses. Every key has a type; an unknown key or a value of the
+wrong form raises `ConfigError` naming the key (``ingress.port``) and the expected form, so a typo
+stops a process at start instead of being silently ignored.
+
+Environment overrides use ``POSTSTELLE_<SECTION>__<KEY>`` (double underscore between levels), e.g.
+``POSTSTELLE_INGRESS__PORT=2526`` or ``POSTSTELLE_STAGES__ROUTE__LOCAL_DESTINATION=lmtp``. Values are
+parsed as TOML values when they parse (``25``, ``true``, ``["a", "b"]``) and taken as strings
+otherwise; lists also accept ``a,b``. ``POSTSTELLE_HOME`` sets ``paths.home`` and
+``POSTSTELLE_CONFIG`` names the file.
+
+Stages and sinks declare their own settings dataclasses (``[stages.<name>]``); the loader validates
+those sections against the types the stage registry hands it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "KafkaSettings",
+    "IngressSettings",
+    "RunnerSettings",
+    "LmtpSinkSettings",
+    "AnalyticsSinkSettings",
+    "SupervisorSettings",
+    "LocalStackSettings",
+    "load_settings",
+    "parse_section",
+    "REPO_ROOT",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENV_PREFIX = "POSTSTELLE_"
+# environment variables with the prefix that are not config keys
+_ENV_NOT_KEYS = {"POSTSTELLE_HOME", "POSTSTELLE_CONFIG", "POSTSTELLE_INSTANCE", "POSTSTELLE_LOG_LEVEL"}
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value has the wrong form."""
+
+
+@dataclass(frozen=True, slots=True)
+class PathSettings:
+    home: str = "var"  # state directory: blobs, broker data, maildirs, analytics, run files
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap: str = "127.0.0.1:19092"
+    topic_prefix: str = "poststelle"
+    partitions: int = 4
+    replication_factor: int = 1
+    request_timeout_ms: int = 10_000
+    # producer request and consumer fetch limits; events carry blob references, not bodies
+    max_request_size: int = 1_048_576
+    max_partition_fetch_bytes: int = 1_048_576
+    # client id and transactional ids are derived from this plus the stage name
+    client_id: str = "poststelle"
+
+
+@dataclass(frozen=True, slots=True)
+class IngressSettings:
+    host: str = "127.0.0.1"
+    port: int = 2525
+    hostname: str = "mx.school.test"  # the name in the banner and in Received: headers
+    max_message_size: int = 26_214_400  # SIZE, 25 MiB
+    local_domains: list[str] = field(default_factory=lambda: ["school.test"])
+    # seconds to wait for the blob fsync and the broker acknowledgement before answering 451
+    persist_timeout: float = 15.0
+    data_timeout: float = 300.0  # idle timeout per command/DATA chunk (RFC 5321 4.5.3.2)
+    max_command_errors: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    batch_size: int = 200  # records per consume → process → produce transaction
+    poll_timeout_ms: int = 500
+    tempfail_backoff_initial: float = 1.0
+    tempfail_backoff_max: float = 60.0
+    max_event_bytes: int = 1_000_000  # larger input records are poison
+    max_hops: int = 64  # an event that passed more stages than this is looping: poison
+
+
+@dataclass(frozen=True, slots=True)
+class LmtpSinkSettings:
+    host: str = "127.0.0.1"
+    port: int = 2424
+    inflight: int = 16  # routed events delivered concurrently; bounds duplicates after a crash
+    timeout: float = 60.0
+    lhlo_name: str = "mx.school.test"
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsSinkSettings:
+    # empty: embedded chDB under <home>/clickhouse; else a ClickHouse server URL (http://host:8123)
+    url: str = ""
+    database: str = "poststelle"
+    batch_rows: int = 1000
+    batch_seconds: float = 1.0
+    # loopback port where the sink answers `poststelle sql` while it holds the embedded engine
+    query_host: str = "127.0.0.1"
+    query_port: int = 18123
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSettings:
+    lmtp: LmtpSinkSettings = field(default_factory=LmtpSinkSettings)
+    analytics: AnalyticsSinkSettings = field(default_factory=AnalyticsSinkSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class TopologySettings:
+    stages: list[str] = field(default_factory=lambda: ["route"])
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorSettings:
+    restart_backoff_initial: float = 0.5
+    restart_backoff_max: float = 30.0
+    stop_timeout: float = 8.0  # total budget for a clean stop of every child
+    # which pipeline processes to run, in addition to the infrastructure
+    run_ingress: bool = True
+    run_stages: bool = True
+    sinks: list[str] = field(default_factory=lambda: ["lmtp", "analytics"])
+
+
+@dataclass(frozen=True, slots=True)
+class LocalStackSettings:
+    """Daemons `poststelle up` runs itself. Off in production, where they are the site's."""
+
+    kafka: bool = True
+    kafka_controller_port: int = 19093
+    kafka_heap: str = "512m"
+    kafka_version: str = "3.9.1"
+    dovecot: bool = True
+    dovecot_users: str = "deploy/local/dovecot/users"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    paths: PathSettings = field(default_factory=PathSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    ingress: IngressSettings = field(default_factory=IngressSettings)
+    topology: TopologySettings = field(default_factory=TopologySettings)
+    runner: RunnerSettings = field(default_factory=RunnerSettings)
+    sinks: SinkSettings = field(default_factory=SinkSettings)
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    local: LocalStackSettings = field(default_factory=LocalStackSettings)
+    # [stages.<name>] sections, each validated against the stage's own settings dataclass
+    stages: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""  # the file these settings came from, for messages
+
+    @property
+    def home(self) -> Path:
+        home = Path(self.paths.home)
+        return home if home.is_absolute() else (REPO_ROOT / home)
+
+    def stage_settings(self, name: str) -> Any:
+        return self.stages[name]
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check `value` against the field type `tp`, converting only where lossless."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported settings type for {key}")  # keep settings types simple
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def parse_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    """Build the dataclass `cls` from `data`, refusing unknown keys and ill-typed values."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    # `stages` is parsed by the caller against the stage registry; `source` is not a key
+    handled_elsewhere = {"stages"} if cls is Settings else set()
+    fields = {f.name for f in dataclasses.fields(cls)} - {"source"}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            raise ConfigError(f"{full}: unknown key (known here: {', '.join(sorted(fields))})")
+        if key in handled_elsewhere:
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            values[key] = parse_section(tp, value, full)
+        else:
+            values[key] = _coerce(full, tp, value)
+    return cls(**values)
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Turn POSTSTELLE_A__B__C=value into {"a": {"b": {"c": value}}}."""
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_KEYS:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        if not all(path):
+            raise ConfigError(f"{name}: expected POSTSTELLE_<SECTION>__<KEY>")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: conflicts with another override")
+        node[path[-1]] = _parse_env_value(raw)
+    if "POSTSTELLE_HOME" in environ:
+        tree.setdefault("paths", {})["home"] = environ["POSTSTELLE_HOME"]
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _fix_list_strings(cls: type, data: dict[str, Any]) -> None:
+    """Env values for list fields may be written `a,b`: split those in place."""
+    hints = typing.get_type_hints(cls)
+    for key, value in list(data.items()):
+        tp = hints.get(key)
+        if tp is None:
+            continue
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            _fix_list_strings(tp, value)
+        elif typing.get_origin(tp) is list and isinstance(value, str):
+            data[key] = [item.strip() for item in value.split(",") if item.strip()]
+
+
+def load_settings(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    stage_types: Mapping[str, type] | None = None,
+) -> Settings:
+    """Read the config file (if any), apply environment overrides, validate everything.
+
+    `stage_types` maps stage names to their settings dataclasses; it defaults to every registered
+    stage (see `pipeline.registry`). Stages of the topology without a section get their defaults.
+    """
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("POSTSTELLE_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    overrides = _env_overrides(environ)
+    _fix_list_strings(Settings, overrides)
+    data = _merge(data, overrides)
+    settings = parse_section(Settings, data, "")
+    if stage_types is None:
+        from pipeline.registry import stage_settings_types
+
+        stage_types = stage_settings_types()
+    stages = _parse_stage_sections(data.get("stages", {}), stage_types)
+    for name in settings.topology.stages:
+        if name not in stage_types:
+            known = ", ".join(sorted(stage_types)) or "none"
+            raise ConfigError(f"topology.stages: unknown stage {name!r} (known: {known})")
+        stages.setdefault(name, stage_types[name]())
+    if len(set(settings.topology.stages)) != len(settings.topology.stages):
+        raise ConfigError("topology.stages: a stage is named twice")
+    return dataclasses.replace(settings, stages=stages, source=str(path or ""))
+
+
+def _parse_stage_sections(data: Any, stage_types: Mapping[str, type]) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"stages: expected a table, got {data!r}")
+    parsed = {}
+    for name, section in data.items():
+        if name not in stage_types:
+            known = ", ".join(sorted(stage_types)) or "none"
+            raise ConfigError(f"stages.{name}: unknown stage (known: {known})")
+        _fix_list_strings(stage_types[name], section if isinstance(section, dict) else {})
+        parsed[name] = parse_section(stage_types[name], section, f"stages.{name}")
+    return parsed

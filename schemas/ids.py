@@ -1,0 +1,40 @@
+"""Time-ordered identifiers (UUID version 7, RFC 9562) for events and messages."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+__all__ = ["new_id", "id_time_ms"]
+
+_lock = threading.Lock()
+_last_ms = 0
+_counter = 0
+
+
+def new_id() -> str:
+    """A UUIDv7 string: 48-bit Unix milliseconds, then a 12-bit counter, then random bits.
+
+    Ids made in one process sort in creation order, also within the same millisecond.
+    """
+    global _last_ms, _counter
+    with _lock:
+        now = time.time_ns() // 1_000_000
+        if now <= _last_ms:
+            _counter += 1
+            if _counter > 0xFFF:  # counter exhausted: borrow the next millisecond
+                _last_ms += 1
+                _counter = 0
+            now = _last_ms
+        else:
+            _last_ms, _counter = now, 0
+        counter = _counter
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (now << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand
+    return str(uuid.UUID(int=value))
+
+
+def id_time_ms(event_id: str) -> int:
+    """The creation time (Unix milliseconds) encoded in an id made by `new_id`."""
+    return uuid.UUID(event_id).int >> 80
