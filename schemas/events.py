@@ -136,10 +136,9 @@ class Edit:
     """A change a stage asks the delivery sink to apply when rendering; the blob is never changed."""
 
     stage: str
-    kind: Literal["add_header", "subject_tag", "replace_part"]
+    kind: Literal["add_header", "subject_tag"]
     name: str = ""  # header name for add_header
-    value: str = ""  # header value, tag text, or replacement text
-    part: str = ""  # MIME part path ("1.2") for replace_part
+    value: str = ""  # header value, or the tag text
 
 
 # ---- message events ------------------------------------------------------------------------

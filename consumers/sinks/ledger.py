@@ -1,0 +1,94 @@
+"""The delivery ledger: which (message, recipient, destination) already reached a final state.
+
+A compacted topic keyed by ``<message_id>/<recipient>/<destination>`` whose value is the final
+event (`delivered` or `bounced`). A sink writes the entry right after the next hop answered, before
+the batch's offsets are committed (write-ahead), and reads the whole ledger at start and whenever it
+is assigned partitions. After a crash, the records re-read from the last committed offset are
+checked against it, so only deliveries in flight at the instant of the crash can be repeated.
+"""
+from __future__ import annotations
+
+import logging
+
+from aiokafka import TopicPartition
+
+from pipeline.bus import make_consumer, make_producer
+from pipeline.settings import KafkaSettings
+from schemas.events import Bounced, Delivered, decode_event, encode_event
+
+__all__ = ["Ledger", "ledger_key"]
+
+log = logging.getLogger(__name__)
+FinalEvent = Delivered | Bounced
+
+
+def ledger_key(message_id: str, recipient: str, destination: str) -> str:
+    return f"{message_id}/{recipient}/{destination}"
+
+
+class Ledger:
+    def __init__(self, kafka: KafkaSettings, topic: str, client_id: str) -> None:
+        self.kafka, self.topic, self.client_id = kafka, topic, client_id
+        self.entries: dict[str, FinalEvent] = {}
+        self._producer = make_producer(kafka, f"{client_id}-ledger")
+        self._reader = make_consumer(kafka, None, f"{client_id}-ledger-reader")
+        self._started = False
+
+    async def start(self) -> None:
+        await self._producer.start()
+        await self._reader.start()
+        partitions = self._reader.partitions_for_topic(self.topic) or set()
+        if not partitions:
+            await self._reader._client.force_metadata_update()  # topic created just now
+            partitions = self._reader.partitions_for_topic(self.topic) or set()
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self._reader.assign(tps)
+        await self._reader.seek_to_beginning(*tps)
+        self._started = True
+        await self.catch_up()
+
+    async def catch_up(self) -> int:
+        """Read every entry written so far (by any sink instance); returns how many were read."""
+        tps = list(self._reader.assignment())
+        ends = await self._reader.end_offsets(tps)
+        count = 0
+        while await self._behind(ends):
+            batch = await self._reader.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    count += 1
+                    self._apply(record.key, record.value)
+        log.debug("ledger %s: %d entries read, %d known", self.topic, count, len(self.entries))
+        return count
+
+    async def _behind(self, ends: dict[TopicPartition, int]) -> bool:
+        for tp, end in ends.items():
+            if await self._reader.position(tp) < end:
+                return True
+        return False
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        if value is None:  # tombstone: entry expired
+            self.entries.pop(key.decode(), None)
+            return
+        try:
+            event = decode_event(value, expect=(Delivered, Bounced))
+        except ValueError as exc:
+            log.warning("ledger: ignoring undecodable entry %r: %s", key, exc)
+            return
+        self.entries[key.decode()] = event  # type: ignore[assignment]
+
+    def lookup(self, message_id: str, recipient: str, destination: str) -> FinalEvent | None:
+        return self.entries.get(ledger_key(message_id, recipient, destination))
+
+    async def record(self, event: FinalEvent) -> None:
+        """Durably note a final state (returns after the broker acknowledged it)."""
+        key = ledger_key(event.message_id, event.recipient, event.destination)
+        await self._producer.send_and_wait(self.topic, encode_event(event), key=key.encode())
+        self.entries[key] = event
+
+    async def close(self) -> None:
+        await self._reader.stop()
+        await self._producer.stop()

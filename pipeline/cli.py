@@ -1,0 +1,240 @@
+"""The `poststelle` command.
+
+    poststelle up                      run the local stack in the foreground (Ctrl-C stops it)
+    poststelle status [--wait SECS]    is every component up? (exit 0 yes, 1 no: names the missing)
+    poststelle sql "SELECT ..."        query the analytics store, print a table
+    poststelle run COMPONENT           one process: ingress | stage:NAME | sink:lmtp | sink:analytics
+    poststelle config check            validate the configuration and print it
+    poststelle schemas export [DIR]    write the events' JSON Schema files
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+
+from pipeline.settings import REPO_ROOT, ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("poststelle")
+LOCAL_CONFIG = REPO_ROOT / "deploy/local/poststelle.toml"
+
+
+def _setup_logging(component: str) -> None:
+    level = os.environ.get("POSTSTELLE_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format=f"%(asctime)s {component}[%(process)d] %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = args.config or os.environ.get("POSTSTELLE_CONFIG") or (LOCAL_CONFIG if LOCAL_CONFIG.exists() else None)
+    return load_settings(path)
+
+
+def _install_stop_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+# -- up / status ---------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from pipeline.supervisor import Supervisor, infrastructure_specs, pipeline_specs
+
+    config_env = {"POSTSTELLE_CONFIG": str(settings.source)} if settings.source else {}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_stop_handlers(stop)
+        supervisor = Supervisor(settings, infrastructure_specs(settings), pipeline_specs(settings), env=config_env)
+        announcer = asyncio.create_task(_announce_when_ready(supervisor, settings))
+        try:
+            await supervisor.run(stop)
+        finally:
+            announcer.cancel()
+        print("poststelle stopped", flush=True)
+
+    asyncio.run(main())
+    return 0
+
+
+async def _announce_when_ready(supervisor, settings: Settings) -> None:
+    while not supervisor.all_ready():
+        await asyncio.sleep(0.3)
+    i, k, a = settings.ingress, settings.kafka, settings.sinks.analytics
+    parts = [f"smtp {i.host}:{i.port}", f"kafka {k.bootstrap}"]
+    if settings.local.dovecot:
+        parts.append(f"lmtp {settings.sinks.lmtp.host}:{settings.sinks.lmtp.port}")
+    if "analytics" in settings.supervisor.sinks and not a.url:
+        parts.append(f"analytics {a.query_host}:{a.query_port}")
+    print(f"poststelle ready: {', '.join(parts)} (state in {settings.home})", flush=True)
+
+
+def _read_status(settings: Settings) -> dict | None:
+    from pipeline.supervisor import status_file
+
+    try:
+        status = orjson.loads(status_file(settings).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    try:
+        os.kill(status["supervisor_pid"], 0)
+    except (ProcessLookupError, KeyError):
+        return None
+    return status
+
+
+def _not_ready(status: dict | None) -> list[str]:
+    if status is None:
+        return ["supervisor (poststelle up is not running)"]
+    return [name for name, c in status["components"].items() if c["state"] != "ready"]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    deadline = time.monotonic() + args.wait
+    while True:
+        status = _read_status(settings)
+        missing = _not_ready(status)
+        if not missing or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    if status is not None:
+        for name, c in status["components"].items():
+            print(f"{name:24} {c['state']:10} pid={c['pid']} restarts={c['restarts']}")
+    if missing:
+        print(f"not ready: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    print("all components ready")
+    return 0
+
+
+# -- run one component -------------------------------------------------------------------------
+
+
+def _component(settings: Settings, name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+    instance = os.environ.get("POSTSTELLE_INSTANCE", "0")
+    if name == "ingress":
+        from ingress.server import run_ingress
+
+        return run_ingress
+    if name.startswith("stage:"):
+        from pipeline.runner import run_stage
+
+        stage = name.split(":", 1)[1]
+        if stage not in settings.topology.stages:
+            raise ConfigError(f"{name}: stage is not in topology.stages")
+        return lambda s, stop, ready: run_stage(s, stage, stop, ready, instance=instance)
+    if name == "sink:lmtp":
+        from consumers.sinks.lmtp import run_lmtp_sink
+
+        return lambda s, stop, ready: run_lmtp_sink(s, stop, ready, instance=instance)
+    if name == "sink:analytics":
+        from consumers.sinks.analytics import run_analytics_sink
+
+        return run_analytics_sink
+    raise ConfigError(f"unknown component {name!r} (ingress, stage:NAME, sink:lmtp, sink:analytics)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _setup_logging(args.component)
+    settings = _settings(args)
+    component = _component(settings, args.component)
+    from pipeline.supervisor import ready_file
+
+    def on_ready() -> None:
+        path = ready_file(settings, args.component)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(os.getpid()))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_stop_handlers(stop)
+        await component(settings, stop, on_ready)
+
+    asyncio.run(main())
+    return 0
+
+
+# -- sql, config, schemas ------------------------------------------------------------------------
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from consumers.sinks.analytics import format_table, run_sql
+
+    settings = _settings(args)
+    try:
+        columns, rows = run_sql(settings, args.query)
+    except Exception as exc:  # a ClickHouse error is the user's to read, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(columns, rows))
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    data = dataclasses.asdict(settings)
+    data["stages"] = {k: dataclasses.asdict(v) for k, v in settings.stages.items()}
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    print(f"config OK ({settings.source or 'defaults'})", file=sys.stderr)
+    return 0
+
+
+def cmd_schemas_export(args: argparse.Namespace) -> int:
+    from schemas.jsonschema import export_all
+
+    for path in export_all(args.directory):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="poststelle", description="event-sourced mail gateway")
+    parser.add_argument("--config", "-c", help="TOML config (default: $POSTSTELLE_CONFIG, else the local stack's)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="run the local stack").set_defaults(func=cmd_up)
+    status = sub.add_parser("status", help="are all components up?")
+    status.add_argument("--wait", type=float, default=0.0, metavar="SECS", help="wait up to SECS for readiness")
+    status.set_defaults(func=cmd_status)
+    run = sub.add_parser("run", help="run one component in the foreground")
+    run.add_argument("component")
+    run.set_defaults(func=cmd_run)
+    sql = sub.add_parser("sql", help="query the analytics store")
+    sql.add_argument("query")
+    sql.set_defaults(func=cmd_sql)
+    config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
+    config.add_parser("check", help="validate and print the configuration").set_defaults(func=cmd_config_check)
+    schemas = sub.add_parser("schemas", help="event schemas").add_subparsers(dest="action", required=True)
+    export = schemas.add_parser("export", help="write JSON Schema files")
+    export.add_argument("directory", nargs="?", default=None)
+    export.set_defaults(func=cmd_schemas_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"poststelle: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""The supervisor behind `poststelle up`, in the spirit of Postfix's master(8).
+
+It starts the infrastructure (Kafka, Dovecot) and waits until each accepts connections, creates the
+topics, then starts the ingress, every stage and every sink as separate processes. A child that
+dies is restarted with a growing backoff. SIGINT/SIGTERM stop everything in reverse order: the
+pipeline processes drain and commit, then Dovecot, then the broker; whatever has not exited when
+its time is up is killed. Children die with the supervisor even if it is killed (PDEATHSIG).
+
+State lives in ``<home>/run/status.json`` (read by `poststelle status`); children write
+``<home>/run/<name>.ready`` once they are consuming/listening; logs go to ``<home>/log/<name>.log``.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from pipeline.bus import ensure_topics
+from pipeline.localstack import ServiceSpec
+from pipeline.settings import Settings
+
+__all__ = ["Supervisor", "Child", "pipeline_specs", "infrastructure_specs", "ready_file", "status_file"]
+
+log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
+STABLE_AFTER = 10.0  # a child up this long has its restart backoff reset
+
+
+def run_dir(settings: Settings) -> Path:
+    return settings.home / "run"
+
+
+def status_file(settings: Settings) -> Path:
+    return run_dir(settings) / "status.json"
+
+
+def ready_file(settings: Settings, name: str) -> Path:
+    return run_dir(settings) / f"{name.replace(':', '-')}.ready"
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL this child when the supervisor goes away, however it goes."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def infrastructure_specs(settings: Settings) -> list[ServiceSpec]:
+    specs = []
+    if settings.local.kafka:
+        from pipeline.localstack.kafka import kafka_service
+
+        specs.append(kafka_service(settings))
+    if settings.local.dovecot:
+        from pipeline.localstack.dovecot import dovecot_service
+
+        lmtp = settings.sinks.lmtp
+        users = Path(settings.local.dovecot_users)
+        if not users.is_absolute():
+            from pipeline.settings import REPO_ROOT
+
+            users = REPO_ROOT / users
+        specs.append(dovecot_service(settings.home, lmtp.host, lmtp.port, users))
+    return specs
+
+
+def pipeline_specs(settings: Settings) -> list[ServiceSpec]:
+    """The poststelle processes: `poststelle run <component>` each."""
+    names: list[str] = []
+    if settings.supervisor.run_ingress:
+        names.append("ingress")
+    if settings.supervisor.run_stages:
+        names.extend(f"stage:{s}" for s in settings.topology.stages)
+    names.extend(f"sink:{s}" for s in settings.supervisor.sinks)
+    return [ServiceSpec(name=n, argv=[sys.executable, "-m", "pipeline.cli", "run", n], stop_timeout=5.0)
+            for n in names]
+
+
+@dataclass
+class Child:
+    spec: ServiceSpec
+    process: asyncio.subprocess.Process | None = None
+    state: str = "stopped"  # starting | ready | restarting | stopped | failed
+    restarts: int = 0
+    started_at: float = 0.0
+    backoff: float = 0.0
+    waiter: asyncio.Task | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, infrastructure: list[ServiceSpec], pipeline: list[ServiceSpec],
+                 env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.infra = [Child(s) for s in infrastructure]
+        self.pipeline = [Child(s) for s in pipeline]
+        self.env = {**os.environ, **(env or {})}
+        self.stopping = False
+        self.log_dir = settings.home / "log"
+
+    @property
+    def children(self) -> list[Child]:
+        return [*self.infra, *self.pipeline]
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.spec.name == name)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        run_dir(self.settings).mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for f in run_dir(self.settings).glob("*.ready"):
+            f.unlink()
+        status_task = asyncio.create_task(self._write_status_forever())
+        try:
+            for child in self.infra:
+                await self._start(child)
+                await self._wait_port_ready(child, stop)
+                if stop.is_set():
+                    return
+            await ensure_topics(self.settings)
+            for child in self.pipeline:
+                await self._start(child)
+            await stop.wait()
+        finally:
+            self.stopping = True
+            await self.shutdown()
+            status_task.cancel()
+            self._write_status()
+
+    async def _start(self, child: Child) -> None:
+        spec = child.spec
+        ready = ready_file(self.settings, spec.name)
+        ready.unlink(missing_ok=True)
+        logfile = open(self.log_dir / f"{spec.name.replace(':', '-')}.log", "ab")
+        child.process = await asyncio.create_subprocess_exec(
+            *spec.argv, stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile,
+            env={**self.env, **spec.env}, cwd=spec.cwd, start_new_session=True, preexec_fn=_die_with_parent)
+        logfile.close()
+        child.state = "starting"
+        child.started_at = time.monotonic()
+        child.waiter = asyncio.create_task(self._watch(child, child.process))
+        log.info("started %s (pid %d)", spec.name, child.process.pid)
+
+    async def _watch(self, child: Child, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        if self.stopping or child.process is not process:
+            return
+        uptime = time.monotonic() - child.started_at
+        if uptime > STABLE_AFTER:
+            child.backoff = 0.0
+        s = self.settings.supervisor
+        child.backoff = min(max(child.backoff * 2, s.restart_backoff_initial), s.restart_backoff_max)
+        child.state = "restarting"
+        child.restarts += 1
+        log.warning("%s exited with %s after %.1fs; restarting in %.1fs", child.spec.name, code, uptime,
+                    child.backoff)
+        await asyncio.sleep(child.backoff)
+        if not self.stopping:
+            await self._start(child)
+
+    async def _wait_port_ready(self, child: Child, stop: asyncio.Event, timeout: float = 180.0) -> None:
+        if child.spec.ready_port is None:
+            child.state = "ready"
+            return
+        host, port = child.spec.ready_port
+        deadline = time.monotonic() + timeout
+        while not stop.is_set() and time.monotonic() < deadline:
+            if _port_open(host, port):
+                child.state = "ready"
+                log.info("%s ready on %s:%d", child.spec.name, host, port)
+                return
+            await asyncio.sleep(0.2)
+        if not stop.is_set():
+            raise RuntimeError(f"{child.spec.name} did not open {host}:{port} within {timeout:.0f}s")
+
+    def _refresh_states(self) -> None:
+        for child in self.children:
+            if child.state != "starting" or child.process is None:
+                continue
+            if child.spec.ready_port is not None:
+                if _port_open(*child.spec.ready_port):
+                    child.state = "ready"
+            elif _ready_pid(ready_file(self.settings, child.spec.name)) == child.process.pid:
+                child.state = "ready"
+
+    async def shutdown(self) -> None:
+        """Stop the pipeline first (drain and commit), then the infrastructure, within the budget."""
+        budget = self.settings.supervisor.stop_timeout
+        started = time.monotonic()
+        for group in (self.pipeline, list(reversed(self.infra))):
+            remaining = max(0.5, budget - (time.monotonic() - started))
+            await self._stop_group(group, remaining)
+
+    async def _stop_group(self, group: list[Child], budget: float) -> None:
+        live = [c for c in group if c.process is not None and c.process.returncode is None]
+        for child in live:
+            _signal_group(child.process, signal.SIGTERM)
+        for child in live:
+            timeout = min(child.spec.stop_timeout, budget)
+            try:
+                await asyncio.wait_for(child.process.wait(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("%s did not stop within %.1fs: killing it", child.spec.name, timeout)
+                _signal_group(child.process, signal.SIGKILL)
+                await child.process.wait()
+            child.state = "stopped"
+        for child in group:
+            if child.waiter is not None:
+                child.waiter.cancel()
+
+    # -- status -------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        self._refresh_states()
+        return {
+            "supervisor_pid": os.getpid(),
+            "stopping": self.stopping,
+            "components": {
+                c.spec.name: {
+                    "state": c.state,
+                    "pid": c.process.pid if c.process else None,
+                    "restarts": c.restarts,
+                }
+                for c in self.children
+            },
+        }
+
+    def _write_status(self) -> None:
+        path = status_file(self.settings)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
+        os.replace(tmp, path)
+
+    async def _write_status_forever(self) -> None:
+        while True:
+            self._write_status()
+            await asyncio.sleep(0.5)
+
+    def all_ready(self) -> bool:
+        self._refresh_states()
+        return all(c.state == "ready" for c in self.children)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _ready_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _signal_group(process: asyncio.subprocess.Process, sig: int) -> None:
+    """Signal the child's whole process group (Dovecot and Kafka have helpers of their own)."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
