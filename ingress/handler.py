@@ -59,6 +59,13 @@ class IngressHandler:
         self.events = events
         self.local_domains = {d.lower() for d in settings.local_domains}
         self.hostname = settings.hostname or socket.getfqdn()
+        self._persisting = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drained(self) -> None:
+        """Return once no message is being persisted (for a clean shutdown)."""
+        await self._idle.wait()
 
     # -- session ------------------------------------------------------------------------------
 
@@ -112,6 +119,8 @@ class IngressHandler:
             recipients=list(envelope.rcpt_tos),
         )
         raw = trace + envelope.original_content
+        self._persisting += 1
+        self._idle.clear()
         try:
             async with asyncio.timeout(self.settings.persist_timeout):
                 ref = await asyncio.to_thread(self.blobs.put, raw)
@@ -133,6 +142,10 @@ class IngressHandler:
         except Exception as exc:  # broker down, disk full, timeout: the client must retry
             log.warning("message %s not persisted: %s: %s", message_id, type(exc).__name__, exc)
             return self._reject(session, envelope, "data", "persist", "persist_failed", Replies.PERSIST_FAILED)
+        finally:
+            self._persisting -= 1
+            if self._persisting == 0:
+                self._idle.set()
         log.info("message %s accepted from [%s] (%d bytes, %d rcpt)", message_id, ip, ref.size,
                  len(envelope.rcpt_tos))
         return Replies.queued(message_id)

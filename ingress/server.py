@@ -99,6 +99,10 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
     if on_ready:
         on_ready()
     await stop.wait()
-    # stop accepting; a DATA still persisting when the producer closes answers 451 (nothing lost)
+    # stop accepting, let messages being persisted get their answer, then close the producer
     server.close()
+    try:
+        await asyncio.wait_for(handler.drained(), s.persist_timeout)
+    except asyncio.TimeoutError:
+        log.warning("shutting down with messages still being persisted (they get no 250)")
     await sink.close()

@@ -3,6 +3,7 @@
     poststelle up                      run the local stack in the foreground (Ctrl-C stops it)
     poststelle status [--wait SECS]    is every component up? (exit 0 yes, 1 no: names the missing)
     poststelle sql "SELECT ..."        query the analytics store, print a table
+    poststelle stop|start COMPONENT    hold a component of the running stack down / release it
     poststelle run COMPONENT           one process: ingress | stage:NAME | sink:lmtp | sink:analytics
     poststelle config check            validate the configuration and print it
     poststelle schemas export [DIR]    write the events' JSON Schema files
@@ -124,6 +125,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hold(args: argparse.Namespace) -> int:
+    """`stop NAME` holds a component down; `start NAME` releases it (the supervisor acts on it)."""
+    from pipeline.supervisor import hold_file
+
+    settings = _settings(args)
+    status = _read_status(settings)
+    if status is None:
+        print("poststelle up is not running", file=sys.stderr)
+        return 1
+    if args.component not in status["components"]:
+        print(f"no component {args.component!r} (known: {', '.join(status['components'])})", file=sys.stderr)
+        return 1
+    path = hold_file(settings, args.component)
+    if args.command == "stop":
+        path.touch()
+    else:
+        path.unlink(missing_ok=True)
+    print(f"{args.component}: {'held (stopping)' if args.command == 'stop' else 'released (starting)'}")
+    return 0
+
+
 # -- run one component -------------------------------------------------------------------------
 
 
@@ -183,7 +205,10 @@ def cmd_sql(args: argparse.Namespace) -> int:
     except Exception as exc:  # a ClickHouse error is the user's to read, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(format_table(columns, rows))
+    if args.json:
+        print(orjson.dumps({"columns": columns, "rows": rows}, default=str).decode())
+    else:
+        print(format_table(columns, rows))
     return 0
 
 
@@ -212,11 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="are all components up?")
     status.add_argument("--wait", type=float, default=0.0, metavar="SECS", help="wait up to SECS for readiness")
     status.set_defaults(func=cmd_status)
+    for verb, text in (("stop", "hold a component of the running stack down"),
+                       ("start", "release a held component")):
+        hold = sub.add_parser(verb, help=text)
+        hold.add_argument("component")
+        hold.set_defaults(func=cmd_hold)
     run = sub.add_parser("run", help="run one component in the foreground")
     run.add_argument("component")
     run.set_defaults(func=cmd_run)
     sql = sub.add_parser("sql", help="query the analytics store")
     sql.add_argument("query")
+    sql.add_argument("--json", action="store_true", help="print {columns, rows} as JSON")
     sql.set_defaults(func=cmd_sql)
     config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
     config.add_parser("check", help="validate and print the configuration").set_defaults(func=cmd_config_check)

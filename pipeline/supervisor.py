@@ -28,7 +28,8 @@ from pipeline.bus import ensure_topics
 from pipeline.localstack import ServiceSpec
 from pipeline.settings import Settings
 
-__all__ = ["Supervisor", "Child", "pipeline_specs", "infrastructure_specs", "ready_file", "status_file"]
+__all__ = ["Supervisor", "Child", "pipeline_specs", "infrastructure_specs", "ready_file", "status_file",
+           "hold_file"]
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -45,6 +46,11 @@ def status_file(settings: Settings) -> Path:
 
 def ready_file(settings: Settings, name: str) -> Path:
     return run_dir(settings) / f"{name.replace(':', '-')}.ready"
+
+
+def hold_file(settings: Settings, name: str) -> Path:
+    """While this file exists the supervisor keeps the component stopped (`poststelle stop NAME`)."""
+    return run_dir(settings) / f"{name.replace(':', '-')}.hold"
 
 
 def _die_with_parent() -> None:
@@ -91,7 +97,7 @@ def pipeline_specs(settings: Settings) -> list[ServiceSpec]:
 class Child:
     spec: ServiceSpec
     process: asyncio.subprocess.Process | None = None
-    state: str = "stopped"  # starting | ready | restarting | stopped | failed
+    state: str = "stopped"  # starting | ready | restarting | held | stopped
     restarts: int = 0
     started_at: float = 0.0
     backoff: float = 0.0
@@ -120,7 +126,7 @@ class Supervisor:
     async def run(self, stop: asyncio.Event) -> None:
         run_dir(self.settings).mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for f in run_dir(self.settings).glob("*.ready"):
+        for f in [*run_dir(self.settings).glob("*.ready"), *run_dir(self.settings).glob("*.hold")]:
             f.unlink()
         status_task = asyncio.create_task(self._write_status_forever())
         try:
@@ -155,7 +161,7 @@ class Supervisor:
 
     async def _watch(self, child: Child, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
-        if self.stopping or child.process is not process:
+        if self.stopping or child.process is not process or child.state == "held":
             return
         uptime = time.monotonic() - child.started_at
         if uptime > STABLE_AFTER:
@@ -245,8 +251,23 @@ class Supervisor:
 
     async def _write_status_forever(self) -> None:
         while True:
+            await self._apply_holds()
             self._write_status()
             await asyncio.sleep(0.5)
+
+    async def _apply_holds(self) -> None:
+        """Stop components an operator put on hold; start them again once released."""
+        for child in self.children:
+            held = hold_file(self.settings, child.spec.name).exists()
+            if held and child.state != "held":
+                child.state = "held"
+                if child.process is not None and child.process.returncode is None:
+                    log.info("holding %s: stopping it", child.spec.name)
+                    await self._stop_group([child], child.spec.stop_timeout)
+                    child.state = "held"
+            elif not held and child.state == "held" and not self.stopping:
+                log.info("releasing %s: starting it", child.spec.name)
+                await self._start(child)
 
     def all_ready(self) -> bool:
         self._refresh_states()

@@ -1,0 +1,41 @@
+# The two commands of the README: `make run` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEBS   := var/.debian-packages
+
+.PHONY: run test unit integration deps venv kafka-jars schemas clean
+
+run: deps venv kafka-jars
+	$(BIN)/poststelle up
+
+test: deps venv kafka-jars
+	$(BIN)/python -m pytest -q -ra
+
+unit: venv
+	$(BIN)/python -m pytest -q -m "not integration"
+
+integration: deps venv kafka-jars
+	$(BIN)/python -m pytest -q -m integration
+
+deps: $(DEBS)
+$(DEBS): deploy/local/install-debian-packages.sh
+	bash deploy/local/install-debian-packages.sh
+	@mkdir -p var && touch $@
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+kafka-jars: venv deps
+	$(BIN)/python -c "from pipeline.settings import load_settings; from pipeline.localstack.kafka import ensure_kafka_jars; s = load_settings('deploy/local/poststelle.toml'); print('kafka jars:', ensure_kafka_jars(s.home, s.local.kafka_version))"
+
+schemas: venv
+	$(BIN)/poststelle schemas export
+
+clean:
+	rm -rf var/run var/log

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the local stack needs, and only those that are missing.
+# Daemons are started by `poststelle up` as our own processes, so the packages' system services
+# are kept from starting during the install (policy-rc.d), and Postfix gets no configuration.
+set -euo pipefail
+
+PACKAGES=(
+  default-jre-headless   # the Kafka broker
+  maven                  # resolves the Kafka jars from Maven Central
+  dovecot-core           # mailbox server (LMTP)
+  dovecot-lmtpd
+  postfix                # smtp-source / smtp-sink for benchmarks and tests
+  swaks                  # sending test mail
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  # any Java runtime will do for the broker
+  [[ $pkg == default-jre-headless ]] && command -v java >/dev/null 2>&1 && continue
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+  SUDO="sudo"
+fi
+echo "installing Debian packages: ${missing[*]}"
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [[ ! -e $policy ]]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee $policy >/dev/null && $SUDO chmod +x $policy && created_policy=1
+fi
+cleanup() { [[ $created_policy -eq 1 ]] && $SUDO rm -f $policy; true; }
+trap cleanup EXIT
+echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
