@@ -143,6 +143,7 @@ class LocalStackSettings:
     kafka_controller_port: int = 19093
     kafka_heap: str = "512m"
     kafka_version: str = "3.9.1"
+    kafka_jars: str = ""  # where Maven puts the broker jars; empty: <home>/kafka/lib
     dovecot: bool = True
     dovecot_users: str = "deploy/local/dovecot/users"
 

@@ -11,7 +11,7 @@ from string import Template
 from pipeline.localstack import ServiceSpec
 from pipeline.settings import REPO_ROOT, Settings
 
-__all__ = ["kafka_service", "ensure_kafka_jars", "KafkaSetupError"]
+__all__ = ["kafka_service", "ensure_kafka_jars", "jars_dir", "KafkaSetupError"]
 
 KAFKA_DIR = REPO_ROOT / "deploy/local/kafka"
 
@@ -20,9 +20,16 @@ class KafkaSetupError(RuntimeError):
     pass
 
 
-def ensure_kafka_jars(home: Path, version: str) -> Path:
-    """Resolve the broker jars with Maven once; later calls find them under <home>/kafka/lib."""
-    lib = home / "kafka" / "lib"
+def jars_dir(settings: Settings) -> Path:
+    configured = settings.local.kafka_jars
+    if not configured:
+        return settings.home / "kafka" / "lib"
+    path = Path(configured)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def ensure_kafka_jars(lib: Path, version: str) -> Path:
+    """Resolve the broker jars with Maven into `lib` once; later calls find them there."""
     marker = lib / f".resolved-{version}"
     if marker.exists():
         return lib
@@ -52,10 +59,11 @@ def kafka_service(settings: Settings) -> ServiceSpec:
     home = settings.home
     host, _, port = settings.kafka.bootstrap.rpartition(":")
     local = settings.local
-    lib = ensure_kafka_jars(home, local.kafka_version)
+    lib = ensure_kafka_jars(jars_dir(settings), local.kafka_version)
     base = home / "kafka"
     data_dir = base / "data"
     config = base / "server.properties"
+    data_dir.mkdir(parents=True, exist_ok=True)
     template = Template((KAFKA_DIR / "server.properties.in").read_text())
     config.write_text(template.substitute(host=host, port=port, controller_port=local.kafka_controller_port,
                                           data_dir=data_dir, partitions=settings.kafka.partitions))

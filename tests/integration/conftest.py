@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
@@ -25,22 +25,29 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 HOME = REPO / "var" / "test-stack"
 
-# ports apart from the developer stack's defaults, so `make test` runs beside `make run`
-TEST_ENV = {
-    "POSTSTELLE_CONFIG": str(REPO / "deploy/local/poststelle.toml"),
-    "POSTSTELLE_HOME": str(HOME),
-    "POSTSTELLE_KAFKA__BOOTSTRAP": "127.0.0.1:39092",
-    "POSTSTELLE_KAFKA__REQUEST_TIMEOUT_MS": "4000",
-    "POSTSTELLE_LOCAL__KAFKA_CONTROLLER_PORT": "39093",
-    "POSTSTELLE_INGRESS__PORT": "2535",
-    "POSTSTELLE_INGRESS__PERSIST_TIMEOUT": "6",
-    "POSTSTELLE_SINKS__LMTP__PORT": "2434",
-    "POSTSTELLE_SINKS__ANALYTICS__QUERY_PORT": "18133",
-    "POSTSTELLE_SINKS__ANALYTICS__BATCH_SECONDS": "0.5",
-    "POSTSTELLE_SUPERVISOR__RESTART_BACKOFF_MAX": "2",
-    "POSTSTELLE_RUNNER__TEMPFAIL_BACKOFF_MAX": "2",
-}
-SMTP_HOST, SMTP_PORT = "127.0.0.1", 2535
+
+
+def stack_env(home: Path, base: int) -> dict[str, str]:
+    """Settings for a test stack on ports base..base+5, apart from the developer stack's."""
+    return {
+        "POSTSTELLE_CONFIG": str(REPO / "deploy/local/poststelle.toml"),
+        "POSTSTELLE_HOME": str(home),
+        "POSTSTELLE_KAFKA__BOOTSTRAP": f"127.0.0.1:{base}",
+        "POSTSTELLE_KAFKA__REQUEST_TIMEOUT_MS": "4000",
+        "POSTSTELLE_LOCAL__KAFKA_CONTROLLER_PORT": str(base + 1),
+        "POSTSTELLE_LOCAL__KAFKA_JARS": str(REPO / "var/kafka/lib"),  # filled by `make kafka-jars`
+        "POSTSTELLE_INGRESS__PORT": str(base + 2),
+        "POSTSTELLE_INGRESS__PERSIST_TIMEOUT": "6",
+        "POSTSTELLE_SINKS__LMTP__PORT": str(base + 3),
+        "POSTSTELLE_SINKS__ANALYTICS__QUERY_PORT": str(base + 4),
+        "POSTSTELLE_SINKS__ANALYTICS__BATCH_SECONDS": "0.5",
+        "POSTSTELLE_SUPERVISOR__RESTART_BACKOFF_MAX": "2",
+        "POSTSTELLE_RUNNER__TEMPFAIL_BACKOFF_MAX": "2",
+    }
+
+
+SESSION_BASE = 39090
+SMTP_HOST, SMTP_PORT = "127.0.0.1", SESSION_BASE + 2
 
 
 def pytest_collection_modifyitems(items):
@@ -53,8 +60,15 @@ def pytest_collection_modifyitems(items):
 class Stack:
     env: dict[str, str]
     process: subprocess.Popen
-    home: Path = HOME
-    log: Path = field(default=HOME.parent / "test-stack.log")
+    home: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return self.env["POSTSTELLE_KAFKA__BOOTSTRAP"]
+
+    @property
+    def smtp_port(self) -> int:
+        return int(self.env["POSTSTELLE_INGRESS__PORT"])
 
     # -- control ------------------------------------------------------------------------------
 
@@ -72,7 +86,17 @@ class Stack:
         return self.status()["components"][component]["pid"]
 
     def wait_ready(self, timeout: float = 120) -> None:
-        self.cli("status", "--wait", str(timeout), timeout=timeout + 10)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                log = (self.home / "up.log").read_text()[-3000:]
+                raise AssertionError(f"poststelle up exited with {self.process.returncode}:\n{log}")
+            done = self.cli("status", check=False)
+            if done.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"stack not ready after {timeout}s:\n{done.stdout}{done.stderr}")
+            time.sleep(1.0)
 
     def kill(self, component: str, sig: int = signal.SIGKILL) -> int:
         pid = self.pid_of(component)
@@ -131,31 +155,117 @@ def make_message(test_id: str, to: str = "max.mustermann@school.test", subject: 
             f"Message-ID: <{test_id}@example.org>\r\n\r\n{body}").encode()
 
 
-def send(msg: bytes, to: list[str], mail_from: str = "sender@example.org") -> dict:
-    with smtplib.SMTP(SMTP_HOST, SMTP_PORT, timeout=30) as client:
+def send(msg: bytes, to: list[str], mail_from: str = "sender@example.org", port: int = SMTP_PORT) -> dict:
+    with smtplib.SMTP(SMTP_HOST, port, timeout=30) as client:
         return client.sendmail(mail_from, to, msg)
+
+
+def launch(home: Path, base: int) -> Stack:
+    """Start `poststelle up` with a fresh state directory and wait until every component is ready."""
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    env = {**os.environ, **stack_env(home, base)}
+    with open(home / "up.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], cwd=REPO, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    stack = Stack(env=env, process=process, home=home)
+    try:
+        stack.wait_ready(timeout=240)
+    except BaseException:
+        stop(stack)
+        raise
+    return stack
+
+
+def stop(stack: Stack, timeout: float = 30) -> float:
+    """Ctrl-C the supervisor; returns how long it took to exit."""
+    started = time.monotonic()
+    if stack.process.poll() is None:
+        stack.process.send_signal(signal.SIGINT)
+        try:
+            stack.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(stack.process.pid, signal.SIGKILL)
+            stack.process.wait()
+    return time.monotonic() - started
 
 
 @pytest.fixture(scope="session")
 def stack() -> Stack:
-    if HOME.exists():
-        shutil.rmtree(HOME)
-    HOME.mkdir(parents=True)
-    env = {**os.environ, **TEST_ENV}
-    log = open(HOME.parent / "test-stack.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], cwd=REPO, env=env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    stack = Stack(env=env, process=process)
-    try:
-        stack.wait_ready(timeout=240)
-    except BaseException:
-        process.send_signal(signal.SIGINT)
-        process.wait(30)
-        raise
+    stack = launch(HOME, SESSION_BASE)
     yield stack
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+    stop(stack)
+
+
+def strip_trace(raw: bytes) -> tuple[list[bytes], bytes]:
+    """Split a delivered message into its leading trace header fields and the rest (LF endings)."""
+    lines = raw.replace(b"\r\n", b"\n").split(b"\n")
+    trace: list[bytes] = []
+    i = 0
+    while i < len(lines):
+        name = lines[i].split(b":", 1)[0].lower()
+        if name not in (b"return-path", b"delivered-to", b"received"):
+            break
+        field_lines = [lines[i]]
+        i += 1
+        while i < len(lines) and lines[i][:1] in (b" ", b"\t"):
+            field_lines.append(lines[i])
+            i += 1
+        trace.append(b"\n".join(field_lines))
+    return trace, b"\n".join(lines[i:])
+
+
+class BulkSender:
+    """Sends messages over a few concurrent SMTP connections, retrying 4xx and dropped connections
+    like a real MTA would, and records which were accepted (250)."""
+
+    def __init__(self, port: int, threads: int = 8) -> None:
+        self.port, self.threads = port, threads
+        self.accepted: list[str] = []
+        self.failed: dict[str, str] = {}
+        self.retries = 0
+        self._lock = __import__("threading").Lock()
+
+    def _send_all(self, items: list[tuple[str, str, bytes]], deadline: float) -> None:
+        client = None
+        for test_id, rcpt, msg in items:
+            while True:
+                if time.monotonic() > deadline:
+                    self.failed[test_id] = "deadline"
+                    break
+                try:
+                    if client is None:
+                        client = smtplib.SMTP(SMTP_HOST, self.port, timeout=30)
+                    client.sendmail("sender@example.org", [rcpt], msg)
+                    with self._lock:
+                        self.accepted.append(test_id)
+                    break
+                except smtplib.SMTPResponseException as exc:
+                    if exc.smtp_code >= 500:
+                        self.failed[test_id] = f"{exc.smtp_code} {exc.smtp_error!r}"
+                        break
+                    self.retries += 1
+                except (smtplib.SMTPServerDisconnected, OSError):
+                    self.retries += 1
+                    client = None
+                    time.sleep(0.2)
+                except smtplib.SMTPRecipientsRefused as exc:
+                    self.failed[test_id] = repr(exc.recipients)
+                    break
+        if client is not None:
+            try:
+                client.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+
+    def run(self, items: list[tuple[str, str, bytes]], timeout: float = 300) -> None:
+        import threading
+
+        deadline = time.monotonic() + timeout
+        chunks = [items[i::self.threads] for i in range(self.threads)]
+        workers = [threading.Thread(target=self._send_all, args=(c, deadline)) for c in chunks]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
