@@ -41,7 +41,8 @@ class EventSink(Protocol):
     """Where the handler sends events (the Kafka producer in production, a list in unit tests)."""
 
     async def persist(self, event: Received) -> None:
-        """Return only once `event` is durable; raise otherwise."""
+        """Return only once `event` is durable; raise otherwise, and then it must never surface
+        (within `IngressSettings.persist_timeout`)."""
 
     def notify(self, event: Event) -> None:
         """Best effort: session events for analytics, never delaying or failing SMTP."""
@@ -69,6 +70,10 @@ class IngressHandler:
 
     # -- session ------------------------------------------------------------------------------
 
+    def on_protocol_violation(self, session: Session, reply: str) -> None:
+        """A command line broke the line rules (bare CR/LF, NUL): the session is being closed."""
+        self._reject(session, SmtpEnvelope(), "command", "smuggling", "illegal_line_ending", reply)
+
     def on_connect(self, session: Session) -> None:
         session.poststelle = _SessionInfo(session_id=new_id())  # type: ignore[attr-defined]
         ip, port = _peer(session)
@@ -82,7 +87,7 @@ class IngressHandler:
     # -- envelope -----------------------------------------------------------------------------
 
     async def handle_MAIL(self, server, session, envelope: SmtpEnvelope, address: str, options):
-        envelope.mail_from = address
+        envelope.mail_from = address  # aiosmtpd: "<>" for the null sender (it must stay truthy)
         envelope.mail_options.extend(options)
         return Replies.SENDER_OK
 
@@ -122,23 +127,24 @@ class IngressHandler:
         self._persisting += 1
         self._idle.clear()
         try:
-            async with asyncio.timeout(self.settings.persist_timeout):
-                ref = await asyncio.to_thread(self.blobs.put, raw)
-                event = Received(
-                    message_id=message_id,
-                    envelope=Envelope(
-                        mail_from=envelope.mail_from or "",
-                        rcpt_to=list(envelope.rcpt_tos),
-                        smtputf8=envelope.smtp_utf8,
-                        body="8BITMIME" if "BODY=8BITMIME" in _upper(envelope.mail_options) else "7BIT",
-                    ),
-                    client=Client(ip=ip, port=port, helo=session.host_name or "", tls=session.ssl is not None),
-                    blob=ref,
-                    headers=summarize_headers(envelope.original_content),
-                    session_id=_sid(session),
-                    ingress_host=self.hostname,
-                )
-                await self.events.persist(event)
+            ref = await asyncio.wait_for(asyncio.to_thread(self.blobs.put, raw), self.settings.persist_timeout)
+            event = Received(
+                message_id=message_id,
+                envelope=Envelope(
+                    mail_from=_sender(envelope),
+                    rcpt_to=list(envelope.rcpt_tos),
+                    smtputf8=envelope.smtp_utf8,
+                    body="8BITMIME" if "BODY=8BITMIME" in _upper(envelope.mail_options) else "7BIT",
+                ),
+                client=Client(ip=ip, port=port, helo=session.host_name or "", tls=session.ssl is not None),
+                blob=ref,
+                headers=summarize_headers(envelope.original_content),
+                session_id=_sid(session),
+                ingress_host=self.hostname,
+            )
+            # the sink bounds this by persist_timeout and aborts the event on failure, so it is never
+            # delivered behind a 451; the outer bound only guards against a sink that hangs
+            await asyncio.wait_for(self.events.persist(event), 2 * self.settings.persist_timeout)
         except Exception as exc:  # broker down, disk full, timeout: the client must retry
             log.warning("message %s not persisted: %s: %s", message_id, type(exc).__name__, exc)
             return self._reject(session, envelope, "data", "persist", "persist_failed", Replies.PERSIST_FAILED)
@@ -165,7 +171,7 @@ class IngressHandler:
                 reason_code=reason_code,
                 reply=Reply(code=int(code), enhanced=enhanced, text=text),
                 helo=session.host_name or "",
-                sender=envelope.mail_from or "",
+                sender=_sender(envelope),
                 recipient=recipient,
             )
         )
@@ -180,6 +186,11 @@ def _peer(session: Session) -> tuple[str, int]:
 def _sid(session: Session) -> str:
     info = getattr(session, "poststelle", None)
     return info.session_id if info else ""
+
+
+def _sender(envelope: SmtpEnvelope) -> str:
+    """The envelope sender as events carry it: "" for the null sender <>."""
+    return "" if envelope.mail_from in (None, "<>") else envelope.mail_from
 
 
 def _upper(options: list[str]) -> list[str]:

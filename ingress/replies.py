@@ -52,8 +52,8 @@ _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 
 
 def with_enhanced_code(reply: str) -> str:
-    """Add the enhanced status code a 2xx/4xx/5xx reply lacks (RFC 2034 3)."""
-    if len(reply) < 4 or reply[0] not in "245" or _HAS_ENHANCED.match(reply):
+    """Add the enhanced status code a 2xx/4xx/5xx reply lacks (RFC 2034 3; not the 220 greeting)."""
+    if len(reply) < 4 or reply[0] not in "245" or reply.startswith("220") or _HAS_ENHANCED.match(reply):
         return reply
     code, sep, text = reply[:3], reply[3], reply[4:]
     enhanced = _DEFAULT_ENHANCED.get(code)

@@ -1,8 +1,9 @@
-"""The ingress process: SMTP listener + durable Kafka producer."""
+"""The ingress process: SMTP listener + Kafka producers."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
@@ -10,7 +11,7 @@ from aiokafka import AIOKafkaProducer
 from ingress.handler import IngressHandler
 from ingress.smtp import IngressSMTP
 from pipeline.blobstore import FileBlobStore
-from pipeline.bus import Topics, make_producer
+from pipeline.bus import Topics, make_producer, make_transactional_producer
 from pipeline.settings import Settings
 from schemas.events import Event, Received, encode_event
 
@@ -21,32 +22,96 @@ MAX_PENDING_NOTIFICATIONS = 10_000
 
 
 class KafkaEventSink:
-    """Sends ingress events to Kafka. Starts its producer lazily, so a broker that is down at
-    start-up gives `451` answers (and recovers by itself) instead of a crashed ingress."""
+    """Sends ingress events to Kafka.
 
-    def __init__(self, settings: Settings) -> None:
+    `received` events are committed in Kafka transactions with group commit: the sessions waiting
+    at the same moment share one transaction. `persist` returns only after the commit; when the
+    commit fails or times out, the producer is discarded and its successor (same transactional id)
+    fences it, so the transaction is aborted and `read_committed` consumers never see a message
+    whose sender was told `451`. (An idempotent producer alone would keep the record and deliver it
+    when the broker comes back: the sender's retry would then make a second copy.)
+
+    Producers start lazily, so a broker that is down at start-up gives `451` answers and the ingress
+    recovers by itself.
+    """
+
+    def __init__(self, settings: Settings, instance: str = "0") -> None:
         self.settings = settings
         self.topics = Topics.from_settings(settings)
-        self._producer: AIOKafkaProducer | None = None
-        self._lock = asyncio.Lock()
+        self.transactional_id = f"{settings.kafka.topic_prefix}.ingress.{instance}"
+        self.timeout = settings.ingress.persist_timeout
+        self._tx: AIOKafkaProducer | None = None
+        self._plain: AIOKafkaProducer | None = None
+        self._tx_lock = asyncio.Lock()
+        self._queue: list[tuple[Received, asyncio.Future]] = []
+        self._flushing: asyncio.Task | None = None
         self._pending: set[asyncio.Task] = set()
         self.dropped_notifications = 0
 
-    async def _started(self) -> AIOKafkaProducer:
-        async with self._lock:
-            if self._producer is None:
-                producer = make_producer(self.settings.kafka, "ingress")
+    # -- received: transactional, group commit --------------------------------------------------
+
+    async def persist(self, event: Received) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((event, future))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_queue())
+        await asyncio.shield(future)
+
+    async def _flush_queue(self) -> None:
+        """Commit whatever is queued, batch after batch, until the queue is empty."""
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._commit(batch)
+            except BaseException as exc:  # incl. timeout/cancel: every waiter must get an answer
+                await self._discard_transactional()
+                failure = exc if isinstance(exc, Exception) else ConnectionError("ingress stopping")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    async def _commit(self, batch: list[tuple[Received, asyncio.Future]]) -> None:
+        producer = await self._transactional()
+        async with producer.transaction():
+            for event, _ in batch:
+                await producer.send(self.topics.received, encode_event(event), key=event.message_id.encode())
+
+    async def _transactional(self) -> AIOKafkaProducer:
+        async with self._tx_lock:
+            if self._tx is None:
+                producer = make_transactional_producer(self.settings.kafka, self.transactional_id)
                 try:
                     await producer.start()
                 except BaseException:
-                    await producer.stop()
+                    await _stop_quietly(producer)
                     raise
-                self._producer = producer
-            return self._producer
+                self._tx = producer
+            return self._tx
 
-    async def persist(self, event: Received) -> None:
-        producer = await self._started()
-        await producer.send_and_wait(self.topics.received, encode_event(event), key=event.message_id.encode())
+    async def _discard_transactional(self) -> None:
+        producer, self._tx = self._tx, None
+        if producer is not None:
+            await _stop_quietly(producer)
+
+    # -- session events: best effort --------------------------------------------------------------
+
+    async def _notifier(self) -> AIOKafkaProducer:
+        if self._plain is None:
+            producer = make_producer(self.settings.kafka, "ingress-sessions")
+            try:
+                await producer.start()
+            except BaseException:
+                await _stop_quietly(producer)
+                raise
+            self._plain = producer
+        return self._plain
 
     def notify(self, event: Event) -> None:
         if len(self._pending) >= MAX_PENDING_NOTIFICATIONS:
@@ -58,24 +123,38 @@ class KafkaEventSink:
 
     async def _send_notification(self, event: Event) -> None:
         try:
-            producer = await self._started()
-            await producer.send_and_wait(self.topics.sessions, encode_event(event),
-                                         key=(event.message_id or getattr(event, "session_id", "")).encode())
+            producer = await self._notifier()
+            key = (event.message_id or getattr(event, "session_id", "")).encode()
+            await asyncio.wait_for(producer.send_and_wait(self.topics.sessions, encode_event(event), key=key),
+                                   self.timeout)
         except Exception as exc:
             self.dropped_notifications += 1
             log.debug("session event %s not sent: %s", event.id, exc)
 
+    async def start(self) -> None:
+        await self._transactional()
+
     async def close(self, timeout: float = 5.0) -> None:
+        if self._flushing is not None:
+            await asyncio.wait([self._flushing], timeout=timeout)
         if self._pending:
             await asyncio.wait(self._pending, timeout=timeout)
-        if self._producer is not None:
-            await self._producer.stop()
+        await self._discard_transactional()
+        if self._plain is not None:
+            await _stop_quietly(self._plain)
+
+
+async def _stop_quietly(producer: AIOKafkaProducer, timeout: float = 5.0) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), timeout)
+    except Exception as exc:  # the broker may be gone; the producer is dropped either way
+        log.debug("producer stop: %s", exc)
 
 
 async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
     s = settings.ingress
     blobs = FileBlobStore(settings.home / "blobs")
-    sink = KafkaEventSink(settings)
+    sink = KafkaEventSink(settings, instance=os.environ.get("POSTSTELLE_INSTANCE", "0"))
     handler = IngressHandler(s, blobs, sink)
 
     def protocol() -> IngressSMTP:
@@ -93,13 +172,13 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
     server = await loop.create_server(protocol, host=s.host, port=s.port, reuse_address=True)
     log.info("ingress listening on %s:%d", s.host, s.port)
     try:
-        await sink._started()  # warm up; failures here are fine, persist() retries
+        await sink.start()  # warm up; failures here are fine, persist() retries
     except Exception as exc:
         log.warning("broker not reachable at start-up (%s); answering 451 until it is", exc)
     if on_ready:
         on_ready()
     await stop.wait()
-    # stop accepting, let messages being persisted get their answer, then close the producer
+    # stop accepting, let messages being persisted get their answer, then close the producers
     server.close()
     try:
         await asyncio.wait_for(handler.drained(), s.persist_timeout)

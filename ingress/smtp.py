@@ -86,7 +86,7 @@ class IngressSMTP(SMTP):
     _plain_replies = False
 
     async def push(self, status: str | bytes) -> None:
-        if isinstance(status, str) and not self._plain_replies and not status.startswith("220"):
+        if isinstance(status, str) and not self._plain_replies:
             status = with_enhanced_code(status)
         await super().push(status)
 
@@ -96,6 +96,15 @@ class IngressSMTP(SMTP):
             await super().smtp_HELO(hostname)
         finally:
             self._plain_replies = False
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self.clear_data_offence()
+        await super().smtp_DATA(arg)
+        if self.data_offence is not None:
+            # aiosmtpd answered DATA itself (size or line limit) without asking the handler; the
+            # stream still carried bare line endings, so the session ends here too
+            self.clear_data_offence()
+            self.close_after_reply()
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._plain_replies = True
@@ -107,6 +116,9 @@ class IngressSMTP(SMTP):
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, IllegalInput):
             self.close_after_reply()
+            on_violation = getattr(self.event_handler, "on_protocol_violation", None)
+            if on_violation is not None:
+                on_violation(self.session, error.reply)
             return error.reply
         log.error("session %r: unexpected error", self.session and self.session.peer, exc_info=error)
         return Replies.INTERNAL_ERROR

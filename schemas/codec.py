@@ -80,14 +80,18 @@ def _convert(tp: Any, value: Any, path: str, depth: int) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        errors: list[DecodeError] = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(arg, value, path, depth)
-            except DecodeError:
-                continue
-        raise DecodeError(f"{path}: {value!r} fits none of {args}")
+            except DecodeError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]  # `X | None`: the error of X says what is wrong
+        names = ", ".join(getattr(a, "__name__", str(a)) for a in args)
+        raise DecodeError(f"{path}: fits none of {names}")
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)

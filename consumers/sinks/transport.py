@@ -30,7 +30,7 @@ class DeliveryTransport(Protocol):
         """Deliver and return one reply per recipient. A connection failure raises OSError."""
 
 
-_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
+_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?:\s+|$)")
 
 
 def parse_reply_text(code: int, text: str) -> Reply:

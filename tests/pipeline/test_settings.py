@@ -1,0 +1,240 @@
+"""Configuration loading: defaults, strict validation naming the key, environment overrides."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.settings import REPO_ROOT, ConfigError, IngressSettings, Settings, load_settings
+
+
+def _toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "poststelle.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_file_or_environment():
+    settings = load_settings(None, environ={})
+    assert isinstance(settings, Settings)
+    assert settings.ingress == IngressSettings()
+    assert settings.ingress.port == 2525
+    assert settings.ingress.local_domains == ["school.test"]
+    assert settings.topology.stages == ["route"]
+    assert settings.paths.home == "var"
+    assert settings.home == REPO_ROOT / "var"
+    assert settings.source == ""
+    # every stage of the topology gets its settings, defaults when there is no section
+    route = settings.stage_settings("route")
+    assert route.local_destination == "lmtp" and route.remote_destination == "smarthost"
+
+
+def test_the_local_stack_config_is_valid():
+    settings = load_settings(REPO_ROOT / "deploy/local/poststelle.toml", environ={})
+    assert settings.source.endswith("poststelle.toml")
+    assert settings.sinks.lmtp.port == 2424
+
+
+def test_file_values_are_read(tmp_path):
+    path = _toml(tmp_path, '[ingress]\nport = 2600\nlocal_domains = ["a.test"]\n[runner]\nbatch_size = 5\n')
+    settings = load_settings(path, environ={})
+    assert settings.ingress.port == 2600
+    assert settings.ingress.local_domains == ["a.test"]
+    assert settings.runner.batch_size == 5
+    assert settings.source == str(path)
+
+
+def test_typo_key_names_the_key(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(_toml(tmp_path, "[ingress]\nprot = 25\n"), environ={})
+    message = str(info.value)
+    assert "ingress.prot" in message
+    assert "unknown key" in message and "port" in message  # lists the known keys
+
+
+def test_wrong_type_names_the_key_and_the_expected_form(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(_toml(tmp_path, '[ingress]\nport = "abc"\n'), environ={})
+    message = str(info.value)
+    assert "ingress.port" in message
+    assert "an integer" in message and "'abc'" in message
+
+
+@pytest.mark.parametrize(
+    "text, key, form",
+    [
+        ("[ingress]\nlocal_domains = \"school.test\"\n", "ingress.local_domains", "a list of strings"),
+        ("[ingress]\nlocal_domains = [1]\n", "ingress.local_domains[0]", "a string"),
+        ("[local]\nkafka = 1\n", "local.kafka", "true or false"),
+        ("[ingress]\npersist_timeout = \"5\"\n", "ingress.persist_timeout", "a number"),
+        ("[ingress]\nport = true\n", "ingress.port", "an integer"),  # bool is no integer
+        ("ingress = 5\n", "ingress", "a table"),
+    ],
+)
+def test_other_wrong_forms(tmp_path, text, key, form):
+    with pytest.raises(ConfigError) as info:
+        load_settings(_toml(tmp_path, text), environ={})
+    assert str(info.value).startswith(f"{key}:")
+    assert form in str(info.value)
+
+
+def test_integer_for_a_float_is_fine(tmp_path):
+    settings = load_settings(_toml(tmp_path, "[ingress]\npersist_timeout = 5\n"), environ={})
+    assert settings.ingress.persist_timeout == 5.0 and isinstance(settings.ingress.persist_timeout, float)
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(_toml(tmp_path, "[ingres]\nport = 25\n"), environ={})
+    assert str(info.value).startswith("ingres:")
+    assert "unknown key" in str(info.value)
+
+
+def test_env_override_wins_over_the_file(tmp_path):
+    path = _toml(tmp_path, "[ingress]\nport = 2525\nhost = \"0.0.0.0\"\n")
+    settings = load_settings(path, environ={"POSTSTELLE_INGRESS__PORT": "2600"})
+    assert settings.ingress.port == 2600
+    assert settings.ingress.host == "0.0.0.0"  # the rest of the section stays as in the file
+
+
+def test_env_override_without_file():
+    settings = load_settings(None, environ={"POSTSTELLE_INGRESS__PORT": "2600",
+                                            "POSTSTELLE_KAFKA__BOOTSTRAP": "kafka-1:9092"})
+    assert settings.ingress.port == 2600
+    assert settings.kafka.bootstrap == "kafka-1:9092"  # not TOML: taken as a string
+
+
+def test_env_list_override_comma_separated(tmp_path):
+    path = _toml(tmp_path, '[ingress]\nlocal_domains = ["school.test"]\n')
+    settings = load_settings(path, environ={"POSTSTELLE_INGRESS__LOCAL_DOMAINS": "a.test,b.test"})
+    assert settings.ingress.local_domains == ["a.test", "b.test"]
+
+
+def test_env_list_override_as_toml_array():
+    settings = load_settings(None, environ={"POSTSTELLE_INGRESS__LOCAL_DOMAINS": '["a.test", "b.test"]'})
+    assert settings.ingress.local_domains == ["a.test", "b.test"]
+
+
+def test_env_override_with_a_bad_value_names_the_key():
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, environ={"POSTSTELLE_INGRESS__PORT": "abc"})
+    assert "ingress.port" in str(info.value)
+
+
+def test_env_override_with_an_unknown_key_names_it():
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, environ={"POSTSTELLE_INGRESS__PROT": "25"})
+    assert "ingress.prot" in str(info.value)
+
+
+def test_env_variables_that_are_not_keys_are_ignored():
+    settings = load_settings(None, environ={"POSTSTELLE_INSTANCE": "3", "POSTSTELLE_LOG_LEVEL": "DEBUG",
+                                            "OTHER_INGRESS__PORT": "1"})
+    assert settings.ingress.port == 2525
+
+
+def test_config_file_named_by_environment(tmp_path):
+    path = _toml(tmp_path, "[ingress]\nport = 2700\n")
+    settings = load_settings(None, environ={"POSTSTELLE_CONFIG": str(path)})
+    assert settings.ingress.port == 2700
+    assert settings.source == str(path)
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", environ={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(_toml(tmp_path, "[ingress\n"), environ={})
+
+
+def test_unknown_stage_in_topology(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(_toml(tmp_path, '[topology]\nstages = ["route", "virsu"]\n'), environ={})
+    message = str(info.value)
+    assert "topology.stages" in message and "'virsu'" in message
+    assert "route" in message  # names the known stages
+
+
+def test_stage_named_twice(tmp_path):
+    with pytest.raises(ConfigError, match="named twice"):
+        load_settings(_toml(tmp_path, '[topology]\nstages = ["route", "route"]\n'), environ={})
+
+
+def test_unknown_key_in_a_stage_section(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(_toml(tmp_path, "[stages.route]\nbogus = 1\n"), environ={})
+    assert "stages.route.bogus" in str(info.value)
+
+
+def test_unknown_stage_section(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(_toml(tmp_path, "[stages.nosuch]\nx = 1\n"), environ={})
+    assert "stages.nosuch" in str(info.value)
+
+
+def test_stage_section_values_and_env_override(tmp_path):
+    path = _toml(tmp_path, '[stages.route]\nlocal_destination = "dovecot"\n')
+    settings = load_settings(path, environ={"POSTSTELLE_STAGES__ROUTE__LOCAL_DOMAINS": "x.test,y.test"})
+    route = settings.stage_settings("route")
+    assert route.local_destination == "dovecot"
+    assert route.local_domains == ["x.test", "y.test"]
+
+
+def test_stage_section_wrong_type(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(_toml(tmp_path, "[stages.route]\nlocal_destination = 3\n"), environ={})
+    assert "stages.route.local_destination" in str(info.value) and "a string" in str(info.value)
+
+
+def test_poststelle_home_sets_paths_home(tmp_path):
+    path = _toml(tmp_path, '[paths]\nhome = "elsewhere"\n')
+    settings = load_settings(path, environ={"POSTSTELLE_HOME": str(tmp_path / "state")})
+    assert settings.paths.home == str(tmp_path / "state")
+    assert settings.home == tmp_path / "state"
+
+
+def test_relative_home_is_below_the_repository():
+    settings = load_settings(None, environ={"POSTSTELLE_HOME": "var/x"})
+    assert settings.home == REPO_ROOT / "var/x"
+
+
+def test_settings_are_frozen():
+    settings = load_settings(None, environ={})
+    with pytest.raises(Exception):
+        settings.ingress.port = 1  # type: ignore[misc]
+
+
+# ---- the CLI --------------------------------------------------------------------------------
+
+
+def _cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", **(env_extra or {})}  # no POSTSTELLE_* from the caller
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_config_check_exits_2_naming_the_key(tmp_path):
+    bad = _toml(tmp_path, "[ingress]\nprot = 25\n")
+    proc = _cli("--config", str(bad), "config", "check")
+    assert proc.returncode == 2, proc.stderr
+    assert "ingress.prot" in proc.stderr
+    assert "configuration error" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_cli_config_check_bad_env_value(tmp_path):
+    good = _toml(tmp_path, "[ingress]\nport = 2525\n")
+    proc = _cli("--config", str(good), "config", "check", env_extra={"POSTSTELLE_INGRESS__PORT": "abc"})
+    assert proc.returncode == 2
+    assert "ingress.port" in proc.stderr
+
+
+def test_cli_config_check_prints_the_valid_config(tmp_path):
+    good = _toml(tmp_path, "[ingress]\nport = 2600\n")
+    proc = _cli("--config", str(good), "config", "check")
+    assert proc.returncode == 0, proc.stderr
+    assert '"port": 2600' in proc.stdout
+    assert "config OK" in proc.stderr

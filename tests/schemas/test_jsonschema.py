@@ -1,0 +1,306 @@
+"""The exported JSON Schema files: committed = generated, and real events validate against them.
+
+`jsonschema` is not a dependency, so a small validator below covers exactly the keywords the
+generator emits; it refuses any other keyword, so a generator change cannot slip past it unchecked.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from schemas.events import (
+    EVENT_TYPES,
+    SCHEMA_VERSION,
+    BlobRef,
+    Bounced,
+    Client,
+    Deadlettered,
+    Deferred,
+    Delivered,
+    DeliveryAttempt,
+    Edit,
+    Envelope,
+    Event,
+    HeaderSummary,
+    Quarantined,
+    Received,
+    Rejected,
+    Reply,
+    Result,
+    Routed,
+    SmtpConnect,
+    SmtpReject,
+    StageResult,
+    Verdict,
+    encode_event,
+    event_type_name,
+)
+from schemas.jsonschema import DEFAULT_DIRECTORY, DIALECT, export_all, render_all
+
+JSON_DIR = Path(__file__).resolve().parents[2] / "schemas" / "json"
+
+
+# ---- a validator for the keywords the generator uses ---------------------------------------
+
+_ANNOTATIONS = {"$schema", "$id", "$defs", "title", "description", "default"}
+_TYPES = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+
+
+def errors(schema: dict, value: Any, root: dict | None = None, path: str = "$") -> list[str]:
+    root = root if root is not None else schema
+    found: list[str] = []
+    unknown = set(schema) - _ANNOTATIONS - {
+        "type", "const", "enum", "properties", "required", "additionalProperties", "items", "anyOf", "$ref"
+    }
+    assert not unknown, f"validator does not know {unknown} (at {path})"
+    if "$ref" in schema:
+        ref = schema["$ref"]
+        assert ref.startswith("#/$defs/"), ref
+        found += errors(root["$defs"][ref.removeprefix("#/$defs/")], value, root, path)
+    if "type" in schema:
+        names = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(_TYPES[n](value) for n in names):
+            return found + [f"{path}: {value!r} is not {schema['type']}"]
+    if "const" in schema and value != schema["const"]:
+        found.append(f"{path}: {value!r} != {schema['const']!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        found.append(f"{path}: {value!r} not in {schema['enum']}")
+    if "anyOf" in schema and all(errors(s, value, root, path) for s in schema["anyOf"]):
+        found.append(f"{path}: {value!r} matches no alternative")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            found += errors(schema["items"], item, root, f"{path}[{i}]")
+    if isinstance(value, dict):
+        for name in schema.get("required", []):
+            if name not in value:
+                found.append(f"{path}.{name}: required")
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in props:
+                found += errors(props[key], item, root, f"{path}.{key}")
+            elif extra is False:
+                found.append(f"{path}.{key}: not allowed")
+            elif isinstance(extra, dict):
+                found += errors(extra, item, root, f"{path}.{key}")
+    return found
+
+
+# ---- realistic events -----------------------------------------------------------------------
+
+
+def _received() -> Received:
+    return Received(
+        message_id="0192f0c1-0000-7000-8000-000000000001",
+        envelope=Envelope(mail_from="alice@ext.test", rcpt_to=["bob@school.test", "carol@ext.test"],
+                          smtputf8=True, body="8BITMIME"),
+        client=Client(ip="192.0.2.7", port=40312, helo="mail.ext.test", reverse_name="mail.ext.test", tls=True),
+        blob=BlobRef(sha256="ab" * 32, size=1234),
+        headers=HeaderSummary(subject="Zeugnisse", header_from="Alice <alice@ext.test>",
+                              header_to="bob@school.test", message_id_header="<1@ext.test>",
+                              date="Mon, 24 Nov 2025 09:00:00 +0100"),
+        session_id="0192f0c1-0000-7000-8000-0000000000aa",
+        ingress_host="mx.school.test",
+    )
+
+
+def sample_events() -> list[Event]:
+    rec = _received()
+    result = Result(stage="route", verdict=Verdict.PASS, score=0.5,
+                    details={"routes": {"lmtp": ["bob@school.test"]}, "nested": [1, {"a": None}]},
+                    duration_ms=1.25)
+    edit = Edit(stage="spam", kind="subject_tag", value="[SPAM]")
+    routed = Routed(message_id=rec.message_id, destination="lmtp", recipients=["bob@school.test"],
+                    message=rec, results=[result], edits=[edit], attempt=1)
+    reply = Reply(code=452, enhanced="4.2.2", text="Mailbox full")
+    return [
+        rec,
+        StageResult(message_id=rec.message_id, result=result, message=rec, history=[result], edits=[edit]),
+        routed,
+        DeliveryAttempt(message_id=rec.message_id, destination="lmtp", recipient="bob@school.test",
+                        attempt=1, reply=reply, duration_ms=12.5),
+        Delivered(message_id=rec.message_id, destination="lmtp", recipient="bob@school.test", attempt=2,
+                  reply=Reply(code=250, enhanced="2.0.0", text="Saved"), received_time=rec.time),
+        Deferred(message_id=rec.message_id, destination="lmtp", recipient="bob@school.test", attempt=1,
+                 reply=reply, next_attempt_time="2025-11-24T09:01:00.000Z", routed=routed),
+        Deferred(message_id=rec.message_id, destination="lmtp", recipient="bob@school.test", attempt=1,
+                 reply=reply),  # routed = None
+        Bounced(message_id=rec.message_id, destination="smarthost", recipient="carol@ext.test", attempt=3,
+                reply=Reply(code=550, enhanced="5.1.1", text="No such user"), reason="permanent",
+                mail_from="alice@ext.test"),
+        Quarantined(message_id=rec.message_id, stage="virus", reason="Eicar-Test-Signature",
+                    recipients=["bob@school.test"], message=rec, results=[result]),
+        Rejected(message_id=rec.message_id, stage="blocklist", reason="sender blocked",
+                 recipients=["bob@school.test"], message=rec, results=[result]),
+        Deadlettered(message_id=rec.message_id, consumer="route", source_topic="poststelle.received",
+                     partition=2, offset=17, reason="undecodable", error="not JSON", payload="\x00garbage"),
+        SmtpConnect(session_id="s1", client_ip="192.0.2.7", client_port=40312),
+        SmtpReject(session_id="s1", client_ip="192.0.2.7", phase="rcpt", check="relay",
+                   reason_code="relay_denied", reply=Reply(code=554, enhanced="5.7.1", text="Relaying denied"),
+                   helo="mail.ext.test", sender="alice@ext.test", recipient="r@ext.test"),
+    ]
+
+
+def _load(name: str) -> dict:
+    return orjson.loads((JSON_DIR / name).read_bytes())
+
+
+# ---- committed files = generated ------------------------------------------------------------
+
+
+def test_committed_schema_files_match_the_generator():
+    rendered = render_all()
+    assert set(rendered) == {f"{t}.v{SCHEMA_VERSION}.json" for t in EVENT_TYPES}
+    drift = []
+    for name, text in rendered.items():
+        path = JSON_DIR / name
+        if not path.exists():
+            drift.append(f"{name} is missing")
+        elif path.read_text(encoding="utf-8") != text:
+            drift.append(f"{name} differs")
+    stale = sorted(p.name for p in JSON_DIR.glob(f"*.v{SCHEMA_VERSION}.json") if p.name not in rendered)
+    assert not drift, (
+        f"schemas/json/ is out of date with schemas/events.py ({'; '.join(drift)}): "
+        "run `poststelle schemas export` and commit the result"
+    )
+    assert not stale, f"schemas/json/ holds files of no event type: {stale}; delete them"
+
+
+def test_rendering_is_deterministic_and_formatted():
+    first, second = render_all(), render_all()
+    assert first == second
+    for name, text in first.items():
+        assert text.endswith("}\n") and not text.endswith("\n\n"), name
+        assert "\n  \"$id\"" in text, name  # 2-space indent, keys sorted ($defs/$id first)
+        document = orjson.loads(text)
+        assert list(document) == sorted(document), name
+
+
+def test_export_all_writes_every_file(tmp_path):
+    paths = export_all(tmp_path / "out")
+    rendered = render_all()
+    assert sorted(p.name for p in paths) == sorted(rendered)
+    for path in paths:
+        assert path.parent == tmp_path / "out"
+        assert path.read_text(encoding="utf-8") == rendered[path.name]
+    assert DEFAULT_DIRECTORY == JSON_DIR
+
+
+def test_cli_exports_into_a_directory(tmp_path):
+    from pipeline.cli import main
+
+    assert main(["schemas", "export", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(render_all())
+
+
+def test_schema_header_and_shape():
+    for event_type, cls in EVENT_TYPES.items():
+        doc = _load(f"{event_type}.v{SCHEMA_VERSION}.json")
+        assert doc["$schema"] == DIALECT
+        assert doc["$id"].endswith(f"{event_type}.v{SCHEMA_VERSION}")
+        assert doc["title"] == cls.__name__
+        assert doc["type"] == "object" and doc["additionalProperties"] is True
+        assert doc["properties"]["type"] == {"const": event_type}
+        assert {"type", "schema_version"} <= set(doc["required"])
+        assert set(doc["properties"]) == {f.name for f in dataclasses.fields(cls)}
+        for name, definition in doc.get("$defs", {}).items():
+            assert definition["additionalProperties"] is True, name
+
+
+def test_schema_details_follow_the_type_hints():
+    received = _load(f"received.v{SCHEMA_VERSION}.json")
+    assert received["description"].startswith("The ingress accepted a message")
+    assert received["properties"]["envelope"] == {"$ref": "#/$defs/Envelope"}
+    env = received["$defs"]["Envelope"]
+    assert env["required"] == ["mail_from", "rcpt_to"]
+    assert env["properties"]["rcpt_to"] == {"type": "array", "items": {"type": "string"}}
+    assert env["properties"]["body"] == {"enum": ["7BIT", "8BITMIME", "BINARYMIME"], "default": "7BIT"}
+    assert env["properties"]["smtputf8"] == {"type": "boolean", "default": False}
+    assert "description" not in env  # no docstring: no invented one from the signature
+    assert received["$defs"]["Client"]["properties"]["port"] == {"type": "integer"}
+
+    stage = _load(f"stage_result.v{SCHEMA_VERSION}.json")
+    result = stage["$defs"]["Result"]
+    assert result["properties"]["verdict"] == {"type": "string", "enum": [v.value for v in Verdict]}
+    assert result["properties"]["details"] == {"type": "object", "default": {}}  # dict[str, Any]
+    assert result["properties"]["score"] == {"type": "number", "default": 0.0}
+    assert stage["properties"]["history"] == {"type": "array", "items": {"$ref": "#/$defs/Result"},
+                                              "default": []}
+    assert stage["properties"]["message"] == {"$ref": "#/$defs/Received"}
+
+    deferred = _load(f"deferred.v{SCHEMA_VERSION}.json")
+    assert deferred["properties"]["routed"] == {
+        "anyOf": [{"$ref": "#/$defs/Routed"}, {"type": "null"}], "default": None}
+    assert deferred["properties"]["reply"] == {"$ref": "#/$defs/Reply"}
+    # id and time come from factories: required neither, and no default written down
+    assert "default" not in deferred["properties"]["id"]
+    assert "id" not in deferred["required"] and "time" not in deferred["required"]
+
+
+# ---- real events validate -------------------------------------------------------------------
+
+
+def test_samples_cover_every_event_type():
+    assert {event_type_name(type(e)) for e in sample_events()} == set(EVENT_TYPES)
+
+
+@pytest.mark.parametrize("event", sample_events(), ids=lambda e: event_type_name(type(e)))
+def test_encoded_events_validate_against_their_schema(event):
+    doc = orjson.loads(encode_event(event))
+    schema = _load(f"{doc['type']}.v{SCHEMA_VERSION}.json")
+    assert errors(schema, doc) == []
+
+
+def test_validator_catches_bad_documents():
+    """The check above could fail: broken events do not validate."""
+    schema = _load(f"received.v{SCHEMA_VERSION}.json")
+    good = orjson.loads(encode_event(_received()))
+    assert errors(schema, good) == []
+
+    missing = {k: v for k, v in good.items() if k != "blob"}
+    assert errors(schema, missing) == ["$.blob: required"]
+
+    wrong_type = {**good, "client": {**good["client"], "port": "25"}}
+    assert errors(schema, wrong_type) == ["$.client.port: '25' is not integer"]
+
+    bad_literal = {**good, "envelope": {**good["envelope"], "body": "QUOTED"}}
+    assert any(e.startswith("$.envelope.body") for e in errors(schema, bad_literal))
+
+    other_type = {**good, "type": "routed"}
+    assert errors(schema, other_type) == ["$.type: 'routed' != 'received'"]
+
+    no_version = {k: v for k, v in good.items() if k != "schema_version"}
+    assert errors(schema, no_version) == ["$.schema_version: required"]
+
+    # readers ignore unknown fields, at the top and inside parts
+    extended = {**good, "future_field": 1, "client": {**good["client"], "asn": 64496}}
+    assert errors(schema, extended) == []
+
+    deferred = _load(f"deferred.v{SCHEMA_VERSION}.json")
+    bad_nested = orjson.loads(encode_event(sample_events()[5]))
+    bad_nested["routed"]["message"]["blob"]["size"] = -1.5
+    found = errors(deferred, bad_nested)
+    assert len(found) == 1 and found[0].startswith("$.routed: ") and "matches no alternative" in found[0]
+    assert errors(deferred["$defs"]["Routed"], bad_nested["routed"], deferred, "$.routed") == [
+        "$.routed.message.blob.size: -1.5 is not integer"]
+
+
+def test_every_property_of_an_encoded_event_is_declared():
+    """Structural check: writers emit no field the schema does not name."""
+    for event in sample_events():
+        doc = orjson.loads(encode_event(event))
+        schema = _load(f"{doc['type']}.v{SCHEMA_VERSION}.json")
+        assert set(doc) == set(schema["properties"]), doc["type"]
+        assert set(schema["required"]) <= set(doc)
