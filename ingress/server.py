@@ -98,7 +98,7 @@ class KafkaEventSink:
     async def _discard_transactional(self) -> None:
         producer, self._tx = self._tx, None
         if producer is not None:
-            await _stop_quietly(producer)
+            await _abandon(producer)
 
     # -- session events: best effort --------------------------------------------------------------
 
@@ -142,6 +142,21 @@ class KafkaEventSink:
         await self._discard_transactional()
         if self._plain is not None:
             await _stop_quietly(self._plain)
+
+
+async def _abandon(producer: AIOKafkaProducer) -> None:
+    """Stop a producer *without* flushing: nothing it still holds may reach the broker later.
+
+    `AIOKafkaProducer.stop()` first waits for its buffered records (and a pending EndTxn) to be
+    sent; cut short by a timeout, it leaves the sender task running, which then commits the
+    transaction once the broker is back. So the sender is cancelled directly. Whatever the broker
+    already holds of the open transaction is aborted when the next producer with the same
+    transactional id registers (fencing), or by the broker's transaction timeout.
+    """
+    producer._closed = True  # aiokafka has no public "close without flush"
+    if producer._sender is not None:
+        await producer._sender.close()  # cancels the sender task
+    await producer.client.close()
 
 
 async def _stop_quietly(producer: AIOKafkaProducer, timeout: float = 5.0) -> None:
