@@ -86,13 +86,7 @@ class KafkaEventSink:
     async def _transactional(self) -> AIOKafkaProducer:
         async with self._tx_lock:
             if self._tx is None:
-                producer = make_transactional_producer(self.settings.kafka, self.transactional_id)
-                try:
-                    await producer.start()
-                except BaseException:
-                    await _stop_quietly(producer)
-                    raise
-                self._tx = producer
+                self._tx = await _started(make_transactional_producer(self.settings.kafka, self.transactional_id))
             return self._tx
 
     async def _discard_transactional(self) -> None:
@@ -104,13 +98,7 @@ class KafkaEventSink:
 
     async def _notifier(self) -> AIOKafkaProducer:
         if self._plain is None:
-            producer = make_producer(self.settings.kafka, "ingress-sessions")
-            try:
-                await producer.start()
-            except BaseException:
-                await _stop_quietly(producer)
-                raise
-            self._plain = producer
+            self._plain = await _started(make_producer(self.settings.kafka, "ingress-sessions"))
         return self._plain
 
     def notify(self, event: Event) -> None:
@@ -142,6 +130,16 @@ class KafkaEventSink:
         await self._discard_transactional()
         if self._plain is not None:
             await _stop_quietly(self._plain)
+
+
+async def _started(producer: AIOKafkaProducer) -> AIOKafkaProducer:
+    """Start `producer`, or release what it opened if it cannot start (broker down)."""
+    try:
+        await producer.start()
+    except BaseException:
+        await _stop_quietly(producer)
+        raise
+    return producer
 
 
 async def _abandon(producer: AIOKafkaProducer) -> None:

@@ -12,29 +12,12 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.schemas.test_events import all_events, received
 from schemas.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
-    BlobRef,
-    Bounced,
-    Client,
-    Deadlettered,
     Deferred,
-    Delivered,
-    DeliveryAttempt,
-    Edit,
-    Envelope,
     Event,
-    HeaderSummary,
-    Quarantined,
-    Received,
-    Rejected,
-    Reply,
-    Result,
-    Routed,
-    SmtpConnect,
-    SmtpReject,
-    StageResult,
     Verdict,
     encode_event,
     event_type_name,
@@ -101,56 +84,11 @@ def errors(schema: dict, value: Any, root: dict | None = None, path: str = "$") 
 # ---- realistic events -----------------------------------------------------------------------
 
 
-def _received() -> Received:
-    return Received(
-        message_id="0192f0c1-0000-7000-8000-000000000001",
-        envelope=Envelope(mail_from="alice@ext.test", rcpt_to=["bob@school.test", "carol@ext.test"],
-                          smtputf8=True, body="8BITMIME"),
-        client=Client(ip="192.0.2.7", port=40312, helo="mail.ext.test", reverse_name="mail.ext.test", tls=True),
-        blob=BlobRef(sha256="ab" * 32, size=1234),
-        headers=HeaderSummary(subject="Zeugnisse", header_from="Alice <alice@ext.test>",
-                              header_to="bob@school.test", message_id_header="<1@ext.test>",
-                              date="Mon, 24 Nov 2025 09:00:00 +0100"),
-        session_id="0192f0c1-0000-7000-8000-0000000000aa",
-        ingress_host="mx.school.test",
-    )
-
-
 def sample_events() -> list[Event]:
-    rec = _received()
-    result = Result(stage="route", verdict=Verdict.PASS, score=0.5,
-                    details={"routes": {"lmtp": ["bob@school.test"]}, "nested": [1, {"a": None}]},
-                    duration_ms=1.25)
-    edit = Edit(stage="spam", kind="subject_tag", value="[SPAM]")
-    routed = Routed(message_id=rec.message_id, destination="lmtp", recipients=["bob@school.test"],
-                    message=rec, results=[result], edits=[edit], attempt=1)
-    reply = Reply(code=452, enhanced="4.2.2", text="Mailbox full")
-    return [
-        rec,
-        StageResult(message_id=rec.message_id, result=result, message=rec, history=[result], edits=[edit]),
-        routed,
-        DeliveryAttempt(message_id=rec.message_id, destination="lmtp", recipient="bob@school.test",
-                        attempt=1, reply=reply, duration_ms=12.5),
-        Delivered(message_id=rec.message_id, destination="lmtp", recipient="bob@school.test", attempt=2,
-                  reply=Reply(code=250, enhanced="2.0.0", text="Saved"), received_time=rec.time),
-        Deferred(message_id=rec.message_id, destination="lmtp", recipient="bob@school.test", attempt=1,
-                 reply=reply, next_attempt_time="2025-11-24T09:01:00.000Z", routed=routed),
-        Deferred(message_id=rec.message_id, destination="lmtp", recipient="bob@school.test", attempt=1,
-                 reply=reply),  # routed = None
-        Bounced(message_id=rec.message_id, destination="smarthost", recipient="carol@ext.test", attempt=3,
-                reply=Reply(code=550, enhanced="5.1.1", text="No such user"), reason="permanent",
-                mail_from="alice@ext.test"),
-        Quarantined(message_id=rec.message_id, stage="virus", reason="Eicar-Test-Signature",
-                    recipients=["bob@school.test"], message=rec, results=[result]),
-        Rejected(message_id=rec.message_id, stage="blocklist", reason="sender blocked",
-                 recipients=["bob@school.test"], message=rec, results=[result]),
-        Deadlettered(message_id=rec.message_id, consumer="route", source_topic="poststelle.received",
-                     partition=2, offset=17, reason="undecodable", error="not JSON", payload="\x00garbage"),
-        SmtpConnect(session_id="s1", client_ip="192.0.2.7", client_port=40312),
-        SmtpReject(session_id="s1", client_ip="192.0.2.7", phase="rcpt", check="relay",
-                   reason_code="relay_denied", reply=Reply(code=554, enhanced="5.7.1", text="Relaying denied"),
-                   helo="mail.ext.test", sender="alice@ext.test", recipient="r@ext.test"),
-    ]
+    """Every event type (the samples of test_events), plus a `deferred` without its optional part."""
+    events = all_events()
+    deferred = next(e for e in events if isinstance(e, Deferred))
+    return [*events, dataclasses.replace(deferred, routed=None)]
 
 
 def _load(name: str) -> dict:
@@ -266,7 +204,7 @@ def test_encoded_events_validate_against_their_schema(event):
 def test_validator_catches_bad_documents():
     """The check above could fail: broken events do not validate."""
     schema = _load(f"received.v{SCHEMA_VERSION}.json")
-    good = orjson.loads(encode_event(_received()))
+    good = orjson.loads(encode_event(received()))
     assert errors(schema, good) == []
 
     missing = {k: v for k, v in good.items() if k != "blob"}
