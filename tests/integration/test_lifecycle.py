@@ -34,7 +34,8 @@ def test_up_status_and_ctrl_c_leave_no_process_behind():
     status = stack.status()["components"]
     assert set(status) == {"kafka", "dovecot", "ingress", "stage:route", "sink:lmtp", "sink:analytics"}
     assert all(c["state"] == "ready" for c in status.values())
-    assert "poststelle ready: smtp 127.0.0.1:39192" in (stack.home / "up.log").read_text()
+    stack.wait_for(lambda: "poststelle ready: smtp 127.0.0.1:39192" in (stack.home / "up.log").read_text(),
+                   timeout=10, what="the ready line")
     pids = [c["pid"] for c in status.values()]
 
     took = stop(stack)
