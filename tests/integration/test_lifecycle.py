@@ -31,14 +31,15 @@ def _group_members(pgid: int) -> list[int]:
 
 def test_up_status_and_ctrl_c_leave_no_process_behind():
     stack = launch(REPO / "var" / "test-lifecycle", 39190)
-    status = stack.status()["components"]
-    assert set(status) == {"kafka", "dovecot", "ingress", "stage:route", "sink:lmtp", "sink:analytics"}
-    assert all(c["state"] == "ready" for c in status.values())
-    stack.wait_for(lambda: "poststelle ready: smtp 127.0.0.1:39192" in (stack.home / "up.log").read_text(),
-                   timeout=10, what="the ready line")
-    pids = [c["pid"] for c in status.values()]
-
-    took = stop(stack)
+    try:
+        status = stack.status()["components"]
+        assert set(status) == {"kafka", "dovecot", "ingress", "stage:route", "sink:lmtp", "sink:analytics"}
+        assert all(c["state"] == "ready" for c in status.values())
+        stack.wait_for(lambda: "poststelle ready: smtp 127.0.0.1:39192" in (stack.home / "up.log").read_text(),
+                       timeout=10, what="the ready line")
+        pids = [c["pid"] for c in status.values()]
+    finally:
+        took = stop(stack)
 
     assert stack.process.returncode == 0
     assert took < 10.0, f"stopping took {took:.1f}s"
