@@ -315,7 +315,18 @@ def load_settings(
         stages.setdefault(name, stage_types[name]())
     if len(set(settings.topology.stages)) != len(settings.topology.stages):
         raise ConfigError("topology.stages: a stage is named twice")
+    _check_limits(settings)
     return dataclasses.replace(settings, stages=stages, source=str(path or ""))
+
+
+def _check_limits(settings: Settings) -> None:
+    """Producers may not write records the consumers refuse or cannot fetch."""
+    k, r = settings.kafka, settings.runner
+    if k.max_partition_fetch_bytes < k.max_request_size:
+        raise ConfigError("kafka.max_partition_fetch_bytes: must be at least kafka.max_request_size "
+                          f"({k.max_request_size}), or consumers cannot fetch what producers write")
+    if r.max_event_bytes > k.max_request_size:
+        raise ConfigError(f"runner.max_event_bytes: must be at most kafka.max_request_size ({k.max_request_size})")
 
 
 def _parse_stage_sections(data: Any, stage_types: Mapping[str, type]) -> dict[str, Any]:

@@ -238,3 +238,10 @@ def test_cli_config_check_prints_the_valid_config(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert '"port": 2600' in proc.stdout
     assert "config OK" in proc.stderr
+
+
+def test_inconsistent_kafka_limits_are_refused():
+    with pytest.raises(ConfigError, match="kafka.max_partition_fetch_bytes"):
+        load_settings(None, environ={"POSTSTELLE_KAFKA__MAX_REQUEST_SIZE": "2097152"})
+    with pytest.raises(ConfigError, match="runner.max_event_bytes"):
+        load_settings(None, environ={"POSTSTELLE_RUNNER__MAX_EVENT_BYTES": "2000000"})
