@@ -1,8 +1,9 @@
 """The ingress handler: SMTP in, a durable `received` event out, nothing more.
 
-`250` is answered only after the raw message is fsynced in the blob store *and* the broker has
-acknowledged the `received` event (acks=all, idempotent producer). If either fails or takes longer
-than `ingress.persist_timeout`, the answer is `451 4.3.0`: the client keeps the message and retries.
+`250` is answered only after the raw message is fsynced in the blob store *and* its `received` event
+is committed in a Kafka transaction (see `ingress.server.KafkaEventSink`). If either fails or takes
+longer than `ingress.persist_timeout`, the answer is `451 4.3.0`: the client keeps the message and
+retries.
 """
 from __future__ import annotations
 

@@ -27,8 +27,9 @@ class KafkaEventSink:
     `received` events are committed in Kafka transactions with group commit: the sessions waiting
     at the same moment share one transaction. `persist` returns only after the commit; when the
     commit fails or times out, the producer is discarded and its successor (same transactional id)
-    fences it, so the transaction is aborted and `read_committed` consumers never see a message
-    whose sender was told `451`. (An idempotent producer alone would keep the record and deliver it
+    fences it, so the transaction is aborted and `read_committed` consumers do not see a message
+    whose sender was told `451`. (One window remains, as in every MTA: the broker committed but the
+    answer came too late; the sender's retry then makes a duplicate, never a loss.) (An idempotent producer alone would keep the record and deliver it
     when the broker comes back: the sender's retry would then make a second copy.)
 
     Producers start lazily, so a broker that is down at start-up gives `451` answers and the ingress

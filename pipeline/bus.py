@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from pipeline.settings import KafkaSettings, Settings
+from pipeline.settings import DESTINATIONS, KafkaSettings, Settings
 
 __all__ = ["Topics", "make_producer", "make_transactional_producer", "make_consumer", "ensure_topics"]
 
@@ -26,7 +26,7 @@ class Topics:
 
     prefix: str
     stages: tuple[str, ...]
-    destinations: tuple[str, ...] = ("lmtp", "smarthost")
+    destinations: tuple[str, ...] = DESTINATIONS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Topics":

@@ -180,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.supervisor import ready_file
 
     def on_ready() -> None:
-        path = ready_file(settings, args.component)
+        path = ready_file(settings, args.component, os.environ.get("POSTSTELLE_INSTANCE", "0"))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(str(os.getpid()))
 

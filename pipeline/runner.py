@@ -105,8 +105,10 @@ class StageRunner:
     def decode(self, record: ConsumerRecord) -> Work:
         """The stage's input, or `PoisonMessage` when the record cannot be one."""
         limits = self.settings.runner
-        if record.value is None or len(record.value) > limits.max_event_bytes:
-            raise PoisonMessage("too_large", f"record of {len(record.value or b'')} bytes")
+        if record.value is None:
+            raise PoisonMessage("undecodable", "record without a value")
+        if len(record.value) > limits.max_event_bytes:
+            raise PoisonMessage("too_large", f"record of {len(record.value)} bytes")
         try:
             event = decode_event(record.value, expect=(Received, StageResult))
         except DecodeError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -38,9 +39,14 @@ __all__ = [
     "load_settings",
     "parse_section",
     "REPO_ROOT",
+    "DESTINATIONS",
+    "SINKS",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# destinations the route stage may choose (each has a `routed.<name>` topic) and the sinks
+DESTINATIONS = ("lmtp", "smarthost")
+SINKS = ("lmtp", "analytics")
 ENV_PREFIX = "POSTSTELLE_"
 # environment variables with the prefix that are not config keys
 _ENV_NOT_KEYS = {"POSTSTELLE_HOME", "POSTSTELLE_CONFIG", "POSTSTELLE_INSTANCE", "POSTSTELLE_LOG_LEVEL"}
@@ -65,7 +71,7 @@ class KafkaSettings:
     # producer request and consumer fetch limits; events carry blob references, not bodies
     max_request_size: int = 1_048_576
     max_partition_fetch_bytes: int = 1_048_576
-    # client id and transactional ids are derived from this plus the stage name
+    # client ids are this plus the component; transactional ids derive from topic_prefix
     client_id: str = "poststelle"
 
 
@@ -79,7 +85,6 @@ class IngressSettings:
     # seconds to wait for the blob fsync and the broker acknowledgement before answering 451
     persist_timeout: float = 15.0
     data_timeout: float = 300.0  # idle timeout per command/DATA chunk (RFC 5321 4.5.3.2)
-    max_command_errors: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,14 +304,17 @@ def load_settings(
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    overrides = _env_overrides(environ)
-    _fix_list_strings(Settings, overrides)
-    data = _merge(data, overrides)
-    settings = parse_section(Settings, data, "")
     if stage_types is None:
         from pipeline.registry import stage_settings_types
 
         stage_types = stage_settings_types()
+    overrides = _env_overrides(environ)
+    _fix_list_strings(Settings, overrides)  # env values may write lists as "a,b"
+    for name, section in overrides.get("stages", {}).items():
+        if name in stage_types and isinstance(section, dict):
+            _fix_list_strings(stage_types[name], section)
+    data = _merge(data, overrides)
+    settings = parse_section(Settings, data, "")
     stages = _parse_stage_sections(data.get("stages", {}), stage_types)
     for name in settings.topology.stages:
         if name not in stage_types:
@@ -315,12 +323,17 @@ def load_settings(
         stages.setdefault(name, stage_types[name]())
     if len(set(settings.topology.stages)) != len(settings.topology.stages):
         raise ConfigError("topology.stages: a stage is named twice")
-    _check_limits(settings)
+    _check_consistency(settings)
     return dataclasses.replace(settings, stages=stages, source=str(path or ""))
 
 
-def _check_limits(settings: Settings) -> None:
-    """Producers may not write records the consumers refuse or cannot fetch."""
+def _check_consistency(settings: Settings) -> None:
+    """Rules that span keys: size limits that fit together, names that exist."""
+    unknown = sorted(set(settings.supervisor.sinks) - set(SINKS))
+    if unknown:
+        raise ConfigError(f"supervisor.sinks: unknown sink {unknown[0]!r} (known: {', '.join(SINKS)})")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", settings.sinks.analytics.database):
+        raise ConfigError("sinks.analytics.database: expected a plain identifier (letters, digits, _)")
     k, r = settings.kafka, settings.runner
     if k.max_partition_fetch_bytes < k.max_request_size:
         raise ConfigError("kafka.max_partition_fetch_bytes: must be at least kafka.max_request_size "
@@ -337,6 +350,5 @@ def _parse_stage_sections(data: Any, stage_types: Mapping[str, type]) -> dict[st
         if name not in stage_types:
             known = ", ".join(sorted(stage_types)) or "none"
             raise ConfigError(f"stages.{name}: unknown stage (known: {known})")
-        _fix_list_strings(stage_types[name], section if isinstance(section, dict) else {})
         parsed[name] = parse_section(stage_types[name], section, f"stages.{name}")
     return parsed

@@ -44,8 +44,10 @@ def status_file(settings: Settings) -> Path:
     return run_dir(settings) / "status.json"
 
 
-def ready_file(settings: Settings, name: str) -> Path:
-    return run_dir(settings) / f"{name.replace(':', '-')}.ready"
+def ready_file(settings: Settings, name: str, instance: str = "0") -> Path:
+    """Written by a component once it serves; instances other than the supervisor's ("0") have their own."""
+    suffix = "" if instance == "0" else f".{instance}"
+    return run_dir(settings) / f"{name.replace(':', '-')}{suffix}.ready"
 
 
 def hold_file(settings: Settings, name: str) -> Path:
@@ -213,7 +215,8 @@ class Supervisor:
         live = [c for c in group if c.process is not None and c.process.returncode is None]
         for child in live:
             _signal_group(child.process, signal.SIGTERM)
-        for child in live:
+
+        async def stopped(child: Child) -> None:
             timeout = min(child.spec.stop_timeout, budget)
             try:
                 await asyncio.wait_for(child.process.wait(), timeout)
@@ -222,6 +225,8 @@ class Supervisor:
                 _signal_group(child.process, signal.SIGKILL)
                 await child.process.wait()
             child.state = "stopped"
+
+        await asyncio.gather(*(stopped(c) for c in live))
         for child in group:
             if child.waiter is not None:
                 child.waiter.cancel()

@@ -160,7 +160,8 @@ class DeliverySink:
             if on_ready:
                 on_ready()
             while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=500, max_records=self.inflight)
+                batch = await consumer.getmany(timeout_ms=self.settings.runner.poll_timeout_ms,
+                                               max_records=self.inflight)
                 if batch:
                     async with self._lock:
                         await self._process_batch(producer, batch)

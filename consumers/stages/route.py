@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from pipeline.registry import register
+from pipeline.settings import DESTINATIONS, ConfigError
 from pipeline.stage import Outcome, StageContext, Work
 from schemas.events import Verdict
 from schemas.stages.route import RouteDetails
@@ -22,6 +23,12 @@ class RouteSettings:
     remote_destination: str = "smarthost"
     # empty: the ingress's local domains
     local_domains: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for key in ("local_destination", "remote_destination"):
+            if getattr(self, key) not in DESTINATIONS:
+                raise ConfigError(f"stages.route.{key}: expected one of {', '.join(DESTINATIONS)}, "
+                                  f"got {getattr(self, key)!r}")
 
 
 @register

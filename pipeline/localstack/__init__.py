@@ -24,5 +24,5 @@ class ServiceSpec:
     cwd: Path | None = None
     # seconds between SIGTERM and SIGKILL at shutdown
     stop_timeout: float = 5.0
-    # services stop in reverse start order; infrastructure (Kafka) starts first, stops last
-    log_file: Path | None = None
+    # (services stop in reverse start order; infrastructure starts first and stops last;
+    #  stdout and stderr go to <home>/log/<name>.log)

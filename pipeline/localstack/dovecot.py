@@ -126,7 +126,6 @@ def dovecot_service(state_home: Path, host: str, port: int, users_file: Path) ->
         ready_port=(host, port),
         cwd=conf_dir,
         stop_timeout=_STOP_TIMEOUT,
-        log_file=conf_dir / "dovecot.log",
     )
 
 

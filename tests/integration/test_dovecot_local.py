@@ -92,7 +92,7 @@ def _start(state_home: Path, users_file: Path) -> Running:
     spec = dovecot_service(state_home, "127.0.0.1", port, users_file)
     assert spec.argv[1:3] == ["-F", "-c"]
     assert spec.ready_port == ("127.0.0.1", port)
-    log = spec.log_file or state_home / "dovecot.log"
+    log = state_home / "dovecot.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(spec.argv, cwd=spec.cwd, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT,

@@ -175,10 +175,10 @@ def test_unknown_stage_section(tmp_path):
 
 
 def test_stage_section_values_and_env_override(tmp_path):
-    path = _toml(tmp_path, '[stages.route]\nlocal_destination = "dovecot"\n')
+    path = _toml(tmp_path, '[stages.route]\nlocal_destination = "smarthost"\n')
     settings = load_settings(path, environ={"POSTSTELLE_STAGES__ROUTE__LOCAL_DOMAINS": "x.test,y.test"})
     route = settings.stage_settings("route")
-    assert route.local_destination == "dovecot"
+    assert route.local_destination == "smarthost"
     assert route.local_domains == ["x.test", "y.test"]
 
 
@@ -245,3 +245,22 @@ def test_inconsistent_kafka_limits_are_refused():
         load_settings(None, environ={"POSTSTELLE_KAFKA__MAX_REQUEST_SIZE": "2097152"})
     with pytest.raises(ConfigError, match="runner.max_event_bytes"):
         load_settings(None, environ={"POSTSTELLE_RUNNER__MAX_EVENT_BYTES": "2000000"})
+
+
+@pytest.mark.parametrize("environ, key", [
+    ({"POSTSTELLE_SUPERVISOR__SINKS": "lmtp,smtp"}, "supervisor.sinks"),
+    ({"POSTSTELLE_SINKS__ANALYTICS__DATABASE": "x; DROP TABLE events"}, "sinks.analytics.database"),
+    ({"POSTSTELLE_STAGES__ROUTE__LOCAL_DESTINATION": "maildir"}, "stages.route.local_destination"),
+])
+def test_names_that_do_not_exist_are_refused_at_load(environ, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_settings(None, environ=environ)
+
+
+def test_a_string_in_the_file_is_not_taken_as_a_list_in_stage_sections(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[stages.route]\nlocal_domains = "a.test,b.test"\n')
+    with pytest.raises(ConfigError, match=r"stages\.route\.local_domains"):
+        load_settings(path, environ={})
+    env = load_settings(None, environ={"POSTSTELLE_STAGES__ROUTE__LOCAL_DOMAINS": "a.test,b.test"})
+    assert env.stage_settings("route").local_domains == ["a.test", "b.test"]
