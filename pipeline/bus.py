@@ -9,13 +9,16 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipeline.settings import DESTINATIONS, KafkaSettings, Settings
 
-__all__ = ["Topics", "make_producer", "make_transactional_producer", "make_consumer", "ensure_topics"]
+__all__ = ["Topics", "make_producer", "make_transactional_producer", "make_consumer", "ensure_topics",
+           "DrainOnRevoke", "PartitionBackoff", "hold_partition"]
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +30,12 @@ class Topics:
     prefix: str
     stages: tuple[str, ...]
     destinations: tuple[str, ...] = DESTINATIONS
+    retry_delays: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Topics":
-        return cls(settings.kafka.topic_prefix, tuple(settings.topology.stages))
+        delays = tuple(dict.fromkeys(settings.delivery.retry_schedule))
+        return cls(settings.kafka.topic_prefix, tuple(settings.topology.stages), retry_delays=delays)
 
     def _t(self, name: str) -> str:
         return f"{self.prefix}.{name}"
@@ -57,8 +62,12 @@ class Topics:
 
     @property
     def ledger(self) -> str:
-        """Compacted: the last delivery state per (message, recipient)."""
+        """Compacted: the last delivery state per (message, recipient, destination)."""
         return self._t("ledger")
+
+    def retry(self, delay_name: str) -> str:
+        """Deferred deliveries waiting `delay_name` (e.g. "5m") before their next attempt."""
+        return self._t(f"retry.{delay_name}")
 
     @property
     def rejected(self) -> str:
@@ -83,6 +92,7 @@ class Topics:
             self.received,
             *(self.checked(s) for s in self.stages),
             *(self.routed(d) for d in self.destinations),
+            *(self.retry(d) for d in self.retry_delays),
             self.delivery,
             self.rejected,
             self.quarantine,
@@ -144,6 +154,53 @@ def make_consumer(k: KafkaSettings, group_id: str | None, client_id: str, **extr
         fetch_max_bytes=max(52_428_800, k.max_partition_fetch_bytes),
         **extra,
     )
+
+
+class DrainOnRevoke(ConsumerRebalanceListener):
+    """Rebalance listener: partitions go only after the batch in flight committed.
+
+    The consumer loop holds `lock` while it processes a batch; revocation waits for the same lock.
+    `on_assigned` runs when partitions arrive (e.g. to catch up on a ledger).
+    """
+
+    def __init__(self, lock: asyncio.Lock, on_assigned: Callable[[], Awaitable[object]] | None = None) -> None:
+        self.lock, self.on_assigned = lock, on_assigned
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        async with self.lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        if self.on_assigned is not None:
+            await self.on_assigned()
+
+
+class PartitionBackoff:
+    """Per-partition exponential backoff for temporary failures (doubling up to `maximum`)."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial, self.maximum = initial, maximum
+        self._current: dict[TopicPartition, float] = {}
+
+    def next_delay(self, tp: TopicPartition) -> float:
+        delay = min(self._current.get(tp, self.initial / 2) * 2, self.maximum)
+        self._current[tp] = delay
+        return delay
+
+    def reset(self, tp: TopicPartition) -> None:
+        self._current.pop(tp, None)
+
+
+def hold_partition(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, delay: float) -> None:
+    """Rewind `tp` to `offset` and pause it for `delay` seconds; the rest of the assignment goes on."""
+    consumer.seek(tp, offset)
+    consumer.pause(tp)
+    asyncio.get_running_loop().call_later(delay, _resume_if_assigned, consumer, tp)
+
+
+def _resume_if_assigned(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+    if tp in consumer.assignment():
+        consumer.resume(tp)
 
 
 async def ensure_topics(settings: Settings, timeout: float = 60.0) -> None:

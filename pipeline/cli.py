@@ -3,8 +3,9 @@
     poststelle up                      run the local stack in the foreground (Ctrl-C stops it)
     poststelle status [--wait SECS]    is every component up? (exit 0 yes, 1 no: names the missing)
     poststelle sql "SELECT ..."        query the analytics store, print a table
+    poststelle queue [retry ID|--all]  deferred deliveries; try them now (postqueue -p / -f)
     poststelle stop|start COMPONENT    hold a component of the running stack down / release it
-    poststelle run COMPONENT           one process: ingress | stage:NAME | sink:lmtp | sink:analytics
+    poststelle run COMPONENT           one process: ingress | stage:NAME | sink:NAME | retry | bounce
     poststelle config check            validate the configuration and print it
     poststelle schemas export [DIR]    write the events' JSON Schema files
 """
@@ -166,11 +167,24 @@ def _component(settings: Settings, name: str) -> Callable[..., Coroutine[Any, An
         from consumers.sinks.lmtp import run_lmtp_sink
 
         return lambda s, stop, ready: run_lmtp_sink(s, stop, ready, instance=instance)
+    if name == "sink:smarthost":
+        from consumers.sinks.smarthost import run_smarthost_sink
+
+        return lambda s, stop, ready: run_smarthost_sink(s, stop, ready, instance=instance)
     if name == "sink:analytics":
         from consumers.sinks.analytics import run_analytics_sink
 
         return run_analytics_sink
-    raise ConfigError(f"unknown component {name!r} (ingress, stage:NAME, sink:lmtp, sink:analytics)")
+    if name == "retry":
+        from consumers.sinks.retry import run_retry_service
+
+        return lambda s, stop, ready: run_retry_service(s, stop, ready, instance=instance)
+    if name == "bounce":
+        from consumers.sinks.dsn import run_bounce_service
+
+        return lambda s, stop, ready: run_bounce_service(s, stop, ready, instance=instance)
+    raise ConfigError(f"unknown component {name!r} (ingress, stage:NAME, sink:lmtp, sink:smarthost, "
+                      "sink:analytics, retry, bounce)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -212,6 +226,24 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    """List deferred deliveries, or (`queue retry ID|--all`) try them now."""
+    from consumers.sinks.analytics import format_table
+    from consumers.sinks.queue import deferred_deliveries, queue_rows, retry_now
+
+    settings = _settings(args)
+    if args.action == "retry":
+        if not args.all and not args.ids:
+            print("poststelle queue retry: name message ids or --all", file=sys.stderr)
+            return 2
+        chosen = asyncio.run(retry_now(settings, None if args.all else set(args.ids)))
+        print(f"{len(chosen)} deferred deliveries sent for an immediate attempt")
+        return 0
+    columns, rows = queue_rows(asyncio.run(deferred_deliveries(settings)))
+    print(format_table(columns, rows) if rows else "queue is empty")
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     data = dataclasses.asdict(settings)
@@ -249,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--json", action="store_true", help="print {columns, rows} as JSON")
     sql.set_defaults(func=cmd_sql)
+    queue = sub.add_parser("queue", help="deferred deliveries (like postqueue -p / -f)")
+    queue.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
+    queue.add_argument("ids", nargs="*", metavar="MESSAGE_ID")
+    queue.add_argument("--all", action="store_true", help="with retry: every deferred delivery")
+    queue.set_defaults(func=cmd_queue)
     config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
     config.add_parser("check", help="validate and print the configuration").set_defaults(func=cmd_config_check)
     schemas = sub.add_parser("schemas", help="event schemas").add_subparsers(dest="action", required=True)

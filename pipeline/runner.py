@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.blobstore import FileBlobStore
-from pipeline.bus import Topics, make_consumer, make_transactional_producer
+from pipeline.bus import DrainOnRevoke, PartitionBackoff, Topics, hold_partition, make_consumer, make_transactional_producer
 from pipeline.settings import Settings
 from pipeline.stage import Outcome, PoisonMessage, Stage, StageContext, TemporaryFailure, Work
 from schemas.codec import DecodeError
@@ -58,35 +58,6 @@ class Output:
     event: Event
 
 
-class _Backoff:
-    """Per-partition exponential backoff for temporary failures."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial, self.maximum = initial, maximum
-        self._current: dict[TopicPartition, float] = {}
-
-    def next_delay(self, tp: TopicPartition) -> float:
-        delay = self._current.get(tp, self.initial / 2) * 2
-        delay = min(delay, self.maximum)
-        self._current[tp] = delay
-        return delay
-
-    def reset(self, tp: TopicPartition) -> None:
-        self._current.pop(tp, None)
-
-
-class _DrainOnRevoke(ConsumerRebalanceListener):
-    def __init__(self, lock: asyncio.Lock) -> None:
-        self.lock = lock
-
-    async def on_partitions_revoked(self, revoked) -> None:
-        async with self.lock:  # the batch in flight commits before the partitions go
-            pass
-
-    async def on_partitions_assigned(self, assigned) -> None:
-        pass
-
-
 class StageRunner:
     def __init__(self, settings: Settings, stage: Stage, instance: str = "0") -> None:
         self.settings = settings
@@ -95,7 +66,7 @@ class StageRunner:
         self.input_topic = self.topics.stage_input(stage.name)
         self.group_id = f"{settings.kafka.topic_prefix}.{stage.name}"
         self.transactional_id = f"{self.group_id}.{instance}"
-        self.backoff = _Backoff(settings.runner.tempfail_backoff_initial, settings.runner.tempfail_backoff_max)
+        self.backoff = PartitionBackoff(settings.runner.tempfail_backoff_initial, settings.runner.tempfail_backoff_max)
         self._lock = asyncio.Lock()
         self.processed = 0
         self.deadlettered = 0
@@ -192,7 +163,7 @@ class StageRunner:
         consumer = make_consumer(k, self.group_id, self.stage.name, max_poll_records=self.settings.runner.batch_size)
         await producer.start()
         try:
-            consumer.subscribe([self.input_topic], listener=_DrainOnRevoke(self._lock))
+            consumer.subscribe([self.input_topic], listener=DrainOnRevoke(self._lock))
             await consumer.start()
             await self.stage.start()
             log.info("stage %s consuming %s as %s", self.stage.name, self.input_topic, self.group_id)
@@ -230,14 +201,7 @@ class StageRunner:
         delay = self.backoff.next_delay(tp)
         log.warning("stage %s: temporary failure at %s[%d]@%d (%s: %s); retrying in %.1fs",
                     self.stage.name, tp.topic, tp.partition, record.offset, type(exc).__name__, exc, delay)
-        consumer.seek(tp, record.offset)
-        consumer.pause(tp)
-        asyncio.get_running_loop().call_later(delay, _resume_if_assigned, consumer, tp)
-
-
-def _resume_if_assigned(consumer, tp: TopicPartition) -> None:
-    if tp in consumer.assignment():
-        consumer.resume(tp)
+        hold_partition(consumer, tp, record.offset, delay)
 
 
 def _message_id_of(payload: bytes | None) -> str:

@@ -41,12 +41,24 @@ __all__ = [
     "REPO_ROOT",
     "DESTINATIONS",
     "SINKS",
+    "DeliverySettings",
+    "SmarthostSinkSettings",
+    "parse_duration",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # destinations the route stage may choose (each has a `routed.<name>` topic) and the sinks
 DESTINATIONS = ("lmtp", "smarthost")
-SINKS = ("lmtp", "analytics")
+SINKS = ("lmtp", "smarthost", "analytics")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(key: str, text: str) -> float:
+    """Seconds in "90s", "5m", "4h", "7d" (a bare number is seconds)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"{key}: expected a duration such as 30s, 5m, 4h or 7d, got {text!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
 ENV_PREFIX = "POSTSTELLE_"
 # environment variables with the prefix that are not config keys
 _ENV_NOT_KEYS = {"POSTSTELLE_HOME", "POSTSTELLE_CONFIG", "POSTSTELLE_INSTANCE", "POSTSTELLE_LOG_LEVEL"}
@@ -107,6 +119,60 @@ class LmtpSinkSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SmarthostSinkSettings:
+    """The next hop for non-local recipients (and DSNs to outside senders)."""
+
+    host: str = "127.0.0.1"
+    port: int = 2526
+    # none: plain SMTP; opportunistic: STARTTLS when offered; required: STARTTLS or defer;
+    # implicit: TLS from the first byte (port 465 style)
+    tls: str = "opportunistic"
+    verify: bool = True  # verify the certificate chain and host name
+    ca_file: str = ""  # extra CA bundle (PEM); empty: the system's
+    username: str = ""  # AUTH only when set (and only over TLS unless tls = "none")
+    password_file: str = ""  # the password, read at start; never in the config itself
+    helo_name: str = "mx.school.test"
+    inflight: int = 16
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.tls not in ("none", "opportunistic", "required", "implicit"):
+            raise ConfigError(f"sinks.smarthost.tls: expected none, opportunistic, required or implicit, "
+                              f"got {self.tls!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    """Retry schedule and lifetime of deferred deliveries (Postfix: queue_run_delay, maximal_queue_lifetime)."""
+
+    # delay before the 2nd, 3rd, ... attempt; the last delay repeats until the lifetime ends
+    retry_schedule: list[str] = field(default_factory=lambda: ["1m", "5m", "15m", "1h", "4h"])
+    lifetime: str = "7d"  # after this age a deferred delivery bounces (reason "expired")
+    delay_warning: str = ""  # send a delay DSN after this age; empty: off
+
+    def __post_init__(self) -> None:
+        if not self.retry_schedule:
+            raise ConfigError("delivery.retry_schedule: expected at least one delay")
+        for i, text in enumerate(self.retry_schedule):
+            parse_duration(f"delivery.retry_schedule[{i}]", text)
+        parse_duration("delivery.lifetime", self.lifetime)
+        if self.delay_warning:
+            parse_duration("delivery.delay_warning", self.delay_warning)
+
+    @property
+    def lifetime_seconds(self) -> float:
+        return parse_duration("delivery.lifetime", self.lifetime)
+
+    def delay_name_after(self, attempt: int) -> str:
+        """The schedule entry after failed attempt number `attempt` (1-based): "5m"."""
+        return self.retry_schedule[min(attempt, len(self.retry_schedule)) - 1]
+
+    def delay_after(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        return parse_duration("delivery.retry_schedule", self.delay_name_after(attempt))
+
+
+@dataclass(frozen=True, slots=True)
 class AnalyticsSinkSettings:
     # empty: embedded chDB under <home>/clickhouse; else a ClickHouse server URL (http://host:8123)
     url: str = ""
@@ -121,6 +187,7 @@ class AnalyticsSinkSettings:
 @dataclass(frozen=True, slots=True)
 class SinkSettings:
     lmtp: LmtpSinkSettings = field(default_factory=LmtpSinkSettings)
+    smarthost: SmarthostSinkSettings = field(default_factory=SmarthostSinkSettings)
     analytics: AnalyticsSinkSettings = field(default_factory=AnalyticsSinkSettings)
 
 
@@ -137,7 +204,7 @@ class SupervisorSettings:
     # which pipeline processes to run, in addition to the infrastructure
     run_ingress: bool = True
     run_stages: bool = True
-    sinks: list[str] = field(default_factory=lambda: ["lmtp", "analytics"])
+    sinks: list[str] = field(default_factory=lambda: ["lmtp", "smarthost", "analytics"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +218,7 @@ class LocalStackSettings:
     kafka_jars: str = ""  # where Maven puts the broker jars; empty: <home>/kafka/lib
     dovecot: bool = True
     dovecot_users: str = "deploy/local/dovecot/users"
+    smarthost: bool = True  # Postfix's smtp-sink as the smarthost, on sinks.smarthost host:port
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +229,7 @@ class Settings:
     topology: TopologySettings = field(default_factory=TopologySettings)
     runner: RunnerSettings = field(default_factory=RunnerSettings)
     sinks: SinkSettings = field(default_factory=SinkSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     local: LocalStackSettings = field(default_factory=LocalStackSettings)
     # [stages.<name>] sections, each validated against the stage's own settings dataclass

@@ -80,6 +80,10 @@ def infrastructure_specs(settings: Settings) -> list[ServiceSpec]:
 
             users = REPO_ROOT / users
         specs.append(dovecot_service(settings.home, lmtp.host, lmtp.port, users))
+    if settings.local.smarthost:
+        from pipeline.localstack.smarthost import smarthost_service
+
+        specs.append(smarthost_service(settings))
     return specs
 
 
@@ -91,6 +95,8 @@ def pipeline_specs(settings: Settings) -> list[ServiceSpec]:
     if settings.supervisor.run_stages:
         names.extend(f"stage:{s}" for s in settings.topology.stages)
     names.extend(f"sink:{s}" for s in settings.supervisor.sinks)
+    if {"lmtp", "smarthost"} & set(settings.supervisor.sinks):
+        names.extend(["retry", "bounce"])  # deferred deliveries and DSNs belong with the delivery sinks
     return [ServiceSpec(name=n, argv=[sys.executable, "-m", "pipeline.cli", "run", n], stop_timeout=5.0)
             for n in names]
 

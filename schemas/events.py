@@ -49,14 +49,27 @@ __all__ = [
     "encode_event",
     "decode_event",
     "now_iso",
+    "iso_from_epoch",
+    "epoch_from_iso",
     "DecodeError",
 ]
 
 SCHEMA_VERSION = 1
 
 
+def iso_from_epoch(seconds: float) -> str:
+    """ISO 8601 UTC with milliseconds, as every event `time` is written."""
+    moment = dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_from_epoch(dt.datetime.now(dt.timezone.utc).timestamp())
+
+
+def epoch_from_iso(text: str) -> float:
+    """Seconds since the epoch of an ISO 8601 time (as written by `iso_from_epoch`)."""
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 class Verdict(enum.StrEnum):
@@ -226,6 +239,7 @@ class Bounced(Event):
     reply: Reply
     reason: Literal["permanent", "expired"] = "permanent"
     mail_from: str = ""
+    routed: Routed | None = None  # the message and its stage results, for the DSN
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,10 +1,12 @@
-"""The delivery ledger: which (message, recipient, destination) already reached a final state.
+"""The delivery ledger: the latest delivery state of every (message, recipient, destination).
 
-A compacted topic keyed by ``<message_id>/<recipient>/<destination>`` whose value is the final
-event (`delivered` or `bounced`). A sink writes the entry right after the next hop answered, before
-the batch's offsets are committed (write-ahead), and reads the whole ledger at start and whenever it
-is assigned partitions. After a crash, the records re-read from the last committed offset are
-checked against it, so only deliveries in flight at the instant of the crash can be repeated.
+A compacted topic keyed by ``<message_id>/<recipient>/<destination>`` whose value is the latest
+event: `deferred` (waiting for a retry), or the final `delivered` / `bounced`. A sink writes the
+entry right after the next hop answered, before the batch's offsets are committed (write-ahead), and
+reads the whole ledger at start and whenever it is assigned partitions. After a crash, the records
+re-read from the last committed offset are checked against it, so only deliveries in flight at the
+instant of the crash can be repeated. The retry service reads it to drop retries that are stale,
+and `poststelle queue` lists its deferred entries.
 """
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ from aiokafka import TopicPartition
 
 from pipeline.bus import make_consumer, make_producer
 from pipeline.settings import KafkaSettings
-from schemas.events import Bounced, Delivered, decode_event, encode_event
+from schemas.events import Bounced, Deferred, Delivered, decode_event, encode_event
 
-__all__ = ["Ledger", "ledger_key"]
+__all__ = ["Ledger", "ledger_key", "State", "FinalEvent"]
 
 log = logging.getLogger(__name__)
 FinalEvent = Delivered | Bounced
+State = Delivered | Bounced | Deferred
 
 
 def ledger_key(message_id: str, recipient: str, destination: str) -> str:
@@ -29,7 +32,7 @@ def ledger_key(message_id: str, recipient: str, destination: str) -> str:
 class Ledger:
     def __init__(self, kafka: KafkaSettings, topic: str, client_id: str) -> None:
         self.kafka, self.topic, self.client_id = kafka, topic, client_id
-        self.entries: dict[str, FinalEvent] = {}
+        self.entries: dict[str, State] = {}
         self._producer = make_producer(kafka, f"{client_id}-ledger")
         self._reader = make_consumer(kafka, None, f"{client_id}-ledger-reader")
         self._started = False
@@ -74,17 +77,25 @@ class Ledger:
             self.entries.pop(key.decode(), None)
             return
         try:
-            event = decode_event(value, expect=(Delivered, Bounced))
+            event = decode_event(value, expect=(Delivered, Bounced, Deferred))
         except ValueError as exc:
             log.warning("ledger: ignoring undecodable entry %r: %s", key, exc)
             return
         self.entries[key.decode()] = event  # type: ignore[assignment]
 
-    def lookup(self, message_id: str, recipient: str, destination: str) -> FinalEvent | None:
+    def state(self, message_id: str, recipient: str, destination: str) -> State | None:
         return self.entries.get(ledger_key(message_id, recipient, destination))
 
-    async def record(self, event: FinalEvent) -> None:
-        """Durably note a final state (returns after the broker acknowledged it)."""
+    def final(self, message_id: str, recipient: str, destination: str) -> FinalEvent | None:
+        """The delivered/bounced event, if this delivery is done."""
+        state = self.state(message_id, recipient, destination)
+        return None if isinstance(state, Deferred) else state
+
+    def deferred(self) -> list[Deferred]:
+        return [e for e in self.entries.values() if isinstance(e, Deferred)]
+
+    async def record(self, event: State) -> None:
+        """Durably note a delivery state (returns after the broker acknowledged it)."""
         key = ledger_key(event.message_id, event.recipient, event.destination)
         await self._producer.send_and_wait(self.topic, encode_event(event), key=key.encode())
         self.entries[key] = event

@@ -2,18 +2,38 @@
 
 Sinks talk to a `DeliveryTransport`; tests swap the transport, not the sink (httpx's model). The
 real one here speaks LMTP (RFC 2033) — per-recipient replies after DATA — or SMTP (RFC 5321) over
-asyncio streams.
+asyncio streams, optionally with TLS (STARTTLS, RFC 3207, or TLS from the first byte) and AUTH
+(RFC 4954: PLAIN, or LOGIN when only that is offered).
+
+A problem on our side of the TLS or AUTH set-up (no TLS where it is required, a certificate that
+does not verify, credentials the smarthost refuses, no AUTH offered) is answered for every recipient
+with a 4xx reply (454 4.7.0, the text says why): the delivery is deferred, never sent in clear and
+never bounced to the sender for a fault of ours.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from schemas.events import Reply
 
-__all__ = ["DeliveryTransport", "Delivery", "SmtpClientTransport", "parse_reply_text"]
+__all__ = [
+    "DeliveryTransport",
+    "Delivery",
+    "SmtpClientTransport",
+    "TLS_MODES",
+    "client_ssl_context",
+    "parse_extensions",
+    "parse_reply_text",
+]
+
+# none: plain; opportunistic: STARTTLS when offered; required: STARTTLS or defer; implicit: TLS first
+TLS_MODES = ("none", "opportunistic", "required", "implicit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +51,7 @@ class DeliveryTransport(Protocol):
 
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?:\s+|$)")
+_EXTENSION = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:[ =](.*))?$")
 
 
 def parse_reply_text(code: int, text: str) -> Reply:
@@ -40,11 +61,56 @@ def parse_reply_text(code: int, text: str) -> Reply:
     return Reply(code=code, text=text)
 
 
-class _Session:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float) -> None:
-        self.reader, self.writer, self.timeout = reader, writer, timeout
+def parse_extensions(lines: list[str]) -> dict[str, str]:
+    """EHLO/LHLO keywords (upper case) → their parameters; `AUTH=LOGIN` (pre-RFC 4954) counts as AUTH."""
+    extensions: dict[str, str] = {}
+    for line in lines:
+        match = _EXTENSION.match(line.strip())
+        if match:
+            keyword = match.group(1).upper()
+            extensions[keyword] = f"{extensions.get(keyword, '')} {match.group(2) or ''}".strip()
+    return extensions
 
-    async def reply(self) -> Reply:
+
+def client_ssl_context(verify: bool, ca_file: str = "") -> ssl.SSLContext:
+    """TLS 1.2+ client context. With `verify` the chain must lead to the system's CAs or to those in
+    `ca_file` (an extra PEM bundle) and the certificate must name the host connected to; without,
+    any certificate is accepted (encryption against passive eavesdroppers only)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif ca_file:
+        if not Path(ca_file).is_file():
+            raise FileNotFoundError(f"CA file {ca_file} does not exist")
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+def _defer(why: str) -> Reply:
+    return Reply(code=454, enhanced="4.7.0", text=why)
+
+
+def _said(reply: Reply) -> str:
+    return " ".join(str(p) for p in (reply.code, reply.enhanced, reply.text) if p)
+
+
+class _Refused(Exception):
+    """The session cannot deliver: `reply` applies to every recipient."""
+
+    def __init__(self, reply: Reply, *, quit: bool = True) -> None:
+        super().__init__(reply.text)
+        self.reply, self.quit = reply, quit
+
+
+class _Session:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float,
+                 encrypted: bool = False) -> None:
+        self.reader, self.writer, self.timeout = reader, writer, timeout
+        self.encrypted = encrypted
+
+    async def reply_lines(self) -> tuple[int, list[str]]:
         lines: list[str] = []
         while True:
             raw = await asyncio.wait_for(self.reader.readline(), self.timeout)
@@ -55,12 +121,35 @@ class _Session:
                 raise ConnectionError(f"malformed reply line {line[:80]!r}")
             lines.append(line[4:])
             if len(line) == 3 or line[3] == " ":
-                return parse_reply_text(int(line[:3]), " ".join(lines).strip())
+                return int(line[:3]), lines
 
-    async def command(self, line: str) -> Reply:
+    async def reply(self) -> Reply:
+        code, lines = await self.reply_lines()
+        return parse_reply_text(code, " ".join(lines).strip())
+
+    async def send(self, line: str) -> None:
         self.writer.write(line.encode("utf-8") + b"\r\n")
         await self.writer.drain()
+
+    async def command(self, line: str) -> Reply:
+        await self.send(line)
         return await self.reply()
+
+    def unread(self) -> int:
+        """Bytes received but not read yet (StreamReader keeps no public count)."""
+        return len(getattr(self.reader, "_buffer", b""))
+
+    async def start_tls(self, context: ssl.SSLContext, server_hostname: str) -> None:
+        await self.writer.start_tls(context, server_hostname=server_hostname,
+                                    ssl_handshake_timeout=self.timeout)
+        self.encrypted = True
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass
 
 
 def dot_stuff(data: bytes) -> bytes:
@@ -72,59 +161,137 @@ def dot_stuff(data: bytes) -> bytes:
     return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
-class SmtpClientTransport:
-    """LMTP (`lmtp=True`) or plain SMTP delivery to one server, one connection per delivery."""
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
-    def __init__(self, host: str, port: int, *, lmtp: bool, helo_name: str, timeout: float = 60.0) -> None:
+
+class SmtpClientTransport:
+    """LMTP (`lmtp=True`) or SMTP delivery to one server, one connection per delivery.
+
+    `tls` is one of `TLS_MODES`; `ssl_context` defaults to a verifying one (`client_ssl_context`),
+    checked against `host`. With `username`, AUTH follows EHLO, and only over TLS unless tls="none".
+    """
+
+    def __init__(self, host: str, port: int, *, lmtp: bool, helo_name: str, timeout: float = 60.0,
+                 tls: str = "none", ssl_context: ssl.SSLContext | None = None, username: str = "",
+                 password: str = "") -> None:
+        if tls not in TLS_MODES:
+            raise ValueError(f"tls: expected one of {', '.join(TLS_MODES)}, got {tls!r}")
         self.host, self.port, self.lmtp = host, port, lmtp
         self.helo_name, self.timeout = helo_name, timeout
+        self.tls, self.username, self.password = tls, username, password
+        self.ssl_context = ssl_context if ssl_context is not None or tls == "none" else client_ssl_context(True)
+
+    def __repr__(self) -> str:  # never show the password
+        return f"SmtpClientTransport({self.host}:{self.port}, lmtp={self.lmtp}, tls={self.tls})"
 
     async def deliver(self, delivery: Delivery) -> dict[str, Reply]:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
-        session = _Session(reader, writer, self.timeout)
+        try:
+            session = await self._connect()
+        except ssl.SSLError as exc:  # implicit TLS: the handshake is part of connecting
+            return dict.fromkeys(delivery.recipients, _defer(f"TLS handshake with smarthost failed: {exc}"))
         try:
             return await self._transaction(session, delivery)
+        except _Refused as refused:
+            if refused.quit:
+                await self._quit(session)
+            return dict.fromkeys(delivery.recipients, refused.reply)
         finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
+            await session.close()
+
+    async def _connect(self) -> _Session:
+        context = self.ssl_context if self.tls == "implicit" else None
+        tls_args = dict(ssl=context, server_hostname=self.host, ssl_handshake_timeout=self.timeout) if context else {}
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port, **tls_args),
+                                                self.timeout)
+        return _Session(reader, writer, self.timeout, encrypted=context is not None)
 
     async def _transaction(self, s: _Session, d: Delivery) -> dict[str, Reply]:
         greeting = await s.reply()
         if greeting.code != 220:
-            return dict.fromkeys(d.recipients, greeting)
-        hello = await s.command(f"{'LHLO' if self.lmtp else 'EHLO'} {self.helo_name}")
-        if hello.code != 250:
-            return dict.fromkeys(d.recipients, hello)
+            raise _Refused(greeting)
+        extensions = await self._hello(s)
+        if self.tls in ("opportunistic", "required"):
+            extensions = await self._starttls(s, extensions)
+        if self.username:
+            await self._authenticate(s, extensions)
+        replies, accepted = await self._envelope(s, d)
+        if accepted:
+            replies.update(await self._data(s, d, accepted))
+        await self._quit(s)
+        return replies
+
+    async def _hello(self, s: _Session) -> dict[str, str]:
+        await s.send(f"{'LHLO' if self.lmtp else 'EHLO'} {self.helo_name}")
+        code, lines = await s.reply_lines()
+        if code != 250:
+            raise _Refused(parse_reply_text(code, " ".join(lines).strip()))
+        return parse_extensions(lines[1:])
+
+    async def _starttls(self, s: _Session, extensions: dict[str, str]) -> dict[str, str]:
+        """STARTTLS and a new EHLO (RFC 3207 4.2); opportunistic mode goes on in clear when not offered."""
+        if "STARTTLS" not in extensions:
+            if self.tls == "required":
+                raise _Refused(_defer("TLS not available at smarthost"))
+            return extensions
+        reply = await s.command("STARTTLS")
+        if reply.code != 220:
+            if self.tls == "required":
+                raise _Refused(_defer(f"TLS not available at smarthost: STARTTLS answered {_said(reply)}"))
+            return extensions
+        if s.unread():  # plaintext injected ahead of the handshake (the CVE-2011-0411 attack)
+            raise _Refused(_defer("smarthost sent data ahead of the TLS handshake"), quit=False)
+        assert self.ssl_context is not None
+        try:
+            await s.start_tls(self.ssl_context, self.host)
+        except ssl.SSLError as exc:
+            raise _Refused(_defer(f"TLS handshake with smarthost failed: {exc}"), quit=False) from None
+        return await self._hello(s)
+
+    async def _authenticate(self, s: _Session, extensions: dict[str, str]) -> None:
+        if not s.encrypted and self.tls != "none":
+            raise _Refused(_defer("smarthost offers no TLS; credentials are not sent in clear"))
+        mechanisms = extensions.get("AUTH", "").upper().split()
+        if "PLAIN" in mechanisms:
+            reply = await s.command(f"AUTH PLAIN {_b64(chr(0) + self.username + chr(0) + self.password)}")
+        elif "LOGIN" in mechanisms:
+            reply = await self._auth_login(s)
+        elif "AUTH" in extensions:
+            raise _Refused(_defer(f"smarthost offers no AUTH mechanism we use (PLAIN, LOGIN): "
+                                  f"{' '.join(mechanisms)}"))
+        else:
+            raise _Refused(_defer("smarthost does not offer AUTH"))
+        if reply.code != 235:
+            raise _Refused(_defer(f"AUTH at smarthost failed: {_said(reply)}"))
+
+    async def _auth_login(self, s: _Session) -> Reply:
+        reply = await s.command("AUTH LOGIN")
+        for secret in (self.username, self.password):
+            if reply.code != 334:
+                return reply
+            reply = await s.command(_b64(secret))
+        return reply
+
+    async def _envelope(self, s: _Session, d: Delivery) -> tuple[dict[str, Reply], list[str]]:
+        """MAIL and one RCPT per recipient: every recipient's reply, and those accepted."""
         params = (" BODY=8BITMIME" if d.body_8bit else "") + (" SMTPUTF8" if d.smtputf8 else "")
         mail = await s.command(f"MAIL FROM:<{d.mail_from}>{params}")
         if mail.code != 250:
-            return dict.fromkeys(d.recipients, mail)
+            raise _Refused(mail)
         replies: dict[str, Reply] = {}
-        accepted: list[str] = []
         for rcpt in d.recipients:
-            reply = await s.command(f"RCPT TO:<{rcpt}>")
-            replies[rcpt] = reply
-            if reply.code in (250, 251):
-                accepted.append(rcpt)
-        if not accepted:
-            await self._quit(s)
-            return replies
+            replies[rcpt] = await s.command(f"RCPT TO:<{rcpt}>")
+        return replies, [r for r in d.recipients if replies[r].code in (250, 251)]
+
+    async def _data(self, s: _Session, d: Delivery, accepted: list[str]) -> dict[str, Reply]:
         data_reply = await s.command("DATA")
         if data_reply.code != 354:
-            return {**replies, **dict.fromkeys(accepted, data_reply)}
+            return dict.fromkeys(accepted, data_reply)
         s.writer.write(dot_stuff(d.data))
         await s.writer.drain()
         if self.lmtp:  # one reply per accepted recipient, in RCPT order (RFC 2033 4.2)
-            for rcpt in accepted:
-                replies[rcpt] = await s.reply()
-        else:
-            final = await s.reply()
-            replies.update(dict.fromkeys(accepted, final))
-        await self._quit(s)
-        return replies
+            return {rcpt: await s.reply() for rcpt in accepted}
+        return dict.fromkeys(accepted, await s.reply())
 
     async def _quit(self, s: _Session) -> None:
         try:

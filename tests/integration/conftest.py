@@ -40,6 +40,9 @@ def stack_env(home: Path, base: int) -> dict[str, str]:
         "POSTSTELLE_INGRESS__PERSIST_TIMEOUT": "6",
         "POSTSTELLE_SINKS__LMTP__PORT": str(base + 3),
         "POSTSTELLE_SINKS__ANALYTICS__QUERY_PORT": str(base + 4),
+        "POSTSTELLE_SINKS__SMARTHOST__PORT": str(base + 5),
+        "POSTSTELLE_DELIVERY__RETRY_SCHEDULE": "1s,2s",  # the test-only short schedule
+        "POSTSTELLE_DELIVERY__LIFETIME": "20s",
         "POSTSTELLE_SINKS__ANALYTICS__BATCH_SECONDS": "0.5",
         "POSTSTELLE_SUPERVISOR__RESTART_BACKOFF_MAX": "2",
         "POSTSTELLE_RUNNER__TEMPFAIL_BACKOFF_MAX": "2",
@@ -160,12 +163,26 @@ def send(msg: bytes, to: list[str], mail_from: str = "sender@example.org", port:
         return client.sendmail(mail_from, to, msg)
 
 
+FULL_BOX = "full.box@school.test"  # a test mailbox whose quota the tests set
+
+
+def write_users(home: Path, quota: str) -> None:
+    """The demo mailboxes plus FULL_BOX with the given quota; Dovecot re-reads the file on change."""
+    demo = (REPO / "deploy/local/dovecot/users").read_text()
+    line = f"{FULL_BOX}:*::::::userdb_quota_rule=*:storage={quota}\n"
+    path = home / "users"
+    tmp = home / "users.tmp"
+    tmp.write_text(demo + line)
+    os.replace(tmp, path)
+
+
 def launch(home: Path, base: int) -> Stack:
     """Start `poststelle up` with a fresh state directory and wait until every component is ready."""
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True)
-    env = {**os.environ, **stack_env(home, base)}
+    write_users(home, quota="1K")
+    env = {**os.environ, **stack_env(home, base), "POSTSTELLE_LOCAL__DOVECOT_USERS": str(home / "users")}
     with open(home / "up.log", "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], cwd=REPO, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

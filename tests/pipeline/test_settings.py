@@ -264,3 +264,20 @@ def test_a_string_in_the_file_is_not_taken_as_a_list_in_stage_sections(tmp_path)
         load_settings(path, environ={})
     env = load_settings(None, environ={"POSTSTELLE_STAGES__ROUTE__LOCAL_DOMAINS": "a.test,b.test"})
     assert env.stage_settings("route").local_domains == ["a.test", "b.test"]
+
+
+def test_retry_schedule_repeats_its_last_delay_and_durations_parse():
+    from pipeline.settings import DeliverySettings, parse_duration
+
+    d = load_settings(None, environ={"POSTSTELLE_DELIVERY__RETRY_SCHEDULE": "1m,5m,4h"}).delivery
+    assert [d.delay_name_after(n) for n in (1, 2, 3, 4, 9)] == ["1m", "5m", "4h", "4h", "4h"]
+    assert d.delay_after(2) == 300.0
+    assert d.lifetime_seconds == 7 * 86400
+    assert parse_duration("k", "90s") == 90 and parse_duration("k", "2") == 2 and parse_duration("k", "1.5h") == 5400
+    for bad in ("", "5x", "-1m", "0s", "m5"):
+        with pytest.raises(ConfigError, match="expected a duration"):
+            parse_duration("delivery.lifetime", bad)
+    with pytest.raises(ConfigError, match=r"delivery\.retry_schedule\[1\]"):
+        DeliverySettings(retry_schedule=["1m", "soon"])
+    with pytest.raises(ConfigError, match=r"delivery\.retry_schedule"):
+        DeliverySettings(retry_schedule=[])

@@ -1,0 +1,203 @@
+"""Delivery sinks: consume `routed` events for one destination and hand them to the next hop.
+
+Per batch of up to `inflight` routed events, deliveries run concurrently through a
+`DeliveryTransport`. Each recipient's reply becomes a `delivery_attempt` event plus `delivered`
+(2xx), `deferred` (4xx) or `bounced` (5xx). The recipient's new state is written to the ledger as
+soon as the next hop answered (write-ahead); the delivery events and the consumer offsets are
+committed in one transaction at the end of the batch. Recipients whose ledger state is final are
+not delivered again: their recorded event is re-emitted (same id, so analytics counts it once).
+The LMTP and smarthost sinks are this class with different transports.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import TopicPartition
+
+from consumers.sinks.ledger import Ledger
+from consumers.sinks.render import render
+from consumers.sinks.transport import Delivery, DeliveryTransport
+from pipeline.blobstore import BlobNotFound, BlobStore
+from pipeline.bus import DrainOnRevoke, Topics, make_consumer, make_transactional_producer
+from pipeline.settings import Settings
+from schemas.events import (
+    Bounced,
+    Deadlettered,
+    Deferred,
+    Delivered,
+    DeliveryAttempt,
+    Event,
+    Reply,
+    Routed,
+    decode_event,
+    encode_event,
+    epoch_from_iso,
+    iso_from_epoch,
+)
+
+__all__ = ["DeliverySink", "SinkStats"]
+
+log = logging.getLogger(__name__)
+UNREACHABLE = Reply(code=451, enhanced="4.4.1", text="next hop not reachable")
+MISSING_BLOB = Reply(code=451, enhanced="4.3.0", text="message content not available")
+
+
+@dataclass(slots=True)
+class SinkStats:
+    delivered: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    skipped_by_ledger: int = 0
+
+
+class DeliverySink:
+    """Consume routed events for one destination and deliver them through a transport."""
+
+    def __init__(self, settings: Settings, destination: str, transport: DeliveryTransport,
+                 blobs: BlobStore, inflight: int, instance: str = "0") -> None:
+        self.settings = settings
+        self.destination = destination
+        self.transport = transport
+        self.blobs = blobs
+        self.inflight = inflight
+        self.topics = Topics.from_settings(settings)
+        self.group_id = f"{settings.kafka.topic_prefix}.sink.{destination}"
+        self.transactional_id = f"{self.group_id}.{instance}"
+        self.delivery = settings.delivery
+        self.ledger = Ledger(settings.kafka, self.topics.ledger, f"sink-{destination}")
+        self.stats = SinkStats()
+        self._lock = asyncio.Lock()
+
+    async def deliver(self, routed: Routed) -> list[Event]:
+        """Deliver one routed event; returns the delivery events to commit."""
+        events: list[Event] = []
+        pending: list[str] = []
+        for rcpt in routed.recipients:
+            known = self.ledger.final(routed.message_id, rcpt, self.destination)
+            if known is not None:
+                self.stats.skipped_by_ledger += 1
+                events.append(known)
+            else:
+                pending.append(rcpt)
+        if not pending:
+            return events
+        attempt = routed.attempt + 1
+        started = time.perf_counter()
+        replies = await self._send(routed, pending)
+        duration = (time.perf_counter() - started) * 1000
+        for rcpt in pending:
+            reply = replies.get(rcpt, UNREACHABLE)
+            events.append(DeliveryAttempt(message_id=routed.message_id, destination=self.destination,
+                                          recipient=rcpt, attempt=attempt, reply=reply,
+                                          duration_ms=round(duration, 3)))
+            events.append(await self._final_or_deferred(routed, rcpt, attempt, reply))
+        return events
+
+    async def _send(self, routed: Routed, recipients: list[str]) -> dict[str, Reply]:
+        try:
+            raw = await asyncio.to_thread(self.blobs.get, routed.message.blob)
+        except BlobNotFound:
+            log.error("message %s: blob %s missing", routed.message_id, routed.message.blob.sha256)
+            return dict.fromkeys(recipients, MISSING_BLOB)
+        envelope = routed.message.envelope
+        delivery = Delivery(mail_from=envelope.mail_from, recipients=recipients,
+                            data=render(raw, routed.edits), smtputf8=envelope.smtputf8,
+                            body_8bit=envelope.body == "8BITMIME")
+        try:
+            return await self.transport.deliver(delivery)
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.warning("message %s: %s unreachable: %s", routed.message_id, self.destination, exc)
+            return dict.fromkeys(recipients, UNREACHABLE)
+
+    async def _final_or_deferred(self, routed: Routed, rcpt: str, attempt: int, reply: Reply) -> Event:
+        """The recipient's new state after an attempt, written to the ledger before it is returned."""
+        common = dict(message_id=routed.message_id, destination=self.destination, recipient=rcpt,
+                      attempt=attempt, reply=reply)
+        single = dataclasses.replace(routed, recipients=[rcpt], attempt=attempt)
+        event: Delivered | Bounced | Deferred
+        if 200 <= reply.code < 300:
+            event = Delivered(**common, received_time=routed.message.time)
+            self.stats.delivered += 1
+        elif 500 <= reply.code < 600:
+            event = Bounced(**common, reason="permanent", mail_from=routed.message.envelope.mail_from,
+                            routed=single)
+            self.stats.bounced += 1
+        elif self._expired(routed):
+            event = Bounced(**common, reason="expired", mail_from=routed.message.envelope.mail_from,
+                            routed=single)
+            self.stats.bounced += 1
+        else:
+            due = time.time() + self.delivery.delay_after(attempt)
+            event = Deferred(**common, next_attempt_time=iso_from_epoch(due), routed=single)
+            self.stats.deferred += 1
+        await self.ledger.record(event)  # write-ahead: before the offsets move
+        return event
+
+    def _expired(self, routed: Routed) -> bool:
+        """Past the lifetime (Postfix's maximal_queue_lifetime): a temporary failure becomes final."""
+        return time.time() - epoch_from_iso(routed.message.time) >= self.delivery.lifetime_seconds
+
+    def outputs_for(self, event: Event, key: bytes) -> list[tuple[str, bytes]]:
+        """(topic, key) pairs an event goes to. Retries are keyed by recipient, so one recipient's
+        deferred deliveries stay in one partition, in order."""
+        if isinstance(event, Deadlettered):
+            return [(self.topics.deadletter, key)]
+        if isinstance(event, Deferred):
+            retry = self.topics.retry(self.delivery.delay_name_after(event.attempt))
+            return [(self.topics.delivery, key), (retry, event.recipient.encode())]
+        return [(self.topics.delivery, key)]
+
+    # -- loop ---------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
+        k = self.settings.kafka
+        producer = make_transactional_producer(k, self.transactional_id)
+        consumer = make_consumer(k, self.group_id, f"sink-{self.destination}", max_poll_records=self.inflight)
+        try:
+            await self.ledger.start()
+            await producer.start()
+            consumer.subscribe([self.topics.routed(self.destination)],
+                               listener=DrainOnRevoke(self._lock, on_assigned=self.ledger.catch_up))
+            await consumer.start()
+            log.info("sink %s delivering, %d ledger entries", self.destination, len(self.ledger.entries))
+            if on_ready:
+                on_ready()
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=self.settings.runner.poll_timeout_ms,
+                                               max_records=self.inflight)
+                if batch:
+                    async with self._lock:
+                        await self._process_batch(producer, batch)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            await self.ledger.close()
+
+    async def _process_batch(self, producer, batch: dict[TopicPartition, list]) -> None:
+        records = [r for rs in batch.values() for r in rs]
+        results = await asyncio.gather(*(self._deliver_record(r) for r in records))
+        async with producer.transaction():
+            for record, events in zip(records, results):
+                for event in events:
+                    for topic, key in self.outputs_for(event, record.key):
+                        await producer.send(topic, encode_event(event), key=key)
+            offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
+            await producer.send_offsets_to_transaction(offsets, self.group_id)
+
+    async def _deliver_record(self, record) -> list[Event]:
+        try:
+            routed = decode_event(record.value, expect=(Routed,))
+        except ValueError as exc:
+            log.error("sink %s: undecodable record %s[%d]@%d: %s", self.destination, record.topic,
+                      record.partition, record.offset, exc)
+            return [Deadlettered(consumer=f"sink.{self.destination}", source_topic=record.topic,
+                                 partition=record.partition, offset=record.offset, reason="undecodable",
+                                 error=str(exc)[:2000],
+                                 payload=(record.value or b"")[:4096].decode("utf-8", "replace"))]
+        assert isinstance(routed, Routed)
+        return await self.deliver(routed)

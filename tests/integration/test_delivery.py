@@ -1,0 +1,230 @@
+"""Delivery semantics against the real stack: retries, expiry, DSNs, the smarthost."""
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import signal
+import smtplib
+import subprocess
+import time
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from pipeline.blobstore import FileBlobStore
+from schemas.events import BlobRef, Client, Envelope, Received, Routed, encode_event
+from schemas.ids import new_id
+from tests.integration.conftest import FULL_BOX, make_message, new_test_id, send, write_users
+
+BIG = "x" * 78 + "\r\n"
+
+
+def _big_message(test_id: str, to: str) -> bytes:
+    return make_message(test_id, to=to, subject="zu gross", body=BIG * 130)  # ~10 KiB: over a 1K quota
+
+
+def _dsns(stack, mailbox: str) -> list[email.message.EmailMessage]:
+    found = []
+    for raw in stack.messages(mailbox):
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        if msg.get_content_type() == "multipart/report":
+            found.append(msg)
+    return found
+
+
+def _status_fields(dsn: email.message.EmailMessage) -> dict[str, str]:
+    """The per-recipient fields of the message/delivery-status part."""
+    part = next(p for p in dsn.walk() if p.get_content_type() == "message/delivery-status")
+    blocks = part.get_payload()
+    fields = {}
+    for block in blocks[1:]:
+        for key, value in block.items():
+            fields[key.lower()] = str(value)
+    return fields
+
+
+def _dsns_about(stack, mailbox: str, recipient: str) -> list[email.message.EmailMessage]:
+    return [d for d in _dsns(stack, mailbox) if recipient in _status_fields(d).get("final-recipient", "")]
+
+
+def test_over_quota_is_deferred_then_delivered_after_the_quota_is_raised(stack):
+    test_id = new_test_id()
+    try:
+        send(_big_message(test_id, FULL_BOX), [FULL_BOX], port=stack.smtp_port)
+
+        def queued():
+            out = stack.cli("queue").stdout
+            return out if FULL_BOX in out else None
+
+        listing = stack.wait_for(queued, timeout=30, what="the deferred delivery in `poststelle queue`")
+        assert "452" in listing and "4.2.2" in listing
+        assert not stack.test_ids(FULL_BOX)[test_id]
+        write_users(stack.home, quota="100M")
+        stack.wait_for(lambda: stack.test_ids(FULL_BOX)[test_id], timeout=30, what="delivery after the quota rise")
+    finally:
+        write_users(stack.home, quota="1K")
+    time.sleep(3)  # a stray extra retry would land now
+    assert stack.test_ids(FULL_BOX)[test_id] == 1
+    assert FULL_BOX not in stack.cli("queue").stdout
+
+
+def test_unknown_mailbox_gives_exactly_one_dsn_and_the_null_sender_none(stack):
+    sender = "lena.mueller@school.test"
+    nobody, nobody_null = f"nobody.{new_test_id()[:8]}@school.test", f"nobody.{new_test_id()[:8]}@school.test"
+    send(make_message(new_test_id(), to=nobody_null), [nobody_null], mail_from="", port=stack.smtp_port)
+    send(make_message(new_test_id(), to=nobody, subject="an niemanden"), [nobody], mail_from=sender,
+         port=stack.smtp_port)
+
+    dsn = stack.wait_for(lambda: _dsns_about(stack, sender, nobody), timeout=60, what="the DSN")[0]
+    assert dsn.get_param("report-type") == "delivery-status"
+    fields = _status_fields(dsn)
+    assert fields["final-recipient"] == f"rfc822; {nobody}"
+    assert fields["action"] == "failed"
+    assert fields["status"] == "5.1.1"
+    assert "550" in fields["diagnostic-code"]
+    headers = next(p for p in dsn.walk() if p.get_content_type() == "text/rfc822-headers")
+    assert "an niemanden" in headers.get_content()
+    time.sleep(3)  # a second DSN would have arrived by now
+    assert len(_dsns_about(stack, sender, nobody)) == 1
+    # the null sender's bounce produced no DSN anywhere: no mailbox holds one about that recipient
+    mailboxes = {p.parent.parent for p in (stack.home / "mail").glob("*/*/new/*")}
+    for box in mailboxes:
+        address = f"{box.name}@{box.parent.name}"
+        assert not _dsns_about(stack, address, nobody_null), address
+
+
+def test_expiry_after_the_lifetime_gives_one_dsn(stack):
+    """The test stack's lifetime is 20 s: a mailbox that stays full makes the delivery expire."""
+    sender = "anna.schmidt@school.test"
+    send(_big_message(new_test_id(), FULL_BOX), [FULL_BOX], mail_from=sender, port=stack.smtp_port)
+    dsn = stack.wait_for(lambda: _dsns_about(stack, sender, FULL_BOX), timeout=60, interval=1,
+                         what="the expiry DSN")[0]
+    fields = _status_fields(dsn)
+    assert fields["status"] == "4.4.7"
+    assert "452" in fields["diagnostic-code"]
+    time.sleep(3)
+    assert len(_dsns_about(stack, sender, FULL_BOX)) == 1
+
+
+def test_killing_the_retry_service_while_deliveries_are_deferred_loses_none(stack):
+    ids = [new_test_id() for _ in range(3)]
+    try:
+        for test_id in ids:
+            send(_big_message(test_id, FULL_BOX), [FULL_BOX], port=stack.smtp_port)
+        stack.wait_for(lambda: stack.cli("queue").stdout.count(FULL_BOX) >= 3, timeout=30, what="3 deferred")
+        pid = stack.kill("retry", signal.SIGKILL)
+        stack.wait_restarted("retry", pid)
+        pid = stack.kill("sink:lmtp", signal.SIGKILL)
+        write_users(stack.home, quota="100M")
+        stack.wait_restarted("sink:lmtp", pid)
+        stack.wait_for(lambda: all(stack.test_ids(FULL_BOX)[i] for i in ids), timeout=60,
+                       what="all deferred messages delivered")
+    finally:
+        write_users(stack.home, quota="1K")
+    assert all(stack.test_ids(FULL_BOX)[i] == 1 for i in ids)
+
+
+# ---- smarthost -----------------------------------------------------------------------------
+
+
+def _route_to_smarthost(stack, mail_from: str, rcpt: str, test_id: str) -> str:
+    """Put a message on the smarthost's topic as the route stage would (relay from the ingress
+    needs authenticated submission, which a later issue adds)."""
+    raw = make_message(test_id, to=rcpt, subject="nach draussen")
+    ref = FileBlobStore(stack.home / "blobs").put(raw)
+    message = Received(message_id=new_id(), envelope=Envelope(mail_from=mail_from, rcpt_to=[rcpt]),
+                       client=Client(ip="127.0.0.1", port=0), blob=ref)
+    routed = Routed(message_id=message.message_id, destination="smarthost", recipients=[rcpt], message=message)
+
+    async def produce():
+        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait("poststelle.routed.smarthost", encode_event(routed),
+                                         key=message.message_id.encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    return message.message_id
+
+
+def _delivery_events(stack, message_id: str) -> list[dict]:
+    async def read():
+        consumer = AIOKafkaConsumer("poststelle.delivery", bootstrap_servers=stack.bootstrap,
+                                    auto_offset_reset="earliest", isolation_level="read_committed")
+        await consumer.start()
+        found = []
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000)
+                if not batch:
+                    return found
+                for records in batch.values():
+                    found += [e for e in map(lambda r: orjson.loads(r.value), records)
+                              if e.get("message_id") == message_id]
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def _own_smarthost(stack, flags: list[str]) -> subprocess.Popen:
+    from pipeline.localstack.smarthost import smarthost_dump_dir, smtp_sink_argv
+
+    port = int(stack.env["POSTSTELLE_SINKS__SMARTHOST__PORT"])
+    stack.cli("stop", "smarthost")
+    stack.wait_for(lambda: _closed(port), timeout=20, what="the stack's smarthost to stop")
+    process = subprocess.Popen(smtp_sink_argv("127.0.0.1", port, smarthost_dump_dir(stack.home), flags))
+    stack.wait_for(lambda: not _closed(port), timeout=20, what="our smarthost to listen")
+    return process
+
+
+def _closed(port: int) -> bool:
+    try:
+        smtplib.SMTP("127.0.0.1", port, timeout=2).quit()
+        return False
+    except (OSError, smtplib.SMTPException):
+        return True
+
+
+def _restore_smarthost(stack, process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(10)
+    stack.cli("start", "smarthost")
+    stack.wait_ready(timeout=60)
+
+
+def test_smarthost_answering_4xx_then_250_delivers_once(stack):
+    test_id = new_test_id()
+    own = _own_smarthost(stack, ["-r", "RCPT"])
+    try:
+        message_id = _route_to_smarthost(stack, "lena.mueller@school.test", "freund@ext.test", test_id)
+        stack.wait_for(lambda: any(e["type"] == "deferred" for e in _delivery_events(stack, message_id)),
+                       timeout=30, what="the deferral")
+    finally:
+        _restore_smarthost(stack, own)
+    events = stack.wait_for(
+        lambda: (lambda es: es if any(e["type"] == "delivered" for e in es) else None)(
+            _delivery_events(stack, message_id)), timeout=30, what="the delivery after the retry")
+    assert [e["type"] for e in events].count("delivered") == 1
+    deferred = next(e for e in events if e["type"] == "deferred")
+    assert deferred["reply"]["code"] // 100 == 4
+    from pipeline.localstack.smarthost import smarthost_dump_dir
+
+    dumps = [p for p in smarthost_dump_dir(stack.home).rglob("*") if p.is_file() and test_id.encode() in p.read_bytes()]
+    assert len(dumps) == 1
+
+
+def test_smarthost_answering_5xx_gives_a_dsn(stack):
+    sender = "tom.becker@school.test"
+    own = _own_smarthost(stack, ["-f", "RCPT"])
+    try:
+        message_id = _route_to_smarthost(stack, sender, "unbekannt@ext.test", new_test_id())
+        stack.wait_for(lambda: any(e["type"] == "bounced" for e in _delivery_events(stack, message_id)),
+                       timeout=30, what="the bounce")
+    finally:
+        _restore_smarthost(stack, own)
+    dsn = stack.wait_for(lambda: _dsns_about(stack, sender, "unbekannt@ext.test"), timeout=60, what="the DSN")[0]
+    assert _status_fields(dsn)["status"].startswith("5.")
