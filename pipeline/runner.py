@@ -1,16 +1,10 @@
-"""The stage runner: consume → process → produce, one Kafka transaction per batch.
+"""The stage runner: a stage as a transactional hop (see `pipeline.hop`).
 
-For each batch the outputs of every record and the consumer offsets past them are committed in
-one transaction (`send_offsets_to_transaction`), so a stage hop is exactly-once: after a crash the
-open transaction is aborted (the restarted process fences it with the same transactional id) and
-the batch is processed again from the last committed offset.
-
-- Temporary failure: the partition is rewound to the failed record and paused for a growing
-  backoff; records before it in the batch are committed, nothing after it is skipped.
-- Poison record (too large, undecodable, nested too deep, looping, or the stage raised): a
-  `deadlettered` event with the reason goes to the dead-letter topic and the offset moves on.
-- Rebalance: revocation waits until the batch in flight is committed (the listener takes the
-  same lock as the batch), so partitions change hands with nothing half-done.
+For each record of the stage's input topic: decode it (a poison record — too large, undecodable,
+nested too deep, looping — becomes a `deadlettered` event with the reason), let the stage decide,
+and turn its outcome into events: `stage_result` to the stage's output topic, or a terminal
+`rejected` / `quarantined`, plus `routed` events when the stage routes. A stage exception is a
+poison record too, except the temporary errors, which retry the record with backoff.
 """
 from __future__ import annotations
 
@@ -19,14 +13,13 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import orjson
-from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.blobstore import FileBlobStore
-from pipeline.bus import DrainOnRevoke, PartitionBackoff, Topics, hold_partition, make_consumer, make_transactional_producer
+from pipeline.bus import Topics
+from pipeline.hop import Output, TransactionalHop
 from pipeline.settings import Settings
 from pipeline.stage import Outcome, PoisonMessage, Stage, StageContext, TemporaryFailure, Work
 from schemas.codec import DecodeError
@@ -40,7 +33,6 @@ from schemas.events import (
     Routed,
     StageResult,
     decode_event,
-    encode_event,
 )
 
 __all__ = ["StageRunner", "Output", "run_stage"]
@@ -51,25 +43,24 @@ PAYLOAD_EXCERPT = 4096  # bytes of a poison record kept in its dead-letter event
 TEMPORARY_ERRORS = (TemporaryFailure, TimeoutError, ConnectionError)
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
-    topic: str
-    key: bytes
-    event: Event
+class StageRunner(TransactionalHop):
+    """Runs one stage: its input topic in, its results and terminal events out."""
 
+    temporary_errors = TEMPORARY_ERRORS
 
-class StageRunner:
     def __init__(self, settings: Settings, stage: Stage, instance: str = "0") -> None:
-        self.settings = settings
-        self.stage = stage
         self.topics = Topics.from_settings(settings)
         self.input_topic = self.topics.stage_input(stage.name)
-        self.group_id = f"{settings.kafka.topic_prefix}.{stage.name}"
-        self.transactional_id = f"{self.group_id}.{instance}"
-        self.backoff = PartitionBackoff(settings.runner.tempfail_backoff_initial, settings.runner.tempfail_backoff_max)
-        self._lock = asyncio.Lock()
+        super().__init__(settings, stage.name, [self.input_topic], instance)
+        self.stage = stage
         self.processed = 0
         self.deadlettered = 0
+
+    async def start(self) -> None:
+        await self.stage.start()
+
+    async def close(self) -> None:
+        await self.stage.close()
 
     # -- record → outputs ---------------------------------------------------------------------
 
@@ -154,54 +145,6 @@ class StageRunner:
             payload=payload.decode("utf-8", "replace"),
         )
         return Output(self.topics.deadletter, record.key or b"", event)
-
-    # -- the loop -----------------------------------------------------------------------------
-
-    async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
-        k = self.settings.kafka
-        producer = make_transactional_producer(k, self.transactional_id)
-        consumer = make_consumer(k, self.group_id, self.stage.name, max_poll_records=self.settings.runner.batch_size)
-        await producer.start()
-        try:
-            consumer.subscribe([self.input_topic], listener=DrainOnRevoke(self._lock))
-            await consumer.start()
-            await self.stage.start()
-            log.info("stage %s consuming %s as %s", self.stage.name, self.input_topic, self.group_id)
-            if on_ready:
-                on_ready()
-            while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=self.settings.runner.poll_timeout_ms,
-                                               max_records=self.settings.runner.batch_size)
-                if batch:
-                    async with self._lock:
-                        await self._process_batch(consumer, producer, batch)
-        finally:
-            await self.stage.close()
-            await consumer.stop()
-            await producer.stop()
-
-    async def _process_batch(self, consumer, producer, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        async with producer.transaction():
-            for tp, records in batch.items():
-                for record in records:
-                    try:
-                        outputs = await self.handle(record)
-                    except TEMPORARY_ERRORS as exc:
-                        self._retry_later(consumer, tp, record, exc)
-                        break
-                    for out in outputs:
-                        await producer.send(out.topic, encode_event(out.event), key=out.key)
-                    offsets[tp] = record.offset + 1
-                    self.backoff.reset(tp)
-            if offsets:
-                await producer.send_offsets_to_transaction(offsets, self.group_id)
-
-    def _retry_later(self, consumer, tp: TopicPartition, record: ConsumerRecord, exc: BaseException) -> None:
-        delay = self.backoff.next_delay(tp)
-        log.warning("stage %s: temporary failure at %s[%d]@%d (%s: %s); retrying in %.1fs",
-                    self.stage.name, tp.topic, tp.partition, record.offset, type(exc).__name__, exc, delay)
-        hold_partition(consumer, tp, record.offset, delay)
 
 
 def _message_id_of(payload: bytes | None) -> str:

@@ -35,13 +35,12 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 import orjson
-from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from ingress.trace import summarize_headers
 from pipeline.blobstore import BlobNotFound, BlobStore, FileBlobStore
-from pipeline.bus import DrainOnRevoke, PartitionBackoff, Topics, hold_partition, make_consumer, make_transactional_producer
-from pipeline.runner import Output
+from pipeline.bus import Topics
+from pipeline.hop import Output, TransactionalHop
 from pipeline.settings import Settings
 from schemas.codec import DecodeError
 from schemas.events import (
@@ -52,7 +51,6 @@ from schemas.events import (
     Received,
     Verdict,
     decode_event,
-    encode_event,
 )
 
 __all__ = [
@@ -379,21 +377,19 @@ class BounceStats:
     deadlettered: int = 0
 
 
-class BounceService:
+class BounceService(TransactionalHop):
     """Turns `bounced` events on the delivery topic into DSN messages on the `received` topic."""
 
+    temporary_errors = TEMPORARY_ERRORS
+
     def __init__(self, settings: Settings, blobs: BlobStore, instance: str = "0") -> None:
-        self.settings = settings
-        self.blobs = blobs
         self.topics = Topics.from_settings(settings)
-        self.group_id = f"{settings.kafka.topic_prefix}.bounce"
-        self.transactional_id = f"{self.group_id}.{instance}"
+        super().__init__(settings, "bounce", [self.topics.delivery], instance)
+        self.blobs = blobs
         self.reporting_mta = settings.ingress.hostname
         domain = (settings.ingress.local_domains or [self.reporting_mta])[0]
         self.postmaster = f"postmaster@{domain}"
-        self.backoff = PartitionBackoff(settings.runner.tempfail_backoff_initial, settings.runner.tempfail_backoff_max)
         self.stats = BounceStats()
-        self._lock = asyncio.Lock()
 
     # -- one event ------------------------------------------------------------------------------
 
@@ -479,53 +475,6 @@ class BounceService:
                              error=detail[:2000],
                              payload=(record.value or b"")[:PAYLOAD_EXCERPT].decode("utf-8", "replace"))
         return Output(self.topics.deadletter, record.key or b"", event)
-
-    # -- the loop -------------------------------------------------------------------------------
-
-    async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
-        k, r = self.settings.kafka, self.settings.runner
-        producer = make_transactional_producer(k, self.transactional_id)
-        consumer = make_consumer(k, self.group_id, "bounce", max_poll_records=r.batch_size)
-        await producer.start()
-        try:
-            consumer.subscribe([self.topics.delivery], listener=DrainOnRevoke(self._lock))
-            await consumer.start()
-            log.info("bounce service consuming %s as %s", self.topics.delivery, self.group_id)
-            if on_ready:
-                on_ready()
-            while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=r.poll_timeout_ms, max_records=r.batch_size)
-                if batch:
-                    async with self._lock:
-                        await self._process_batch(consumer, producer, batch)
-        finally:
-            await consumer.stop()
-            await producer.stop()
-
-    async def _process_batch(self, consumer, producer,
-                             batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        """DSN events and the offsets past their records, in one transaction."""
-        offsets: dict[TopicPartition, int] = {}
-        async with producer.transaction():
-            for tp, records in batch.items():
-                for record in records:
-                    try:
-                        outputs = await self.handle(record)
-                    except TEMPORARY_ERRORS as exc:
-                        self._retry_later(consumer, tp, record, exc)
-                        break
-                    for out in outputs:
-                        await producer.send(out.topic, encode_event(out.event), key=out.key)
-                    offsets[tp] = record.offset + 1
-                    self.backoff.reset(tp)
-            if offsets:
-                await producer.send_offsets_to_transaction(offsets, self.group_id)
-
-    def _retry_later(self, consumer, tp: TopicPartition, record: ConsumerRecord, exc: BaseException) -> None:
-        delay = self.backoff.next_delay(tp)
-        log.warning("bounce: temporary failure at %s[%d]@%d (%s: %s); retrying in %.1fs", tp.topic,
-                    tp.partition, record.offset, type(exc).__name__, exc, delay)
-        hold_partition(consumer, tp, record.offset, delay)
 
 
 async def run_bounce_service(settings: Settings, stop: asyncio.Event,

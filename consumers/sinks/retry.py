@@ -18,13 +18,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from consumers.sinks.ledger import Ledger
-from pipeline.bus import DrainOnRevoke, Topics, hold_partition, make_consumer, make_transactional_producer
+from pipeline.bus import Topics
+from pipeline.hop import Hold, Output, TransactionalHop
 from pipeline.settings import Settings
-from schemas.events import Deferred, Routed, decode_event, encode_event, epoch_from_iso
+from schemas.events import Deferred, decode_event, epoch_from_iso
 
 __all__ = ["RetryService", "run_retry_service", "is_stale"]
 
@@ -41,58 +41,35 @@ def is_stale(deferred: Deferred, ledger: Ledger) -> bool:
     return state.attempt > deferred.attempt  # tried again since (forced retry)
 
 
-class RetryService:
+class RetryService(TransactionalHop):
     def __init__(self, settings: Settings, instance: str = "0") -> None:
-        self.settings = settings
         self.topics = Topics.from_settings(settings)
-        prefix = settings.kafka.topic_prefix
-        self.group_id = f"{prefix}.retry"
-        self.transactional_id = f"{prefix}.retry.{instance}"
+        super().__init__(settings, "retry", [self.topics.retry(d) for d in self.topics.retry_delays], instance)
         self.ledger = Ledger(settings.kafka, self.topics.ledger, "retry")
-        self._lock = asyncio.Lock()
         self.republished = 0
         self.dropped = 0
 
-    async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
-        k = self.settings.kafka
-        producer = make_transactional_producer(k, self.transactional_id)
-        consumer = make_consumer(k, self.group_id, "retry")
-        try:
-            await self.ledger.start()
-            await producer.start()
-            consumer.subscribe([self.topics.retry(d) for d in self.topics.retry_delays],
-                               listener=DrainOnRevoke(self._lock))
-            await consumer.start()
-            log.info("retry service watching %s", ", ".join(self.topics.retry(d) for d in self.topics.retry_delays))
-            if on_ready:
-                on_ready()
-            while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=self.settings.runner.poll_timeout_ms)
-                if batch:
-                    async with self._lock:
-                        await self._process_batch(consumer, producer, batch)
-        finally:
-            await consumer.stop()
-            await producer.stop()
-            await self.ledger.close()
+    async def start(self) -> None:
+        await self.ledger.start()
 
-    async def _process_batch(self, consumer, producer, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        await self.ledger.catch_up()
-        offsets: dict[TopicPartition, int] = {}
-        now = time.time()
-        async with producer.transaction():
-            for tp, records in batch.items():
-                for record in records:
-                    deferred = self._decode(record)
-                    if deferred is not None:
-                        due = epoch_from_iso(deferred.next_attempt_time or deferred.time)
-                        if due > now:
-                            hold_partition(consumer, tp, record.offset, due - now)
-                            break
-                        await self._republish(producer, deferred)
-                    offsets[tp] = record.offset + 1
-            if offsets:
-                await producer.send_offsets_to_transaction(offsets, self.group_id)
+    async def close(self) -> None:
+        await self.ledger.close()
+
+    async def before_batch(self) -> None:
+        await self.ledger.catch_up()  # what the sinks recorded up to now decides staleness
+
+    async def handle(self, record: ConsumerRecord) -> list[Output]:
+        deferred = self._decode(record)
+        if deferred is None:
+            return []
+        wait = epoch_from_iso(deferred.next_attempt_time or deferred.time) - time.time()
+        if wait > 0:
+            raise Hold(wait)  # the partition waits; records behind it are due later still
+        if is_stale(deferred, self.ledger):
+            self.dropped += 1
+            return []
+        self.republished += 1
+        return [Output(self.topics.routed(deferred.destination), deferred.message_id.encode(), deferred.routed)]
 
     def _decode(self, record: ConsumerRecord) -> Deferred | None:
         try:
@@ -106,15 +83,6 @@ class RetryService:
             log.error("retry: deferred %s has nothing to deliver; dropped", event.id)
             return None
         return event
-
-    async def _republish(self, producer, deferred: Deferred) -> None:
-        if is_stale(deferred, self.ledger):
-            self.dropped += 1
-            return
-        routed: Routed = deferred.routed  # type: ignore[assignment]
-        await producer.send(self.topics.routed(deferred.destination), encode_event(routed),
-                            key=deferred.message_id.encode())
-        self.republished += 1
 
 
 async def run_retry_service(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None,
