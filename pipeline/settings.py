@@ -42,6 +42,8 @@ __all__ = [
     "DESTINATIONS",
     "SINKS",
     "DeliverySettings",
+    "LdapSettings",
+    "DnsSettings",
     "SmarthostSinkSettings",
     "parse_duration",
 ]
@@ -148,7 +150,6 @@ class DeliverySettings:
     # delay before the 2nd, 3rd, ... attempt; the last delay repeats until the lifetime ends
     retry_schedule: list[str] = field(default_factory=lambda: ["1m", "5m", "15m", "1h", "4h"])
     lifetime: str = "7d"  # after this age a deferred delivery bounces (reason "expired")
-    delay_warning: str = ""  # send a delay DSN after this age; empty: off
 
     def __post_init__(self) -> None:
         if not self.retry_schedule:
@@ -156,8 +157,6 @@ class DeliverySettings:
         for i, text in enumerate(self.retry_schedule):
             parse_duration(f"delivery.retry_schedule[{i}]", text)
         parse_duration("delivery.lifetime", self.lifetime)
-        if self.delay_warning:
-            parse_duration("delivery.delay_warning", self.delay_warning)
 
     @property
     def lifetime_seconds(self) -> float:
@@ -208,6 +207,25 @@ class SupervisorSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LdapSettings:
+    """The site's directory (the local stack runs slapd there)."""
+
+    host: str = "127.0.0.1"
+    port: int = 3389
+    base: str = "dc=school,dc=test"
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """The resolver the checks ask (the local stack runs NSD with the test zones there)."""
+
+    nameserver: str = "127.0.0.1"
+    port: int = 5353
+    timeout: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
 class LocalStackSettings:
     """Daemons `poststelle up` runs itself. Off in production, where they are the site's."""
 
@@ -219,6 +237,8 @@ class LocalStackSettings:
     dovecot: bool = True
     dovecot_users: str = "deploy/local/dovecot/users"
     smarthost: bool = True  # Postfix's smtp-sink as the smarthost, on sinks.smarthost host:port
+    slapd: bool = True  # OpenLDAP with deploy/local/directory.ldif, on ldap host:port
+    nsd: bool = True  # NSD with the zones in deploy/local/dns/, on dns nameserver:port
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +250,8 @@ class Settings:
     runner: RunnerSettings = field(default_factory=RunnerSettings)
     sinks: SinkSettings = field(default_factory=SinkSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    ldap: LdapSettings = field(default_factory=LdapSettings)
+    dns: DnsSettings = field(default_factory=DnsSettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     local: LocalStackSettings = field(default_factory=LocalStackSettings)
     # [stages.<name>] sections, each validated against the stage's own settings dataclass

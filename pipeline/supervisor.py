@@ -84,6 +84,14 @@ def infrastructure_specs(settings: Settings) -> list[ServiceSpec]:
         from pipeline.localstack.smarthost import smarthost_service
 
         specs.append(smarthost_service(settings))
+    if settings.local.slapd:
+        from pipeline.localstack.slapd import LDIF, slapd_service
+
+        specs.append(slapd_service(settings.home, settings.ldap.host, settings.ldap.port, LDIF))
+    if settings.local.nsd:
+        from pipeline.localstack.nsd import ZONES_DIR, nsd_service
+
+        specs.append(nsd_service(settings.home, settings.dns.nameserver, settings.dns.port, ZONES_DIR))
     return specs
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the local stack needs, and only those that are missing.
 # Daemons are started by `poststelle up` as our own processes, so the packages' system services
-# are kept from starting during the install (policy-rc.d), and Postfix gets no configuration.
+# are kept from starting during the install (policy-rc.d), and Postfix and slapd get no
+# configuration of their own.
 set -euo pipefail
 
 PACKAGES=(
@@ -11,6 +12,9 @@ PACKAGES=(
   dovecot-lmtpd
   postfix                # smtp-source / smtp-sink for benchmarks and tests
   swaks                  # sending test mail
+  nsd                    # authoritative DNS for the test zones (DNSBL, PTR, MX, SPF, DKIM)
+  slapd                  # the directory (OpenLDAP) with the demo school
+  ldap-utils             # ldapsearch, ldapwhoami, ... for looking into it
 )
 
 missing=()
@@ -36,6 +40,8 @@ fi
 cleanup() { [[ $created_policy -eq 1 ]] && $SUDO rm -f $policy; true; }
 trap cleanup EXIT
 echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+# slapd: no system database (dc=nodomain in /etc/ldap/slapd.d); ours is rendered per state dir
+echo "slapd slapd/no_configuration boolean true" | $SUDO debconf-set-selections
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

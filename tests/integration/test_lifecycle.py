@@ -33,8 +33,8 @@ def test_up_status_and_ctrl_c_leave_no_process_behind():
     stack = launch(REPO / "var" / "test-lifecycle", 39190)
     try:
         status = stack.status()["components"]
-        assert set(status) == {"kafka", "dovecot", "smarthost", "ingress", "stage:route", "sink:lmtp",
-                               "sink:smarthost", "sink:analytics", "retry", "bounce"}
+        assert set(status) == {"kafka", "dovecot", "smarthost", "slapd", "nsd", "ingress", "stage:route",
+                               "sink:lmtp", "sink:smarthost", "sink:analytics", "retry", "bounce"}
         assert all(c["state"] == "ready" for c in status.values())
         stack.wait_for(lambda: "poststelle ready: smtp 127.0.0.1:39192" in (stack.home / "up.log").read_text(),
                        timeout=10, what="the ready line")
