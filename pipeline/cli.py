@@ -82,6 +82,12 @@ async def _announce_when_ready(supervisor, settings: Settings) -> None:
     parts = [f"smtp {i.host}:{i.port}", f"kafka {k.bootstrap}"]
     if settings.local.dovecot:
         parts.append(f"lmtp {settings.sinks.lmtp.host}:{settings.sinks.lmtp.port}")
+    if settings.local.smarthost:
+        parts.append(f"smarthost {settings.sinks.smarthost.host}:{settings.sinks.smarthost.port}")
+    if settings.local.slapd:
+        parts.append(f"ldap {settings.ldap.host}:{settings.ldap.port}")
+    if settings.local.nsd:
+        parts.append(f"dns {settings.dns.nameserver}:{settings.dns.port}")
     if "analytics" in settings.supervisor.sinks and not a.url:
         parts.append(f"analytics {a.query_host}:{a.query_port}")
     print(f"poststelle ready: {', '.join(parts)} (state in {settings.home})", flush=True)

@@ -14,11 +14,17 @@ _STAGES: dict[str, type[Stage]] = {}
 _loaded = False
 
 
+# names of the other consumers: a stage's group and transactional ids must not collide with theirs
+RESERVED_NAMES = frozenset({"ingress", "retry", "bounce", "analytics", "sink", "queue"})
+
+
 def register(cls: type[Stage]) -> type[Stage]:
     """Class decorator: add a stage. A second stage with the same name is an error."""
     for attr in ("name", "description", "Settings", "process"):
         if not hasattr(cls, attr):
             raise TypeError(f"stage {cls.__name__} lacks {attr!r}")
+    if cls.name in RESERVED_NAMES or not cls.name.replace("_", "").isalnum():
+        raise ValueError(f"stage name {cls.name!r} is reserved or not a plain word")
     existing = _STAGES.get(cls.name)
     if existing is not None and existing is not cls:
         raise ValueError(f"stage name {cls.name!r} is taken by {existing.__module__}.{existing.__name__}")

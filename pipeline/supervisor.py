@@ -1,6 +1,6 @@
 """The supervisor behind `poststelle up`, in the spirit of Postfix's master(8).
 
-It starts the infrastructure (Kafka, Dovecot) and waits until each accepts connections, creates the
+It starts the infrastructure (Kafka, Dovecot, smtp-sink, slapd, NSD) and waits until each accepts connections, creates the
 topics, then starts the ingress, every stage and every sink as separate processes. A child that
 dies is restarted with a growing backoff. SIGINT/SIGTERM stop everything in reverse order: the
 pipeline processes drain and commit, then Dovecot, then the broker; whatever has not exited when

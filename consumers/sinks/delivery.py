@@ -38,7 +38,9 @@ from schemas.events import (
     encode_event,
     epoch_from_iso,
     iso_from_epoch,
+    now_iso,
 )
+from schemas.ids import new_id
 
 __all__ = ["DeliverySink", "SinkStats"]
 
@@ -118,7 +120,8 @@ class DeliverySink:
         """The recipient's new state after an attempt, written to the ledger before it is returned."""
         common = dict(message_id=routed.message_id, destination=self.destination, recipient=rcpt,
                       attempt=attempt, reply=reply)
-        single = dataclasses.replace(routed, recipients=[rcpt], attempt=attempt)
+        # the copy to deliver again: an event of its own (new id), for this recipient only
+        single = dataclasses.replace(routed, id=new_id(), time=now_iso(), recipients=[rcpt], attempt=attempt)
         event: Delivered | Bounced | Deferred
         if 200 <= reply.code < 300:
             event = Delivered(**common, received_time=routed.message.time)

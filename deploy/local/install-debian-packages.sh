@@ -10,7 +10,7 @@ PACKAGES=(
   maven                  # resolves the Kafka jars from Maven Central
   dovecot-core           # mailbox server (LMTP)
   dovecot-lmtpd
-  postfix                # smtp-source / smtp-sink for benchmarks and tests
+  postfix                # smtp-sink (the local smarthost), smtp-source (benchmarks)
   swaks                  # sending test mail
   nsd                    # authoritative DNS for the test zones (DNSBL, PTR, MX, SPF, DKIM)
   slapd                  # the directory (OpenLDAP) with the demo school

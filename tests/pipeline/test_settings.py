@@ -281,3 +281,25 @@ def test_retry_schedule_repeats_its_last_delay_and_durations_parse():
         DeliverySettings(retry_schedule=["1m", "soon"])
     with pytest.raises(ConfigError, match=r"delivery\.retry_schedule"):
         DeliverySettings(retry_schedule=[])
+
+
+def test_stage_names_of_other_consumers_are_reserved():
+    from dataclasses import dataclass
+
+    from pipeline.registry import register
+
+    @dataclass(frozen=True)
+    class S:
+        pass
+
+    for bad in ("retry", "bounce", "sink.lmtp", "a b"):
+        stage = type("Bad", (), {"name": bad, "description": "x", "Settings": S, "process": None})
+        with pytest.raises(ValueError, match="reserved or not a plain word"):
+            register(stage)
+
+
+def test_durations_with_spaces_are_refused_they_name_topics():
+    from pipeline.settings import parse_duration
+
+    with pytest.raises(ConfigError):
+        parse_duration("delivery.retry_schedule[0]", "1 m")
