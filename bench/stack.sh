@@ -1,0 +1,87 @@
+# Sourced by bench/ingress.sh and bench/pipeline.sh: a poststelle stack of its own for benchmarks.
+#
+# Ports 46090-46097 on 127.0.0.1, state in var/bench/stack (Kafka data, blobs, maildirs, chDB, logs
+# in var/bench/stack/log/). Needs .venv and the Kafka jars in var/kafka/lib (`make run`'s install
+# steps: make deps venv kafka-jars).
+#
+#   stack_up [ingress-only]   empty var/bench/stack, start `poststelle up` in the background, wait
+#                             until it is ready
+#   stack_down                SIGINT to the supervisor (it drains and stops everything), wait
+#   stack_cli ARGS...         `poststelle ARGS` against this stack
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY=$ROOT/.venv/bin/python
+STACK_HOME=$ROOT/var/bench/stack
+STACK_SMTP_PORT=46094
+STACK_PID=
+
+stack_env() {
+    export POSTSTELLE_CONFIG=$ROOT/deploy/local/poststelle.toml
+    export POSTSTELLE_HOME=$STACK_HOME
+    export POSTSTELLE_KAFKA__BOOTSTRAP=127.0.0.1:46092
+    export POSTSTELLE_LOCAL__KAFKA_CONTROLLER_PORT=46093
+    export POSTSTELLE_INGRESS__PORT=$STACK_SMTP_PORT
+    export POSTSTELLE_SINKS__LMTP__PORT=46095
+    export POSTSTELLE_SINKS__ANALYTICS__QUERY_PORT=46096
+    export POSTSTELLE_SINKS__SMARTHOST__PORT=46097
+    export POSTSTELLE_LDAP__PORT=46090 POSTSTELLE_DNS__PORT=46091  # slapd, NSD (no pipeline component uses them yet)
+    export POSTSTELLE_LOCAL__KAFKA_JARS=$ROOT/var/kafka/lib
+}
+
+stack_cli() {
+    (stack_env && "$ROOT/.venv/bin/poststelle" "$@")
+}
+
+stack_up() {
+    [ -x "$PY" ] || { echo "no .venv: run make venv first" >&2; exit 1; }
+    [ -d "$ROOT/var/kafka/lib" ] || { echo "no Kafka jars in var/kafka/lib: run make kafka-jars first" >&2; exit 1; }
+    rm -rf "$STACK_HOME" && mkdir -p "$STACK_HOME"  # every run starts from an empty broker and store
+    (
+        stack_env
+        if [ "${1:-}" = ingress-only ]; then  # Kafka + ingress: nothing downstream competes for the CPU
+            export POSTSTELLE_SUPERVISOR__RUN_STAGES=false POSTSTELLE_SUPERVISOR__SINKS='[]'
+            export POSTSTELLE_LOCAL__DOVECOT=false POSTSTELLE_LOCAL__SMARTHOST=false
+            export POSTSTELLE_LOCAL__SLAPD=false POSTSTELLE_LOCAL__NSD=false
+        fi
+        exec "$ROOT/.venv/bin/poststelle" up
+    ) >"$STACK_HOME/up.log" 2>&1 &
+    STACK_PID=$!
+    if ! stack_cli status --wait 180 >/dev/null; then
+        stack_cli status
+        echo "the bench stack did not come up; see $STACK_HOME/up.log and $STACK_HOME/log/*.log" >&2
+        exit 1
+    fi
+}
+
+stack_down() {
+    if [ -n "$STACK_PID" ] && kill -0 "$STACK_PID" 2>/dev/null; then
+        kill -INT "$STACK_PID"
+        wait "$STACK_PID" 2>/dev/null || true
+    fi
+    STACK_PID=
+}
+
+stack_cpu() {  # CPU seconds of every component the supervisor runs, with its reaped children: "name=secs ..."
+    "$PY" - "$STACK_HOME/run/status.json" <<'PYEOF'
+import json, os, sys
+hz = os.sysconf("SC_CLK_TCK")
+out = []
+for name, c in json.load(open(sys.argv[1]))["components"].items():
+    try:
+        fields = open(f"/proc/{c['pid']}/stat").read().rpartition(")")[2].split()
+        out.append(f"{name}={sum(int(x) for x in fields[11:15]) / hz:.1f}")
+    except (OSError, TypeError):
+        pass
+print(" ".join(out))
+PYEOF
+}
+
+cpu_delta() {  # BEFORE AFTER (two stack_cpu lines): "name +secs ..." for what changed, largest first
+    "$PY" -c '
+import sys
+a, b = (dict(kv.split("=") for kv in line.split()) for line in sys.argv[1:3])
+d = sorted(((float(v) - float(a.get(k, 0)), k) for k, v in b.items()), reverse=True)
+print(", ".join(f"{k} {s:.1f}s" for s, k in d if s >= 0.05))' "$1" "$2"
+}
+
+calc() { awk "BEGIN { printf \"%.6f\", $* }"; }  # floating-point arithmetic without bc
