@@ -31,6 +31,7 @@ __all__ = [
     "Settings",
     "KafkaSettings",
     "IngressSettings",
+    "SubmissionSettings",
     "RunnerSettings",
     "LmtpSinkSettings",
     "AnalyticsSinkSettings",
@@ -52,6 +53,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # destinations the route stage may choose (each has a `routed.<name>` topic) and the sinks
 DESTINATIONS = ("lmtp", "smarthost")
 SINKS = ("lmtp", "smarthost", "analytics")
+# the default order of the SMTP-time checks (ingress/checks/)
+MX_CHECKS = ("dnsbl", "fcrdns", "sender_domain", "rhsbl", "relay", "recipient", "group_policy", "greylist")
+SUBMISSION_CHECKS = ("sender_login", "relay", "recipient", "group_policy")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -99,6 +103,35 @@ class IngressSettings:
     # seconds to wait for the blob fsync and the broker acknowledgement before answering 451
     persist_timeout: float = 15.0
     data_timeout: float = 300.0  # idle timeout per command/DATA chunk (RFC 5321 4.5.3.2)
+    # SMTP-time checks of this (MX) listener, in order; each has a [checks.<name>] section
+    checks: list[str] = field(default_factory=lambda: list(MX_CHECKS))
+    check_timeout: float = 10.0  # a check that takes longer answers 451 4.3.0
+    # clients that skip the reputation checks (DNSBL, FCrDNS, sender domain, RHSBL, greylisting)
+    client_allowlist: list[str] = field(default_factory=list)
+    # clients that may relay to non-local domains without AUTH (Postfix's mynetworks)
+    relay_networks: list[str] = field(default_factory=list)
+    max_connections: int = 200  # concurrent sessions in total; more get 421 4.7.0 at connect
+    max_connections_per_ip: int = 10  # concurrent sessions per client IP
+    max_recipients: int = 100  # per message; more get 452 4.5.3
+    max_bad_commands: int = 10  # unknown/invalid commands per session before 421 4.7.0
+    # seconds to wait before the banner; a client that speaks first is an early talker (554 5.5.1). 0: off
+    greet_delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionSettings:
+    """Authenticated submission (RFC 6409): STARTTLS on `port`, implicit TLS (RFC 8314) on `tls_port`."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 587  # STARTTLS; 0: no such listener
+    tls_port: int = 465  # implicit TLS; 0: no such listener
+    # PEM files; both empty: a self-signed certificate for ingress.hostname is made under <home>/tls/
+    cert_file: str = ""
+    key_file: str = ""
+    checks: list[str] = field(default_factory=lambda: list(SUBMISSION_CHECKS))
+    max_auth_failures: int = 5  # failed AUTH per client IP within auth_failure_window ...
+    auth_failure_window: float = 300.0  # ... after which AUTH answers 454 4.7.0 until the window passes
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +279,7 @@ class Settings:
     paths: PathSettings = field(default_factory=PathSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     ingress: IngressSettings = field(default_factory=IngressSettings)
+    submission: SubmissionSettings = field(default_factory=SubmissionSettings)
     topology: TopologySettings = field(default_factory=TopologySettings)
     runner: RunnerSettings = field(default_factory=RunnerSettings)
     sinks: SinkSettings = field(default_factory=SinkSettings)
@@ -256,6 +290,8 @@ class Settings:
     local: LocalStackSettings = field(default_factory=LocalStackSettings)
     # [stages.<name>] sections, each validated against the stage's own settings dataclass
     stages: Mapping[str, Any] = field(default_factory=dict)
+    # [checks.<name>] sections, each validated against the check's own settings dataclass
+    checks: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""  # the file these settings came from, for messages
 
     @property
@@ -265,6 +301,9 @@ class Settings:
 
     def stage_settings(self, name: str) -> Any:
         return self.stages[name]
+
+    def check_settings(self, name: str) -> Any:
+        return self.checks[name]
 
 
 def _type_name(tp: Any) -> str:
@@ -284,6 +323,8 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        if dataclasses.is_dataclass(item_tp):  # an array of tables ([[checks.x.rules]])
+            return [parse_section(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return [_coerce(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported settings type for {key}")  # keep settings types simple
@@ -308,7 +349,7 @@ def parse_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         raise ConfigError(f"{prefix}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     # `stages` is parsed by the caller against the stage registry; `source` is not a key
-    handled_elsewhere = {"stages"} if cls is Settings else set()
+    handled_elsewhere = {"stages", "checks"} if cls is Settings else set()
     fields = {f.name for f in dataclasses.fields(cls)} - {"source"}
     values: dict[str, Any] = {}
     for key, value in data.items():
@@ -379,6 +420,7 @@ def load_settings(
     path: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
     stage_types: Mapping[str, type] | None = None,
+    check_types: Mapping[str, type] | None = None,
 ) -> Settings:
     """Read the config file (if any), apply environment overrides, validate everything.
 
@@ -399,14 +441,30 @@ def load_settings(
         from pipeline.registry import stage_settings_types
 
         stage_types = stage_settings_types()
+    if check_types is None:
+        from ingress.checks import check_settings_types
+
+        check_types = check_settings_types()
     overrides = _env_overrides(environ)
     _fix_list_strings(Settings, overrides)  # env values may write lists as "a,b"
     for name, section in overrides.get("stages", {}).items():
         if name in stage_types and isinstance(section, dict):
             _fix_list_strings(stage_types[name], section)
+    for name, section in overrides.get("checks", {}).items():
+        if name in check_types and isinstance(section, dict):
+            _fix_list_strings(check_types[name], section)
     data = _merge(data, overrides)
     settings = parse_section(Settings, data, "")
-    stages = _parse_stage_sections(data.get("stages", {}), stage_types)
+    stages = _parse_named_sections("stages", "stage", data.get("stages", {}), stage_types)
+    checks = _parse_named_sections("checks", "check", data.get("checks", {}), check_types)
+    for key, names in (("ingress.checks", settings.ingress.checks), ("submission.checks", settings.submission.checks)):
+        for name in names:
+            if name not in check_types:
+                known = ", ".join(sorted(check_types)) or "none"
+                raise ConfigError(f"{key}: unknown check {name!r} (known: {known})")
+            checks.setdefault(name, check_types[name]())
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{key}: a check is named twice")
     for name in settings.topology.stages:
         if name not in stage_types:
             known = ", ".join(sorted(stage_types)) or "none"
@@ -415,7 +473,7 @@ def load_settings(
     if len(set(settings.topology.stages)) != len(settings.topology.stages):
         raise ConfigError("topology.stages: a stage is named twice")
     _check_consistency(settings)
-    return dataclasses.replace(settings, stages=stages, source=str(path or ""))
+    return dataclasses.replace(settings, stages=stages, checks=checks, source=str(path or ""))
 
 
 def _check_consistency(settings: Settings) -> None:
@@ -433,13 +491,14 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError(f"runner.max_event_bytes: must be at most kafka.max_request_size ({k.max_request_size})")
 
 
-def _parse_stage_sections(data: Any, stage_types: Mapping[str, type]) -> dict[str, Any]:
+def _parse_named_sections(key: str, kind: str, data: Any, types_: Mapping[str, type]) -> dict[str, Any]:
+    """[stages.<name>] or [checks.<name>]: each section against the settings type of that name."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"stages: expected a table, got {data!r}")
+        raise ConfigError(f"{key}: expected a table, got {data!r}")
     parsed = {}
     for name, section in data.items():
-        if name not in stage_types:
-            known = ", ".join(sorted(stage_types)) or "none"
-            raise ConfigError(f"stages.{name}: unknown stage (known: {known})")
-        parsed[name] = parse_section(stage_types[name], section, f"stages.{name}")
+        if name not in types_:
+            known = ", ".join(sorted(types_)) or "none"
+            raise ConfigError(f"{key}.{name}: unknown {kind} (known: {known})")
+        parsed[name] = parse_section(types_[name], section, f"{key}.{name}")
     return parsed

@@ -1,0 +1,295 @@
+"""SMTP-time checks: the contract, the registry and the chain that runs them.
+
+Every check is one module in this package with one class that has a `name`, a `description`, a
+`Settings` dataclass (its `[checks.<name>]` config section) and async hooks for the phases it cares
+about: `connect`, `helo`, `mail`, `rcpt`, `data`. A hook returns one `Decision` (Haraka's rule: one
+result per check per transaction): `PASS`, or a reply that refuses the command. The order of the
+checks is data (`ingress.checks` for the MX listener, `submission.checks` for submission), and so
+are their settings.
+
+The chain (`CheckChain`) runs the hooks of one phase in order and stops at the first refusal. A
+check that raises or exceeds `ingress.check_timeout` answers `451 4.3.0` (a temporary failure:
+the client retries; a message is never accepted past a check that did not answer). Checks never
+see the network directly: DNS and LDAP are services handed in through `CheckServices`, so unit
+tests can swap the transport.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import ipaddress
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+__all__ = [
+    "PHASES",
+    "Phase",
+    "Decision",
+    "PASS",
+    "refuse",
+    "CheckContext",
+    "CheckServices",
+    "Check",
+    "CheckChain",
+    "ChainOutcome",
+    "register_check",
+    "get_check",
+    "check_names",
+    "check_settings_types",
+    "BUILTIN_CHECK_MODULES",
+    "Networks",
+]
+
+log = logging.getLogger(__name__)
+
+Phase = Literal["connect", "helo", "mail", "rcpt", "data"]
+PHASES: tuple[Phase, ...] = ("connect", "helo", "mail", "rcpt", "data")
+
+# modules whose import registers the built-in checks; the config picks from these by name
+BUILTIN_CHECK_MODULES: tuple[str, ...] = (
+    "ingress.checks.relay",
+    "ingress.checks.dnsbl",
+    "ingress.checks.fcrdns",
+    "ingress.checks.sender_domain",
+    "ingress.checks.rhsbl",
+    "ingress.checks.recipient",
+    "ingress.checks.group_policy",
+    "ingress.checks.greylist",
+    "ingress.checks.sender_login",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A check's answer for one phase.
+
+    `reply` is None when the check lets the command through; otherwise the full SMTP reply with its
+    enhanced status code ("554 5.7.1 ..."). `reason_code` is the stable machine-readable reason
+    that lands in analytics ("dnsbl_listed"); `detail` is for the operator (zone and answer, the
+    rule that matched), never sent to the client.
+    """
+
+    reply: str | None = None
+    reason_code: str = ""
+    detail: str = ""
+
+    @property
+    def refused(self) -> bool:
+        return self.reply is not None
+
+    @property
+    def temporary(self) -> bool:
+        return self.reply is not None and self.reply.startswith("4")
+
+
+PASS = Decision()
+
+
+def refuse(reply: str, reason_code: str, detail: str = "") -> Decision:
+    return Decision(reply=reply, reason_code=reason_code, detail=detail)
+
+
+@dataclass(slots=True)
+class CheckContext:
+    """What the checks know about one SMTP session; they read it and may note results in it."""
+
+    session_id: str
+    client_ip: str
+    listener: str = "mx"  # "mx" (port 25) or "submission"
+    helo: str = ""
+    tls: bool = False
+    authenticated_as: str = ""  # the LDAP login of an authenticated submission session
+    auth_addresses: frozenset[str] = frozenset()  # addresses that user may send as (own + aliases)
+    allowlisted: bool = False  # client in ingress.client_allowlist: reputation checks are skipped
+    trusted: bool = False  # client in ingress.relay_networks: may relay, skips greylisting
+    reverse_name: str = ""  # the forward-confirmed PTR name (set by fcrdns), "" when none
+    sender: str | None = None  # None before MAIL FROM; "" for the null sender <>
+    recipients: list[str] = field(default_factory=list)  # accepted so far in this transaction
+    # results worth keeping that are not refusals (e.g. {"greylist": "passed_after_retry"}); they
+    # are copied into the `received` event and into `smtp_check` events
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def authenticated(self) -> bool:
+        return bool(self.authenticated_as)
+
+    def reset_transaction(self) -> None:
+        """RSET, or a new MAIL FROM: the envelope starts over, the session facts stay."""
+        self.sender = None
+        self.recipients = []
+
+
+@dataclass(slots=True)
+class CheckServices:
+    """The network services checks use; built once per ingress process and shared."""
+
+    resolver: Any = None  # pipeline.dns.Resolver
+    directory: Any = None  # pipeline.directory.Directory
+    greylist: Any = None  # ingress.greylist_store.GreylistStore
+    local_domains: frozenset[str] = frozenset()
+    notify: Callable[[Any], None] | None = None  # best-effort event sink (EventSink.notify)
+
+
+class Check:
+    """Base class: every hook lets everything through. Subclasses override what they check."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Settings: ClassVar[type]
+
+    def __init__(self, settings: Any, services: CheckServices) -> None:
+        self.settings = settings
+        self.services = services
+
+    async def start(self) -> None:
+        """Open connections, load state (called once before the listener accepts)."""
+
+    async def close(self) -> None:
+        """Release what `start` opened."""
+
+    async def connect(self, ctx: CheckContext) -> Decision:
+        return PASS
+
+    async def helo(self, ctx: CheckContext, hostname: str) -> Decision:
+        return PASS
+
+    async def mail(self, ctx: CheckContext, sender: str) -> Decision:
+        """`sender` is "" for the null sender <>."""
+        return PASS
+
+    async def rcpt(self, ctx: CheckContext, recipient: str) -> Decision:
+        """`recipient` is the address as the client gave it (without angle brackets)."""
+        return PASS
+
+    async def data(self, ctx: CheckContext, raw: bytes) -> Decision:
+        """`raw` is the message as received (headers and body, CRLF line endings)."""
+        return PASS
+
+
+# ---- registry -------------------------------------------------------------------------------------
+
+_CHECKS: dict[str, type[Check]] = {}
+_loaded = False
+
+
+def register_check(cls: type[Check]) -> type[Check]:
+    """Class decorator: add a check. A name is taken once."""
+    for attr in ("name", "description", "Settings"):
+        if not hasattr(cls, attr):
+            raise TypeError(f"check {cls.__name__} lacks {attr!r}")
+    existing = _CHECKS.get(cls.name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"check name {cls.name!r} is taken by {existing.__module__}.{existing.__name__}")
+    _CHECKS[cls.name] = cls
+    return cls
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in BUILTIN_CHECK_MODULES:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:  # a check module not written yet must not break the rest
+                if exc.name != module:
+                    raise
+
+
+def get_check(name: str) -> type[Check]:
+    _load_builtins()
+    try:
+        return _CHECKS[name]
+    except KeyError:
+        raise KeyError(f"no check named {name!r} (known: {', '.join(sorted(_CHECKS))})") from None
+
+
+def check_names() -> list[str]:
+    _load_builtins()
+    return sorted(_CHECKS)
+
+
+def check_settings_types() -> dict[str, type]:
+    _load_builtins()
+    return {name: cls.Settings for name, cls in _CHECKS.items()}
+
+
+# ---- the chain ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChainOutcome:
+    """The chain's answer for one phase: the refusing check (or "") and its decision."""
+
+    check: str
+    decision: Decision
+
+    @property
+    def refused(self) -> bool:
+        return self.decision.refused
+
+
+TEMPORARY_FAILURE = "451 4.3.0 Temporary failure checking this request, try again later"
+
+
+class CheckChain:
+    """Runs the checks of one listener in their configured order."""
+
+    def __init__(self, checks: list[Check], timeout: float) -> None:
+        self.checks = checks
+        self.timeout = timeout
+
+    @classmethod
+    def build(cls, names: list[str], configs: Mapping[str, Any], services: CheckServices,
+              timeout: float) -> CheckChain:
+        checks = [get_check(name)(configs.get(name) or get_check(name).Settings(), services) for name in names]
+        return cls(checks, timeout)
+
+    async def start(self) -> None:
+        for check in self.checks:
+            await check.start()
+
+    async def close(self) -> None:
+        for check in reversed(self.checks):
+            try:
+                await check.close()
+            except Exception as exc:  # closing must go on for the others
+                log.warning("check %s close: %s", check.name, exc)
+
+    async def run(self, phase: Phase, ctx: CheckContext, *args: Any) -> ChainOutcome:
+        for check in self.checks:
+            hook = getattr(check, phase)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    decision = await hook(ctx, *args)
+            except TimeoutError:
+                log.warning("check %s timed out in %s (%s)", check.name, phase, ctx.client_ip)
+                decision = refuse(TEMPORARY_FAILURE, f"{check.name}_timeout", f"no answer in {self.timeout}s")
+            except Exception as exc:
+                log.exception("check %s failed in %s (%s)", check.name, phase, ctx.client_ip)
+                decision = refuse(TEMPORARY_FAILURE, f"{check.name}_error", f"{type(exc).__name__}: {exc}")
+            if decision.refused:
+                return ChainOutcome(check.name, decision)
+        return ChainOutcome("", PASS)
+
+
+# ---- helpers for checks ---------------------------------------------------------------------------
+
+
+class Networks:
+    """A set of CIDRs (IPv4 and IPv6) with a membership test; bad entries raise ValueError."""
+
+    def __init__(self, cidrs: list[str]) -> None:
+        self.networks = [ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip()]
+
+    def __contains__(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in self.networks if net.version == address.version)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)

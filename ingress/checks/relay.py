@@ -1,0 +1,47 @@
+"""Relay control: non-local recipients only for authenticated sessions and trusted networks.
+
+A recipient whose domain is one of `ingress.local_domains` is local and passes here (the
+`recipient` check looks it up). Anything else is a relay attempt: allowed for an authenticated
+submission session or a client in `ingress.relay_networks`, refused `554 5.7.1` otherwise. The
+address forms other MTAs read as routing (`%` hack, `!` paths, source routes, quoted local parts
+holding an `@`, address literals) never count as local (see `ingress.addresses`): refused from
+everyone except as a plain remote address of an authenticated or trusted client.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ingress.addresses import AddressError, parse_address
+from ingress.checks import PASS, Check, CheckContext, Decision, refuse, register_check
+
+__all__ = ["RelayCheck"]
+
+RELAY_DENIED = "554 5.7.1 Relaying denied: recipient domain is not local"
+ROUTING_REFUSED = "554 5.7.1 Relaying denied: source routes, %-hacks and address literals are not accepted"
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    # allow authenticated sessions and relay networks to send to address literals (r@[192.0.2.1])
+    allow_address_literals: bool = False
+
+
+@register_check
+class RelayCheck(Check):
+    name = "relay"
+    description = "non-local recipients only for authenticated sessions and relay networks"
+    Settings = RelaySettings
+
+    async def rcpt(self, ctx: CheckContext, recipient: str) -> Decision:
+        try:
+            address = parse_address(recipient)
+        except AddressError as exc:
+            return refuse(ROUTING_REFUSED, "relay_routing_form", f"{recipient!r}: {exc}")
+        if not address.is_literal and address.domain in self.services.local_domains:
+            return PASS
+        if not (ctx.authenticated or ctx.trusted):
+            return refuse(RELAY_DENIED, "relay_denied", f"{recipient} from an unauthenticated, untrusted client")
+        if address.is_literal and not self.settings.allow_address_literals:
+            return refuse(ROUTING_REFUSED, "relay_address_literal", recipient)
+        ctx.notes["relay"] = "authenticated" if ctx.authenticated else "trusted_network"
+        return PASS
