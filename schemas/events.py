@@ -44,6 +44,7 @@ __all__ = [
     "Deadlettered",
     "SmtpConnect",
     "SmtpReject",
+    "SmtpCheck",
     "EVENT_TYPES",
     "event_type_name",
     "encode_event",
@@ -296,10 +297,25 @@ class SmtpReject(Event):
     session_id: str
     client_ip: str
     phase: Literal["connect", "helo", "mail", "rcpt", "data", "auth", "command"]
-    check: str  # e.g. "relay", "smuggling", "size", "persist"
+    check: str  # e.g. "relay", "dnsbl", "smuggling", "size", "persist"
     reason_code: str  # stable machine-readable reason, e.g. "relay_denied"
     reply: Reply
     helo: str = ""
+    sender: str = ""
+    recipient: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmtpCheck(Event):
+    """A check's result that is not a refusal but worth counting (a greylisting pass after retry,
+    an FCrDNS failure that only scores, a check skipped for an allow-listed client)."""
+
+    type: Literal["smtp_check"] = "smtp_check"
+    session_id: str
+    client_ip: str
+    phase: Literal["connect", "helo", "mail", "rcpt", "data", "auth"]
+    check: str
+    result: str  # stable, e.g. "passed_after_retry", "whitelisted", "fail"
     sender: str = ""
     recipient: str = ""
 
@@ -324,6 +340,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Deadlettered,
         SmtpConnect,
         SmtpReject,
+        SmtpCheck,
     )
 }
 

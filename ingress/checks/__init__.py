@@ -125,6 +125,7 @@ class CheckContext:
 class CheckServices:
     """The network services checks use; built once per ingress process and shared."""
 
+    settings: Any = None  # the whole pipeline.settings.Settings (Kafka, paths) for checks that need it
     resolver: Any = None  # pipeline.dns.Resolver
     directory: Any = None  # pipeline.directory.Directory
     greylist: Any = None  # ingress.greylist_store.GreylistStore
