@@ -23,7 +23,9 @@ import orjson
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-HOME = REPO / "var" / "test-stack"
+# POSTSTELLE_TEST_BASE moves the session stack (ports and state), so two test runs can share a machine
+SESSION_BASE = int(os.environ.get("POSTSTELLE_TEST_BASE", "39090"))
+HOME = REPO / "var" / ("test-stack" if SESSION_BASE == 39090 else f"test-stack-{SESSION_BASE}")
 
 
 
@@ -51,7 +53,6 @@ def stack_env(home: Path, base: int) -> dict[str, str]:
     }
 
 
-SESSION_BASE = 39090
 SMTP_HOST, SMTP_PORT = "127.0.0.1", SESSION_BASE + 2
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from tests.integration.conftest import REPO, launch, stop
+from tests.integration.conftest import REPO, SESSION_BASE, launch, stop
 
 
 def _alive(pid: int) -> bool:
@@ -30,7 +30,7 @@ def _group_members(pgid: int) -> list[int]:
 
 
 def test_up_status_and_ctrl_c_leave_no_process_behind():
-    stack = launch(REPO / "var" / "test-lifecycle", 39190)
+    stack = launch(REPO / "var" / f"test-lifecycle-{SESSION_BASE + 100}", SESSION_BASE + 100)
     try:
         status = stack.status()["components"]
         assert set(status) == {"kafka", "dovecot", "smarthost", "slapd", "nsd", "ingress", "stage:route",
