@@ -1,5 +1,11 @@
 """The ingress handler: SMTP in, a durable `received` event out, nothing more.
 
+Every decision before the message is accepted is made by the check chain (`ingress.checks`): the
+connect phase runs before the banner, then MAIL, RCPT and DATA. A refusal is answered with the
+check's reply and recorded as an `smtp_reject` event (phase, check, reason code, client, sender,
+recipient); results that are not refusals (a greylisting pass, a skipped lookup) become `smtp_check`
+events. Connection limits, recipient limits and AUTH are the handler's own.
+
 `250` is answered only after the raw message is fsynced in the blob store *and* its `received` event
 is committed in a Kafka transaction (see `ingress.server.KafkaEventSink`). If either fails or takes
 longer than `ingress.persist_timeout`, the answer is `451 4.3.0`: the client keeps the message and
@@ -10,30 +16,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from aiosmtpd.smtp import AuthResult
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import Session
 
-from ingress.addresses import AddressError, parse_address
+from ingress.addresses import parse_address
+from ingress.checks import CheckChain, CheckContext, CheckServices, Networks, Phase
+from ingress.checks.relay import RelayCheck, RelaySettings
+from ingress.limits import TOO_MANY_AUTH_FAILURES, AuthFailures, ConnectionLimits
 from ingress.replies import Replies
 from ingress.smtp import IngressSMTP
 from ingress.trace import received_header, summarize_headers
 from pipeline.blobstore import BlobStore
-from pipeline.settings import IngressSettings
+from pipeline.settings import IngressSettings, SubmissionSettings
 from schemas.events import (
     Client,
     Envelope,
     Event,
     Received,
     Reply,
+    SmtpCheck,
     SmtpConnect,
     SmtpReject,
 )
 from schemas.ids import new_id
 
-__all__ = ["IngressHandler", "EventSink"]
+__all__ = ["IngressHandler", "EventSink", "Authenticator"]
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +59,45 @@ class EventSink(Protocol):
         """Best effort: session events for analytics, never delaying or failing SMTP."""
 
 
-@dataclass(slots=True)
-class _SessionInfo:
-    session_id: str
+class Authenticator(Protocol):
+    """Verifies AUTH credentials (the LDAP directory in production)."""
+
+    async def authenticate(self, login: str, password: str) -> Any:
+        """The account (with `.uid`, `.mail`, `.addresses`) or None; raises when it cannot tell."""
 
 
 class IngressHandler:
-    def __init__(self, settings: IngressSettings, blobs: BlobStore, events: EventSink) -> None:
+    """One listener's SMTP decisions: `listener` is "mx" (port 25) or "submission"."""
+
+    def __init__(
+        self,
+        settings: IngressSettings,
+        blobs: BlobStore,
+        events: EventSink,
+        chain: CheckChain | None = None,
+        *,
+        listener: str = "mx",
+        local_domains: frozenset[str] | None = None,
+        limits: ConnectionLimits | None = None,
+        authenticator: Authenticator | None = None,
+        submission: SubmissionSettings | None = None,
+    ) -> None:
         self.settings = settings
         self.blobs = blobs
         self.events = events
-        self.local_domains = {d.lower() for d in settings.local_domains}
+        self.listener = listener
+        self.local_domains = local_domains or frozenset(d.lower() for d in settings.local_domains)
+        # without a configured chain: relay control only (the one check no listener may lack)
+        self.chain = chain or CheckChain(
+            [RelayCheck(RelaySettings(), CheckServices(local_domains=self.local_domains))], settings.check_timeout
+        )
         self.hostname = settings.hostname or socket.getfqdn()
+        self.allowlist = Networks(settings.client_allowlist)
+        self.relay_networks = Networks(settings.relay_networks)
+        self.limits = limits or ConnectionLimits(settings.max_connections, settings.max_connections_per_ip)
+        self.authenticator = authenticator
+        sub = submission or SubmissionSettings()
+        self.auth_failures = AuthFailures(sub.max_auth_failures, sub.auth_failure_window)
         self._persisting = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -69,58 +106,149 @@ class IngressHandler:
         """Return once no message is being persisted (for a clean shutdown)."""
         await self._idle.wait()
 
-    # -- session ------------------------------------------------------------------------------
+    # -- connection -----------------------------------------------------------------------------
 
-    def on_protocol_violation(self, session: Session, reply: str) -> None:
+    async def greet(self, server: IngressSMTP) -> str | None:
+        """Before the banner: limits, the connect-phase checks, the early-talker wait.
+
+        Returns the refusal to send instead of the banner, or None to greet.
+        """
+        ip, port = _peer(server.session)
+        ctx = CheckContext(
+            session_id=new_id(),
+            client_ip=ip,
+            listener=self.listener,
+            tls=server.transport is not None and server.transport.get_extra_info("ssl_object") is not None,
+            allowlisted=ip in self.allowlist,
+            trusted=ip in self.relay_networks,
+        )
+        server.context = ctx
+        self.events.notify(SmtpConnect(session_id=ctx.session_id, client_ip=ip, client_port=port))
+        refusal = self.limits.acquire(ip)
+        if refusal is not None:
+            ctx.client_ip = ""  # not counted: nothing to release on disconnect
+            return self._reject(ctx, "connect", "limits", "too_many_connections", refusal, ip=ip)
+        checks = asyncio.ensure_future(self._run(ctx, "connect"))
+        if self.settings.greet_delay > 0 and await _talks_first(server, self.settings.greet_delay):
+            checks.cancel()
+            return self._reject(ctx, "connect", "early_talker", "early_talker", Replies.EARLY_TALKER)
+        return await checks
+
+    def on_disconnect(self, server: IngressSMTP) -> None:
+        ctx: CheckContext | None = server.context
+        if ctx is not None and ctx.client_ip:
+            self.limits.release(ctx.client_ip)
+
+    def on_starttls(self, server: IngressSMTP) -> None:
+        """RFC 3207 4.2: after STARTTLS the client starts over with EHLO; facts from before are void."""
+        ctx: CheckContext | None = server.context
+        if ctx is not None:
+            ctx.tls = True
+            ctx.helo = ""
+            ctx.reset_transaction()
+
+    def on_protocol_violation(self, server: IngressSMTP, reply: str) -> None:
         """A command line broke the line rules (bare CR/LF, NUL): the session is being closed."""
-        self._reject(session, SmtpEnvelope(), "command", "smuggling", "illegal_line_ending", reply)
-
-    def on_connect(self, session: Session) -> None:
-        session.poststelle = _SessionInfo(session_id=new_id())  # type: ignore[attr-defined]
-        ip, port = _peer(session)
-        self.events.notify(SmtpConnect(session_id=_sid(session), client_ip=ip, client_port=port))
+        self._reject(_context(server), "command", "smuggling", "illegal_line_ending", reply)
 
     async def handle_EHLO(self, server, session, envelope, hostname: str, responses: list[str]):
+        ctx = _context(server)
+        ctx.helo = hostname
         session.host_name = hostname
+        refusal = await self._run(ctx, "helo", hostname)
+        if refusal is not None:
+            return [refusal]
         extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
         return responses[:-1] + extra + responses[-1:]
+
+    async def handle_HELO(self, server, session, envelope, hostname: str):
+        ctx = _context(server)
+        ctx.helo = hostname
+        session.host_name = hostname
+        refusal = await self._run(ctx, "helo", hostname)
+        return refusal or f"250 {server.hostname}"
+
+    async def handle_RSET(self, server, session, envelope):
+        _context(server).reset_transaction()
+        return "250 2.0.0 OK"
+
+    # -- AUTH (submission) ------------------------------------------------------------------------
+
+    async def authenticate(self, server: IngressSMTP, mechanism: str, login: str, password: str) -> AuthResult:
+        ctx = _context(server)
+        if self.authenticator is None:
+            return AuthResult(success=False, message=Replies.AUTH_NOT_AVAILABLE)
+        if self.auth_failures.blocked(ctx.client_ip):
+            reply = self._reject(ctx, "auth", "auth", "auth_rate_limited", TOO_MANY_AUTH_FAILURES)
+            return AuthResult(success=False, message=reply)
+        try:
+            account = await asyncio.wait_for(self.authenticator.authenticate(login, password),
+                                             self.settings.check_timeout)
+        except Exception as exc:  # directory down or slow: the client may try again later
+            log.warning("AUTH %s for %r from [%s] not verified: %s: %s", mechanism, login, ctx.client_ip,
+                        type(exc).__name__, exc)
+            reply = self._reject(ctx, "auth", "auth", "auth_unavailable", Replies.AUTH_TEMPFAIL)
+            return AuthResult(success=False, message=reply)
+        if account is None:
+            self.auth_failures.record(ctx.client_ip)
+            log.info("AUTH %s failed for %r from [%s]", mechanism, login, ctx.client_ip)
+            reply = self._reject(ctx, "auth", "auth", "auth_failed", Replies.AUTH_FAILED)
+            return AuthResult(success=False, message=reply)
+        ctx.authenticated_as = account.uid or login
+        ctx.auth_addresses = frozenset(a.lower() for a in account.addresses)
+        self._note(ctx, "auth", "auth", "authenticated")
+        log.info("AUTH %s: [%s] is %s", mechanism, ctx.client_ip, ctx.authenticated_as)
+        return AuthResult(success=True, auth_data=ctx.authenticated_as)
 
     # -- envelope -----------------------------------------------------------------------------
 
     async def handle_MAIL(self, server, session, envelope: SmtpEnvelope, address: str, options):
+        ctx = _context(server)
+        ctx.reset_transaction()
+        sender = "" if address in ("<>", "") else address
+        ctx.sender = sender
+        refusal = await self._run(ctx, "mail", sender)
+        if refusal is not None:
+            ctx.sender = None
+            return refusal
         envelope.mail_from = address  # aiosmtpd: "<>" for the null sender (it must stay truthy)
         envelope.mail_options.extend(options)
         return Replies.SENDER_OK
 
     async def handle_RCPT(self, server, session, envelope: SmtpEnvelope, address: str, options):
-        try:
-            parsed = parse_address(address)
-        except AddressError:
-            return self._reject(session, envelope, "rcpt", "address", "bad_recipient_syntax",
-                                Replies.BAD_RECIPIENT_SYNTAX, recipient=address)
-        if parsed.is_literal or parsed.domain not in self.local_domains:
-            return self._reject(session, envelope, "rcpt", "relay", "relay_denied",
-                                Replies.RELAY_DENIED, recipient=address)
-        envelope.rcpt_tos.append(str(parsed))
+        ctx = _context(server)
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+            return self._reject(ctx, "rcpt", "limits", "too_many_recipients", Replies.TOO_MANY_RECIPIENTS,
+                                recipient=address)
+        refusal = await self._run(ctx, "rcpt", address)
+        if refusal is not None:
+            return refusal
+        recipient = str(parse_address(address))  # the relay check refused what does not parse
+        envelope.rcpt_tos.append(recipient)
         envelope.rcpt_options.extend(options)
+        ctx.recipients.append(recipient)
         return Replies.RECIPIENT_OK
 
     # -- message ------------------------------------------------------------------------------
 
     async def handle_DATA(self, server: IngressSMTP, session, envelope: SmtpEnvelope) -> str:
+        ctx = _context(server)
         offence = server.data_offence
         if offence is not None:
             server.clear_data_offence()
             server.close_after_reply()
-            return self._reject(session, envelope, "data", "smuggling", "illegal_line_ending", offence)
+            return self._reject(ctx, "data", "smuggling", "illegal_line_ending", offence)
+        refusal = await self._run(ctx, "data", envelope.original_content)
+        if refusal is not None:
+            return refusal
         message_id = new_id()
         ip, port = _peer(session)
         trace = received_header(
-            helo=session.host_name or "",
+            helo=ctx.helo,
             client_ip=ip,
-            reverse_name="",
+            reverse_name=ctx.reverse_name,
             by_host=self.hostname,
-            protocol=_protocol(session, envelope),
+            protocol=_protocol(session, envelope, ctx),
             message_id=message_id,
             recipients=list(envelope.rcpt_tos),
         )
@@ -137,10 +265,12 @@ class IngressHandler:
                     smtputf8=envelope.smtp_utf8,
                     body="8BITMIME" if "BODY=8BITMIME" in _upper(envelope.mail_options) else "7BIT",
                 ),
-                client=Client(ip=ip, port=port, helo=session.host_name or "", tls=session.ssl is not None),
+                client=Client(ip=ip, port=port, helo=ctx.helo, reverse_name=ctx.reverse_name,
+                              authenticated_as=ctx.authenticated_as, tls=ctx.tls or session.ssl is not None),
                 blob=ref,
                 headers=summarize_headers(envelope.original_content),
-                session_id=_sid(session),
+                session_id=ctx.session_id,
+                listener="submission" if self.listener == "submission" else "smtp",
                 ingress_host=self.hostname,
             )
             # the sink bounds this by persist_timeout and aborts the event on failure, so it is never
@@ -148,7 +278,7 @@ class IngressHandler:
             await asyncio.wait_for(self.events.persist(event), 2 * self.settings.persist_timeout)
         except Exception as exc:  # broker down, disk full, timeout: the client must retry
             log.warning("message %s not persisted: %s: %s", message_id, type(exc).__name__, exc)
-            return self._reject(session, envelope, "data", "persist", "persist_failed", Replies.PERSIST_FAILED)
+            return self._reject(ctx, "data", "persist", "persist_failed", Replies.PERSIST_FAILED)
         finally:
             self._persisting -= 1
             if self._persisting == 0:
@@ -159,34 +289,64 @@ class IngressHandler:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _reject(self, session, envelope, phase: str, check: str, reason_code: str, reply: str,
-                recipient: str = "") -> str:
+    async def _run(self, ctx: CheckContext, phase: Phase, *args: Any) -> str | None:
+        """Run one phase of the chain; record its refusal and its notes; return the refusal."""
+        ctx.notes.clear()
+        outcome = await self.chain.run(phase, ctx, *args)
+        recipient = args[0] if phase == "rcpt" else ""
+        for check, result in ctx.notes.items():
+            self._note(ctx, phase, check, result, recipient=recipient)
+        if not outcome.refused:
+            return None
+        decision = outcome.decision
+        log.info("%s refused by %s (%s) for [%s]: %s", phase, outcome.check, decision.reason_code, ctx.client_ip,
+                 decision.detail)
+        return self._reject(ctx, phase, outcome.check, decision.reason_code, decision.reply or "",
+                            recipient=recipient)
+
+    def _note(self, ctx: CheckContext, phase: str, check: str, result: str, recipient: str = "") -> None:
+        self.events.notify(SmtpCheck(session_id=ctx.session_id, client_ip=ctx.client_ip, phase=phase,  # type: ignore[arg-type]
+                                     check=check, result=result, sender=ctx.sender or "", recipient=recipient))
+
+    def _reject(self, ctx: CheckContext, phase: str, check: str, reason_code: str, reply: str,
+                recipient: str = "", ip: str = "") -> str:
         code, _, rest = reply.partition(" ")
         enhanced, _, text = rest.partition(" ")
         self.events.notify(
             SmtpReject(
-                session_id=_sid(session),
-                client_ip=_peer(session)[0],
+                session_id=ctx.session_id,
+                client_ip=ip or ctx.client_ip,
                 phase=phase,  # type: ignore[arg-type]
                 check=check,
                 reason_code=reason_code,
                 reply=Reply(code=int(code), enhanced=enhanced, text=text),
-                helo=session.host_name or "",
-                sender=_sender(envelope),
+                helo=ctx.helo,
+                sender=ctx.sender or "",
                 recipient=recipient,
             )
         )
         return reply
 
 
+async def _talks_first(server: IngressSMTP, delay: float) -> bool:
+    """Wait `delay` seconds before the banner; True when the client sent something meanwhile."""
+    try:
+        data = await asyncio.wait_for(server._reader.read(1), delay)
+    except TimeoutError:
+        return False
+    return bool(data)  # b"": the client hung up, which the session loop notices by itself
+
+
+def _context(server: IngressSMTP) -> CheckContext:
+    if server.context is None:  # a handler used without greet (unit tests of single hooks)
+        ip, _ = _peer(server.session)
+        server.context = CheckContext(session_id=new_id(), client_ip=ip)
+    return server.context
+
+
 def _peer(session: Session) -> tuple[str, int]:
     peer = session.peer or ("", 0)
     return str(peer[0]), int(peer[1])
-
-
-def _sid(session: Session) -> str:
-    info = getattr(session, "poststelle", None)
-    return info.session_id if info else ""
 
 
 def _sender(envelope: SmtpEnvelope) -> str:
@@ -198,14 +358,14 @@ def _upper(options: list[str]) -> list[str]:
     return [o.upper() for o in options]
 
 
-def _protocol(session: Session, envelope: SmtpEnvelope) -> str:
+def _protocol(session: Session, envelope: SmtpEnvelope, ctx: CheckContext) -> str:
     """The `with` keyword of the Received line (RFC 3848, RFC 6531)."""
     if envelope.smtp_utf8:
         base = "UTF8SMTP"
     else:
         base = "ESMTP" if session.extended_smtp else "SMTP"
-    if session.ssl is not None:
+    if ctx.tls or session.ssl is not None:
         base += "S"
-    if session.authenticated:
+    if ctx.authenticated:
         base += "A"
     return base

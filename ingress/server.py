@@ -4,18 +4,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 
+from ingress.checks import CheckChain, CheckServices
 from ingress.handler import IngressHandler
+from ingress.limits import ConnectionLimits
 from ingress.smtp import IngressSMTP
+from ingress.tls import server_context
 from pipeline.blobstore import FileBlobStore
 from pipeline.bus import Topics, make_producer, make_transactional_producer
-from pipeline.settings import Settings
+from pipeline.settings import IngressSettings, Settings
 from schemas.events import Event, Received, encode_event
 
-__all__ = ["KafkaEventSink", "run_ingress"]
+__all__ = ["KafkaEventSink", "run_ingress", "make_protocol", "build_services"]
 
 log = logging.getLogger(__name__)
 MAX_PENDING_NOTIFICATIONS = 10_000
@@ -165,26 +169,76 @@ async def _stop_quietly(producer: AIOKafkaProducer, timeout: float = 5.0) -> Non
         log.debug("producer stop: %s", exc)
 
 
-async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
-    s = settings.ingress
-    blobs = FileBlobStore(settings.home / "blobs")
-    sink = KafkaEventSink(settings, instance=os.environ.get("POSTSTELLE_INSTANCE", "0"))
-    handler = IngressHandler(s, blobs, sink)
+def make_protocol(handler: IngressHandler, settings: IngressSettings, *, tls_context: ssl.SSLContext | None = None,
+                  implicit_tls: bool = False) -> Callable[[], IngressSMTP]:
+    """The protocol factory of one listener.
+
+    With `tls_context` and not `implicit_tls`, STARTTLS is offered and required before anything
+    but EHLO/NOOP/QUIT (submission on 587); with `implicit_tls` the socket itself is TLS (465), so
+    AUTH needs no STARTTLS. AUTH is only ever accepted over TLS.
+    """
 
     def protocol() -> IngressSMTP:
         return IngressSMTP(
             handler,
-            data_size_limit=s.max_message_size,
+            data_size_limit=settings.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
-            hostname=s.hostname,
+            hostname=settings.hostname,
             ident="poststelle",
-            timeout=s.data_timeout,
+            timeout=settings.data_timeout,
+            max_bad_commands=settings.max_bad_commands,
+            tls_context=None if implicit_tls else tls_context,
+            require_starttls=tls_context is not None and not implicit_tls,
+            auth_require_tls=not implicit_tls,
         )
 
+    return protocol
+
+
+def build_services(settings: Settings, sink: KafkaEventSink) -> CheckServices:
+    """DNS resolver and directory, shared by every check of every listener."""
+    from pipeline.directory import Directory
+    from pipeline.dns import Resolver
+
+    return CheckServices(
+        settings=settings,
+        resolver=Resolver.from_settings(settings.dns),
+        directory=Directory.from_settings(settings.ldap),
+        local_domains=frozenset(d.lower() for d in settings.ingress.local_domains),
+        notify=sink.notify,
+    )
+
+
+async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
+    s = settings.ingress
+    blobs = FileBlobStore(settings.home / "blobs")
+    sink = KafkaEventSink(settings, instance=os.environ.get("POSTSTELLE_INSTANCE", "0"))
+    services = build_services(settings, sink)
+    limits = ConnectionLimits(s.max_connections, s.max_connections_per_ip)
+    chains = [CheckChain.build(s.checks, settings.checks, services, s.check_timeout)]
+    handlers = [IngressHandler(s, blobs, sink, chains[0], listener="mx", local_domains=services.local_domains,
+                               limits=limits)]
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(protocol, host=s.host, port=s.port, reuse_address=True)
-    log.info("ingress listening on %s:%d", s.host, s.port)
+    listeners = [(handlers[0], make_protocol(handlers[0], s), s.host, s.port, None)]
+    sub = settings.submission
+    if sub.enabled:
+        tls = server_context(settings)
+        chains.append(CheckChain.build(sub.checks, settings.checks, services, s.check_timeout))
+        handler = IngressHandler(s, blobs, sink, chains[1], listener="submission",
+                                 local_domains=services.local_domains, limits=limits,
+                                 authenticator=services.directory, submission=sub)
+        handlers.append(handler)
+        if sub.port:
+            listeners.append((handler, make_protocol(handler, s, tls_context=tls), sub.host, sub.port, None))
+        if sub.tls_port:
+            listeners.append((handler, make_protocol(handler, s, implicit_tls=True), sub.host, sub.tls_port, tls))
+    for chain in chains:
+        await chain.start()
+    servers = []
+    for _, factory, host, port, ssl_context in listeners:
+        servers.append(await loop.create_server(factory, host=host, port=port, reuse_address=True, ssl=ssl_context))
+        log.info("ingress listening on %s:%d%s", host, port, " (implicit TLS)" if ssl_context else "")
     try:
         await sink.start()  # warm up; failures here are fine, persist() retries
     except Exception as exc:
@@ -193,9 +247,16 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
         on_ready()
     await stop.wait()
     # stop accepting, let messages being persisted get their answer, then close the producers
-    server.close()
+    for server in servers:
+        server.close()
     try:
-        await asyncio.wait_for(handler.drained(), s.persist_timeout)
+        await asyncio.wait_for(asyncio.gather(*(h.drained() for h in handlers)), s.persist_timeout)
     except asyncio.TimeoutError:
         log.warning("shutting down with messages still being persisted (they get no 250)")
     await sink.close()
+    for chain in chains:
+        await chain.close()
+    for service in (services.resolver, services.directory):
+        close = getattr(service, "close", None)
+        if close is not None:
+            await close()

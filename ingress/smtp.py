@@ -6,13 +6,21 @@
 - Every 2xx/4xx/5xx reply carries an enhanced status code (ENHANCEDSTATUSCODES is advertised).
 - An unexpected exception answers ``451 4.3.0`` without the exception text (aiosmtpd's default is a
   ``500`` that leaks it).
+- Before the banner the handler's `greet` runs (connection limits, the connect-phase checks, the
+  early-talker wait); a refusal there is sent instead of the banner and the connection closes.
+- Too many erroneous commands (5xx syntax/sequence replies: unknown command, bad arguments, bad
+  sequence) end the session with ``421 4.7.0`` (Postfix's smtpd_hard_error_limit).
+- AUTH PLAIN and LOGIN call the handler's async `authenticate` (an LDAP bind must not block the
+  event loop; aiosmtpd's own authenticator callback is synchronous).
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 
-from aiosmtpd.smtp import SMTP
+import aiosmtpd.smtp
+from aiosmtpd.smtp import SMTP, AuthResult
 
 from ingress.replies import Replies, with_enhanced_code
 
@@ -21,6 +29,11 @@ __all__ = ["IngressSMTP", "IllegalInput"]
 log = logging.getLogger(__name__)
 
 COMMAND_SEPARATOR = b"\n"  # aiosmtpd reads commands up to LF; DATA lines up to CRLF
+# aiosmtpd ends a session after 5 unknown commands with its own 502; the ingress counts every
+# erroneous command itself (max_bad_commands) and answers 421, so aiosmtpd's budget is lifted
+aiosmtpd.smtp.BOGUS_LIMIT = 1_000_000
+TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
+_ERROR_REPLIES = ("500", "501", "502", "503", "504")
 
 
 class IllegalInput(Exception):
@@ -63,16 +76,53 @@ class StrictStreamReader(asyncio.StreamReader):
 
 
 class IngressSMTP(SMTP):
-    """The protocol object per connection; the handler (`ingress.handler`) decides everything."""
+    """The protocol object per connection; the handler (`ingress.handler`) decides everything.
+
+    `max_bad_commands` is the number of erroneous commands a session may send; the next one ends it.
+    `context` is the handler's per-connection state (it survives STARTTLS, which makes aiosmtpd start
+    a new `session`).
+    """
+
+    def __init__(self, handler, *args, max_bad_commands: int = 10, **kwargs) -> None:
+        super().__init__(handler, *args, **kwargs)
+        self.max_bad_commands = max_bad_commands
+        self.bad_commands = 0
+        self.context = None
+        self._disconnected = False
 
     def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # aiosmtpd builds its StreamReader in __init__; give that same object the strict class.
         # (A wrapper would break STARTTLS, which writes to the reader's private attributes.)
         reader.__class__ = StrictStreamReader
         super()._cb_client_connected(reader, writer)
-        on_connect = getattr(self.event_handler, "on_connect", None)
-        if on_connect is not None:
-            on_connect(self.session)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        starttls = self._original_transport is not None and self.transport is not None
+        super().connection_made(transport)
+        on_tls = getattr(self.event_handler, "on_starttls", None)
+        if starttls and on_tls is not None:
+            on_tls(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        on_disconnect = getattr(self.event_handler, "on_disconnect", None)
+        if on_disconnect is not None and not self._disconnected:
+            on_disconnect(self)
+        self._disconnected = True
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        greet = getattr(self.event_handler, "greet", None)
+        if greet is not None:
+            refusal = await greet(self)
+            if refusal is not None:
+                self._plain_replies = True  # a greeting-time refusal is a greeting: no rewriting
+                try:
+                    await self.push(refusal)
+                finally:
+                    self._plain_replies = False
+                self.close_after_reply()
+                return
+        await super()._handle_client()
 
     @property
     def data_offence(self) -> str | None:
@@ -88,7 +138,51 @@ class IngressSMTP(SMTP):
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str) and not self._plain_replies:
             status = with_enhanced_code(status)
+            if status[:3] in _ERROR_REPLIES:
+                self.bad_commands += 1
+                if self.bad_commands > self.max_bad_commands:
+                    status = TOO_MANY_ERRORS
+                    self.close_after_reply()
         await super().push(status)
+
+    # -- AUTH: aiosmtpd parses, the handler verifies (asynchronously) ------------------------------
+
+    async def auth_PLAIN(self, _, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if blob is aiosmtpd.smtp.MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = base64.b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                return AuthResult(success=False, message="501 5.5.2 Cannot decode base64")
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            return AuthResult(success=False, message="501 5.5.2 Cannot split the PLAIN credentials")
+        return await self._verify("PLAIN", parts[1], parts[2])
+
+    async def auth_LOGIN(self, _, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+        else:
+            try:
+                login = base64.b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                return AuthResult(success=False, message="501 5.5.2 Cannot decode base64")
+        if login is aiosmtpd.smtp.MISSING:
+            return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if password is aiosmtpd.smtp.MISSING:
+            return AuthResult(success=False, handled=True)
+        return await self._verify("LOGIN", login, password)
+
+    async def _verify(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:
+        authenticate = getattr(self.event_handler, "authenticate", None)
+        if authenticate is None:
+            return AuthResult(success=False, message="535 5.7.8 Authentication credentials invalid")
+        return await authenticate(self, mechanism, login.decode("utf-8", "replace"),
+                                  password.decode("utf-8", "replace"))
 
     async def smtp_HELO(self, hostname: str) -> None:
         self._plain_replies = True
@@ -118,7 +212,7 @@ class IngressSMTP(SMTP):
             self.close_after_reply()
             on_violation = getattr(self.event_handler, "on_protocol_violation", None)
             if on_violation is not None:
-                on_violation(self.session, error.reply)
+                on_violation(self, error.reply)
             return error.reply
         log.error("session %r: unexpected error", self.session and self.session.peer, exc_info=error)
         return Replies.INTERNAL_ERROR

@@ -465,6 +465,8 @@ def load_settings(
             checks.setdefault(name, check_types[name]())
         if len(set(names)) != len(names):
             raise ConfigError(f"{key}: a check is named twice")
+        if "relay" not in names:  # without it the listener would be an open relay
+            raise ConfigError(f"{key}: the relay check is required")
     for name in settings.topology.stages:
         if name not in stage_types:
             known = ", ".join(sorted(stage_types)) or "none"
