@@ -1,0 +1,119 @@
+"""Fixtures for the SMTP-time check tests: the real daemons the checks talk to."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import pytest
+
+from pipeline.dns import Resolver
+from pipeline.localstack.nsd import ZONES_DIR, nsd_service
+
+# ---- NSD, for the DNS checks (dnsbl, fcrdns, sender_domain, rhsbl) --------------------------------
+# One real NSD per test session serves deploy/local/dns on a free port from a temp state dir
+# (pipeline.localstack.nsd renders and checks its config); `dead_resolver` asks a port where
+# nothing listens.
+
+NSD_HOST = "127.0.0.1"
+NSD_INSTALLED = shutil.which("nsd", path="/usr/sbin:/usr/bin") is not None
+
+
+def free_udp_tcp_port() -> int:
+    """A port free for both UDP and TCP (NSD binds both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((NSD_HOST, 0))
+            port = udp.getsockname()[1]
+            with socket.socket() as tcp:
+                try:
+                    tcp.bind((NSD_HOST, port))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no port free for both UDP and TCP")
+
+
+@dataclass
+class NsdServer:
+    """A running NSD: where it listens, and resolvers pointed at it."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def resolver(self, timeout: float = 2.0, **options) -> Resolver:
+        return Resolver(NSD_HOST, self.port, timeout, **options)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL whatever is left of NSD's process group (main, xfrd, server)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def start_nsd(state_home: Path, timeout: float = 15.0) -> NsdServer:
+    """Start NSD on a free port in its own session; return once it answers a query."""
+    port = free_udp_tcp_port()
+    spec = nsd_service(state_home, NSD_HOST, port, ZONES_DIR)
+    log = state_home / "nsd.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(spec.argv, cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env={**spec.env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                                start_new_session=True)
+    server = NsdServer(port, proc, log)
+    deadline = time.monotonic() + timeout
+    query = dns.message.make_query("test.", "SOA")
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"nsd exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            dns.query.udp(query, NSD_HOST, port=port, timeout=0.2)
+            return server
+        except (OSError, dns.exception.DNSException):
+            if time.monotonic() > deadline:
+                server.stop()
+                raise AssertionError(f"nsd did not answer on {NSD_HOST}:{port} within {timeout}s") from None
+
+
+@pytest.fixture(scope="session")
+def nsd() -> Iterator[NsdServer]:
+    if not NSD_INSTALLED:
+        pytest.skip("nsd not installed (apt-get install nsd)")
+    home = Path(tempfile.mkdtemp(prefix="pst-checks-nsd-"))
+    server = start_nsd(home)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def resolver(nsd: NsdServer) -> Resolver:
+    """A resolver asking the session's NSD (a fresh cache for every test)."""
+    return nsd.resolver()
+
+
+@pytest.fixture
+def dead_resolver() -> Resolver:
+    """A resolver asking a port where nothing listens: every lookup times out, quickly."""
+    return Resolver(NSD_HOST, free_udp_tcp_port(), timeout=0.3)
