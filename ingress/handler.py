@@ -97,7 +97,7 @@ class IngressHandler:
         self.limits = limits or ConnectionLimits(settings.max_connections, settings.max_connections_per_ip)
         self.authenticator = authenticator
         sub = submission or SubmissionSettings()
-        self.auth_failures = AuthFailures(sub.max_auth_failures, sub.auth_failure_window)
+        self.failed_auth = AuthFailures(sub.max_auth_failures, sub.auth_failure_window)
         self._persisting = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -177,10 +177,10 @@ class IngressHandler:
     async def authenticate(self, server: IngressSMTP, mechanism: str, login: str, password: str) -> AuthResult:
         ctx = _context(server)
         if self.authenticator is None:
-            return AuthResult(success=False, message=Replies.AUTH_NOT_AVAILABLE)
-        if self.auth_failures.blocked(ctx.client_ip):
+            return AuthResult(success=False, handled=False, message=Replies.AUTH_NOT_AVAILABLE)
+        if self.failed_auth.blocked(ctx.client_ip):
             reply = self._reject(ctx, "auth", "auth", "auth_rate_limited", TOO_MANY_AUTH_FAILURES)
-            return AuthResult(success=False, message=reply)
+            return AuthResult(success=False, handled=False, message=reply)
         try:
             account = await asyncio.wait_for(self.authenticator.authenticate(login, password),
                                              self.settings.check_timeout)
@@ -188,12 +188,12 @@ class IngressHandler:
             log.warning("AUTH %s for %r from [%s] not verified: %s: %s", mechanism, login, ctx.client_ip,
                         type(exc).__name__, exc)
             reply = self._reject(ctx, "auth", "auth", "auth_unavailable", Replies.AUTH_TEMPFAIL)
-            return AuthResult(success=False, message=reply)
+            return AuthResult(success=False, handled=False, message=reply)
         if account is None:
-            self.auth_failures.record(ctx.client_ip)
+            self.failed_auth.record(ctx.client_ip)
             log.info("AUTH %s failed for %r from [%s]", mechanism, login, ctx.client_ip)
             reply = self._reject(ctx, "auth", "auth", "auth_failed", Replies.AUTH_FAILED)
-            return AuthResult(success=False, message=reply)
+            return AuthResult(success=False, handled=False, message=reply)
         ctx.authenticated_as = account.uid or login
         ctx.auth_addresses = frozenset(a.lower() for a in account.addresses)
         self._note(ctx, "auth", "auth", "authenticated")

@@ -156,10 +156,10 @@ class IngressSMTP(SMTP):
             try:
                 blob = base64.b64decode(args[1].encode(), validate=True)
             except ValueError:
-                return AuthResult(success=False, message="501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=False, message="501 5.5.2 Cannot decode base64")
         parts = blob.split(b"\x00")
         if len(parts) != 3:
-            return AuthResult(success=False, message="501 5.5.2 Cannot split the PLAIN credentials")
+            return AuthResult(success=False, handled=False, message="501 5.5.2 Cannot split the PLAIN credentials")
         return await self._verify("PLAIN", parts[1], parts[2])
 
     async def auth_LOGIN(self, _, args: list[str]) -> AuthResult:
@@ -169,7 +169,7 @@ class IngressSMTP(SMTP):
             try:
                 login = base64.b64decode(args[1].encode(), validate=True)
             except ValueError:
-                return AuthResult(success=False, message="501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=False, message="501 5.5.2 Cannot decode base64")
         if login is aiosmtpd.smtp.MISSING:
             return AuthResult(success=False, handled=True)
         password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
@@ -180,7 +180,7 @@ class IngressSMTP(SMTP):
     async def _verify(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:
         authenticate = getattr(self.event_handler, "authenticate", None)
         if authenticate is None:
-            return AuthResult(success=False, message="535 5.7.8 Authentication credentials invalid")
+            return AuthResult(success=False, handled=False, message="535 5.7.8 Authentication credentials invalid")
         return await authenticate(self, mechanism, login.decode("utf-8", "replace"),
                                   password.decode("utf-8", "replace"))
 

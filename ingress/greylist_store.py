@@ -1,0 +1,511 @@
+"""Greylisting state shared by every ingress instance through two compacted Kafka topics.
+
+Two tables, each a compacted topic keyed by a string, each value a small JSON object
+``{"first_seen", "last_seen", "passes", "expires"}`` (seconds since the epoch; `passes` counts
+passed retries):
+
+- ``<prefix>.greylist.triplets``, keyed ``<client net>|<sender>|<recipient>``: a triplet waiting
+  for its retry (`passes` 0, `expires` = first attempt + retry window) or one that passed
+  (`passes` 1, `expires` = last use + whitelist lifetime);
+- ``<prefix>.greylist.clients``, keyed ``ip:<client net>`` and ``domain:<sender domain>|<client
+  net>``: how many retries passed from that client (and sender domain); at the threshold the
+  client skips greylisting until `expires` (last use + whitelist lifetime).
+
+`GreylistStore.start` replays both topics from the beginning into local dicts and returns once it
+has read up to the end offsets it found at start; a background task then keeps reading (its own
+writes and those of the other instances). Lookups (`GreylistStore.decide`) never touch the network:
+they read the dicts, change them at once, and queue the change for a writer task, which hands it
+to the producer (acks=all). A write that fails is logged and dropped: the local state stays, and the
+decision it records was already made. Expired entries are ignored by lookups; a sweep (every
+minute) deletes them locally and writes tombstones, which every instance applies (several
+instances writing the same tombstone is harmless).
+
+Conflicts between instances: for one key, the record with the later `last_seen` wins, so an echo of
+an older write never undoes a newer one. A tombstone deletes only an entry that is expired locally
+as well. Two instances that see the first attempt of a triplet at nearly the same time both write
+it; the later `first_seen` wins, and the worst case is one extra delay for that sender.
+
+The log itself is behind `Transport` (httpx's idea): `KafkaTransport` for the ingress,
+`MemoryTransport` over a shared `MemoryLog` for unit tests and the benchmark.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+from aiokafka import TopicPartition
+
+from pipeline.bus import make_consumer, make_producer
+from pipeline.settings import KafkaSettings
+
+__all__ = [
+    "TRIPLETS",
+    "CLIENTS",
+    "DELAYED",
+    "TOO_EARLY",
+    "PASSED_AFTER_RETRY",
+    "PASSED",
+    "AUTO_WHITELISTED",
+    "GreylistPolicy",
+    "Record",
+    "Verdict",
+    "GreylistStore",
+    "Transport",
+    "Apply",
+    "MemoryLog",
+    "MemoryTransport",
+    "KafkaTransport",
+    "mask_client",
+    "triplet_key",
+    "client_key",
+    "domain_key",
+]
+
+log = logging.getLogger(__name__)
+
+# table names (the suffixes of the topics)
+TRIPLETS = "triplets"
+CLIENTS = "clients"
+
+# outcomes of GreylistStore.decide
+DELAYED = "delayed"  # first attempt of this triplet: refuse with 451
+TOO_EARLY = "too_early"  # retried before the delay passed: refuse with 451 again
+PASSED_AFTER_RETRY = "passed_after_retry"  # the retry came after the delay, within the window
+PASSED = "passed"  # a triplet that passed before, still within its lifetime
+AUTO_WHITELISTED = "auto_whitelisted"  # the client (or its sender domain) passed often enough
+
+
+@dataclass(frozen=True, slots=True)
+class GreylistPolicy:
+    """The rules, in seconds."""
+
+    delay: float = 300.0
+    retry_window: float = 86_400.0
+    auto_whitelist_after: int = 5  # passed retries from a client net; 0: never
+    auto_whitelist_domain_after: int = 5  # passed retries from a sender domain + client net; 0: never
+    whitelist_lifetime: float = 35 * 86_400.0
+    # a use of a passed triplet or whitelisted client rewrites its entry at most this often
+    refresh_every: float = 3_600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One table entry as it is stored in the topic."""
+
+    first_seen: float
+    last_seen: float
+    passes: int
+    expires: float
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"first_seen": self.first_seen, "last_seen": self.last_seen,
+                             "passes": self.passes, "expires": self.expires})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Record:
+        """Raise ValueError for anything that is not a record."""
+        try:
+            data = orjson.loads(raw)
+            return cls(float(data["first_seen"]), float(data["last_seen"]), int(data["passes"]),
+                       float(data["expires"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a greylist record: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: str  # one of DELAYED, TOO_EARLY, PASSED_AFTER_RETRY, PASSED, AUTO_WHITELISTED
+    retry_in: int = 0  # whole seconds until a retry can pass (DELAYED, TOO_EARLY)
+
+    @property
+    def delayed(self) -> bool:
+        return self.outcome in (DELAYED, TOO_EARLY)
+
+
+def mask_client(ip: str, v4_prefix: int, v6_prefix: int) -> str:
+    """The client's network: "192.0.2.0/24" for ("192.0.2.7", 24, 64). Raises ValueError."""
+    address = ipaddress.ip_address(ip)
+    if address.version == 6 and address.ipv4_mapped is not None:  # ::ffff:192.0.2.7 is IPv4
+        address = address.ipv4_mapped
+    prefix = v4_prefix if address.version == 4 else v6_prefix
+    return str(ipaddress.ip_network((address, prefix), strict=False))
+
+
+def triplet_key(net: str, sender: str, recipient: str) -> str:
+    return f"{net}|{sender}|{recipient}"
+
+
+def client_key(net: str) -> str:
+    return f"ip:{net}"
+
+
+def domain_key(domain: str, net: str) -> str:
+    return f"domain:{domain}|{net}"
+
+
+def _sender_domain(sender: str) -> str:
+    return sender.rpartition("@")[2]
+
+
+# ---- transports -----------------------------------------------------------------------------------
+
+Apply = Callable[[str, str, "bytes | None"], None]  # (table, key, value or None for a tombstone)
+
+
+class Transport(Protocol):
+    """The shared log of both tables."""
+
+    async def open(self) -> None:
+        """Connect and go to the beginning of both tables; note where they end now."""
+
+    async def read_to_end(self, apply: Apply) -> None:
+        """Apply every record written before `open`."""
+
+    async def read_new(self, apply: Apply) -> None:
+        """Apply what arrived since the last read; wait a moment when nothing did."""
+
+    async def write(self, table: str, key: str, value: bytes | None) -> None:
+        """Hand one record (None: a tombstone) to the log; raise when that is impossible."""
+
+    async def close(self) -> None:
+        """Disconnect; safe to call when not (or only partly) open."""
+
+
+class MemoryLog:
+    """Both tables as in-process lists of (key, value), shared by every `MemoryTransport` on it.
+
+    Set `available` to False to act like a broker that is down.
+    """
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[tuple[str, bytes | None]]] = {TRIPLETS: [], CLIENTS: []}
+        self.available = True
+
+    def latest(self, table: str, key: str) -> bytes | None:
+        """The last value written for `key` (what compaction keeps); KeyError if never written."""
+        for record_key, value in reversed(self.records[table]):
+            if record_key == key:
+                return value
+        raise KeyError(key)
+
+
+class MemoryTransport:
+    """A `Transport` over a `MemoryLog`, with its own read positions (one per store)."""
+
+    def __init__(self, memory: MemoryLog, poll_interval: float = 0.005) -> None:
+        self.memory = memory
+        self.poll_interval = poll_interval
+        self._positions = {TRIPLETS: 0, CLIENTS: 0}
+        self._ends = {TRIPLETS: 0, CLIENTS: 0}
+
+    def _require_available(self) -> None:
+        if not self.memory.available:
+            raise ConnectionError("memory log is unavailable")
+
+    async def open(self) -> None:
+        self._require_available()
+        self._positions = {table: 0 for table in self.memory.records}
+        self._ends = {table: len(records) for table, records in self.memory.records.items()}
+
+    async def read_to_end(self, apply: Apply) -> None:
+        self._read(apply, self._ends)
+
+    async def read_new(self, apply: Apply) -> None:
+        if not self.memory.available or not self._read(apply, {t: len(r) for t, r in self.memory.records.items()}):
+            await asyncio.sleep(self.poll_interval)
+
+    def _read(self, apply: Apply, ends: Mapping[str, int]) -> int:
+        count = 0
+        for table, end in ends.items():
+            for key, value in self.memory.records[table][self._positions[table]:end]:
+                apply(table, key, value)
+                count += 1
+            self._positions[table] = max(self._positions[table], end)
+        return count
+
+    async def write(self, table: str, key: str, value: bytes | None) -> None:
+        self._require_available()
+        self.memory.records[table].append((key, value))
+
+    async def close(self) -> None:
+        pass
+
+
+class TopicMissing(RuntimeError):
+    pass
+
+
+class KafkaTransport:
+    """A `Transport` over the two compacted topics; reads every partition, in no consumer group."""
+
+    def __init__(self, kafka: KafkaSettings, topics: Mapping[str, str], client_id: str = "greylist") -> None:
+        self.kafka = kafka
+        self.topics = dict(topics)  # table -> topic
+        self._table_of = {topic: table for table, topic in self.topics.items()}
+        self.client_id = client_id
+        self._producer = None
+        self._consumer = None
+        self._ends: dict[TopicPartition, int] = {}
+
+    async def open(self) -> None:
+        await self.close()
+        self._producer = make_producer(self.kafka, f"{self.client_id}-writer")
+        self._consumer = make_consumer(self.kafka, None, f"{self.client_id}-reader")
+        await self._producer.start()
+        await self._consumer.start()
+        partitions = [tp for topic in self.topics.values() for tp in await self._partitions(topic)]
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_beginning(*partitions)
+        self._ends = await self._consumer.end_offsets(partitions)
+
+    async def _partitions(self, topic: str) -> list[TopicPartition]:
+        found = self._consumer.partitions_for_topic(topic)
+        if not found:
+            await self._consumer._client.force_metadata_update()  # a topic created just now
+            found = self._consumer.partitions_for_topic(topic)
+        if not found:
+            raise TopicMissing(f"topic {topic} does not exist")
+        return [TopicPartition(topic, p) for p in sorted(found)]
+
+    async def read_to_end(self, apply: Apply) -> None:
+        while await self._behind():
+            await self.read_new(apply)
+
+    async def _behind(self) -> bool:
+        for tp, end in self._ends.items():
+            if await self._consumer.position(tp) < end:
+                return True
+        return False
+
+    async def read_new(self, apply: Apply) -> None:
+        batch = await self._consumer.getmany(timeout_ms=500)
+        for tp, records in batch.items():
+            table = self._table_of[tp.topic]
+            for record in records:
+                if record.key is not None:
+                    apply(table, record.key.decode("utf-8", "replace"), record.value)
+
+    async def write(self, table: str, key: str, value: bytes | None) -> None:
+        if self._producer is None:
+            raise ConnectionError("greylist transport is not open")
+        delivery = await self._producer.send(self.topics[table], value, key=key.encode())
+        delivery.add_done_callback(lambda done: _log_failed_delivery(done, table, key))
+
+    async def close(self) -> None:
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        for client in (consumer, producer):
+            if client is not None:
+                try:
+                    await client.stop()
+                except Exception as exc:  # closing must go on
+                    log.warning("greylist: closing a Kafka client: %s", exc)
+
+
+def _log_failed_delivery(done: asyncio.Future, table: str, key: str) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("greylist: %s entry %r not written (kept locally): %s", table, key, done.exception())
+
+
+# ---- the store ------------------------------------------------------------------------------------
+
+
+class GreylistStore:
+    """The local copy of both tables, the greylisting decision, and the tasks that sync them.
+
+    `transport` None: a store that only lives in memory (no log at all). `clock` returns seconds
+    since the epoch (the entries are shared between hosts, so it is wall-clock time).
+    """
+
+    def __init__(self, transport: Transport | None, policy: GreylistPolicy = GreylistPolicy(), *,
+                 clock: Callable[[], float] = time.time, sweep_every: float = 60.0,
+                 retry_every: float = 1.0, max_pending_writes: int = 100_000) -> None:
+        self.transport = transport
+        self.policy = policy
+        self.clock = clock
+        self.sweep_every = sweep_every
+        self.retry_every = retry_every
+        self.triplets: dict[str, Record] = {}
+        self.clients: dict[str, Record] = {}
+        self._tables = {TRIPLETS: self.triplets, CLIENTS: self.clients}
+        self._caught_up = asyncio.Event()
+        self._writes: asyncio.Queue[tuple[str, str, bytes | None]] = asyncio.Queue(max_pending_writes)
+        self._tasks: list[asyncio.Task] = []
+        self.writes_dropped = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True once the store has read everything the log held at start."""
+        return self._caught_up.is_set()
+
+    async def start(self, timeout: float = 15.0) -> bool:
+        """Replay the log; return whether that finished within `timeout` (it goes on if not)."""
+        if self.transport is None:
+            self._caught_up.set()
+            return True
+        self._tasks = [asyncio.create_task(self._follow_log(), name="greylist-follow"),
+                       asyncio.create_task(self._write_queued(), name="greylist-write"),
+                       asyncio.create_task(self._sweep_periodically(), name="greylist-sweep")]
+        try:
+            await asyncio.wait_for(self._caught_up.wait(), timeout)
+        except TimeoutError:
+            log.warning("greylist: state not replayed within %.0fs; still trying", timeout)
+        return self.ready
+
+    async def close(self, flush_timeout: float = 5.0) -> None:
+        """Hand the queued writes to the log (for at most `flush_timeout`), then stop."""
+        if self._tasks and self.ready:
+            try:
+                await asyncio.wait_for(self._writes.join(), flush_timeout)
+            except TimeoutError:
+                log.warning("greylist: %d writes not flushed at close", self._writes.qsize())
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self.transport is not None:
+            await self.transport.close()
+
+    async def _follow_log(self) -> None:
+        while not self.ready:
+            try:
+                await self.transport.open()
+                await self.transport.read_to_end(self.apply)
+            except Exception as exc:  # broker down, topic missing: try again
+                log.warning("greylist: cannot replay the state yet: %s: %s", type(exc).__name__, exc)
+                await self.transport.close()
+                await asyncio.sleep(self.retry_every)
+                continue
+            self._caught_up.set()
+            log.info("greylist: state replayed (%d triplets, %d clients)", len(self.triplets), len(self.clients))
+        while True:
+            try:
+                await self.transport.read_new(self.apply)
+            except Exception as exc:  # the client reconnects by itself; keep the local state meanwhile
+                log.warning("greylist: reading the state: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(self.retry_every)
+
+    async def _write_queued(self) -> None:
+        while True:
+            table, key, value = await self._writes.get()
+            try:
+                await self.transport.write(table, key, value)
+            except Exception as exc:  # the decision was made locally; the log misses this one
+                log.warning("greylist: %s entry %r not written (kept locally): %s: %s",
+                            table, key, type(exc).__name__, exc)
+            finally:
+                self._writes.task_done()
+
+    async def _sweep_periodically(self) -> None:
+        await self._caught_up.wait()
+        while True:
+            removed = self.sweep()
+            if removed:
+                log.info("greylist: %d expired entries removed", removed)
+            await asyncio.sleep(self.sweep_every)
+
+    # -- the log ------------------------------------------------------------------------------
+
+    def apply(self, table: str, key: str, value: bytes | None) -> None:
+        """Take one record from the log: the later `last_seen` wins; tombstones remove expired entries."""
+        entries = self._tables.get(table)
+        if entries is None:
+            return
+        current = entries.get(key)
+        if value is None:
+            if current is not None and current.expires <= self.clock():
+                del entries[key]
+            return
+        try:
+            record = Record.decode(value)
+        except ValueError as exc:
+            log.warning("greylist: ignoring %s entry %r: %s", table, key, exc)
+            return
+        if current is None or record.last_seen >= current.last_seen:
+            entries[key] = record
+
+    def sweep(self) -> int:
+        """Delete the expired entries and write their tombstones; returns how many."""
+        now = self.clock()
+        removed = 0
+        for table, entries in self._tables.items():
+            expired = [key for key, record in entries.items() if record.expires <= now]
+            for key in expired:
+                del entries[key]
+                self._queue_write(table, key, None)
+            removed += len(expired)
+        return removed
+
+    def _put(self, table: str, key: str, record: Record) -> None:
+        self._tables[table][key] = record
+        self._queue_write(table, key, record.encode())
+
+    def _queue_write(self, table: str, key: str, value: bytes | None) -> None:
+        if self.transport is None:
+            return
+        try:
+            self._writes.put_nowait((table, key, value))
+        except asyncio.QueueFull:
+            if self.writes_dropped == 0:
+                log.warning("greylist: write queue full; further writes are kept locally only")
+            self.writes_dropped += 1
+
+    # -- the decision -------------------------------------------------------------------------
+
+    def decide(self, net: str, sender: str, recipient: str) -> Verdict:
+        """Greylist one (client net, sender, recipient); `sender` and `recipient` lower-case.
+
+        Never waits: the answer comes from the local tables, and what changes is queued for the log.
+        """
+        now = self.clock()
+        p = self.policy
+        if (self._whitelisted(client_key(net), p.auto_whitelist_after, now)
+                or self._whitelisted(domain_key(_sender_domain(sender), net), p.auto_whitelist_domain_after, now)):
+            return Verdict(AUTO_WHITELISTED)
+        key = triplet_key(net, sender, recipient)
+        entry = self._live(self.triplets, key, now)
+        if entry is None:  # new, or its retry window (or lifetime) is over: start over
+            self._put(TRIPLETS, key, Record(now, now, 0, now + p.retry_window))
+            return Verdict(DELAYED, math.ceil(p.delay))
+        if entry.passes:
+            self._refresh(TRIPLETS, key, entry, now)
+            return Verdict(PASSED)
+        allowed_at = entry.first_seen + p.delay
+        if now < allowed_at:
+            return Verdict(TOO_EARLY, math.ceil(allowed_at - now))
+        self._put(TRIPLETS, key, Record(entry.first_seen, now, 1, now + p.whitelist_lifetime))
+        self._count_pass(client_key(net), now)
+        self._count_pass(domain_key(_sender_domain(sender), net), now)
+        return Verdict(PASSED_AFTER_RETRY)
+
+    @staticmethod
+    def _live(entries: dict[str, Record], key: str, now: float) -> Record | None:
+        entry = entries.get(key)
+        return entry if entry is not None and entry.expires > now else None
+
+    def _whitelisted(self, key: str, threshold: int, now: float) -> bool:
+        if threshold <= 0:
+            return False
+        entry = self._live(self.clients, key, now)
+        if entry is None or entry.passes < threshold:
+            return False
+        self._refresh(CLIENTS, key, entry, now)
+        return True
+
+    def _refresh(self, table: str, key: str, entry: Record, now: float) -> None:
+        if now - entry.last_seen >= self.policy.refresh_every:
+            self._put(table, key, Record(entry.first_seen, now, entry.passes, now + self.policy.whitelist_lifetime))
+
+    def _count_pass(self, key: str, now: float) -> None:
+        entry = self._live(self.clients, key, now)
+        first_seen, passes = (entry.first_seen, entry.passes + 1) if entry else (now, 1)
+        self._put(CLIENTS, key, Record(first_seen, now, passes, now + self.policy.whitelist_lifetime))
