@@ -51,6 +51,7 @@ from schemas.events import (
     Reply,
     Result,
     Routed,
+    SmtpCheck,
     SmtpReject,
     StageResult,
     Verdict,
@@ -397,3 +398,31 @@ def test_format_table_aligns_columns() -> None:
     ]
     assert format_table(["a"], []).splitlines() == ["a", "-", "(0 rows)"]
     assert format_table(["a"], [["x\ny"]]).splitlines()[-2:] == ["x\\ny", "(1 row)"]
+
+
+def _reject(check: str, reason: str, code: int = 554) -> SmtpReject:
+    return SmtpReject(session_id="s", client_ip="127.0.1.66", phase="rcpt", check=check, reason_code=reason,
+                      reply=Reply(code=code, enhanced=f"{code // 100}.7.1", text="no"))
+
+
+def _greylist(result: str) -> SmtpCheck:
+    return SmtpCheck(session_id="s", client_ip="127.0.2.10", phase="rcpt", check="greylist", result=result,
+                     sender="a@good.test", recipient="max.mustermann@school.test")
+
+
+def test_smtp_rejections_give_the_share_of_each_reason(store: AnalyticsStore) -> None:
+    events = ([_reject("dnsbl", "dnsbl_listed") for _ in range(8)] + [_reject("fcrdns", "fcrdns_failed", 550)]
+              + [_reject("recipient", "unknown_recipient", 550)])  # each with its own event id
+    store.insert(events)
+    _, rows = store.query("SELECT check_name, reason_code, refusals, pct FROM smtp_rejections ORDER BY refusals DESC, "
+                          "check_name")
+    assert rows == [["dnsbl", "dnsbl_listed", 8, 80.0], ["fcrdns", "fcrdns_failed", 1, 10.0],
+                    ["recipient", "unknown_recipient", 1, 10.0]]
+
+
+def test_greylisting_view_reports_delayed_and_passed_after_retry(store: AnalyticsStore) -> None:
+    results = ["delayed"] * 4 + ["passed_after_retry"] * 3 + ["auto_whitelisted"] * 2 + ["whitelisted"]
+    store.insert([_greylist(r) for r in results])
+    _, rows = store.query("SELECT decisions, delayed, passed_after_retry, whitelisted, delayed_pct, "
+                          "passed_after_retry_pct FROM greylisting")
+    assert rows == [[10, 4, 3, 3, 40.0, 75.0]]
