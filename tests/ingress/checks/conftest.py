@@ -17,8 +17,10 @@ import dns.message
 import dns.query
 import pytest
 
+from pipeline.directory import Directory
 from pipeline.dns import Resolver
 from pipeline.localstack.nsd import ZONES_DIR, nsd_service
+from pipeline.localstack.slapd import LDIF, slapd_service
 
 # ---- NSD, for the DNS checks (dnsbl, fcrdns, sender_domain, rhsbl) --------------------------------
 # One real NSD per test session serves deploy/local/dns on a free port from a temp state dir
@@ -117,3 +119,106 @@ def resolver(nsd: NsdServer) -> Resolver:
 def dead_resolver() -> Resolver:
     """A resolver asking a port where nothing listens: every lookup times out, quickly."""
     return Resolver(NSD_HOST, free_udp_tcp_port(), timeout=0.3)
+
+
+# ---- slapd: pipeline.directory and the LDAP checks (recipient, group_policy, sender_login) --------
+# One real slapd with the demo school (deploy/local/directory.ldif) per test session for tests that
+# only read; `own_slapd` gives a test its own slapd to stop, restart or change.
+
+SLAPD_HOST = "127.0.0.1"
+SLAPD_INSTALLED = shutil.which("slapd", path="/usr/sbin:/usr/bin") is not None
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind((SLAPD_HOST, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class SlapdServer:
+    """A running slapd with the demo school: where it listens, and directories pointed at it."""
+
+    port: int
+    state_home: Path
+    proc: subprocess.Popen[bytes]
+
+    def directory(self, timeout: float = 2.0, **options) -> Directory:
+        return Directory(SLAPD_HOST, self.port, "dc=school,dc=test", timeout, **options)
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM, wait; SIGKILL the process group when it does not exit."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def restart(self) -> None:
+        """Start again on the same port with the same database."""
+        self.stop()
+        self.proc = _spawn_slapd(self.state_home, self.port)
+
+
+def _spawn_slapd(state_home: Path, port: int, timeout: float = 15.0) -> subprocess.Popen[bytes]:
+    spec = slapd_service(state_home, SLAPD_HOST, port, LDIF)
+    log = state_home / "slapd.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(spec.argv, cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, env={**spec.env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                                 start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"slapd exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            with socket.create_connection((SLAPD_HOST, port), timeout=0.5) as probe:
+                if probe.getsockname() != probe.getpeername():  # not connected to itself
+                    return proc
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise AssertionError(f"slapd did not listen on {SLAPD_HOST}:{port} within {timeout}s")
+        time.sleep(0.02)
+
+
+def _slapd_in_temp_dir() -> Iterator[SlapdServer]:
+    if not SLAPD_INSTALLED:
+        pytest.skip("slapd not installed (apt-get install slapd)")
+    home = Path(tempfile.mkdtemp(prefix="pst-checks-ldap-"))
+    port = _free_tcp_port()
+    server = SlapdServer(port, home, _spawn_slapd(home, port))
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slapd() -> Iterator[SlapdServer]:
+    """The session's slapd: read it, never change or stop it."""
+    yield from _slapd_in_temp_dir()
+
+
+@pytest.fixture
+def own_slapd() -> Iterator[SlapdServer]:
+    """A slapd for this test alone, to stop, restart or change."""
+    yield from _slapd_in_temp_dir()
+
+
+@pytest.fixture
+async def directory(slapd: SlapdServer):
+    """A Directory on the session's slapd with an empty cache, closed after the test."""
+    found = slapd.directory()
+    await found.start()
+    yield found
+    await found.close()
