@@ -3,7 +3,7 @@
 #
 # Prerequisites (what `make run` installs): .venv, the Kafka jars in var/kafka/lib, Postfix
 # (smtp-source, postfix, postconf). Run as root: the private Postfix's master(8) needs it (without
-# root only the poststelle half runs). Loopback only; ports 46090-46097 (poststelle), 46098 (Postfix).
+# root only the poststelle half runs). Loopback only; ports 46088-46097 (poststelle), 46098 (Postfix).
 #
 #   bash bench/ingress.sh            # MESSAGES=10000 SESSIONS=20 SIZE=4096 by default
 #

@@ -2,7 +2,7 @@
 # End to end: smtp-source → ingress → Kafka → route → LMTP sink → Dovecot, on a bench stack of its own.
 #
 # Prerequisites (what `make run` installs): .venv, the Kafka jars in var/kafka/lib, Postfix's
-# smtp-source, Dovecot. Loopback only, ports 46090-46097, state in var/bench/stack (emptied first).
+# smtp-source, Dovecot. Loopback only, ports 46088-46097, state in var/bench/stack (emptied first).
 #
 #   bash bench/pipeline.sh   # MESSAGES=5000 SESSIONS=20 SIZE=4096 PACED_RATE=40 PACED_MESSAGES=2000
 #

@@ -30,7 +30,7 @@ HOME = REPO / "var" / ("test-stack" if SESSION_BASE == 39090 else f"test-stack-{
 
 
 def stack_env(home: Path, base: int) -> dict[str, str]:
-    """Settings for a test stack on ports base..base+7, apart from the developer stack's."""
+    """Settings for a test stack on ports base..base+9, apart from the developer stack's."""
     return {
         "POSTSTELLE_CONFIG": str(REPO / "deploy/local/poststelle.toml"),
         "POSTSTELLE_HOME": str(home),
@@ -45,6 +45,8 @@ def stack_env(home: Path, base: int) -> dict[str, str]:
         "POSTSTELLE_SINKS__SMARTHOST__PORT": str(base + 5),
         "POSTSTELLE_LDAP__PORT": str(base + 6),
         "POSTSTELLE_DNS__PORT": str(base + 7),
+        "POSTSTELLE_SUBMISSION__PORT": str(base + 8),
+        "POSTSTELLE_SUBMISSION__TLS_PORT": str(base + 9),
         "POSTSTELLE_DELIVERY__RETRY_SCHEDULE": "1s,2s",  # the test-only short schedule
         "POSTSTELLE_DELIVERY__LIFETIME": "20s",
         "POSTSTELLE_SINKS__ANALYTICS__BATCH_SECONDS": "0.5",
