@@ -86,8 +86,18 @@ class Topics:
         """SMTP session events (connect, reject) for analytics."""
         return self._t("sessions")
 
+    @property
+    def greylist_triplets(self) -> str:
+        """Compacted: greylisting state per (client network, sender, recipient)."""
+        return self._t("greylist.triplets")
+
+    @property
+    def greylist_clients(self) -> str:
+        """Compacted: greylisting auto-whitelist counters per client network and sender domain."""
+        return self._t("greylist.clients")
+
     def event_topics(self) -> list[str]:
-        """Every topic that carries events analytics records (all but the ledger)."""
+        """Every topic that carries events analytics records (all but the compacted state tables)."""
         return [
             self.received,
             *(self.checked(s) for s in self.stages),
@@ -101,10 +111,10 @@ class Topics:
         ]
 
     def all_topics(self) -> list[str]:
-        return [*self.event_topics(), self.ledger]
+        return [*self.event_topics(), self.ledger, self.greylist_triplets, self.greylist_clients]
 
     def compacted(self) -> set[str]:
-        return {self.ledger}
+        return {self.ledger, self.greylist_triplets, self.greylist_clients}
 
 
 def _common(k: KafkaSettings, client_id: str) -> dict:

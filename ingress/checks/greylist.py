@@ -37,11 +37,10 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingress.checks import PASS, Check, CheckContext, Decision, Networks, refuse, register_check
+from ingress.checks import PASS, Check, CheckContext, CheckServices, Decision, Networks, refuse, register_check
 from ingress.greylist_store import (
     CLIENTS,
     DELAYED,
-    TOO_EARLY,
     TRIPLETS,
     GreylistPolicy,
     GreylistStore,
@@ -144,7 +143,7 @@ class GreylistCheck(Check):
     description = "greylisting by (client, sender, recipient) with auto-whitelisting"
     Settings = GreylistSettings
 
-    def __init__(self, settings: GreylistSettings, services) -> None:
+    def __init__(self, settings: GreylistSettings, services: CheckServices) -> None:
         super().__init__(settings, services)
         # a store handed in through the services belongs to whoever made it (started and closed there)
         self.store: GreylistStore | None = services.greylist
@@ -181,7 +180,6 @@ class GreylistCheck(Check):
         triplet = f"{net} <{sender}> -> <{recipient}>"
         if verdict.outcome == DELAYED:
             return refuse(reply, "greylisted", f"{triplet}: first attempt")
-        assert verdict.outcome == TOO_EARLY
         return refuse(reply, "greylisted_too_early", f"{triplet}: retried {verdict.retry_in}s too early")
 
     def _unavailable(self, ctx: CheckContext) -> Decision:
