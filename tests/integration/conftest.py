@@ -49,6 +49,7 @@ def stack_env(home: Path, base: int) -> dict[str, str]:
         "POSTSTELLE_SUBMISSION__TLS_PORT": str(base + 9),
         "POSTSTELLE_DELIVERY__RETRY_SCHEDULE": "1s,2s",  # the test-only short schedule
         "POSTSTELLE_DELIVERY__LIFETIME": "20s",
+        "POSTSTELLE_CHECKS__GREYLIST__DELAY": "2s",  # the test-only greylisting delay
         "POSTSTELLE_SINKS__ANALYTICS__BATCH_SECONDS": "0.5",
         "POSTSTELLE_SUPERVISOR__RESTART_BACKOFF_MAX": "2",
         "POSTSTELLE_RUNNER__TEMPFAIL_BACKOFF_MAX": "2",
@@ -169,6 +170,26 @@ def send(msg: bytes, to: list[str], mail_from: str = "sender@example.org", port:
 
 
 FULL_BOX = "full.box@school.test"  # a test mailbox whose quota the tests set
+# people the test stack adds to its directory (not to the demo LDIF): FULL_BOX, and two accounts
+# whose mailboxes are gone (in LDAP, so the ingress accepts them; not in Dovecot, which answers 550)
+NO_MAILBOX = ("gone.one@school.test", "gone.two@school.test")
+TEST_PEOPLE = (FULL_BOX, *NO_MAILBOX)
+
+
+def add_test_people(env: dict[str, str]) -> None:
+    """Add TEST_PEOPLE to the running slapd as the rootdn (idempotent)."""
+    import ldap3
+
+    from pipeline.localstack.slapd import ROOT_DN, ROOT_PASSWORD
+
+    server = ldap3.Server("127.0.0.1", port=int(env["POSTSTELLE_LDAP__PORT"]), connect_timeout=5)
+    with ldap3.Connection(server, ROOT_DN, ROOT_PASSWORD, auto_bind=True, receive_timeout=5) as conn:
+        for address in TEST_PEOPLE:
+            uid = address.split("@")[0]
+            conn.add(f"uid={uid},ou=people,dc=school,dc=test", ["inetOrgPerson"],
+                     {"uid": uid, "cn": uid, "sn": uid, "mail": address, "employeeType": "student"})
+            if conn.result["result"] not in (0, 68):  # 68: already exists
+                raise AssertionError(f"adding {address}: {conn.result}")
 
 
 def write_users(home: Path, quota: str) -> None:
@@ -194,6 +215,7 @@ def launch(home: Path, base: int) -> Stack:
     stack = Stack(env=env, process=process, home=home)
     try:
         stack.wait_ready(timeout=240)
+        add_test_people(env)
     except BaseException:
         stop(stack)
         raise
