@@ -151,12 +151,18 @@ def dnsbl_name(ip: str, zone: str) -> str:
     """The DNSBL query name: reversed octets (IPv4) or nibbles (IPv6) under `zone` (RFC 5782 2.1, 2.4)."""
     address = normalize_ip(ip)
     origin = _to_name(zone)
-    return _name_text(dns.reversename.from_address(str(address), v4_origin=origin, v6_origin=origin))
+    try:
+        return _name_text(dns.reversename.from_address(str(address), v4_origin=origin, v6_origin=origin))
+    except dns.name.NameTooLong:
+        raise BadName(f"{address} under {zone!r} is over 255 octets") from None
 
 
 def rhsbl_name(domain: str, zone: str) -> str:
     """The RHSBL query name: the domain itself under `zone` (RFC 5782 2.2)."""
-    name = _to_name(domain).relativize(dns.name.root).concatenate(_to_name(zone))
+    try:
+        name = _to_name(domain).relativize(dns.name.root).concatenate(_to_name(zone))
+    except dns.name.NameTooLong:
+        raise BadName(f"{domain!r} under {zone!r} is over 255 octets") from None
     return _name_text(name)
 
 

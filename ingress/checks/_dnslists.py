@@ -66,15 +66,15 @@ def skip_reason(ctx: CheckContext) -> str:
 
 
 def _parse_code_range(text: str) -> tuple[int, int]:
+    """A code ("127.0.0.2") or range ("127.0.0.2-127.0.0.11") as integers; ValueError if neither."""
     first, sep, last = text.strip().partition("-")
     try:
         low = int(ipaddress.IPv4Address(first.strip()))
         high = int(ipaddress.IPv4Address(last.strip())) if sep else low
     except ValueError:
-        raise ConfigError(f"[[checks.*.sites]] codes: {text!r} is not an IPv4 address "
-                          f"or a range such as 127.0.0.2-127.0.0.11") from None
+        raise ValueError(f"{text!r} is not an IPv4 address or a range such as 127.0.0.2-127.0.0.11") from None
     if high < low:
-        raise ConfigError(f"[[checks.*.sites]] codes: {text!r} ends before it starts")
+        raise ValueError(f"{text!r} ends before it starts")
     return low, high
 
 
@@ -86,16 +86,6 @@ class ListSite:
     codes: list[str] = field(default_factory=list)
     weight: int = 1
     name: str = ""  # in the SMTP reply instead of the zone (a zone may hold an access key)
-
-    def __post_init__(self) -> None:
-        if not self.zone:
-            raise ConfigError("[[checks.*.sites]] zone: required (the list's DNS zone)")
-        try:
-            rhsbl_name("x", self.zone)
-        except BadName as exc:
-            raise ConfigError(f"[[checks.*.sites]] zone: {exc}") from None
-        for code in self.codes:
-            _parse_code_range(code)
 
     @property
     def shown_name(self) -> str:
@@ -121,6 +111,18 @@ class ListSite:
 
 def validate_list_settings(section: str, sites: Sequence[ListSite], threshold: int, on_error: str) -> None:
     """The rules of a list check's settings beyond their types (ConfigError naming the key)."""
+    for i, site in enumerate(sites):
+        key = f"checks.{section}.sites[{i}]"
+        if not site.zone:
+            raise ConfigError(f"{key}.zone: required (the list's DNS zone)")
+        try:
+            rhsbl_name("x", site.zone)
+            for code in site.codes:
+                _parse_code_range(code)
+        except BadName as exc:
+            raise ConfigError(f"{key}.zone: {exc}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{key}.codes: {exc}") from None
     if threshold < 1:
         raise ConfigError(f"checks.{section}.threshold: expected at least 1, got {threshold}")
     if on_error not in ON_ERROR:
