@@ -15,10 +15,12 @@ from pathlib import Path
 import dns.exception
 import dns.message
 import dns.query
+import dns.rcode
+import dns.rdatatype
 import pytest
 
 from pipeline.directory import Directory
-from pipeline.dns import Resolver
+from pipeline.dns import Resolver, UdpTcpTransport
 from pipeline.localstack.nsd import ZONES_DIR, nsd_service
 from pipeline.localstack.slapd import LDIF, slapd_service
 
@@ -94,6 +96,25 @@ def start_nsd(state_home: Path, timeout: float = 15.0) -> NsdServer:
             if time.monotonic() > deadline:
                 server.stop()
                 raise AssertionError(f"nsd did not answer on {NSD_HOST}:{port} within {timeout}s") from None
+
+
+class FilteredTransport:
+    """Forwards queries to NSD, but answers SERVFAIL for the given "name/TYPE" questions; records all."""
+
+    def __init__(self, port: int, servfail: frozenset[str] = frozenset()) -> None:
+        self.forward = UdpTcpTransport(NSD_HOST, port)
+        self.servfail = servfail
+        self.asked: list[str] = []
+
+    async def __call__(self, request: dns.message.Message, timeout: float) -> dns.message.Message:
+        question = request.question[0]
+        asked = f"{question.name.to_text(omit_final_dot=True)}/{dns.rdatatype.to_text(question.rdtype)}"
+        self.asked.append(asked)
+        if asked in self.servfail:
+            response = dns.message.make_response(request)
+            response.set_rcode(dns.rcode.SERVFAIL)
+            return response
+        return await self.forward(request, timeout)
 
 
 @pytest.fixture(scope="session")
