@@ -173,7 +173,9 @@ class Directory:
     def from_settings(cls, ldap: Any, **kwargs: Any) -> Directory:
         """From `[ldap]` (`pipeline.settings.LdapSettings`); `password_file` is read here."""
         password = ""
-        password_file = getattr(ldap, "password_file", "")
+        bind_dn, password_file = getattr(ldap, "bind_dn", ""), getattr(ldap, "password_file", "")
+        if bind_dn and not password_file:
+            raise ValueError("ldap.bind_dn needs ldap.password_file (the bind password is never in the config)")
         if password_file:
             try:
                 password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
@@ -181,7 +183,7 @@ class Directory:
                 raise ValueError(f"ldap.password_file: cannot read {password_file}: {exc.strerror}") from None
         return cls(ldap.host, ldap.port, ldap.base, ldap.timeout,
                    cache_ttl=getattr(ldap, "cache_ttl", DEFAULT_CACHE_TTL),
-                   bind_dn=getattr(ldap, "bind_dn", ""), bind_password=password, **kwargs)
+                   bind_dn=bind_dn, bind_password=password, **kwargs)
 
     async def start(self) -> None:
         """Create the thread pool; connections open on first use (the server may be down now)."""
@@ -201,8 +203,8 @@ class Directory:
 
     async def lookup(self, address: str) -> Entry | None:
         key = address.lower()
-        if "@" not in key or any(c.isspace() or not c.isprintable() for c in key):
-            return None  # not an address; LDAP would ignore e.g. a trailing NUL when matching
+        if "@" not in key or not _plain(key):
+            return None
         return await self._cached("lookup", key, self._lookup_sync)
 
     async def member_of(self, address: str) -> frozenset[str]:
@@ -218,7 +220,7 @@ class Directory:
         return await self._cached("group_members", entry.dn.lower(), lambda _: self._members_sync(entry))
 
     async def authenticate(self, login: str, password: str) -> Account | None:
-        if not login or not password:
+        if not login or not password or not _plain(login):
             return None
         return await self._run(self._authenticate_sync, login, password)
 
@@ -381,6 +383,11 @@ class Directory:
     def _count(self) -> None:
         with self._lock:
             self.requests += 1
+
+
+def _plain(text: str) -> bool:
+    """No spaces or control characters: LDAP matching would ignore some (e.g. a trailing NUL)."""
+    return all(c.isprintable() and not c.isspace() for c in text)
 
 
 def _values(item: dict[str, Any], name: str) -> list[str]:

@@ -179,6 +179,10 @@ async def test_authenticate_refuses_disabled_unknown_and_odd_logins(directory: D
     assert await directory.authenticate("*", "Anna2026!") is None
     assert await directory.authenticate("anna.schmidt)(uid=*", "Anna2026!") is None
     assert await directory.authenticate("sekretariat@school.test", "Anna2026!") is None  # aliases are no logins
+    asked = directory.requests
+    assert await directory.authenticate("anna.schmidt\x00", "Anna2026!") is None
+    assert await directory.authenticate("anna.schmidt ", "Anna2026!") is None
+    assert directory.requests == asked
 
 
 async def test_authenticate_is_never_cached(directory: Directory) -> None:
@@ -256,6 +260,9 @@ async def test_bind_dn_with_password_file(slapd: SlapdServer, tmp_path) -> None:
         await good.close()
     secret.unlink()
     with pytest.raises(ValueError, match="ldap.password_file"):
+        Directory.from_settings(section)
+    section.password_file = ""
+    with pytest.raises(ValueError, match="ldap.bind_dn needs ldap.password_file"):
         Directory.from_settings(section)
 
 
