@@ -69,6 +69,8 @@ DEFAULT_TRIES = 2
 DEFAULT_CACHE_SIZE = 10_000
 DEFAULT_CACHE_MAX_TTL = 300.0  # seconds a positive answer may be reused, whatever its TTL
 DEFAULT_CACHE_NEGATIVE_MAX_TTL = 60.0  # the same for NXDOMAIN / NODATA
+# optional [dns] keys passed on by Resolver.from_settings
+SETTINGS_OPTIONS = ("tries", "cache_size", "cache_max_ttl", "cache_negative_max_ttl")
 EDNS_PAYLOAD = 1232  # the DNS flag day 2020 size: no fragmentation, few TCP fallbacks
 
 
@@ -285,7 +287,11 @@ class Resolver:
 
     @classmethod
     def from_settings(cls, settings: Any, **options: Any) -> Resolver:
-        """From `pipeline.settings.DnsSettings` (nameserver, port, timeout)."""
+        """From `pipeline.settings.DnsSettings`: nameserver, port, timeout, and the keys of
+        `SETTINGS_OPTIONS` where the settings have them (keyword `options` win)."""
+        for key in SETTINGS_OPTIONS:
+            if hasattr(settings, key):
+                options.setdefault(key, getattr(settings, key))
         return cls(settings.nameserver, settings.port, settings.timeout, **options)
 
     async def close(self) -> None:

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import dns.message
 import dns.rcode
@@ -84,6 +85,13 @@ async def test_null_mx(resolver: Resolver) -> None:
 def test_from_settings() -> None:
     resolver = Resolver.from_settings(DnsSettings(nameserver="192.0.2.53", port=5300, timeout=1.5))
     assert (resolver.nameserver, resolver.port, resolver.timeout) == ("192.0.2.53", 5300, 1.5)
+    assert (resolver.tries, resolver.cache.size, resolver.cache.max_ttl) == (2, 10_000, 300.0)
+    # cache keys [dns] may grow later are passed on
+    more = SimpleNamespace(nameserver="192.0.2.53", port=53, timeout=2.0, tries=3, cache_size=0,
+                           cache_max_ttl=30.0, cache_negative_max_ttl=10.0)
+    resolver = Resolver.from_settings(more)
+    assert (resolver.tries, resolver.cache.size, resolver.cache.max_ttl, resolver.cache.negative_max_ttl) == (
+        3, 0, 30.0, 10.0)
 
 
 # --- names ---------------------------------------------------------------------------------------
