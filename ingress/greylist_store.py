@@ -171,8 +171,11 @@ class Transport(Protocol):
     async def read_new(self, apply: Apply) -> None:
         """Apply what arrived since the last read; wait a moment when nothing did."""
 
-    async def write(self, table: str, key: str, value: bytes | None) -> None:
-        """Hand one record (None: a tombstone) to the log; raise when that is impossible."""
+    async def write(self, table: str, key: str, value: bytes | None) -> asyncio.Future | None:
+        """Hand one record (None: a tombstone) to the log; raise when that is impossible.
+
+        Returns None when the record is written, or a future that completes when it is (or fails).
+        """
 
     async def close(self) -> None:
         """Disconnect; safe to call when not (or only partly) open."""
@@ -233,6 +236,7 @@ class MemoryTransport:
     async def write(self, table: str, key: str, value: bytes | None) -> None:
         self._require_available()
         self.memory.records[table].append((key, value))
+        return None
 
     async def close(self) -> None:
         pass
@@ -292,11 +296,10 @@ class KafkaTransport:
                 if record.key is not None:
                     apply(table, record.key.decode("utf-8", "replace"), record.value)
 
-    async def write(self, table: str, key: str, value: bytes | None) -> None:
+    async def write(self, table: str, key: str, value: bytes | None) -> asyncio.Future:
         if self._producer is None:
             raise ConnectionError("greylist transport is not open")
-        delivery = await self._producer.send(self.topics[table], value, key=key.encode())
-        delivery.add_done_callback(lambda done: _log_failed_delivery(done, table, key))
+        return await self._producer.send(self.topics[table], value, key=key.encode())
 
     async def close(self) -> None:
         consumer, producer = self._consumer, self._producer
@@ -307,11 +310,6 @@ class KafkaTransport:
                     await client.stop()
                 except Exception as exc:  # closing must go on
                     log.warning("greylist: closing a Kafka client: %s", exc)
-
-
-def _log_failed_delivery(done: asyncio.Future, table: str, key: str) -> None:
-    if not done.cancelled() and done.exception() is not None:
-        log.warning("greylist: %s entry %r not written (kept locally): %s", table, key, done.exception())
 
 
 # ---- the store ------------------------------------------------------------------------------------
@@ -338,7 +336,9 @@ class GreylistStore:
         self._caught_up = asyncio.Event()
         self._writes: asyncio.Queue[tuple[str, str, bytes | None]] = asyncio.Queue(max_pending_writes)
         self._tasks: list[asyncio.Task] = []
-        self.writes_dropped = 0
+        self.writes_dropped = 0  # not queued: the queue was full
+        self.writes_failed = 0  # queued, but the log refused them
+        self._writes_failing = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -398,12 +398,37 @@ class GreylistStore:
         while True:
             table, key, value = await self._writes.get()
             try:
-                await self.transport.write(table, key, value)
+                delivery = await self.transport.write(table, key, value)
             except Exception as exc:  # the decision was made locally; the log misses this one
-                log.warning("greylist: %s entry %r not written (kept locally): %s: %s",
-                            table, key, type(exc).__name__, exc)
+                self._write_failed(exc)
+            else:
+                if delivery is None:
+                    self._write_succeeded()
+                else:
+                    delivery.add_done_callback(self._delivered)
             finally:
                 self._writes.task_done()
+
+    def _delivered(self, delivery: asyncio.Future) -> None:
+        if delivery.cancelled():
+            return
+        if delivery.exception() is None:
+            self._write_succeeded()
+        else:
+            self._write_failed(delivery.exception())
+
+    def _write_failed(self, exc: BaseException) -> None:
+        """Count a lost write; log only when writing starts failing (a broker outage means many)."""
+        self.writes_failed += 1
+        if not self._writes_failing:
+            self._writes_failing = True
+            log.warning("greylist: cannot write to the log (%s: %s); decisions are kept locally until it is back",
+                        type(exc).__name__, exc)
+
+    def _write_succeeded(self) -> None:
+        if self._writes_failing:
+            self._writes_failing = False
+            log.info("greylist: writing to the log again (%d writes lost so far)", self.writes_failed)
 
     async def _sweep_periodically(self) -> None:
         await self._caught_up.wait()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from pathlib import Path
 
 import orjson
@@ -354,17 +355,23 @@ async def test_store_not_replayed_passes_when_configured(make) -> None:
     assert await g.rcpt() == (Decision(), "unavailable")
 
 
-async def test_log_down_after_replay_keeps_deciding_locally(make) -> None:
+async def test_log_down_after_replay_keeps_deciding_locally(make, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="ingress.greylist_store")
     g = await make()
     await g.rcpt()
     await until(lambda: len(g.memory.records[TRIPLETS]) == 1)
     g.memory.available = False
     g.clock.advance(300)
-    assert (await g.rcpt())[1] == "passed_after_retry"
-    await until(lambda: g.store._writes.qsize() == 0)
-    assert len(g.memory.records[TRIPLETS]) == 1  # the write was dropped ...
+    assert (await g.rcpt())[1] == "passed_after_retry"  # writes the triplet and two client counters
+    await until(lambda: g.store.writes_failed == 3)
+    assert len(g.memory.records[TRIPLETS]) == 1  # the writes were lost ...
     assert g.store.triplets[triplet_key("192.0.2.10/32", "alice@example.org", "max.mustermann@school.test")].passes == 1
     assert (await g.rcpt())[1] == "passed"  # ... the local state kept
+    assert len([r for r in caplog.records if "cannot write" in r.getMessage()]) == 1  # one warning, not three
+    g.memory.available = True
+    assert (await g.rcpt(sender="bob@example.org"))[1] == "delayed"
+    await until(lambda: len(g.memory.records[TRIPLETS]) == 2)
+    assert any("writing to the log again (3 writes lost" in r.getMessage() for r in caplog.records)
 
 
 # ---- sharing through the log ----------------------------------------------------------------------
