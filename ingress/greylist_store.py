@@ -306,8 +306,8 @@ class KafkaTransport:
         self._consumer = self._producer = None
         for client in (consumer, producer):
             if client is not None:
-                try:
-                    await client.stop()
+                try:  # the producer sends what it holds first: bounded, the broker may be gone
+                    await asyncio.wait_for(client.stop(), self.kafka.request_timeout_ms / 1000 + 1)
                 except Exception as exc:  # closing must go on
                     log.warning("greylist: closing a Kafka client: %s", exc)
 
