@@ -67,7 +67,8 @@ def parse_duration(key: str, text: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
 ENV_PREFIX = "POSTSTELLE_"
 # environment variables with the prefix that are not config keys
-_ENV_NOT_KEYS = {"POSTSTELLE_HOME", "POSTSTELLE_CONFIG", "POSTSTELLE_INSTANCE", "POSTSTELLE_LOG_LEVEL"}
+_ENV_NOT_KEYS = {"POSTSTELLE_HOME", "POSTSTELLE_CONFIG", "POSTSTELLE_INSTANCE", "POSTSTELLE_LOG_LEVEL",
+                 "POSTSTELLE_TEST_BASE"}
 
 
 class ConfigError(ValueError):

@@ -30,6 +30,7 @@ from schemas.events import (
     Result,
     Routed,
     SmtpConnect,
+    SmtpCheck,
     SmtpReject,
     StageResult,
     Verdict,
@@ -91,6 +92,8 @@ def all_events() -> list[Event]:
                    reason_code="illegal_line_ending",
                    reply=Reply(code=521, enhanced="5.5.2", text="Error: bare <CR> or <LF> received"),
                    helo="mail.ext.test", sender="alice@ext.test"),
+        SmtpCheck(session_id=rec.session_id, client_ip="127.0.2.10", phase="rcpt", check="greylist",
+                  result="passed_after_retry", sender="alice@good.test", recipient="bob@school.test"),
     ]
 
 
