@@ -247,7 +247,10 @@ class LdapSettings:
     host: str = "127.0.0.1"
     port: int = 3389
     base: str = "dc=school,dc=test"
-    timeout: float = 5.0
+    timeout: float = 5.0  # per directory call; keep well below ingress.check_timeout
+    cache_ttl: float = 60.0  # seconds found and not-found lookups are reused; 0: off (failures never)
+    bind_dn: str = ""  # DN to search as; empty: anonymous read
+    password_file: str = ""  # file holding the bind password (required with bind_dn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +259,11 @@ class DnsSettings:
 
     nameserver: str = "127.0.0.1"
     port: int = 5353
-    timeout: float = 3.0
+    timeout: float = 3.0  # budget of one whole lookup (all tries)
+    tries: int = 2  # UDP attempts within the timeout (TCP when an answer is truncated)
+    cache_size: int = 10_000  # answers kept in process; 0: no cache (temporary failures are never cached)
+    cache_max_ttl: float = 300.0  # most seconds a positive answer is reused
+    cache_negative_max_ttl: float = 60.0  # the same for NXDOMAIN / NODATA
 
 
 @dataclass(frozen=True, slots=True)
