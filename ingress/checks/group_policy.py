@@ -78,6 +78,9 @@ class GroupPolicySettings:
     rules: list[GroupRule] = field(default_factory=list)
     # an envelope sender in a local domain counts only when authenticated or from relay_networks
     local_senders_need_auth: bool = True
+    # local parts no rule ever applies to, in every local domain (RFC 5321 4.5.1, RFC 2142): they
+    # stay reachable from anyone, even with the directory down
+    exempt: list[str] = field(default_factory=lambda: ["postmaster", "abuse"])
 
     def __post_init__(self) -> None:
         names = [rule.name for rule in self.rules]
@@ -115,6 +118,7 @@ class GroupPolicyCheck(Check):
     def __init__(self, settings: GroupPolicySettings, services: CheckServices) -> None:
         super().__init__(settings, services)
         self.rules = [_Rule.of(rule) for rule in settings.rules]
+        self.exempt = frozenset(part.strip().lower() for part in settings.exempt)
 
     async def start(self) -> None:
         if self.rules and self.services.directory is None:
@@ -123,8 +127,11 @@ class GroupPolicyCheck(Check):
     async def rcpt(self, ctx: CheckContext, recipient: str) -> Decision:
         if not self.rules:
             return PASS
+        address = _normalize(recipient)
+        if self._is_local(address) and address.partition("@")[0] in self.exempt:
+            return PASS
         try:
-            for rule in await self._rules_for(_normalize(recipient)):
+            for rule in await self._rules_for(address):
                 if not await self._sender_allowed(ctx, rule):
                     return refuse(rule.reply, "group_policy", rule.name)
         except DirectoryUnavailable as exc:

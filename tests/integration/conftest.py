@@ -107,6 +107,19 @@ class Stack:
                 raise AssertionError(f"stack not ready after {timeout}s:\n{done.stdout}{done.stderr}")
             time.sleep(1.0)
 
+    def hold(self, component: str, timeout: float = 30) -> None:
+        """`poststelle stop COMPONENT`, and wait until its process is gone."""
+        pid = self.pid_of(component)
+        self.cli("stop", component)
+        self.wait_for(lambda: self.status()["components"][component]["state"] == "held"
+                      and not Path(f"/proc/{pid}").exists(), timeout=timeout, what=f"{component} held down")
+
+    def release(self, component: str, timeout: float = 60) -> None:
+        """`poststelle start COMPONENT`, and wait until it is ready again."""
+        self.cli("start", component)
+        self.wait_for(lambda: self.status()["components"][component]["state"] == "ready", timeout=timeout,
+                      what=f"{component} ready again")
+
     def kill(self, component: str, sig: int = signal.SIGKILL) -> int:
         pid = self.pid_of(component)
         os.kill(pid, sig)

@@ -8,6 +8,7 @@ Every refusal must also be a row in the analytics with its reason code.
 """
 from __future__ import annotations
 
+import base64
 import smtplib
 import ssl
 import time
@@ -41,6 +42,10 @@ def submission(stack, implicit_tls: bool = True, ip: str = "127.0.0.1") -> smtpl
     return client
 
 
+def _plain(login: str, password: str) -> str:
+    return base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+
+
 def rcpt(client: smtplib.SMTP, address: str) -> tuple[int, str]:
     code, text = client.docmd("RCPT", f"TO:<{address}>")  # docmd: no quoting of odd forms by smtplib
     return code, text.decode()
@@ -70,14 +75,14 @@ def test_dnsbl_listed_client_is_refused_at_connect(stack):
 
 def test_dns_server_down_is_a_temporary_failure_never_a_250(stack):
     fresh_ip = f"127.0.5.{uuid.uuid4().int % 200 + 20}"  # never looked up before: nothing cached
-    stack.cli("stop", "nsd")
+    stack.hold("nsd")
     try:
         with pytest.raises(smtplib.SMTPConnectError) as refused:
             smtp_from(stack, fresh_ip)
         assert refused.value.smtp_code == 451
         assert refused.value.smtp_error.startswith(b"4.7.1 ")
     finally:
-        stack.cli("start", "nsd")
+        stack.release("nsd")
     assert wait_reject(stack, "dnsbl_tempfail", client_ip=fresh_ip)[:3] == ["dnsbl", "connect", 451]
 
 
@@ -158,15 +163,15 @@ def test_recipient_checks_against_the_directory(stack):
         assert (code, text[:6]) == (550, "5.2.1 ") and "disabled" in text
         assert rcpt(client, "Max.Mustermann@school.test")[0] == 250  # case does not matter
         assert rcpt(client, "sekretariat@school.test")[0] == 250  # an alias
-        for injection in ("*@school.test", '"*)(uid=*"@school.test'):
-            assert rcpt(client, injection)[0] == 550, injection
+        for injection in ("*@school.test", '"*)(uid=*"@school.test'):  # match nothing: refused
+            assert 550 <= rcpt(client, injection)[0] < 560, injection
     assert wait_reject(stack, "unknown_recipient") == ["recipient", "rcpt", 550, "5.1.1"]
     assert wait_reject(stack, "recipient_disabled") == ["recipient", "rcpt", 550, "5.2.1"]
 
 
 def test_directory_down_is_451_but_postmaster_is_always_accepted(stack):
     never_seen = f"someone.{new_test_id()[:10]}@school.test"  # not in any cache
-    stack.cli("stop", "slapd")
+    stack.hold("slapd")
     try:
         with smtp_from(stack, "127.0.0.1") as client:
             assert client.mail("sender@good.test")[0] == 250
@@ -175,7 +180,7 @@ def test_directory_down_is_451_but_postmaster_is_always_accepted(stack):
             assert rcpt(client, "postmaster@school.test")[0] == 250
             assert rcpt(client, "abuse@school.test")[0] == 250
     finally:
-        stack.cli("start", "slapd")
+        stack.release("slapd")
     assert wait_reject(stack, "ldap_unavailable") == ["recipient", "rcpt", 451, "4.4.3"]
 
 
@@ -217,23 +222,18 @@ def test_class_groups_accept_mail_only_from_staff(stack):
 def test_auth_without_tls_is_refused(stack):
     with submission(stack, implicit_tls=False) as client:
         assert not client.has_extn("auth")
-        code, text = client.docmd("AUTH", "PLAIN AGFubmEuc2NobWlkdABBbm5hMjAyNiE=")
+        code, text = client.docmd("AUTH", f"PLAIN {_plain('anna.schmidt', 'Anna2026!')}")
         assert code == 530, text
 
 
 def test_wrong_passwords_are_refused_and_rate_limited(stack):
     ip = f"127.0.6.{uuid.uuid4().int % 200 + 20}"  # its own address: the limit is per client IP
-    codes = []
-    with submission(stack, ip=ip) as client:
-        for _ in range(6):
-            try:
-                client.login("anna.schmidt", "falsch")
-            except smtplib.SMTPAuthenticationError as exc:
-                codes.append(exc.smtp_code)
+    with submission(stack, ip=ip) as client:  # one AUTH each (smtplib's login() tries every mechanism)
+        codes = [client.docmd("AUTH", f"PLAIN {_plain('anna.schmidt', 'falsch')}")[0] for _ in range(6)]
     assert codes == [535] * 5 + [454]
-    with submission(stack, ip=ip) as client, pytest.raises(smtplib.SMTPAuthenticationError) as refused:
-        client.login("anna.schmidt", "Anna2026!")  # even the right password, for now
-    assert refused.value.smtp_code == 454
+    with submission(stack, ip=ip) as client:
+        code, _ = client.docmd("AUTH", f"PLAIN {_plain('anna.schmidt', 'Anna2026!')}")
+    assert code == 454  # even the right password, for now
     assert wait_reject(stack, "auth_failed", client_ip=ip)[:3] == ["auth", "auth", 535]
     assert wait_reject(stack, "auth_rate_limited", client_ip=ip)[:3] == ["auth", "auth", 454]
 

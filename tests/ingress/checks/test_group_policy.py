@@ -177,6 +177,9 @@ async def test_directory_down_is_451_4_4_3() -> None:
         assert str(port) not in decision.reply
         # 9a@ is listed by address, yet it is resolved too (its aliases would be protected as well)
         assert (await policy(down).rcpt(logged_in("anna.schmidt"), "9a@school.test")).reply == LOOKUP_FAILED
+        # postmaster and abuse stay reachable from anyone, without asking the directory
+        for address in ("postmaster@school.test", "Abuse@School.Test"):
+            assert await policy(down).rcpt(outside("stranger@example.org"), address) == PASS
     finally:
         await down.close()
 
