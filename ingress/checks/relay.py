@@ -17,6 +17,7 @@ from ingress.checks import PASS, Check, CheckContext, Decision, refuse, register
 __all__ = ["RelayCheck"]
 
 RELAY_DENIED = "554 5.7.1 Relaying denied: recipient domain is not local"
+BAD_SYNTAX = "501 5.1.3 Bad recipient address syntax"
 ROUTING_REFUSED = "554 5.7.1 Relaying denied: source routes, %-hacks and address literals are not accepted"
 
 
@@ -36,7 +37,9 @@ class RelayCheck(Check):
         try:
             address = parse_address(recipient)
         except AddressError as exc:
-            return refuse(ROUTING_REFUSED, "relay_routing_form", f"{recipient!r}: {exc}")
+            if recipient.startswith("@") or any(c in recipient.rpartition("@")[0] for c in '%!@"\\:'):
+                return refuse(ROUTING_REFUSED, "relay_routing_form", f"{recipient!r}: {exc}")
+            return refuse(BAD_SYNTAX, "bad_recipient_syntax", f"{recipient!r}: {exc}")
         if not address.is_literal and address.domain in self.services.local_domains:
             return PASS
         if not (ctx.authenticated or ctx.trusted):

@@ -373,3 +373,17 @@ async def test_mx_listener_offers_no_auth(serve):
     await client.send(b"EHLO c.ext.test\r\n")
     assert not any("AUTH" in line for line in await client.reply())
     assert (await client.cmd(f"AUTH PLAIN {_plain('anna', 'Anna2026!')}")).startswith("538 5.7.11")
+
+
+@pytest.mark.parametrize("address, reply", [
+    ("r%ext.test@school.test", "554 5.7.1 "),
+    ("@school.test:r@ext.test", "554 5.7.1 "),
+    ("r@" + "a" * 64 + ".school.test", "501 5.1.3 "),  # a label over 63 characters
+    ("r@bad..school.test", "553 5.1.3 "),  # aiosmtpd's own parser refuses this one first
+])
+async def test_routing_forms_and_plain_syntax_errors_get_different_replies(serve, address, reply):
+    sink, port = await serve()
+    client, _ = await connect(port)
+    await client.cmd("EHLO c.ext.test")
+    await client.cmd("MAIL FROM:<a@ext.test>")
+    assert (await client.cmd(f"RCPT TO:<{address}>")).startswith(reply)

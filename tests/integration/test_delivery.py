@@ -13,7 +13,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pipeline.blobstore import FileBlobStore
-from schemas.events import BlobRef, Client, Envelope, Received, Routed, encode_event
+from schemas.events import Client, Envelope, Received, Routed, encode_event
 from schemas.ids import new_id
 from tests.integration.conftest import FULL_BOX, NO_MAILBOX, make_message, new_test_id, send, write_users
 
