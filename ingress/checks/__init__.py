@@ -115,6 +115,17 @@ class CheckContext:
     def authenticated(self) -> bool:
         return bool(self.authenticated_as)
 
+    def reputation_skip(self) -> str:
+        """Why the reputation checks (DNS lists, FCrDNS, sender domain, greylisting) do not apply
+        to this session: "allowlisted", "authenticated" or "not_mx"; "" when they do."""
+        if self.allowlisted:
+            return "allowlisted"
+        if self.authenticated:
+            return "authenticated"
+        if self.listener != "mx":
+            return "not_mx"
+        return ""
+
     def reset_transaction(self) -> None:
         """RSET, or a new MAIL FROM: the envelope starts over, the session facts stay."""
         self.sender = None

@@ -28,7 +28,6 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from ingress.checks import CheckContext
 from pipeline.dns import Answer, BadName, rhsbl_name
 from pipeline.settings import ConfigError
 
@@ -40,7 +39,6 @@ __all__ = [
     "SenderSyntaxError",
     "evaluate",
     "sender_domain",
-    "skip_reason",
     "validate_list_settings",
 ]
 
@@ -49,17 +47,6 @@ _LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 _ERROR_CODES = ipaddress.ip_network("127.255.255.0/24")
 
 Lookup = Callable[[str, str], Awaitable[Answer]]  # (subject, zone) -> Answer: Resolver.dnsbl / .rhsbl
-
-
-def skip_reason(ctx: CheckContext) -> str:
-    """Why the reputation checks do not apply to this session ("" when they do)."""
-    if ctx.allowlisted:
-        return "allowlisted"
-    if ctx.authenticated:
-        return "authenticated"
-    if ctx.listener != "mx":
-        return "not_mx"
-    return ""
 
 
 # ---- list sites -----------------------------------------------------------------------------------

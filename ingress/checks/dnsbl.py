@@ -31,7 +31,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ingress.checks import PASS, Check, CheckContext, Decision, refuse, register_check
-from ingress.checks._dnslists import ListSite, evaluate, skip_reason, validate_list_settings
+from ingress.checks._dnslists import ListSite, evaluate, validate_list_settings
 from pipeline.dns import normalize_ip
 
 __all__ = ["DnsblCheck", "DnsblSettings"]
@@ -63,7 +63,7 @@ class DnsblCheck(Check):
             log.info("dnsbl: no [[checks.dnsbl.sites]] configured; the check passes every client")
 
     async def connect(self, ctx: CheckContext) -> Decision:
-        skip = skip_reason(ctx)
+        skip = ctx.reputation_skip()
         if skip:
             ctx.notes["dnsbl"] = skip
             return PASS

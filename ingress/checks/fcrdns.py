@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ingress.checks import PASS, Check, CheckContext, Decision, refuse, register_check
-from ingress.checks._dnslists import ON_ERROR, skip_reason
+from ingress.checks._dnslists import ON_ERROR
 from pipeline.dns import Answer, BadName, normalize_ip
 from pipeline.settings import ConfigError
 
@@ -76,7 +76,7 @@ class FcrdnsCheck(Check):
     Settings = FcrdnsSettings
 
     async def connect(self, ctx: CheckContext) -> Decision:
-        skip = skip_reason(ctx)
+        skip = ctx.reputation_skip()
         if skip:
             ctx.notes["fcrdns"] = skip
             return PASS

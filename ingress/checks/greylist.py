@@ -190,7 +190,8 @@ class GreylistCheck(Check):
 
 
 def _exempt(ctx: CheckContext) -> bool:
-    return ctx.authenticated or ctx.trusted or ctx.allowlisted or ctx.listener != "mx"
+    """Reputation-exempt sessions, and relay networks (trusted senders are not greylisted)."""
+    return bool(ctx.reputation_skip()) or ctx.trusted
 
 
 def _note(ctx: CheckContext, result: str) -> Decision:

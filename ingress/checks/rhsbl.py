@@ -34,7 +34,6 @@ from ingress.checks._dnslists import (
     SenderSyntaxError,
     evaluate,
     sender_domain,
-    skip_reason,
     validate_list_settings,
 )
 
@@ -83,7 +82,7 @@ class RhsblCheck(Check):
     async def mail(self, ctx: CheckContext, sender: str) -> Decision:
         if sender == "":
             return PASS
-        skip = skip_reason(ctx)
+        skip = ctx.reputation_skip()
         if skip:
             ctx.notes["rhsbl"] = skip
             return PASS

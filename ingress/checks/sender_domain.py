@@ -31,7 +31,7 @@ import asyncio
 from dataclasses import dataclass
 
 from ingress.checks import PASS, Check, CheckContext, Decision, refuse, register_check
-from ingress.checks._dnslists import ON_ERROR, SenderSyntaxError, sender_domain, skip_reason
+from ingress.checks._dnslists import ON_ERROR, SenderSyntaxError, sender_domain
 from pipeline.dns import BadName, is_null_mx
 from pipeline.settings import ConfigError
 
@@ -69,7 +69,7 @@ class SenderDomainCheck(Check):
     async def mail(self, ctx: CheckContext, sender: str) -> Decision:
         if sender == "":
             return PASS
-        skip = skip_reason(ctx)
+        skip = ctx.reputation_skip()
         if skip:
             ctx.notes["sender_domain"] = skip
             return PASS
