@@ -327,29 +327,24 @@ def _smtp_connect(e: SmtpConnect) -> dict[str, Any]:
     return {"session_id": e.session_id, "client_ip": e.client_ip}
 
 
-def _smtp_reject(e: SmtpReject) -> dict[str, Any]:
+def _smtp_decision(e: SmtpReject | SmtpCheck) -> dict[str, Any]:
+    """The columns an ingress check's refusal and its other results share."""
     return {
         "session_id": e.session_id,
         "client_ip": e.client_ip,
         "phase": e.phase,
         "check_name": e.check,
-        "reason_code": e.reason_code,
         "sender": e.sender,
         "recipient": e.recipient,
-        **_reply(e.reply),
     }
+
+
+def _smtp_reject(e: SmtpReject) -> dict[str, Any]:
+    return {**_smtp_decision(e), "reason_code": e.reason_code, **_reply(e.reply)}
 
 
 def _smtp_check(e: SmtpCheck) -> dict[str, Any]:
-    return {
-        "session_id": e.session_id,
-        "client_ip": e.client_ip,
-        "phase": e.phase,
-        "check_name": e.check,
-        "verdict": e.result,
-        "sender": e.sender,
-        "recipient": e.recipient,
-    }
+    return {**_smtp_decision(e), "verdict": e.result}
 
 
 _FLATTEN: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
