@@ -22,7 +22,7 @@ from aiosmtpd.smtp import AuthResult
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import Session
 
-from ingress.addresses import parse_address
+from ingress.addresses import AddressError, parse_address, resolve_route
 from ingress.checks import CheckChain, CheckContext, CheckServices, Networks, Phase
 from ingress.checks.relay import RelayCheck, RelaySettings
 from ingress.limits import TOO_MANY_AUTH_FAILURES, AuthFailures, ConnectionLimits
@@ -220,14 +220,29 @@ class IngressHandler:
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             return self._reject(ctx, "rcpt", "limits", "too_many_recipients", Replies.TOO_MANY_RECIPIENTS,
                                 recipient=address)
+        address = self._resolve_route(ctx, address)
         refusal = await self._run(ctx, "rcpt", address)
         if refusal is not None:
             return refusal
         recipient = str(parse_address(address))  # the relay check refused what does not parse
+        if recipient in envelope.rcpt_tos:
+            return Replies.RECIPIENT_OK  # one copy per address, as Postfix's cleanup keeps it
         envelope.rcpt_tos.append(recipient)
         envelope.rcpt_options.extend(options)
         ctx.recipients.append(recipient)
         return Replies.RECIPIENT_OK
+
+    def _resolve_route(self, ctx: CheckContext, address: str) -> str:
+        """Authenticated and trusted clients may route (`r%ext.test@school.test`); others may not."""
+        if not (ctx.authenticated or ctx.trusted):
+            return address  # the relay check refuses a routing form
+        try:
+            resolved = str(resolve_route(address, self.local_domains))
+        except AddressError:
+            return address
+        if resolved != address:
+            log.info("RCPT %r from [%s] resolved to <%s>", address, ctx.client_ip, resolved)
+        return resolved
 
     # -- message ------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import logging
 
 import aiosmtpd.smtp
@@ -34,6 +35,7 @@ COMMAND_SEPARATOR = b"\n"  # aiosmtpd reads commands up to LF; DATA lines up to 
 aiosmtpd.smtp.BOGUS_LIMIT = 1_000_000
 TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
 _ERROR_REPLIES = ("500", "501", "502", "503", "504")
+_ROUTED_RCPT = re.compile(r"\s*<(?P<address>[^<>\s@]+(?:@[^<>\s@]+){2,})>(?P<rest>(?:\s.*)?)")
 
 
 class IllegalInput(Exception):
@@ -89,6 +91,7 @@ class IngressSMTP(SMTP):
         self.bad_commands = 0
         self.context = None
         self._disconnected = False
+        self._parsing_rcpt = False
 
     def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # aiosmtpd builds its StreamReader in __init__; give that same object the strict class.
@@ -190,6 +193,23 @@ class IngressSMTP(SMTP):
             await super().smtp_HELO(hostname)
         finally:
             self._plain_replies = False
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        self._parsing_rcpt = True
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self._parsing_rcpt = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        address, rest = super()._getaddr(arg)
+        if address is None and self._parsing_rcpt:
+            # `<r@ext.test@school.test>` is no RFC 5321 mailbox, but MTAs resolve it as a route:
+            # hand it to the handler, which refuses it as such or resolves it for a trusted client
+            routed = _ROUTED_RCPT.fullmatch(arg)
+            if routed:
+                return routed["address"], routed["rest"]
+        return address, rest
 
     async def smtp_DATA(self, arg: str) -> None:
         self.clear_data_offence()

@@ -3,9 +3,10 @@
 A recipient whose domain is one of `ingress.local_domains` is local and passes here (the
 `recipient` check looks it up). Anything else is a relay attempt: allowed for an authenticated
 submission session or a client in `ingress.relay_networks`, refused `554 5.7.1` otherwise. The
-address forms other MTAs read as routing (`%` hack, `!` paths, source routes, quoted local parts
-holding an `@`, address literals) never count as local (see `ingress.addresses`): refused from
-everyone except as a plain remote address of an authenticated or trusted client.
+address forms other MTAs read as routing (`%` hack, `!` paths, quoted local parts holding an `@`,
+address literals) never count as local (see `ingress.addresses`): refused here. For an authenticated
+or trusted client the handler first resolves a route through a local domain to its final address
+(`ingress.addresses.resolve_route`), so what reaches this check is that plain address.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingress.addresses import Address, AddressError, parse_address
+from ingress.addresses import Address, AddressError, parse_address, resolve_route
 
 
 def test_plain_address_and_lower_cased_domain():
@@ -63,3 +63,39 @@ def test_unterminated_literal_is_refused():
 
 def test_address_error_is_a_value_error():
     assert issubclass(AddressError, ValueError)
+
+
+LOCAL = frozenset({"school.test"})
+
+
+@pytest.mark.parametrize(
+    "text, destination",
+    [
+        ("r@ext.test", "r@ext.test"),
+        ('"r@ext.test"', "r@ext.test"),  # a quoted address with no domain of its own
+        ("r%ext.test@school.test", "r@ext.test"),  # % hack through our domain
+        ("ext.test!r@school.test", "r@ext.test"),  # bang path through our domain
+        ('"r@ext.test"@school.test', "r@ext.test"),
+        ("r@ext.test@school.test", "r@ext.test"),
+        ("r@[127.0.0.1]", "r@[127.0.0.1]"),  # a literal stays a literal (the relay check decides)
+        ("anna%school.test@school.test", "anna@school.test"),  # routing back to a local mailbox
+        ("r%ext.test%school.test@school.test", "r@ext.test"),  # two layers through our domain
+    ],
+)
+def test_routing_forms_resolve_to_their_final_destination(text, destination):
+    assert str(resolve_route(text, LOCAL)) == destination
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "r%ext.test@other.test",  # routing through someone else's domain is not ours to follow
+        "r%b.test%ext.test@school.test",  # the second layer routes through ext.test
+        '"a\\"b"@school.test',  # a quote in the local part is no route
+        "r" + "%x.test" * 20 + "@school.test",  # too many layers
+        "r%@school.test",  # resolves to r@ (no domain)
+    ],
+)
+def test_routes_that_do_not_resolve_are_refused(text):
+    with pytest.raises(AddressError):
+        resolve_route(text, LOCAL)

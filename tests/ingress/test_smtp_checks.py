@@ -264,6 +264,38 @@ async def test_trusted_networks_may_relay_and_others_may_not(serve):
     assert (await client.cmd("RCPT TO:<r@ext.test>")).startswith("554 5.7.1 ")
 
 
+OPEN_RELAY_FORMS = {  # as the client writes it -> where an authenticated or trusted client's mail goes
+    "r@ext.test": "r@ext.test",
+    '"r@ext.test"': "r@ext.test",
+    "r%ext.test@school.test": "r@ext.test",
+    "ext.test!r@school.test": "r@ext.test",
+    "@school.test:r@ext.test": "r@ext.test",
+    '"r@ext.test"@school.test': "r@ext.test",
+    "r@ext.test@school.test": "r@ext.test",
+}
+
+
+async def test_routing_forms_are_refused_from_strangers_and_resolved_for_trusted_clients(serve):
+    _, port = await serve()
+    client, _ = await connect(port)
+    await client.cmd("EHLO c.ext.test")
+    await client.cmd("MAIL FROM:<a@ext.test>")
+    for form in OPEN_RELAY_FORMS:
+        assert (await client.cmd(f"RCPT TO:<{form}>")).startswith("554 5.7.1 "), form
+
+    sink, port = await serve(settings=IngressSettings(relay_networks=["127.0.0.0/8"]))
+    client, _ = await connect(port)
+    await client.cmd("EHLO c.school.test")
+    await client.cmd("MAIL FROM:<a@school.test>")
+    for form in OPEN_RELAY_FORMS:
+        assert (await client.cmd(f"RCPT TO:<{form}>")).startswith("250 "), form
+    assert (await client.cmd("RCPT TO:<r%ext.test@other.test>")).startswith("554 5.7.1 ")  # not our route
+    await client.cmd("DATA")
+    assert (await client.cmd("Subject: routed\r\n\r\nHallo.\r\n.")).startswith("250 ")
+    (received,) = sink.persisted
+    assert received.envelope.rcpt_to == ["r@ext.test"]  # seven ways to write one address: one copy
+
+
 async def test_rset_starts_the_envelope_over(serve):
     check = ScriptedCheck()
     _, port = await serve([check])

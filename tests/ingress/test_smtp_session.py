@@ -319,7 +319,8 @@ async def test_relay_is_denied(start, rcpt):
         ("r%ext.test@school.test", "554 5.7.1 ", "relay_routing_form"),  # the relay check refuses it
         ("ext.test!r@school.test", "554 5.7.1 ", "relay_routing_form"),
         ('"r@ext.test"@school.test', "554 5.7.1 ", "relay_routing_form"),
-        ("r@ext.test@school.test", "553 5.1.3 ", None),  # aiosmtpd's parser refuses it first
+        ("r@ext.test@school.test", "554 5.7.1 ", "relay_routing_form"),  # a route to aiosmtpd's parser too
+        ("r@@school.test", "553 5.1.3 ", None),  # not even a route: aiosmtpd's parser refuses it
     ],
 )
 async def test_routing_tricks_are_refused(start, rcpt, reply_prefix, reason_code):

@@ -135,20 +135,27 @@ def test_every_open_relay_form_is_refused_from_an_untrusted_client(stack):
     assert wait_reject(stack, "relay_denied", client_ip=GOOD_MTA)[:3] == ["relay", "rcpt", 554]
 
 
-def test_an_authenticated_user_may_relay_through_the_smarthost(stack):
+def test_the_same_forms_from_an_authenticated_user_reach_the_smarthost(stack):
     from pipeline.localstack.smarthost import smarthost_dump_dir
 
     test_id = new_test_id()
+    msg = (f"From: anna.schmidt@school.test\r\nTo: r@ext.test\r\nSubject: nach draussen\r\n"
+           f"X-Test-Id: {test_id}\r\nMessage-ID: <{test_id}@school.test>\r\n\r\nHallo.\r\n").encode()
     with submission(stack) as client:
         client.login("anna.schmidt", "Anna2026!")
-        msg = (f"From: anna.schmidt@school.test\r\nTo: r@ext.test\r\nSubject: nach draussen\r\n"
-               f"X-Test-Id: {test_id}\r\nMessage-ID: <{test_id}@school.test>\r\n\r\nHallo.\r\n").encode()
-        assert client.sendmail("anna.schmidt@school.test", ["r@ext.test"], msg) == {}
+        assert client.mail("anna.schmidt@school.test")[0] == 250
+        answers = {form: rcpt(client, form) for form in OPEN_RELAY_FORMS}
+        assert {form: code for form, (code, _) in answers.items() if code != 250} == {}, answers
+        assert client.data(msg)[0] == 250
 
     def dumped():
-        return [p for p in smarthost_dump_dir(stack.home).rglob("*") if p.is_file() and test_id.encode() in p.read_bytes()]
+        return [p.read_bytes() for p in smarthost_dump_dir(stack.home).rglob("*")
+                if p.is_file() and test_id.encode() in p.read_bytes()]
 
-    assert len(stack.wait_for(dumped, timeout=30, what="the message at the smarthost")) == 1
+    (dump,) = stack.wait_for(dumped, timeout=30, what="the message at the smarthost")
+    # smtp-sink writes one X-Rcpt-Args line per RCPT it got: the resolved final addresses, once each
+    rcpts = sorted(line.split(b":", 1)[1].strip() for line in dump.splitlines() if line.startswith(b"X-Rcpt-Args:"))
+    assert rcpts == [b"<r@[127.0.0.1]>", b"<r@ext.test>"], dump[:600]
 
 
 # ---- recipients ----------------------------------------------------------------------------------
