@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import AuthResult
@@ -29,9 +30,11 @@ from ingress.limits import TOO_MANY_AUTH_FAILURES, AuthFailures, ConnectionLimit
 from ingress.replies import Replies
 from ingress.smtp import IngressSMTP
 from ingress.trace import received_header, summarize_headers
+from ingress.verdicts import OutcomeFollower, Pending, refusal_text
 from pipeline.blobstore import BlobStore
 from pipeline.settings import IngressSettings, SubmissionSettings
 from schemas.events import (
+    AcceptedEarly,
     Client,
     Envelope,
     Event,
@@ -40,6 +43,7 @@ from schemas.events import (
     SmtpCheck,
     SmtpConnect,
     SmtpReject,
+    iso_from_epoch,
 )
 from schemas.ids import new_id
 
@@ -57,6 +61,9 @@ class EventSink(Protocol):
 
     def notify(self, event: Event) -> None:
         """Best effort: session events for analytics, never delaying or failing SMTP."""
+
+    async def accepted_early(self, event: AcceptedEarly) -> None:
+        """Return only once `event` is durable (the ingress answers 250 before the verdict)."""
 
 
 class Authenticator(Protocol):
@@ -81,6 +88,7 @@ class IngressHandler:
         limits: ConnectionLimits | None = None,
         authenticator: Authenticator | None = None,
         submission: SubmissionSettings | None = None,
+        verdicts: OutcomeFollower | None = None,
     ) -> None:
         self.settings = settings
         self.blobs = blobs
@@ -98,13 +106,19 @@ class IngressHandler:
         self.authenticator = authenticator
         sub = submission or SubmissionSettings()
         self.failed_auth = AuthFailures(sub.max_auth_failures, sub.auth_failure_window)
+        self.verdicts = verdicts
         self._persisting = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._stopping = asyncio.Event()
 
     async def drained(self) -> None:
         """Return once no message is being persisted (for a clean shutdown)."""
         await self._idle.wait()
+
+    def stop_waiting(self) -> None:
+        """Shutting down: messages waiting for their verdict are answered now (accepted early)."""
+        self._stopping.set()
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -268,38 +282,79 @@ class IngressHandler:
             recipients=list(envelope.rcpt_tos),
         )
         raw = trace + envelope.original_content
+        wait = self._verdict_wait()
+        # the client is answered by then: persist, the verdict wait, and the accepted-early record
+        answer_by = time.time() + 2 * self.settings.persist_timeout + wait if wait else 0.0
+        pending = self.verdicts.expect(message_id, list(envelope.rcpt_tos)) if wait else None
         self._persisting += 1
         self._idle.clear()
         try:
-            ref = await asyncio.wait_for(asyncio.to_thread(self.blobs.put, raw), self.settings.persist_timeout)
-            event = Received(
-                message_id=message_id,
-                envelope=Envelope(
-                    mail_from=_sender(envelope),
-                    rcpt_to=list(envelope.rcpt_tos),
-                    smtputf8=envelope.smtp_utf8,
-                    body="8BITMIME" if "BODY=8BITMIME" in _upper(envelope.mail_options) else "7BIT",
-                ),
-                client=Client(ip=ip, port=port, helo=ctx.helo, reverse_name=ctx.reverse_name,
-                              authenticated_as=ctx.authenticated_as, tls=ctx.tls or session.ssl is not None),
-                blob=ref,
-                headers=summarize_headers(envelope.original_content),
-                session_id=ctx.session_id,
-                listener="submission" if self.listener == "submission" else "smtp",
-                ingress_host=self.hostname,
-            )
-            # the sink bounds this by persist_timeout and aborts the event on failure, so it is never
-            # delivered behind a 451; the outer bound only guards against a sink that hangs
-            await asyncio.wait_for(self.events.persist(event), 2 * self.settings.persist_timeout)
-        except Exception as exc:  # broker down, disk full, timeout: the client must retry
-            log.warning("message %s not persisted: %s: %s", message_id, type(exc).__name__, exc)
-            return self._reject(ctx, "data", "persist", "persist_failed", Replies.PERSIST_FAILED)
+            try:
+                ref = await asyncio.wait_for(asyncio.to_thread(self.blobs.put, raw), self.settings.persist_timeout)
+                event = Received(
+                    message_id=message_id,
+                    envelope=Envelope(
+                        mail_from=_sender(envelope),
+                        rcpt_to=list(envelope.rcpt_tos),
+                        smtputf8=envelope.smtp_utf8,
+                        body="8BITMIME" if "BODY=8BITMIME" in _upper(envelope.mail_options) else "7BIT",
+                    ),
+                    client=Client(ip=ip, port=port, helo=ctx.helo, reverse_name=ctx.reverse_name,
+                                  authenticated_as=ctx.authenticated_as, tls=ctx.tls or session.ssl is not None),
+                    blob=ref,
+                    headers=summarize_headers(envelope.original_content),
+                    session_id=ctx.session_id,
+                    listener="submission" if self.listener == "submission" else "smtp",
+                    ingress_host=self.hostname,
+                    answer_by=iso_from_epoch(answer_by) if answer_by else "",
+                )
+                # the sink bounds this by persist_timeout and aborts the event on failure, so it is never
+                # delivered behind a 451; the outer bound only guards against a sink that hangs
+                await asyncio.wait_for(self.events.persist(event), 2 * self.settings.persist_timeout)
+            except Exception as exc:  # broker down, disk full, timeout: the client must retry
+                log.warning("message %s not persisted: %s: %s", message_id, type(exc).__name__, exc)
+                return self._reject(ctx, "data", "persist", "persist_failed", Replies.PERSIST_FAILED)
+            log.info("message %s accepted from [%s] (%d bytes, %d rcpt)", message_id, ip, ref.size,
+                     len(envelope.rcpt_tos))
+            if pending is None:
+                return Replies.queued(message_id)
+            return await self._answer_with_verdict(ctx, message_id, pending, wait, answer_by)
         finally:
+            if self.verdicts is not None:
+                self.verdicts.forget(message_id)
             self._persisting -= 1
             if self._persisting == 0:
                 self._idle.set()
-        log.info("message %s accepted from [%s] (%d bytes, %d rcpt)", message_id, ip, ref.size,
-                 len(envelope.rcpt_tos))
+
+    def _verdict_wait(self) -> float:
+        """Seconds to wait for the pipeline's verdict on this message (0: answer at once)."""
+        if self.verdicts is None or not self.verdicts.ready or self._stopping.is_set():
+            return 0.0
+        return self.settings.verdict_wait
+
+    async def _answer_with_verdict(self, ctx: CheckContext, message_id: str, pending: Pending, wait: float,
+                                   answer_by: float) -> str:
+        """554 when the pipeline rejected the message for every recipient in time, else 250."""
+        started = time.monotonic()
+        await _first_of(pending.done, self._stopping, timeout=wait)
+        rejection = pending.rejection
+        if rejection is not None:
+            log.info("message %s refused at DATA: rejected by %s: %s", message_id, rejection.stage, rejection.reason)
+            return self._reject(ctx, "data", rejection.stage, f"{rejection.stage}_rejected", refusal_text(rejection),
+                                message_id=message_id)
+        if pending.done.is_set():
+            return Replies.queued(message_id)  # routed or quarantined: accepted either way
+        # no verdict yet: note that the client is told 250, so a later rejection becomes quarantine
+        waited_ms = round((time.monotonic() - started) * 1000, 1)
+        try:
+            await asyncio.wait_for(self.events.accepted_early(AcceptedEarly(message_id=message_id, waited_ms=waited_ms)),
+                                   max(0.1, answer_by - time.time()))
+        except Exception as exc:
+            log.warning("message %s: accepted-early record not written (%s: %s); answering 451", message_id,
+                        type(exc).__name__, exc)
+            return self._reject(ctx, "data", "persist", "verdict_record_failed", Replies.PERSIST_FAILED,
+                                message_id=message_id)
+        log.info("message %s: no verdict after %.0f ms; accepted", message_id, waited_ms)
         return Replies.queued(message_id)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -324,11 +379,12 @@ class IngressHandler:
                                      check=check, result=result, sender=ctx.sender or "", recipient=recipient))
 
     def _reject(self, ctx: CheckContext, phase: str, check: str, reason_code: str, reply: str,
-                recipient: str = "", ip: str = "") -> str:
+                recipient: str = "", ip: str = "", message_id: str = "") -> str:
         code, _, rest = reply.partition(" ")
         enhanced, _, text = rest.partition(" ")
         self.events.notify(
             SmtpReject(
+                message_id=message_id,
                 session_id=ctx.session_id,
                 client_ip=ip or ctx.client_ip,
                 phase=phase,  # type: ignore[arg-type]
@@ -341,6 +397,16 @@ class IngressHandler:
             )
         )
         return reply
+
+
+async def _first_of(*events: asyncio.Event, timeout: float) -> None:
+    """Return when one of `events` is set, or after `timeout` seconds."""
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def _talks_first(server: IngressSMTP, delay: float) -> bool:

@@ -14,10 +14,11 @@ from ingress.handler import IngressHandler
 from ingress.limits import ConnectionLimits
 from ingress.smtp import IngressSMTP
 from ingress.tls import server_context
+from ingress.verdicts import OutcomeFollower
 from pipeline.blobstore import FileBlobStore
 from pipeline.bus import Topics, make_producer, make_transactional_producer
 from pipeline.settings import IngressSettings, Settings
-from schemas.events import Event, Received, encode_event
+from schemas.events import AcceptedEarly, Event, Received, encode_event
 
 __all__ = ["KafkaEventSink", "run_ingress", "make_protocol", "build_services"]
 
@@ -124,6 +125,12 @@ class KafkaEventSink:
             self.dropped_notifications += 1
             log.debug("session event %s not sent: %s", event.id, exc)
 
+    # -- accepted before the verdict: durable -------------------------------------------------------
+
+    async def accepted_early(self, event: AcceptedEarly) -> None:
+        producer = await self._notifier()
+        await producer.send_and_wait(self.topics.accepted_early, encode_event(event), key=event.message_id.encode())
+
     async def start(self) -> None:
         await self._transactional()
 
@@ -135,6 +142,20 @@ class KafkaEventSink:
         await self._discard_transactional()
         if self._plain is not None:
             await _stop_quietly(self._plain)
+
+
+async def _follow_outcomes(follower: OutcomeFollower, retry_every: float = 2.0) -> None:
+    """Start following the outcomes topic, retrying until the broker is there (no wait before)."""
+    while True:
+        try:
+            await follower.start()
+            log.info("following %s: answering at DATA with the pipeline's verdict", follower.topic)
+            return
+        except Exception as exc:
+            log.warning("cannot follow %s yet (%s: %s); answering without waiting for verdicts",
+                        follower.topic, type(exc).__name__, exc)
+            await follower.reset()
+            await asyncio.sleep(retry_every)
 
 
 async def _started(producer: AIOKafkaProducer) -> AIOKafkaProducer:
@@ -217,8 +238,9 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
     services = build_services(settings, sink)
     limits = ConnectionLimits(s.max_connections, s.max_connections_per_ip)
     chains = [CheckChain.build(s.checks, settings.checks, services, s.check_timeout)]
+    verdicts = OutcomeFollower(settings.kafka, sink.topics.outcomes) if s.verdict_wait > 0 else None
     handlers = [IngressHandler(s, blobs, sink, chains[0], listener="mx", local_domains=services.local_domains,
-                               limits=limits)]
+                               limits=limits, verdicts=verdicts)]
     loop = asyncio.get_running_loop()
     listeners = [(handlers[0], make_protocol(handlers[0], s), s.host, s.port, None)]
     sub = settings.submission
@@ -227,7 +249,7 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
         chains.append(CheckChain.build(sub.checks, settings.checks, services, s.check_timeout))
         handler = IngressHandler(s, blobs, sink, chains[1], listener="submission",
                                  local_domains=services.local_domains, limits=limits,
-                                 authenticator=services.directory, submission=sub)
+                                 authenticator=services.directory, submission=sub, verdicts=verdicts)
         handlers.append(handler)
         if sub.port:
             listeners.append((handler, make_protocol(handler, s, tls_context=tls), sub.host, sub.port, None))
@@ -235,6 +257,7 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
             listeners.append((handler, make_protocol(handler, s, implicit_tls=True), sub.host, sub.tls_port, tls))
     for chain in chains:
         await chain.start()
+    follower_start = asyncio.create_task(_follow_outcomes(verdicts)) if verdicts is not None else None
     servers = []
     for _, factory, host, port, ssl_context in listeners:
         servers.append(await loop.create_server(factory, host=host, port=port, reuse_address=True, ssl=ssl_context))
@@ -249,10 +272,16 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
     # stop accepting, let messages being persisted get their answer, then close the producers
     for server in servers:
         server.close()
+    for handler in handlers:
+        handler.stop_waiting()
     try:
-        await asyncio.wait_for(asyncio.gather(*(h.drained() for h in handlers)), s.persist_timeout)
+        await asyncio.wait_for(asyncio.gather(*(h.drained() for h in handlers)), 2 * s.persist_timeout)
     except asyncio.TimeoutError:
         log.warning("shutting down with messages still being persisted (they get no 250)")
+    if follower_start is not None:
+        follower_start.cancel()
+        await asyncio.gather(follower_start, return_exceptions=True)
+        await verdicts.close()
     await sink.close()
     for chain in chains:
         await chain.close()

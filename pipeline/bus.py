@@ -87,6 +87,16 @@ class Topics:
         return self._t("sessions")
 
     @property
+    def outcomes(self) -> str:
+        """Terminal outcomes per message (stages write them; every ingress reads them all)."""
+        return self._t("outcomes")
+
+    @property
+    def accepted_early(self) -> str:
+        """Compacted: messages the ingress accepted before their verdict (see consumers/sinks/verdict.py)."""
+        return self._t("accepted_early")
+
+    @property
     def greylist_triplets(self) -> str:
         """Compacted: greylisting state per (client network, sender, recipient)."""
         return self._t("greylist.triplets")
@@ -111,10 +121,17 @@ class Topics:
         ]
 
     def all_topics(self) -> list[str]:
-        return [*self.event_topics(), self.ledger, self.greylist_triplets, self.greylist_clients]
+        return [*self.event_topics(), self.outcomes, self.ledger, self.greylist_triplets,
+                self.greylist_clients, self.accepted_early]
 
     def compacted(self) -> set[str]:
-        return {self.ledger, self.greylist_triplets, self.greylist_clients}
+        return {self.ledger, self.greylist_triplets, self.greylist_clients, self.accepted_early}
+
+    def configs(self, name: str) -> dict[str, str]:
+        """Topic configuration at creation: compaction for the state tables."""
+        if name == self.accepted_early:  # needed only until the verdict service looked: a week
+            return {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 86_400_000)}
+        return {"cleanup.policy": "compact"} if name in self.compacted() else {}
 
 
 def _common(k: KafkaSettings, client_id: str) -> dict:
@@ -228,7 +245,7 @@ async def ensure_topics(settings: Settings, timeout: float = 60.0) -> None:
                     name,
                     k.partitions,
                     k.replication_factor,
-                    topic_configs={"cleanup.policy": "compact"} if name in topics.compacted() else {},
+                    topic_configs=topics.configs(name),
                 )
                 for name in topics.all_topics()
                 if name not in existing

@@ -5,7 +5,7 @@
     poststelle sql "SELECT ..."        query the analytics store, print a table
     poststelle queue [retry ID|--all]  deferred deliveries; try them now (postqueue -p / -f)
     poststelle stop|start COMPONENT    hold a component of the running stack down / release it
-    poststelle run COMPONENT           one process: ingress | stage:NAME | sink:NAME | retry | bounce
+    poststelle run COMPONENT           one process: ingress | stage:NAME | sink:NAME | retry | bounce | verdict
     poststelle config check            validate the configuration and print it
     poststelle schemas export [DIR]    write the events' JSON Schema files
 """
@@ -185,12 +185,16 @@ def _component(settings: Settings, name: str) -> Callable[..., Coroutine[Any, An
         from consumers.sinks.retry import run_retry_service
 
         return lambda s, stop, ready: run_retry_service(s, stop, ready, instance=instance)
+    if name == "verdict":
+        from consumers.sinks.verdict import run_verdict_service
+
+        return lambda s, stop, ready: run_verdict_service(s, stop, ready, instance=instance)
     if name == "bounce":
         from consumers.sinks.dsn import run_bounce_service
 
         return lambda s, stop, ready: run_bounce_service(s, stop, ready, instance=instance)
     raise ConfigError(f"unknown component {name!r} (ingress, stage:NAME, sink:lmtp, sink:smarthost, "
-                      "sink:analytics, retry, bounce)")
+                      "sink:analytics, retry, bounce, verdict)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ _loaded = False
 
 
 # names of the other consumers: a stage's group and transactional ids must not collide with theirs
-RESERVED_NAMES = frozenset({"ingress", "retry", "bounce", "analytics", "sink", "queue"})
+RESERVED_NAMES = frozenset({"ingress", "retry", "bounce", "verdict", "analytics", "sink", "queue"})
 
 
 def register(cls: type[Stage]) -> type[Stage]:

@@ -26,6 +26,7 @@ from schemas.codec import DecodeError
 from schemas.events import (
     Deadlettered,
     Event,
+    MessageOutcome,
     Quarantined,
     Received,
     Rejected,
@@ -96,11 +97,13 @@ class StageRunner(TransactionalHop):
         if outcome.reject:
             event: Event = Rejected(message_id=message.message_id, stage=name, reason=outcome.reject,
                                     recipients=recipients, message=message, results=results)
-            return [Output(self.topics.rejected, key, event)]
+            return [Output(self.topics.rejected, key, event),
+                    self._outcome(message, "rejected", recipients, outcome.reject)]
         if outcome.quarantine:
             event = Quarantined(message_id=message.message_id, stage=name, reason=outcome.quarantine,
                                 recipients=recipients, message=message, results=results)
-            return [Output(self.topics.quarantine, key, event)]
+            return [Output(self.topics.quarantine, key, event),
+                    self._outcome(message, "quarantined", recipients, outcome.quarantine)]
         passed = StageResult(message_id=message.message_id, result=result, message=message,
                              history=list(work.history), edits=edits)
         outputs = [Output(self.topics.checked(name), key, passed)]
@@ -108,7 +111,16 @@ class StageRunner(TransactionalHop):
             routed = Routed(message_id=message.message_id, destination=destination, recipients=rcpts,
                             message=message, results=results, edits=edits)
             outputs.append(Output(self.topics.routed(destination), key, routed))
+        if outcome.routes:
+            routed_rcpts = [r for rcpts in outcome.routes.values() for r in rcpts]
+            outputs.append(self._outcome(message, "routed", routed_rcpts))
         return outputs
+
+    def _outcome(self, message: Received, disposition: str, recipients: list[str], reason: str = "") -> Output:
+        """The small terminal-outcome event the ingress waits for (see `ingress.verdicts`)."""
+        event = MessageOutcome(message_id=message.message_id, stage=self.stage.name,
+                               disposition=disposition, recipients=recipients, reason=reason)  # type: ignore[arg-type]
+        return Output(self.topics.outcomes, message.message_id.encode(), event)
 
     async def handle(self, record: ConsumerRecord) -> list[Output]:
         """Outputs for one record; raises only the temporary errors (the record is retried)."""

@@ -117,6 +117,9 @@ class IngressSettings:
     max_bad_commands: int = 10  # unknown/invalid commands per session before 421 4.7.0
     # seconds to wait before the banner; a client that speaks first is an early talker (554 5.5.1). 0: off
     greet_delay: float = 0.0
+    # seconds to wait after storing a message for the pipeline's verdict (554 at DATA when every
+    # recipient's copy is rejected); a later rejection becomes quarantine. 0: answer at once
+    verdict_wait: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,6 +102,7 @@ def pipeline_specs(settings: Settings) -> list[ServiceSpec]:
         names.append("ingress")
     if settings.supervisor.run_stages:
         names.extend(f"stage:{s}" for s in settings.topology.stages)
+        names.append("verdict")  # turns rejections the sender was not told of into quarantine
     names.extend(f"sink:{s}" for s in settings.supervisor.sinks)
     if {"lmtp", "smarthost"} & set(settings.supervisor.sinks):
         names.extend(["retry", "bounce"])  # deferred deliveries and DSNs belong with the delivery sinks

@@ -42,6 +42,8 @@ __all__ = [
     "Quarantined",
     "Rejected",
     "Deadlettered",
+    "MessageOutcome",
+    "AcceptedEarly",
     "SmtpConnect",
     "SmtpReject",
     "SmtpCheck",
@@ -170,6 +172,9 @@ class Received(Event):
     session_id: str = ""
     listener: str = "smtp"
     ingress_host: str = ""
+    # by when the ingress answers the client (ISO time); "" when it does not wait for the pipeline's
+    # verdict. A rejection the client was not told of becomes quarantine (see consumers/sinks/verdict.py)
+    answer_by: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,6 +282,32 @@ class Deadlettered(Event):
     payload: str = ""  # the record as text (truncated), for a person to inspect
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageOutcome(Event):
+    """The pipeline's terminal outcome for some recipients of a message, for the ingress waiting on it.
+
+    Small on purpose (no message inside): the ingress reads every one of them.
+    """
+
+    type: Literal["outcome"] = "outcome"
+    stage: str
+    disposition: Literal["rejected", "quarantined", "routed"]
+    recipients: list[str]
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcceptedEarly(Event):
+    """The ingress answered 250 before the pipeline's verdict was known (the wait ran out).
+
+    A later rejection of this message is then turned into quarantine: the sender was told it is
+    accepted, so it must not vanish, and no bounce goes to a possibly forged sender.
+    """
+
+    type: Literal["accepted_early"] = "accepted_early"
+    waited_ms: float = 0.0
+
+
 # ---- SMTP session events (analytics) ---------------------------------------------------------
 
 
@@ -338,6 +369,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Quarantined,
         Rejected,
         Deadlettered,
+        MessageOutcome,
+        AcceptedEarly,
         SmtpConnect,
         SmtpReject,
         SmtpCheck,

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import logging
 
-from aiokafka import TopicPartition
-
-from pipeline.bus import make_consumer, make_producer
+from pipeline.bus import make_producer
 from pipeline.settings import KafkaSettings
+from pipeline.table import CompactedReader
 from schemas.events import Bounced, Deferred, Delivered, decode_event, encode_event
 
 __all__ = ["Ledger", "ledger_key", "State", "FinalEvent"]
@@ -34,45 +33,20 @@ class Ledger:
         self.kafka, self.topic, self.client_id = kafka, topic, client_id
         self.entries: dict[str, State] = {}
         self._producer = make_producer(kafka, f"{client_id}-ledger")
-        self._reader = make_consumer(kafka, None, f"{client_id}-ledger-reader")
-        self._started = False
+        self._reader = CompactedReader(kafka, topic, f"{client_id}-ledger-reader")
 
     async def start(self) -> None:
         await self._producer.start()
         await self._reader.start()
-        partitions = self._reader.partitions_for_topic(self.topic) or set()
-        if not partitions:
-            await self._reader._client.force_metadata_update()  # topic created just now
-            partitions = self._reader.partitions_for_topic(self.topic) or set()
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        self._reader.assign(tps)
-        await self._reader.seek_to_beginning(*tps)
-        self._started = True
         await self.catch_up()
 
     async def catch_up(self) -> int:
         """Read every entry written so far (by any sink instance); returns how many were read."""
-        tps = list(self._reader.assignment())
-        ends = await self._reader.end_offsets(tps)
-        count = 0
-        while await self._behind(ends):
-            batch = await self._reader.getmany(timeout_ms=500)
-            for records in batch.values():
-                for record in records:
-                    count += 1
-                    self._apply(record.key, record.value)
+        count = await self._reader.catch_up(self._apply)
         log.debug("ledger %s: %d entries read, %d known", self.topic, count, len(self.entries))
         return count
 
-    async def _behind(self, ends: dict[TopicPartition, int]) -> bool:
-        for tp, end in ends.items():
-            if await self._reader.position(tp) < end:
-                return True
-        return False
-
-    def _apply(self, key: bytes | None, value: bytes | None) -> None:
-        if key is None:
-            return
+    def _apply(self, key: bytes, value: bytes | None) -> None:
         if value is None:  # tombstone: entry expired
             self.entries.pop(key.decode(), None)
             return
@@ -101,5 +75,5 @@ class Ledger:
         self.entries[key] = event
 
     async def close(self) -> None:
-        await self._reader.stop()
+        await self._reader.close()
         await self._producer.stop()

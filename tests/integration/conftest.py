@@ -50,6 +50,7 @@ def stack_env(home: Path, base: int) -> dict[str, str]:
         "POSTSTELLE_DELIVERY__RETRY_SCHEDULE": "1s,2s",  # the test-only short schedule
         "POSTSTELLE_DELIVERY__LIFETIME": "20s",
         "POSTSTELLE_CHECKS__GREYLIST__DELAY": "2s",  # the test-only greylisting delay
+        "POSTSTELLE_INGRESS__VERDICT_WAIT": "8",  # shorter than the default 20 s: tests hold stages
         "POSTSTELLE_SINKS__ANALYTICS__BATCH_SECONDS": "0.5",
         "POSTSTELLE_SUPERVISOR__RESTART_BACKOFF_MAX": "2",
         "POSTSTELLE_RUNNER__TEMPFAIL_BACKOFF_MAX": "2",

@@ -34,9 +34,9 @@ def test_up_status_and_ctrl_c_leave_no_process_behind():
     try:
         status = stack.status()["components"]
         assert set(status) == {"kafka", "dovecot", "smarthost", "slapd", "nsd", "ingress", "stage:route",
-                               "sink:lmtp", "sink:smarthost", "sink:analytics", "retry", "bounce"}
+                               "sink:lmtp", "sink:smarthost", "sink:analytics", "retry", "bounce", "verdict"}
         assert all(c["state"] == "ready" for c in status.values())
-        stack.wait_for(lambda: "poststelle ready: smtp 127.0.0.1:39192" in (stack.home / "up.log").read_text(),
+        stack.wait_for(lambda: f"poststelle ready: smtp 127.0.0.1:{SESSION_BASE + 102}" in (stack.home / "up.log").read_text(),
                        timeout=10, what="the ready line")
         pids = [c["pid"] for c in status.values()]
     finally:

@@ -26,6 +26,7 @@ from schemas.events import (
     Edit,
     Envelope,
     HeaderSummary,
+    MessageOutcome,
     Quarantined,
     Received,
     Rejected,
@@ -127,8 +128,11 @@ async def test_received_event_is_routed_by_destination(tmp_path):
     outputs = await runner.handle(_record(encode_event(event)))
 
     assert [o.topic for o in outputs] == [
-        "poststelle.checked.route", "poststelle.routed.lmtp", "poststelle.routed.smarthost"]
+        "poststelle.checked.route", "poststelle.routed.lmtp", "poststelle.routed.smarthost", "poststelle.outcomes"]
     assert all(o.key == event.message_id.encode() for o in outputs)
+    outcome = outputs[3].event  # what a waiting ingress reads: every recipient routed
+    assert isinstance(outcome, MessageOutcome) and outcome.disposition == "routed"
+    assert sorted(outcome.recipients) == sorted(event.envelope.rcpt_to) and outcome.stage == "route"
 
     passed = outputs[0].event
     assert isinstance(passed, StageResult)
@@ -153,7 +157,7 @@ async def test_received_event_is_routed_by_destination(tmp_path):
 async def test_only_local_recipients_give_one_routed_event(tmp_path):
     runner = _runner("route", tmp_path, load_settings(None, environ={}))
     outputs = await runner.handle(_record(encode_event(_received(rcpt=["a@school.test", "b@school.test"]))))
-    assert [o.topic for o in outputs] == ["poststelle.checked.route", "poststelle.routed.lmtp"]
+    assert [o.topic for o in outputs] == ["poststelle.checked.route", "poststelle.routed.lmtp", "poststelle.outcomes"]
     assert outputs[1].event.recipients == ["a@school.test", "b@school.test"]
 
 
@@ -290,15 +294,19 @@ async def test_reject_and_quarantine_outcomes(tmp_path):
     async def quarantine(work: Work) -> Outcome:
         return Outcome(verdict=Verdict.FAIL, quarantine="Eicar-Test-Signature")
 
-    (out,) = await _scripted(tmp_path, reject).handle(_record(encode_event(event)))
+    out, told = await _scripted(tmp_path, reject).handle(_record(encode_event(event)))
     assert out.topic == "poststelle.rejected" and isinstance(out.event, Rejected)
     assert out.event.reason == "sender blocked" and out.event.stage == SCRIPTED
     assert out.event.recipients == event.envelope.rcpt_to
     assert [r.score for r in out.event.results] == [9.0]
+    assert told.topic == "poststelle.outcomes" and isinstance(told.event, MessageOutcome)
+    assert (told.event.disposition, told.event.reason, told.event.recipients) == (
+        "rejected", "sender blocked", event.envelope.rcpt_to)
 
-    (out,) = await _scripted(tmp_path, quarantine).handle(_record(encode_event(event)))
+    out, told = await _scripted(tmp_path, quarantine).handle(_record(encode_event(event)))
     assert out.topic == "poststelle.quarantine" and isinstance(out.event, Quarantined)
     assert out.event.reason == "Eicar-Test-Signature" and out.event.message == event
+    assert (told.event.disposition, told.event.stage) == ("quarantined", SCRIPTED)
 
 
 async def test_stage_edits_are_appended_to_earlier_ones(tmp_path):

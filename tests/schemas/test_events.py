@@ -12,6 +12,8 @@ from schemas.codec import MAX_DEPTH, DecodeError
 from schemas.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
+    AcceptedEarly,
+    MessageOutcome,
     BlobRef,
     Bounced,
     Client,
@@ -87,6 +89,9 @@ def all_events() -> list[Event]:
         Deadlettered(message_id="", consumer="route", source_topic="poststelle.received", partition=3,
                      offset=99, reason="undecodable", error="not JSON: unexpected character",
                      payload="garbage \ufffd"),
+        MessageOutcome(message_id=rec.message_id, stage="virus", disposition="rejected",
+                       recipients=list(rec.envelope.rcpt_to), reason="infected: Eicar-Test-Signature"),
+        AcceptedEarly(message_id=rec.message_id, waited_ms=20001.5),
         SmtpConnect(session_id=rec.session_id, client_ip="2001:db8::25", client_port=51000, listener="submission"),
         SmtpReject(session_id=rec.session_id, client_ip="192.0.2.7", phase="data", check="smuggling",
                    reason_code="illegal_line_ending",

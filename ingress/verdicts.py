@@ -1,0 +1,151 @@
+"""SMTP-time verdicts: the ingress waits, after storing a message, for the pipeline's outcome.
+
+Stages write a small `outcome` event to ``poststelle.outcomes`` whenever they end a message's way
+for some recipients (rejected, quarantined, or routed to a sink). Every ingress process follows
+that topic from its end (no consumer group, all partitions) and wakes the DATA command waiting for
+that message. So a virus, a site block-list hit or a DMARC reject is answered ``554 5.7.1`` to the
+sending MTA, which then owns the bounce; nothing is ever bounced to a possibly forged sender.
+
+When the wait runs out, the ingress answers ``250`` and first records that (`accepted_early`); the
+verdict service (consumers/sinks/verdict.py) then turns a later rejection into quarantine.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from aiokafka import TopicPartition
+
+from pipeline.bus import make_consumer
+from pipeline.settings import KafkaSettings
+from schemas.events import DecodeError, MessageOutcome, decode_event
+
+__all__ = ["Pending", "OutcomeFollower", "refusal_text"]
+
+log = logging.getLogger(__name__)
+
+MAX_REASON = 200  # characters of a stage's reason shown to the client
+
+
+@dataclass
+class Pending:
+    """One message waiting for its verdict: done once every recipient has an outcome."""
+
+    recipients: set[str]
+    outcomes: list[MessageOutcome] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, outcome: MessageOutcome) -> None:
+        self.outcomes.append(outcome)
+        if outcome.disposition != "routed":
+            self.recipients.clear()  # a rejection or quarantine decides for the whole message
+        else:
+            self.recipients.difference_update(outcome.recipients)
+        if not self.recipients:
+            self.done.set()
+
+    @property
+    def rejection(self) -> MessageOutcome | None:
+        """The rejection, when the outcome is complete and every recipient's copy was rejected."""
+        if not self.done.is_set():
+            return None
+        rejected = [o for o in self.outcomes if o.disposition == "rejected"]
+        return rejected[0] if rejected and all(o.disposition == "rejected" for o in self.outcomes) else None
+
+
+def refusal_text(outcome: MessageOutcome) -> str:
+    """The DATA reply for a rejected message: the stage and its reason, on one line, bounded."""
+    reason = " ".join(outcome.reason.split())[:MAX_REASON] or "policy"
+    return f"554 5.7.1 Message refused by {outcome.stage} check: {reason}"
+
+
+class OutcomeFollower:
+    """Reads ``poststelle.outcomes`` from its end and wakes the messages waiting for them."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, client_id: str = "ingress-outcomes") -> None:
+        self.topic = topic
+        self._kafka, self._client_id = kafka, client_id
+        self._consumer = make_consumer(kafka, None, client_id)
+        self._waiting: dict[str, Pending] = {}
+        self._task: asyncio.Task | None = None
+        self.ready = False  # following the topic; when not, nobody waits
+
+    async def start(self) -> None:
+        """Start following; returns once positioned at the end of every partition."""
+        await self._consumer.start()
+        partitions = self._consumer.partitions_for_topic(self.topic) or set()
+        if not partitions:
+            await self._consumer._client.force_metadata_update()  # topic created just now
+            partitions = self._consumer.partitions_for_topic(self.topic) or set()
+        if not partitions:
+            raise ConnectionError(f"topic {self.topic} has no partitions (not created yet?)")
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the end offsets now, so nothing written from here on is missed
+            await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._follow(), name="outcome-follower")
+        self.ready = True
+
+    def expect(self, message_id: str, recipients: list[str]) -> Pending:
+        """Register interest before the message is persisted (its outcome cannot come earlier)."""
+        pending = Pending(recipients=set(recipients))
+        self._waiting[message_id] = pending
+        return pending
+
+    def forget(self, message_id: str) -> None:
+        self._waiting.pop(message_id, None)
+
+    async def wait(self, pending: Pending, timeout: float) -> bool:
+        """Whether the outcome became complete within `timeout` seconds."""
+        if not self.ready:
+            return False
+        try:
+            await asyncio.wait_for(pending.done.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                batch = await self._consumer.getmany(timeout_ms=1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker trouble: aiokafka reconnects; waiters time out meanwhile
+                log.warning("following %s: %s: %s", self.topic, type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
+                continue
+            for records in batch.values():
+                for record in records:
+                    self._apply(record.value)
+
+    def _apply(self, value: bytes | None) -> None:
+        try:
+            outcome = decode_event(value or b"", expect=(MessageOutcome,))
+        except DecodeError as exc:
+            log.warning("ignoring an undecodable record on %s: %s", self.topic, exc)
+            return
+        assert isinstance(outcome, MessageOutcome)
+        pending = self._waiting.get(outcome.message_id)
+        if pending is not None:
+            pending.add(outcome)
+
+    async def reset(self) -> None:
+        """After a failed `start`: drop the consumer and make a fresh one for the next try."""
+        await self._stop_consumer()
+        self._consumer = make_consumer(self._kafka, None, self._client_id)
+
+    async def close(self) -> None:
+        self.ready = False
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._stop_consumer()
+
+    async def _stop_consumer(self) -> None:
+        try:
+            await asyncio.wait_for(self._consumer.stop(), 5.0)
+        except Exception as exc:
+            log.debug("outcome follower stop: %s", exc)
