@@ -152,9 +152,9 @@ class Edit:
     """A change a stage asks the delivery sink to apply when rendering; the blob is never changed."""
 
     stage: str
-    kind: Literal["add_header", "subject_tag"]
-    name: str = ""  # header name for add_header
-    value: str = ""  # header value, or the tag text
+    kind: Literal["add_header", "subject_tag", "remove_header"]
+    name: str = ""  # header name for add_header and remove_header
+    value: str = ""  # header value, or the tag text; remove_header: only fields whose first word is this
 
 
 # ---- message events ------------------------------------------------------------------------

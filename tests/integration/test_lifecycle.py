@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import tomllib
+from pathlib import Path
 
 from tests.integration.conftest import REPO, SESSION_BASE, launch, stop
 
@@ -33,7 +35,9 @@ def test_up_status_and_ctrl_c_leave_no_process_behind():
     stack = launch(REPO / "var" / f"test-lifecycle-{SESSION_BASE + 100}", SESSION_BASE + 100)
     try:
         status = stack.status()["components"]
-        assert set(status) == {"kafka", "dovecot", "smarthost", "slapd", "nsd", "ingress", "stage:route",
+        stages = tomllib.loads(Path(stack.env["POSTSTELLE_CONFIG"]).read_text())["topology"]["stages"]
+        assert set(status) == {"kafka", "dovecot", "smarthost", "slapd", "nsd", "ingress",
+                               *(f"stage:{name}" for name in stages),
                                "sink:lmtp", "sink:smarthost", "sink:analytics", "retry", "bounce", "verdict"}
         assert all(c["state"] == "ready" for c in status.values())
         stack.wait_for(lambda: f"poststelle ready: smtp 127.0.0.1:{SESSION_BASE + 102}" in (stack.home / "up.log").read_text(),

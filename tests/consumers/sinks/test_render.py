@@ -88,3 +88,41 @@ def test_the_input_bytes_are_not_modified():
 def test_unknown_edit_kind_is_an_error():
     with pytest.raises(ValueError, match="unknown edit kind"):
         render(RAW, [Edit(stage="x", kind="rewrite_body", value="")])  # type: ignore[arg-type]
+
+
+# ---- remove_header (the auth stage drops forged Authentication-Results) ---------------------------
+
+FORGED = (
+    b"Received: from x by y\r\n"
+    b"Authentication-Results: MX.school.test; dkim=pass\r\n"
+    b"\theader.d=good.test\r\n"
+    b"Authentication-Results: mx.school.test.evil; spf=pass\r\n"
+    b"authentication-results:mx.school.test;dmarc=pass\r\n"
+    b"Subject: hi\r\n"
+    b"\r\n"
+    b"Authentication-Results: mx.school.test; this is body\r\n"
+)
+
+
+def test_remove_header_drops_only_fields_with_that_first_word_and_their_folded_lines():
+    edit = Edit(stage="auth", kind="remove_header", name="Authentication-Results", value="mx.school.test")
+    assert render(FORGED, [edit]) == (
+        b"Received: from x by y\r\n"
+        b"Authentication-Results: mx.school.test.evil; spf=pass\r\n"
+        b"Subject: hi\r\n"
+        b"\r\n"
+        b"Authentication-Results: mx.school.test; this is body\r\n"
+    )
+
+
+def test_remove_header_without_value_drops_every_field_of_that_name():
+    out = render(RAW, [Edit(stage="x", kind="remove_header", name="subject")])
+    assert out == b"From: Alice <alice@ext.test>\r\nTo: bob@school.test\r\n\r\nSubject: this line is body, not a header\r\n"
+
+
+def test_a_header_longer_than_998_octets_is_folded_after_semicolons():
+    value = "; ".join(["mx.school.test"] + [f"dkim=pass header.d=d{i}.test header.s=sel" for i in range(40)])
+    out = render(RAW, [Edit(stage="auth", kind="add_header", name="Authentication-Results", value=value)])
+    head = out.split(b"\r\n\r\n")[0]
+    assert all(len(line) <= 998 for line in head.split(b"\r\n"))
+    assert out.count(b";\r\n\tdkim=pass") == 40
