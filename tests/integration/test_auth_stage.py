@@ -85,7 +85,10 @@ def test_an_unlisted_client_gets_spf_fail(stack):
 def test_a_dmarc_reject_domain_failing_alignment_is_rejected_and_not_delivered(stack):
     test_id = new_test_id()
     sender = f"chef-{test_id[:8]}@good.test"
-    send_from(stack, "127.0.0.1", sender, message(test_id, sender))  # unsigned, SPF fail: nothing aligns
+    with pytest.raises(smtplib.SMTPDataError) as refused:  # unsigned, SPF fail: nothing aligns
+        send_from(stack, "127.0.0.1", sender, message(test_id, sender))
+    assert refused.value.smtp_code == 554  # the SMTP-time verdict: the sending MTA owns the bounce
+    assert refused.value.smtp_error.startswith(b"5.7.1 Message refused by auth check: DMARC policy of good.test")
     (row,) = stack.wait_for(
         lambda: stack.sql("SELECT stage, reason, recipients FROM poststelle.events "
                           f"WHERE type = 'rejected' AND sender = '{sender}'"),
