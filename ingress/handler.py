@@ -43,6 +43,8 @@ from schemas.events import (
 )
 from schemas.ids import new_id
 
+SKIPPED_TEMPFAIL = "skipped_tempfail"  # the note of a check that let the client through after a DNS timeout
+
 __all__ = ["IngressHandler", "EventSink", "Authenticator"]
 
 log = logging.getLogger(__name__)
@@ -287,6 +289,7 @@ class IngressHandler:
                 session_id=ctx.session_id,
                 listener="submission" if self.listener == "submission" else "smtp",
                 ingress_host=self.hostname,
+                skipped_checks=ctx.skipped_checks(),
             )
             # the sink bounds this by persist_timeout and aborts the event on failure, so it is never
             # delivered behind a 451; the outer bound only guards against a sink that hangs
@@ -311,6 +314,8 @@ class IngressHandler:
         recipient = args[0] if phase == "rcpt" else ""
         for check, result in ctx.notes.items():
             self._note(ctx, phase, check, result, recipient=recipient)
+            if result == SKIPPED_TEMPFAIL:
+                ctx.skipped.setdefault(check, phase)
         if not outcome.refused:
             return None
         decision = outcome.decision

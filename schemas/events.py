@@ -170,6 +170,9 @@ class Received(Event):
     session_id: str = ""
     listener: str = "smtp"
     ingress_host: str = ""
+    # SMTP-time checks that let the message through after a temporary failure (e.g. ["dnsbl"] after a
+    # DNS timeout with on_error = "skip"); the blocklist stage looks again
+    skipped_checks: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
