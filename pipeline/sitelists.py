@@ -193,17 +193,39 @@ class Match:
 
 @dataclass(slots=True)
 class _Table:
+    """One list: entries by key, and its networks indexed by (IP version, prefix length) for lookups
+    that cost one set probe per prefix length in use, however many networks there are."""
+
     by_key: dict[str, Entry] = field(default_factory=dict)
-    networks: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=dict)
+    networks: dict[tuple[int, int], dict[int, str]] = field(default_factory=dict)  # -> network int -> key
 
     def put(self, entry: Entry) -> None:
         self.by_key[entry.key] = entry
         if entry.kind == "cidr":
-            self.networks[entry.key] = ipaddress.ip_network(entry.value)
+            network = ipaddress.ip_network(entry.value)
+            self.networks.setdefault((network.version, network.prefixlen), {})[int(network.network_address)] = entry.key
 
     def remove(self, key: str) -> None:
-        self.by_key.pop(key, None)
-        self.networks.pop(key, None)
+        entry = self.by_key.pop(key, None)
+        if entry is not None and entry.kind == "cidr":
+            network = ipaddress.ip_network(entry.value)
+            slot = (network.version, network.prefixlen)
+            self.networks.get(slot, {}).pop(int(network.network_address), None)
+            if not self.networks.get(slot, True):
+                del self.networks[slot]
+
+    def network_key(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+        """The key of the longest network holding `address`."""
+        bits = address.max_prefixlen
+        value = int(address)
+        for (version, prefixlen) in sorted(self.networks, key=lambda slot: -slot[1]):
+            if version != address.version:
+                continue
+            masked = value >> (bits - prefixlen) << (bits - prefixlen) if prefixlen else 0
+            key = self.networks[(version, prefixlen)].get(masked)
+            if key is not None:
+                return key
+        return None
 
 
 def _parents(domain: str) -> Iterator[str]:
@@ -313,10 +335,8 @@ class SiteLists:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         table = self.tables[list_name]
-        for key, network in table.networks.items():
-            if address.version == network.version and address in network:
-                return Match(table.by_key[key], str(address))
-        return None
+        key = table.network_key(address)
+        return Match(table.by_key[key], str(address)) if key is not None else None
 
     def match_sha256(self, list_name: str, digest: str) -> Match | None:
         entry = self.get(list_name, "sha256", digest)

@@ -1,8 +1,9 @@
 """What the blocklist stage looks up, taken from a message: link hosts, From domains, attachment digests.
 
 Links: every text/plain and text/html part is decoded (Content-Transfer-Encoding, then its
-charset; an unknown charset is read as UTF-8 with replacement). In HTML, the `href`, `src` and
-`action` attributes and the text are searched, after entity decoding; in plain text, bare URLs
+charset; an unknown charset is read as UTF-8 with replacement). In HTML, the absolute URLs of
+`href`, `src` and `action` attributes and the text between tags are searched, after entity
+decoding; in plain text, bare URLs
 (`http://`, `https://`, `ftp://`) and `www.` names. A host is normalised (lower case, IDNA A-labels,
 no port, user info or final dot); IP literals and names without a dot are left out. URIBLs list
 *registrable* domains (`www.bad-link.test` is looked up as `bad-link.test`), found with the Public
@@ -22,13 +23,13 @@ import email
 import email.policy
 import email.utils
 import hashlib
+import html
 import ipaddress
 import logging
 import re
 from dataclasses import dataclass, field
 from email.message import Message
 from functools import lru_cache
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -49,7 +50,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PSL_PATH = "/usr/share/publicsuffix/public_suffix_list.dat"  # Debian's publicsuffix package
 _URL = re.compile(r"""(?i)\b(?:(?:https?|ftp)://|www\.)[^\s<>"'`{}|\\^\[\]]+""")
-_URL_ATTRIBUTES = frozenset({"href", "src", "action"})
+_URL_ATTRIBUTE = re.compile(r"""(?i)\b(?:href|src|action)\s*=\s*["']?\s*((?:(?:https?:|ftp:)?//|www\.)[^"'\s>]+)""")
+_TAG = re.compile(r"<[^>]*>")
 
 
 # ---- hosts ----------------------------------------------------------------------------------------
@@ -83,33 +85,15 @@ def hosts_in_text(text: str) -> list[str]:
     return [h for h in (host_of_url(m.group(0)) for m in _URL.finditer(text)) if h]
 
 
-class _LinkParser(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.urls: list[str] = []
-        self.text: list[str] = []
+def hosts_in_html(markup: str) -> list[str]:
+    """Hosts of link attributes (href, src, action) and of bare URLs in an HTML part.
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        for name, value in attrs:
-            if name in _URL_ATTRIBUTES and value:
-                self.urls.append(value)
-
-    handle_startendtag = handle_starttag
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-
-def hosts_in_html(html: str) -> list[str]:
-    """Hosts of link attributes (href, src, action) and of bare URLs in the text of an HTML part."""
-    parser = _LinkParser()
-    try:
-        parser.feed(html)
-        parser.close()
-    except (AssertionError, ValueError):  # html.parser gives up on some broken markup: use the raw text
-        return hosts_in_text(html)
-    hosts = [h for h in (host_of_url(u) for u in parser.urls) if h]
-    return hosts + hosts_in_text(" ".join(parser.text))
+    Regular expressions over the entity-decoded markup rather than a parser: a hostile part cannot
+    make it fail, and it finds links in broken markup a browser would still show."""
+    text = html.unescape(markup)
+    attributes = [m.group(1) for m in _URL_ATTRIBUTE.finditer(text)]
+    hosts = [h for h in (host_of_url(u) for u in attributes) if h]
+    return hosts + hosts_in_text(_TAG.sub(" ", text))
 
 
 # ---- registrable domains --------------------------------------------------------------------------

@@ -138,3 +138,15 @@ async def _until(predicate, timeout: float = 2.0) -> None:
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
+
+
+def test_the_longest_network_matches_and_removal_falls_back_to_the_shorter() -> None:
+    lists = lists_with(("block", "cidr", "10.0.0.0/8"), ("block", "cidr", "10.1.0.0/16"), ("block", "cidr", "0.0.0.0/0"))
+    assert lists.match_ip(BLOCK, "10.1.2.3").entry.value == "10.1.0.0/16"
+    lists.apply(BLOCK, "cidr:10.1.0.0/16", None)
+    assert lists.match_ip(BLOCK, "10.1.2.3").entry.value == "10.0.0.0/8"
+    lists.apply(BLOCK, "cidr:10.0.0.0/8", None)
+    assert lists.match_ip(BLOCK, "10.1.2.3").entry.value == "0.0.0.0/0"
+    assert lists.match_ip(BLOCK, "2001:db8::1") is None  # an IPv4 network never holds an IPv6 address
+    lists.apply(BLOCK, "cidr:0.0.0.0/0", None)
+    assert lists.match_ip(BLOCK, "10.1.2.3") is None and lists.tables[BLOCK].networks == {}

@@ -52,10 +52,11 @@ def test_bare_urls_in_plain_text_with_trailing_punctuation() -> None:
 
 def test_html_links_attributes_entities_and_text() -> None:
     html = ('<html><body><a HREF="http://www.bad-link.test/a">Bank</a>'
-            '<img src="https://img.cdn.test/p.gif"><form action="https://post.test/x"></form>'
+            '<img src="//img.cdn.test/p.gif"><form action="https://post.test/x"></form>'
+            '<a href=www.unquoted.test>y</a><a href="relative/path.html">z</a>'
             '<p>Visit http&#58;//entity.test/ or www.text-link.test</p></body></html>')
-    assert hosts_in_html(html) == ["www.bad-link.test", "img.cdn.test", "post.test", "entity.test",
-                                   "www.text-link.test"]
+    assert hosts_in_html(html) == ["www.bad-link.test", "img.cdn.test", "post.test", "www.unquoted.test",
+                                   "entity.test", "www.text-link.test"]
 
 
 # ---- bodies --------------------------------------------------------------------------------------
