@@ -35,6 +35,7 @@ __all__ = [
     "ON_ERROR",
     "ListSite",
     "ListResult",
+    "Lookup",
     "SiteHit",
     "SenderSyntaxError",
     "evaluate",

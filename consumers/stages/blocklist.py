@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from consumers.stages.blocklist_content import DEFAULT_PSL_PATH, MessageFacts, extract_facts, load_public_suffix_list
 from pipeline.blobstore import BlobNotFound
 from pipeline.dns import Answer, Resolver, normalize_ip
-from pipeline.dnslists import ListSite, evaluate, validate_list_settings
+from pipeline.dnslists import ListSite, Lookup, evaluate, validate_list_settings
 from pipeline.registry import register
 from pipeline.settings import ConfigError
 from pipeline.sitelists import ALLOW, BLOCK, EntryError, Match, SiteLists, kafka_transport, normalize_address
@@ -208,7 +208,7 @@ class BlocklistStage:
     async def lookups(self, facts: MessageFacts, recheck_ip: str) -> _Lookups:
         """Every DNS list lookup of one message, concurrently; listings, score and failures."""
         s = self.settings
-        groups: list[tuple[str, Sequence[ListSite], list[str], object]] = [
+        groups: list[tuple[str, Sequence[ListSite], list[str], Lookup]] = [
             ("uribl", s.uribl, facts.url_domains, self.resolver.rhsbl),
             ("rhsbl", s.rhsbl, facts.from_domains, self.resolver.rhsbl),
             ("dnsbl", self.dnsbl_sites, [recheck_ip] if recheck_ip else [], self.resolver.dnsbl),
@@ -218,8 +218,8 @@ class BlocklistStage:
                                          for _, sites, subjects, lookup in groups for subject in subjects))
         found = _Lookups()
         index = 0
-        for check, sites, subjects, _ in groups:
-            counted: set[int] = set()
+        for check, _sites, subjects, _lookup in groups:
+            counted: set[int] = set()  # ids of the sites whose weight is in the score
             for _subject in subjects:
                 result = results[index]
                 index += 1
@@ -227,9 +227,8 @@ class BlocklistStage:
                 for hit in result.hits:
                     found.listed.append(Listing(check=check, zone=hit.site.zone, subject=hit.subject,
                                                 codes=list(hit.records), weight=hit.site.weight))
-                    site_id = next(i for i, site in enumerate(sites) if site is hit.site)
-                    if site_id not in counted:
-                        counted.add(site_id)
+                    if id(hit.site) not in counted:
+                        counted.add(id(hit.site))
                         found.score += hit.site.weight
         return found
 

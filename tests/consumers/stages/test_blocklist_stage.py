@@ -86,6 +86,18 @@ async def test_grey_code_outside_the_codes_does_not_count(harness: Harness) -> N
     assert outcome.details["listed"] == [] and outcome.details["url_domains"] == ["grey-link.test", "good.test"]
 
 
+async def test_weights_of_several_sites_add_up(tmp_path: Path, resolver) -> None:
+    grey = ListSite(zone="multi.uribl.test", codes=["127.0.0.4"], weight=2)
+    h = Harness(tmp_path, resolver, uribl=[URIBL, grey], threshold=3)
+    await h.stage.start()
+    outcome = await h.run(mail("http://bad-link.test/ http://www.grey-link.test/ http://a.bad-link.test/"))
+    assert (outcome.verdict, outcome.score) == (Verdict.FAIL, 3.0)
+    assert sorted((x["subject"], x["weight"]) for x in outcome.details["listed"]) == [
+        ("bad-link.test", 1), ("grey-link.test", 2)]
+    only_grey = await h.run(mail("http://grey-link.test/"))
+    assert (only_grey.verdict, only_grey.score) == (Verdict.PASS, 2.0)  # under the threshold: a score, no fail
+
+
 async def test_rhsbl_listed_from_domain_fails(harness: Harness) -> None:
     outcome = await harness.run(mail(header_from="Chef <ceo@spammer.test>"))
     assert outcome.verdict == Verdict.FAIL
