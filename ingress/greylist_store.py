@@ -25,8 +25,9 @@ an older write never undoes a newer one. A tombstone deletes only an entry that 
 as well. Two instances that see the first attempt of a triplet at nearly the same time both write
 it; the later `first_seen` wins, and the worst case is one extra delay for that sender.
 
-The log itself is behind `Transport` (httpx's idea): `KafkaTransport` for the ingress,
-`MemoryTransport` over a shared `MemoryLog` for unit tests and the benchmark.
+The log itself is behind `Transport` (`pipeline.compacted`, shared with the site's lists):
+`KafkaTransport` for the ingress, `MemoryTransport` over a shared `MemoryLog` for unit tests and
+the benchmark.
 """
 from __future__ import annotations
 
@@ -35,15 +36,13 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import orjson
-from aiokafka import TopicPartition
 
-from pipeline.bus import make_consumer, make_producer
-from pipeline.settings import KafkaSettings
+from pipeline import compacted
+from pipeline.compacted import Apply, KafkaTransport, MemoryTransport, TopicMissing, Transport
 
 __all__ = [
     "TRIPLETS",
@@ -62,6 +61,7 @@ __all__ = [
     "MemoryLog",
     "MemoryTransport",
     "KafkaTransport",
+    "TopicMissing",
     "mask_client",
     "triplet_key",
     "client_key",
@@ -154,162 +154,14 @@ def _sender_domain(sender: str) -> str:
     return sender.rpartition("@")[2]
 
 
-# ---- transports -----------------------------------------------------------------------------------
-
-Apply = Callable[[str, str, "bytes | None"], None]  # (table, key, value or None for a tombstone)
+# ---- transports: the shared machinery of pipeline.compacted, with this store's two tables --------
 
 
-class Transport(Protocol):
-    """The shared log of both tables."""
-
-    async def open(self) -> None:
-        """Connect and go to the beginning of both tables; note where they end now."""
-
-    async def read_to_end(self, apply: Apply) -> None:
-        """Apply every record written before `open`."""
-
-    async def read_new(self, apply: Apply) -> None:
-        """Apply what arrived since the last read; wait a moment when nothing did."""
-
-    async def write(self, table: str, key: str, value: bytes | None) -> asyncio.Future | None:
-        """Hand one record (None: a tombstone) to the log; raise when that is impossible.
-
-        Returns None when the record is written, or a future that completes when it is (or fails).
-        """
-
-    async def close(self) -> None:
-        """Disconnect; safe to call when not (or only partly) open."""
-
-
-class MemoryLog:
-    """Both tables as in-process lists of (key, value), shared by every `MemoryTransport` on it.
-
-    Set `available` to False to act like a broker that is down.
-    """
+class MemoryLog(compacted.MemoryLog):
+    """Both greylisting tables in memory (see `pipeline.compacted.MemoryLog`)."""
 
     def __init__(self) -> None:
-        self.records: dict[str, list[tuple[str, bytes | None]]] = {TRIPLETS: [], CLIENTS: []}
-        self.available = True
-
-    def latest(self, table: str, key: str) -> bytes | None:
-        """The last value written for `key` (what compaction keeps); KeyError if never written."""
-        for record_key, value in reversed(self.records[table]):
-            if record_key == key:
-                return value
-        raise KeyError(key)
-
-
-class MemoryTransport:
-    """A `Transport` over a `MemoryLog`, with its own read positions (one per store)."""
-
-    def __init__(self, memory: MemoryLog, poll_interval: float = 0.005) -> None:
-        self.memory = memory
-        self.poll_interval = poll_interval
-        self._positions = {TRIPLETS: 0, CLIENTS: 0}
-        self._ends = {TRIPLETS: 0, CLIENTS: 0}
-
-    def _require_available(self) -> None:
-        if not self.memory.available:
-            raise ConnectionError("memory log is unavailable")
-
-    async def open(self) -> None:
-        self._require_available()
-        self._positions = {table: 0 for table in self.memory.records}
-        self._ends = {table: len(records) for table, records in self.memory.records.items()}
-
-    async def read_to_end(self, apply: Apply) -> None:
-        self._read(apply, self._ends)
-
-    async def read_new(self, apply: Apply) -> None:
-        if not self.memory.available or not self._read(apply, {t: len(r) for t, r in self.memory.records.items()}):
-            await asyncio.sleep(self.poll_interval)
-
-    def _read(self, apply: Apply, ends: Mapping[str, int]) -> int:
-        count = 0
-        for table, end in ends.items():
-            for key, value in self.memory.records[table][self._positions[table]:end]:
-                apply(table, key, value)
-                count += 1
-            self._positions[table] = max(self._positions[table], end)
-        return count
-
-    async def write(self, table: str, key: str, value: bytes | None) -> None:
-        self._require_available()
-        self.memory.records[table].append((key, value))
-        return None
-
-    async def close(self) -> None:
-        pass
-
-
-class TopicMissing(RuntimeError):
-    pass
-
-
-class KafkaTransport:
-    """A `Transport` over the two compacted topics; reads every partition, in no consumer group."""
-
-    def __init__(self, kafka: KafkaSettings, topics: Mapping[str, str], client_id: str = "greylist") -> None:
-        self.kafka = kafka
-        self.topics = dict(topics)  # table -> topic
-        self._table_of = {topic: table for table, topic in self.topics.items()}
-        self.client_id = client_id
-        self._producer = None
-        self._consumer = None
-        self._ends: dict[TopicPartition, int] = {}
-
-    async def open(self) -> None:
-        await self.close()
-        self._producer = make_producer(self.kafka, f"{self.client_id}-writer")
-        self._consumer = make_consumer(self.kafka, None, f"{self.client_id}-reader")
-        await self._producer.start()
-        await self._consumer.start()
-        partitions = [tp for topic in self.topics.values() for tp in await self._partitions(topic)]
-        self._consumer.assign(partitions)
-        await self._consumer.seek_to_beginning(*partitions)
-        self._ends = await self._consumer.end_offsets(partitions)
-
-    async def _partitions(self, topic: str) -> list[TopicPartition]:
-        found = self._consumer.partitions_for_topic(topic)
-        if not found:
-            await self._consumer._client.force_metadata_update()  # a topic created just now
-            found = self._consumer.partitions_for_topic(topic)
-        if not found:
-            raise TopicMissing(f"topic {topic} does not exist")
-        return [TopicPartition(topic, p) for p in sorted(found)]
-
-    async def read_to_end(self, apply: Apply) -> None:
-        while await self._behind():
-            await self.read_new(apply)
-
-    async def _behind(self) -> bool:
-        for tp, end in self._ends.items():
-            if await self._consumer.position(tp) < end:
-                return True
-        return False
-
-    async def read_new(self, apply: Apply) -> None:
-        batch = await self._consumer.getmany(timeout_ms=500)
-        for tp, records in batch.items():
-            table = self._table_of[tp.topic]
-            for record in records:
-                if record.key is not None:
-                    apply(table, record.key.decode("utf-8", "replace"), record.value)
-
-    async def write(self, table: str, key: str, value: bytes | None) -> asyncio.Future:
-        if self._producer is None:
-            raise ConnectionError("greylist transport is not open")
-        return await self._producer.send(self.topics[table], value, key=key.encode())
-
-    async def close(self) -> None:
-        consumer, producer = self._consumer, self._producer
-        self._consumer = self._producer = None
-        for client in (consumer, producer):
-            if client is not None:
-                try:  # the producer sends what it holds first: bounded, the broker may be gone
-                    await asyncio.wait_for(client.stop(), self.kafka.request_timeout_ms / 1000 + 1)
-                except Exception as exc:  # closing must go on
-                    log.warning("greylist: closing a Kafka client: %s", exc)
+        super().__init__((TRIPLETS, CLIENTS))
 
 
 # ---- the store ------------------------------------------------------------------------------------
@@ -379,23 +231,11 @@ class GreylistStore:
             await self.transport.close()
 
     async def _follow_log(self) -> None:
-        while not self.ready:
-            try:
-                await self.transport.open()
-                await self.transport.read_to_end(self.apply)
-            except Exception as exc:  # broker down, topic missing: try again
-                log.warning("greylist: cannot replay the state yet: %s: %s", type(exc).__name__, exc)
-                await self.transport.close()
-                await asyncio.sleep(self.retry_every)
-                continue
-            self._caught_up.set()
-            log.info("greylist: state replayed (%d triplets, %d clients)", len(self.triplets), len(self.clients))
-        while True:
-            try:
-                await self.transport.read_new(self.apply)
-            except Exception as exc:  # the client reconnects by itself; keep the local state meanwhile
-                log.warning("greylist: reading the state: %s: %s", type(exc).__name__, exc)
-                await asyncio.sleep(self.retry_every)
+        await compacted.follow_tables(self.transport, self.apply, self._caught_up, label="greylist",
+                                      retry_every=self.retry_every, on_caught_up=self._log_replayed)
+
+    def _log_replayed(self) -> None:
+        log.info("greylist: state replayed (%d triplets, %d clients)", len(self.triplets), len(self.clients))
 
     async def _write_queued(self) -> None:
         while True:

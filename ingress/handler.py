@@ -47,6 +47,8 @@ from schemas.events import (
 )
 from schemas.ids import new_id
 
+SKIPPED_TEMPFAIL = "skipped_tempfail"  # the note of a check that let the client through after a DNS timeout
+
 __all__ = ["IngressHandler", "EventSink", "Authenticator"]
 
 log = logging.getLogger(__name__)
@@ -306,6 +308,7 @@ class IngressHandler:
                     session_id=ctx.session_id,
                     listener="submission" if self.listener == "submission" else "smtp",
                     ingress_host=self.hostname,
+                    skipped_checks=ctx.skipped_checks(),
                     answer_by=iso_from_epoch(answer_by) if answer_by else "",
                 )
                 # the sink bounds this by persist_timeout and aborts the event on failure, so it is never
@@ -366,6 +369,8 @@ class IngressHandler:
         recipient = args[0] if phase == "rcpt" else ""
         for check, result in ctx.notes.items():
             self._note(ctx, phase, check, result, recipient=recipient)
+            if result == SKIPPED_TEMPFAIL:
+                ctx.skipped.setdefault(check, phase)
         if not outcome.refused:
             return None
         decision = outcome.decision

@@ -106,6 +106,16 @@ class Topics:
         """Compacted: greylisting auto-whitelist counters per client network and sender domain."""
         return self._t("greylist.clients")
 
+    @property
+    def sitelist_block(self) -> str:
+        """Compacted: the site's own block list (`poststelle list`), keyed "<kind>:<value>"."""
+        return self._t("sitelist.block")
+
+    @property
+    def sitelist_allow(self) -> str:
+        """Compacted: the site's own allow list (`poststelle list`), keyed "<kind>:<value>"."""
+        return self._t("sitelist.allow")
+
     def event_topics(self) -> list[str]:
         """Every topic that carries events analytics records (all but the compacted state tables)."""
         return [
@@ -122,10 +132,11 @@ class Topics:
 
     def all_topics(self) -> list[str]:
         return [*self.event_topics(), self.outcomes, self.ledger, self.greylist_triplets,
-                self.greylist_clients, self.accepted_early]
+                self.greylist_clients, self.sitelist_block, self.sitelist_allow, self.accepted_early]
 
     def compacted(self) -> set[str]:
-        return {self.ledger, self.greylist_triplets, self.greylist_clients, self.accepted_early}
+        return {self.ledger, self.greylist_triplets, self.greylist_clients, self.sitelist_block,
+                self.sitelist_allow, self.accepted_early}
 
     def configs(self, name: str) -> dict[str, str]:
         """Topic configuration at creation: compaction for the state tables."""

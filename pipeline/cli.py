@@ -8,6 +8,7 @@
     poststelle run COMPONENT           one process: ingress | stage:NAME | sink:NAME | retry | bounce | verdict
     poststelle config check            validate the configuration and print it
     poststelle schemas export [DIR]    write the events' JSON Schema files
+    poststelle list add|remove|show    the site's own block and allow lists (pipeline/sitelist_cli.py)
 """
 from __future__ import annotations
 
@@ -271,6 +272,12 @@ def cmd_schemas_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    from pipeline.sitelist_cli import run_list_command
+
+    return run_list_command(_settings(args), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="poststelle", description="event-sourced mail gateway")
     parser.add_argument("--config", "-c", help="TOML config (default: $POSTSTELLE_CONFIG, else the local stack's)")
@@ -302,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = schemas.add_parser("export", help="write JSON Schema files")
     export.add_argument("directory", nargs="?", default=None)
     export.set_defaults(func=cmd_schemas_export)
+    from pipeline.sitelist_cli import add_parser as add_list_parser
+
+    add_list_parser(sub, cmd_list)
     return parser
 
 

@@ -172,6 +172,9 @@ class Received(Event):
     session_id: str = ""
     listener: str = "smtp"
     ingress_host: str = ""
+    # SMTP-time checks that let the message through after a temporary failure (e.g. ["dnsbl"] after a
+    # DNS timeout with on_error = "skip"); the blocklist stage looks again
+    skipped_checks: list[str] = field(default_factory=list)
     # by when the ingress answers the client (ISO time); "" when it does not wait for the pipeline's
     # verdict. A rejection the client was not told of becomes quarantine (see consumers/sinks/verdict.py)
     answer_by: str = ""

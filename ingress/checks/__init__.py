@@ -110,6 +110,9 @@ class CheckContext:
     # results worth keeping that are not refusals (e.g. {"greylist": "passed_after_retry"}); they
     # are copied into the `received` event and into `smtp_check` events
     notes: dict[str, str] = field(default_factory=dict)
+    # checks that let the client through without an answer (on_error = "skip" after a DNS timeout),
+    # with the phase they ran in; copied into the `received` event so a stage can look again
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def authenticated(self) -> bool:
@@ -130,6 +133,11 @@ class CheckContext:
         """RSET, or a new MAIL FROM: the envelope starts over, the session facts stay."""
         self.sender = None
         self.recipients = []
+        self.skipped = {check: phase for check, phase in self.skipped.items() if phase in ("connect", "helo")}
+
+    def skipped_checks(self) -> list[str]:
+        """The checks skipped after a temporary failure in this session and transaction, in order."""
+        return list(self.skipped)
 
 
 @dataclass(slots=True)

@@ -133,7 +133,7 @@ def build_store(settings, check_settings: GreylistSettings) -> GreylistStore:
     """The store on the Kafka topics of `settings` (the whole pipeline Settings)."""
     topics = Topics.from_settings(settings)
     transport = KafkaTransport(settings.kafka, {TRIPLETS: topics.greylist_triplets,
-                                                CLIENTS: topics.greylist_clients})
+                                                CLIENTS: topics.greylist_clients}, client_id="greylist")
     return GreylistStore(transport, check_settings.policy(), sweep_every=check_settings.seconds("sweep_interval"))
 
 

@@ -193,6 +193,43 @@ async def test_notes_become_smtp_check_events(serve):
     ]
 
 
+class MailScriptedCheck(ScriptedCheck):
+    """Skips after a "temporary failure" for the first sender only."""
+
+    name = "mailscripted"
+
+    async def mail(self, ctx, sender):
+        if sender == "a@ext.test":
+            ctx.notes[self.name] = "skipped_tempfail"
+        return PASS
+
+
+async def test_checks_skipped_after_a_temporary_failure_are_named_in_the_received_event(serve):
+    # a connect-phase skip (the dnsbl) holds for the session; a mail-phase skip only for its transaction
+    sink, port = await serve([ScriptedCheck(connect="skipped_tempfail"), MailScriptedCheck()])
+    client, _ = await connect(port)
+    await client.cmd("EHLO c.ext.test")
+    for sender in ("a@ext.test", "b@ext.test"):
+        await client.cmd(f"MAIL FROM:<{sender}>")
+        await client.cmd("RCPT TO:<max@school.test>")
+        await client.cmd("DATA")
+        assert (await client.cmd(b"Subject: x\r\n\r\nbody\r\n.")).startswith("250 ")
+    first, second = sink.persisted
+    assert first.skipped_checks == ["scripted", "mailscripted"]
+    assert second.skipped_checks == ["scripted"]  # the session's skip stays, the transaction's is gone
+
+
+async def test_no_skip_no_skipped_checks(serve):
+    sink, port = await serve([ScriptedCheck(connect="score=1")])
+    client, _ = await connect(port)
+    await client.cmd("EHLO c.ext.test")
+    await client.cmd("MAIL FROM:<a@ext.test>")
+    await client.cmd("RCPT TO:<max@school.test>")
+    await client.cmd("DATA")
+    assert (await client.cmd(b"Subject: x\r\n\r\nbody\r\n.")).startswith("250 ")
+    assert sink.persisted[0].skipped_checks == []
+
+
 # ---- limits --------------------------------------------------------------------------------------
 
 

@@ -216,13 +216,16 @@ def write_users(home: Path, quota: str) -> None:
     os.replace(tmp, path)
 
 
-def launch(home: Path, base: int) -> Stack:
-    """Start `poststelle up` with a fresh state directory and wait until every component is ready."""
+def launch(home: Path, base: int, extra_env: dict[str, str] | None = None) -> Stack:
+    """Start `poststelle up` with a fresh state directory and wait until every component is ready.
+
+    `extra_env`: further POSTSTELLE_ settings, for a test module's own stack with a different config."""
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True)
     write_users(home, quota="1K")
-    env = {**os.environ, **stack_env(home, base), "POSTSTELLE_LOCAL__DOVECOT_USERS": str(home / "users")}
+    env = {**os.environ, **stack_env(home, base), "POSTSTELLE_LOCAL__DOVECOT_USERS": str(home / "users"),
+           **(extra_env or {})}
     with open(home / "up.log", "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], cwd=REPO, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
-import tomllib
-from pathlib import Path
+
+import orjson
 
 from tests.integration.conftest import REPO, SESSION_BASE, launch, stop
 
@@ -35,7 +35,7 @@ def test_up_status_and_ctrl_c_leave_no_process_behind():
     stack = launch(REPO / "var" / f"test-lifecycle-{SESSION_BASE + 100}", SESSION_BASE + 100)
     try:
         status = stack.status()["components"]
-        stages = tomllib.loads(Path(stack.env["POSTSTELLE_CONFIG"]).read_text())["topology"]["stages"]
+        stages = orjson.loads(stack.cli("config", "check").stdout)["topology"]["stages"]
         assert set(status) == {"kafka", "dovecot", "smarthost", "slapd", "nsd", "ingress",
                                *(f"stage:{name}" for name in stages),
                                "sink:lmtp", "sink:smarthost", "sink:analytics", "retry", "bounce", "verdict"}
