@@ -1,6 +1,6 @@
 # Sourced by bench/ingress.sh and bench/pipeline.sh: a poststelle stack of its own for benchmarks.
 #
-# Ports 46088-46097 on 127.0.0.1, state in var/bench/stack (Kafka data, blobs, maildirs, chDB, logs
+# Ports 46088-46098 on 127.0.0.1, state in var/bench/stack (Kafka data, blobs, maildirs, chDB, logs
 # in var/bench/stack/log/). Needs .venv and the Kafka jars in var/kafka/lib (`make run`'s install
 # steps: make deps venv kafka-jars).
 #
@@ -26,6 +26,7 @@ stack_env() {
     export POSTSTELLE_SINKS__SMARTHOST__PORT=46097
     export POSTSTELLE_LDAP__PORT=46090 POSTSTELLE_DNS__PORT=46091  # slapd, NSD
     export POSTSTELLE_SUBMISSION__PORT=46088 POSTSTELLE_SUBMISSION__TLS_PORT=46089
+    export POSTSTELLE_LOCAL__CLAMD_PORT=46098 POSTSTELLE_STAGES__VIRUS__ADDRESS=127.0.0.1:46098  # clamd
     export POSTSTELLE_LOCAL__KAFKA_JARS=$ROOT/var/kafka/lib
 }
 
@@ -42,7 +43,7 @@ stack_up() {
         if [ "${1:-}" = ingress-only ]; then  # Kafka + ingress: nothing downstream competes for the CPU
             # slapd and NSD stay: the ingress looks recipients up in LDAP (cached) before its 250
             export POSTSTELLE_SUPERVISOR__RUN_STAGES=false POSTSTELLE_SUPERVISOR__SINKS='[]'
-            export POSTSTELLE_LOCAL__DOVECOT=false POSTSTELLE_LOCAL__SMARTHOST=false
+            export POSTSTELLE_LOCAL__DOVECOT=false POSTSTELLE_LOCAL__SMARTHOST=false POSTSTELLE_LOCAL__CLAMD=false
         fi
         exec "$ROOT/.venv/bin/poststelle" up
     ) >"$STACK_HOME/up.log" 2>&1 &

@@ -89,6 +89,8 @@ async def _announce_when_ready(supervisor, settings: Settings) -> None:
         parts.append(f"ldap {settings.ldap.host}:{settings.ldap.port}")
     if settings.local.nsd:
         parts.append(f"dns {settings.dns.nameserver}:{settings.dns.port}")
+    if settings.local.clamd:
+        parts.append(f"clamd {settings.local.clamd_host}:{settings.local.clamd_port}")
     if "analytics" in settings.supervisor.sinks and not a.url:
         parts.append(f"analytics {a.query_host}:{a.query_port}")
     print(f"poststelle ready: {', '.join(parts)} (state in {settings.home})", flush=True)

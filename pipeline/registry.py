@@ -11,6 +11,7 @@ __all__ = ["register", "get_stage", "stage_names", "stage_settings_types", "BUIL
 BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "consumers.stages.route",
     "consumers.stages.blocklist",
+    "consumers.stages.virus",
     "consumers.stages.auth",
 )
 

@@ -283,6 +283,9 @@ class LocalStackSettings:
     smarthost: bool = True  # Postfix's smtp-sink as the smarthost, on sinks.smarthost host:port
     slapd: bool = True  # OpenLDAP with deploy/local/directory.ldif, on ldap host:port
     nsd: bool = True  # NSD with the zones in deploy/local/dns/, on dns nameserver:port
+    clamd: bool = True  # clamd with the signatures in deploy/local/clamav/, on clamd_host:clamd_port
+    clamd_host: str = "127.0.0.1"
+    clamd_port: int = 3310  # TCP; the unix socket is <home>/clamd/clamd.sock
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """The supervisor behind `poststelle up`, in the spirit of Postfix's master(8).
 
-It starts the infrastructure (Kafka, Dovecot, smtp-sink, slapd, NSD) and waits until each accepts connections, creates the
+It starts the infrastructure (Kafka, Dovecot, smtp-sink, slapd, NSD, clamd) and waits until each accepts connections, creates the
 topics, then starts the ingress, every stage and every sink as separate processes. A child that
 dies is restarted with a growing backoff. SIGINT/SIGTERM stop everything in reverse order: the
 pipeline processes drain and commit, then Dovecot, then the broker; whatever has not exited when
@@ -92,6 +92,13 @@ def infrastructure_specs(settings: Settings) -> list[ServiceSpec]:
         from pipeline.localstack.nsd import ZONES_DIR, nsd_service
 
         specs.append(nsd_service(settings.home, settings.dns.nameserver, settings.dns.port, ZONES_DIR))
+    if settings.local.clamd:
+        from pipeline.localstack.clamd import DEFAULT_STREAM_MAX_LENGTH, clamd_service
+
+        virus = settings.stages.get("virus")
+        stream_max = getattr(virus, "stream_max_length", DEFAULT_STREAM_MAX_LENGTH)
+        specs.append(clamd_service(settings.home, settings.local.clamd_host, settings.local.clamd_port,
+                                   stream_max_length=stream_max))
     return specs
 
 
@@ -194,26 +201,26 @@ class Supervisor:
             await self._start(child)
 
     async def _wait_port_ready(self, child: Child, stop: asyncio.Event, timeout: float = 180.0) -> None:
-        if child.spec.ready_port is None:
+        if child.spec.ready_port is None and child.spec.ready_probe is None:
             child.state = "ready"
             return
-        host, port = child.spec.ready_port
+        where = "%s:%d" % child.spec.ready_port if child.spec.ready_port else child.spec.name
         deadline = time.monotonic() + timeout
         while not stop.is_set() and time.monotonic() < deadline:
-            if _port_open(host, port):
+            if _is_ready(child.spec):
                 child.state = "ready"
-                log.info("%s ready on %s:%d", child.spec.name, host, port)
+                log.info("%s ready on %s", child.spec.name, where)
                 return
             await asyncio.sleep(0.2)
         if not stop.is_set():
-            raise RuntimeError(f"{child.spec.name} did not open {host}:{port} within {timeout:.0f}s")
+            raise RuntimeError(f"{child.spec.name} was not ready on {where} within {timeout:.0f}s")
 
     def _refresh_states(self) -> None:
         for child in self.children:
             if child.state != "starting" or child.process is None:
                 continue
-            if child.spec.ready_port is not None:
-                if _port_open(*child.spec.ready_port):
+            if child.spec.ready_port is not None or child.spec.ready_probe is not None:
+                if _is_ready(child.spec):
                     child.state = "ready"
             elif _ready_pid(ready_file(self.settings, child.spec.name)) == child.process.pid:
                 child.state = "ready"
@@ -292,6 +299,13 @@ class Supervisor:
     def all_ready(self) -> bool:
         self._refresh_states()
         return all(c.state == "ready" for c in self.children)
+
+
+def _is_ready(spec: ServiceSpec) -> bool:
+    """The spec's own readiness probe if it has one, else its port accepting a connection."""
+    if spec.ready_probe is not None:
+        return spec.ready_probe()
+    return spec.ready_port is not None and _port_open(*spec.ready_port)
 
 
 def _port_open(host: str, port: int) -> bool:

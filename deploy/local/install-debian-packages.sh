@@ -15,6 +15,8 @@ PACKAGES=(
   nsd                    # authoritative DNS for the test zones (DNSBL, PTR, MX, SPF, DKIM)
   slapd                  # the directory (OpenLDAP) with the demo school
   ldap-utils             # ldapsearch, ldapwhoami, ... for looking into it
+  clamav-daemon          # clamd, the virus scanner (project signatures only: deploy/local/clamav/)
+  clamav                 # clamscan, sigtool: for checking signatures by hand
 )
 
 missing=()

@@ -6,6 +6,7 @@ supervisor (`pipeline.supervisor`) runs specs; it knows nothing about any partic
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,8 @@ class ServiceSpec:
     argv: list[str]
     # ready when a TCP connect to (host, port) succeeds; None: ready once started
     ready_port: tuple[str, int] | None = None
+    # when set, readiness is this check answering True instead (e.g. clamd answering PING)
+    ready_probe: Callable[[], bool] | None = None
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     # seconds between SIGTERM and SIGKILL at shutdown

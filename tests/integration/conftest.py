@@ -30,7 +30,7 @@ HOME = REPO / "var" / ("test-stack" if SESSION_BASE == 39090 else f"test-stack-{
 
 
 def stack_env(home: Path, base: int) -> dict[str, str]:
-    """Settings for a test stack on ports base..base+9, apart from the developer stack's."""
+    """Settings for a test stack on ports base..base+10, apart from the developer stack's."""
     return {
         "POSTSTELLE_CONFIG": str(REPO / "deploy/local/poststelle.toml"),
         "POSTSTELLE_HOME": str(home),
@@ -47,6 +47,8 @@ def stack_env(home: Path, base: int) -> dict[str, str]:
         "POSTSTELLE_DNS__PORT": str(base + 7),
         "POSTSTELLE_SUBMISSION__PORT": str(base + 8),
         "POSTSTELLE_SUBMISSION__TLS_PORT": str(base + 9),
+        "POSTSTELLE_LOCAL__CLAMD_PORT": str(base + 10),
+        "POSTSTELLE_STAGES__VIRUS__ADDRESS": f"127.0.0.1:{base + 10}",
         "POSTSTELLE_DELIVERY__RETRY_SCHEDULE": "1s,2s",  # the test-only short schedule
         "POSTSTELLE_DELIVERY__LIFETIME": "20s",
         "POSTSTELLE_CHECKS__GREYLIST__DELAY": "2s",  # the test-only greylisting delay

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import os
 
-import orjson
-
+from pipeline.settings import load_settings
 from tests.integration.conftest import REPO, SESSION_BASE, launch, stop
 
 
@@ -35,9 +34,8 @@ def test_up_status_and_ctrl_c_leave_no_process_behind():
     stack = launch(REPO / "var" / f"test-lifecycle-{SESSION_BASE + 100}", SESSION_BASE + 100)
     try:
         status = stack.status()["components"]
-        stages = orjson.loads(stack.cli("config", "check").stdout)["topology"]["stages"]
-        assert set(status) == {"kafka", "dovecot", "smarthost", "slapd", "nsd", "ingress",
-                               *(f"stage:{name}" for name in stages),
+        assert set(status) == {"kafka", "dovecot", "smarthost", "slapd", "nsd", "clamd", "ingress",
+                               *(f"stage:{s}" for s in load_settings(environ=stack.env).topology.stages),
                                "sink:lmtp", "sink:smarthost", "sink:analytics", "retry", "bounce", "verdict"}
         assert all(c["state"] == "ready" for c in status.values())
         stack.wait_for(lambda: f"poststelle ready: smtp 127.0.0.1:{SESSION_BASE + 102}" in (stack.home / "up.log").read_text(),
