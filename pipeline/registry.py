@@ -8,7 +8,10 @@ from pipeline.stage import Stage
 __all__ = ["register", "get_stage", "stage_names", "stage_settings_types", "BUILTIN_STAGE_MODULES"]
 
 # modules whose import registers the built-in stages; the topology picks from these by name
-BUILTIN_STAGE_MODULES: tuple[str, ...] = ("consumers.stages.route",)
+BUILTIN_STAGE_MODULES: tuple[str, ...] = (
+    "consumers.stages.route",
+    "consumers.stages.attachment",
+)
 
 _STAGES: dict[str, type[Stage]] = {}
 _loaded = False
