@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import email.header
 import email.utils
 import hashlib
@@ -272,6 +273,11 @@ def part_notice(finding: Finding, message_id: str, contact: str) -> str:
     )
 
 
+def _date(iso: str) -> str:
+    """An RFC 5322 date for an event time, so the same message always gets the same notice."""
+    return email.utils.format_datetime(dt.datetime.fromtimestamp(epoch_from_iso(iso), dt.timezone.utc))
+
+
 def _encoded_header(name: str, value: str) -> str:
     if value.isascii():
         return f"{name}: {value}\r\n"
@@ -296,7 +302,7 @@ def notice_mail(message: Received, findings: list[Finding], recipient: str, *, n
         f"From: Poststelle <{contact}>\r\n"
         f"To: <{recipient}>\r\n"
         + _encoded_header("Subject", f"Attachment held: {first}")
-        + f"Date: {email.utils.formatdate(epoch_from_iso(message.time))}\r\n"
+        + f"Date: {_date(message.time)}\r\n"
         f"Message-ID: <{notice_id}@{hostname}>\r\n"
         + (f"In-Reply-To: {message.headers.message_id_header}\r\n"
            if message.headers.message_id_header.isascii() and message.headers.message_id_header else "")
