@@ -156,32 +156,25 @@ def _header_fields(raw: bytes, start: int, end: int) -> tuple[int, int]:
 
 
 def _delimiters(raw: bytes, body_start: int, end: int, boundary: bytes):
-    """(delimiter_start, line_end, closing) for each boundary delimiter line in raw[body_start:end]."""
-    marker = b"--" + boundary
-    pos = body_start
-    while True:
-        i = raw.find(marker, pos, end)
-        if i < 0:
-            return
-        pos = i + len(marker)
-        if i != body_start and raw[i - 1:i] != b"\n":
-            continue
-        newline = raw.find(b"\n", pos, end)
-        line_end = end if newline < 0 else newline + 1
-        tail = raw[pos:line_end].rstrip(b"\r\n")
-        closing = tail.startswith(b"--")
-        if (tail[2:] if closing else tail).strip(b" \t"):
-            continue  # a longer boundary, or text that merely starts like one
+    """(delimiter_start, line_end, closing) for each boundary delimiter line in raw[body_start:end].
+
+    The regex matches whole delimiter lines only (``--boundary``, optional ``--``, transport padding),
+    so text that merely starts like a delimiter costs no Python-level work.
+    """
+    pattern = re.compile(rb"^--" + re.escape(boundary) + rb"(--)?[ \t]*\r?$", re.MULTILINE)
+    for match in pattern.finditer(raw, body_start, end):
+        i = match.start()
+        line_end = match.end() + 1 if raw[match.end():match.end() + 1] == b"\n" else match.end()
         if i >= body_start + 2 and raw[i - 2:i] == b"\r\n":
             start = i - 2
         elif i > body_start and raw[i - 1:i] == b"\n":
             start = i - 1
         else:
             start = i
+        closing = match.group(1) is not None
         yield start, line_end, closing
         if closing:
             return
-        pos = line_end
 
 
 def _children(raw: bytes, body_start: int, end: int, boundary: bytes, limit: int) -> list[tuple[int, int]]:

@@ -11,6 +11,7 @@ import time
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from pipeline.settings import load_settings
 from tests.integration.conftest import REPO, make_message, new_test_id, send, strip_trace
 
 RCPT = "max.mustermann@school.test"
@@ -122,7 +123,8 @@ def test_poison_event_is_deadlettered_and_the_stage_keeps_consuming(stack):
 
     found = asyncio.run(produce_and_read())
     assert sorted(e["reason"] for e in found) == ["undecodable", "undecodable"]
-    assert all(e["consumer"] == "route" and e["source_topic"] == "poststelle.received" for e in found)
+    first_stage = load_settings(REPO / "deploy/local/poststelle.toml").topology.stages[0]
+    assert all(e["consumer"] == first_stage and e["source_topic"] == "poststelle.received" for e in found)
     assert any("missing" in e["error"] for e in found), "the reason names what is wrong"
 
     after = new_test_id()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from pipeline.settings import load_settings
 from tests.integration.conftest import REPO, SESSION_BASE, launch, stop
 
 
@@ -33,10 +34,11 @@ def test_up_status_and_ctrl_c_leave_no_process_behind():
     stack = launch(REPO / "var" / f"test-lifecycle-{SESSION_BASE + 100}", SESSION_BASE + 100)
     try:
         status = stack.status()["components"]
-        assert set(status) == {"kafka", "dovecot", "smarthost", "slapd", "nsd", "ingress", "stage:route",
+        stages = {f"stage:{name}" for name in load_settings(REPO / "deploy/local/poststelle.toml").topology.stages}
+        assert set(status) == {"kafka", "dovecot", "smarthost", "slapd", "nsd", "ingress", *stages,
                                "sink:lmtp", "sink:smarthost", "sink:analytics", "retry", "bounce"}
         assert all(c["state"] == "ready" for c in status.values())
-        stack.wait_for(lambda: "poststelle ready: smtp 127.0.0.1:39192" in (stack.home / "up.log").read_text(),
+        stack.wait_for(lambda: f"poststelle ready: smtp 127.0.0.1:{SESSION_BASE + 102}" in (stack.home / "up.log").read_text(),
                        timeout=10, what="the ready line")
         pids = [c["pid"] for c in status.values()]
     finally:

@@ -200,3 +200,11 @@ def test_caps_are_configurable():
     assert len(walk(many_parts(1500), max_parts=2000)) == 1501
     with pytest.raises(MimeLimitExceeded):
         walk(nested_message(3), max_depth=4)
+
+
+def test_lines_that_only_look_like_delimiters_cost_no_python_work():
+    raw = b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n\r\n' + b"--bX\r\n" * 1_000_000 + b"--b--\r\n"
+    started = time.process_time()
+    parts = walk(raw)
+    assert [p.kind for p in parts] == ["multipart", "leaf"]
+    assert time.process_time() - started < 1.0
