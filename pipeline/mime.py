@@ -46,6 +46,7 @@ DEFAULT_MAX_PARTS = 1000
 MESSAGE_TYPES = ("message/rfc822", "message/global")
 IDENTITY_ENCODINGS = ("", "7bit", "8bit", "binary")
 
+_MAX_NEAR_MISSES = 256
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 _HEADER_PARSER = HeaderParser(policy=compat32)
 
@@ -155,26 +156,64 @@ def _header_fields(raw: bytes, start: int, end: int) -> tuple[int, int]:
 # ---- multipart bodies --------------------------------------------------------------------------
 
 
+def _delimiter_start(raw: bytes, i: int, body_start: int) -> int:
+    """Where the delimiter at `i` begins: the line break before it belongs to it (RFC 2046)."""
+    if i >= body_start + 2 and raw[i - 2:i] == b"\r\n":
+        return i - 2
+    if i > body_start and raw[i - 1:i] == b"\n":
+        return i - 1
+    return i
+
+
+def _delimiter_line(raw: bytes, i: int, after: int, body_start: int, end: int) -> tuple[int, int, bool] | None:
+    """(delimiter_start, line_end, closing) when the marker at raw[i:after] starts a delimiter line."""
+    if i != body_start and raw[i - 1:i] != b"\n":
+        return None
+    newline = raw.find(b"\n", after, end)
+    line_end = end if newline < 0 else newline + 1
+    tail = raw[after:line_end].rstrip(b"\r\n")
+    closing = tail.startswith(b"--")
+    if (tail[2:] if closing else tail).strip(b" \t"):
+        return None  # a longer boundary, or text that merely starts like one
+    return _delimiter_start(raw, i, body_start), line_end, closing
+
+
+def _delimiters_by_regex(raw: bytes, pos: int, body_start: int, end: int, boundary: bytes):
+    """As `_delimiters`, matching whole delimiter lines in C: for bodies full of near-misses."""
+    pattern = re.compile(rb"^--" + re.escape(boundary) + rb"(--)?[ \t]*\r?$", re.MULTILINE)
+    for match in pattern.finditer(raw, pos, end):
+        line_end = match.end() + 1 if raw[match.end():match.end() + 1] == b"\n" else match.end()
+        closing = match.group(1) is not None
+        yield _delimiter_start(raw, match.start(), body_start), line_end, closing
+        if closing:
+            return
+
+
 def _delimiters(raw: bytes, body_start: int, end: int, boundary: bytes):
     """(delimiter_start, line_end, closing) for each boundary delimiter line in raw[body_start:end].
 
-    The regex matches whole delimiter lines only (``--boundary``, optional ``--``, transport padding),
-    so text that merely starts like a delimiter costs no Python-level work.
+    `bytes.find` for the marker is the fast path; after `_MAX_NEAR_MISSES` hits that are no
+    delimiter (text that merely looks like one), the rest is matched by a regex, so a hostile body
+    costs no Python-level work per line.
     """
-    pattern = re.compile(rb"^--" + re.escape(boundary) + rb"(--)?[ \t]*\r?$", re.MULTILINE)
-    for match in pattern.finditer(raw, body_start, end):
-        i = match.start()
-        line_end = match.end() + 1 if raw[match.end():match.end() + 1] == b"\n" else match.end()
-        if i >= body_start + 2 and raw[i - 2:i] == b"\r\n":
-            start = i - 2
-        elif i > body_start and raw[i - 1:i] == b"\n":
-            start = i - 1
-        else:
-            start = i
-        closing = match.group(1) is not None
-        yield start, line_end, closing
-        if closing:
+    marker = b"--" + boundary
+    pos, misses = body_start, 0
+    while True:
+        i = raw.find(marker, pos, end)
+        if i < 0:
             return
+        if misses > _MAX_NEAR_MISSES:
+            yield from _delimiters_by_regex(raw, i - (i > body_start), body_start, end, boundary)
+            return
+        found = _delimiter_line(raw, i, i + len(marker), body_start, end)
+        if found is None:
+            misses += 1
+            pos = i + len(marker)
+            continue
+        yield found
+        if found[2]:
+            return
+        pos = found[1]
 
 
 def _children(raw: bytes, body_start: int, end: int, boundary: bytes, limit: int) -> list[tuple[int, int]]:

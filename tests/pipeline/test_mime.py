@@ -208,3 +208,11 @@ def test_lines_that_only_look_like_delimiters_cost_no_python_work():
     parts = walk(raw)
     assert [p.kind for p in parts] == ["multipart", "leaf"]
     assert time.process_time() - started < 1.0
+
+
+def test_delimiters_after_many_near_misses_are_still_found():
+    noise = b"--bX\r\n" * 1000
+    raw = _multipart("b", [TEXT + noise, PDF, TEXT], head=b"")
+    parts = walk(raw)
+    assert [p.content_type for p in parts] == ["multipart/mixed", "text/plain", "application/pdf", "text/plain"]
+    assert parts[1].body(raw).endswith(noise) and raw[parts[2].start:parts[2].end] == PDF
