@@ -4,6 +4,7 @@
     poststelle status [--wait SECS]    is every component up? (exit 0 yes, 1 no: names the missing)
     poststelle sql "SELECT ..."        query the analytics store, print a table
     poststelle queue [retry ID|--all]  deferred deliveries; try them now (postqueue -p / -f)
+    poststelle quarantine list|get     held parts and quarantined messages; extract one (get ID [PART] -o FILE)
     poststelle stop|start COMPONENT    hold a component of the running stack down / release it
     poststelle run COMPONENT           one process: ingress | stage:NAME | sink:NAME | retry | bounce | verdict
     poststelle config check            validate the configuration and print it
@@ -257,6 +258,39 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """List held parts and quarantined messages, or (`get ID [PART] -o FILE`) extract one."""
+    from consumers.sinks.analytics import format_table
+    from pipeline.blobstore import BlobNotFound, FileBlobStore
+    from pipeline.quarantine import QuarantineError, extract, find_entry, quarantine_rows, read_quarantine
+
+    settings = _settings(args)
+    entries = asyncio.run(read_quarantine(settings))
+    if args.action == "list":
+        columns, rows = quarantine_rows(entries)
+        if args.json:
+            print(orjson.dumps({"columns": columns, "rows": rows}).decode())
+        else:
+            print(format_table(columns, rows) if rows else "quarantine is empty")
+        return 0
+    if not args.message_id or not args.output:
+        print("poststelle quarantine get: MESSAGE_ID [PART] -o FILE", file=sys.stderr)
+        return 2
+    try:
+        entry = find_entry(entries, args.message_id, args.part)
+        data = extract(FileBlobStore(settings.home / "blobs"), entry, args.part)
+    except (QuarantineError, BlobNotFound) as exc:
+        print(f"poststelle quarantine get: {exc}", file=sys.stderr)
+        return 1
+    if args.output == "-":
+        sys.stdout.buffer.write(data)
+    else:
+        with open(args.output, "wb") as fh:
+            fh.write(data)
+        print(f"{len(data)} bytes written to {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     data = dataclasses.asdict(settings)
@@ -305,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("ids", nargs="*", metavar="MESSAGE_ID")
     queue.add_argument("--all", action="store_true", help="with retry: every deferred delivery")
     queue.set_defaults(func=cmd_queue)
+    quarantine = sub.add_parser("quarantine", help="held parts and quarantined messages")
+    quarantine.add_argument("action", nargs="?", choices=["list", "get"], default="list")
+    quarantine.add_argument("message_id", nargs="?", default="")
+    quarantine.add_argument("part", nargs="?", default="", help="MIME part number (default: the whole message)")
+    quarantine.add_argument("-o", "--output", help="with get: write to FILE ('-': stdout)")
+    quarantine.add_argument("--json", action="store_true", help="with list: print {columns, rows} as JSON")
+    quarantine.set_defaults(func=cmd_quarantine)
     config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
     config.add_parser("check", help="validate and print the configuration").set_defaults(func=cmd_config_check)
     schemas = sub.add_parser("schemas", help="event schemas").add_subparsers(dest="action", required=True)

@@ -12,6 +12,7 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "consumers.stages.route",
     "consumers.stages.blocklist",
     "consumers.stages.virus",
+    "consumers.stages.attachment",
     "consumers.stages.auth",
 )
 

@@ -3,7 +3,8 @@
 For each record of the stage's input topic: decode it (a poison record — too large, undecodable,
 nested too deep, looping — becomes a `deadlettered` event with the reason), let the stage decide,
 and turn its outcome into events: `stage_result` to the stage's output topic, or a terminal
-`rejected` / `quarantined`, plus `routed` events when the stage routes. A stage exception is a
+`rejected` / `quarantined`, plus `routed` events when the stage routes, `held` events (parts held
+back) to the quarantine topic and injected messages (notices) to the received topic. A stage exception is a
 poison record too, except the temporary errors, which retry the record with backoff.
 """
 from __future__ import annotations
@@ -107,6 +108,8 @@ class StageRunner(TransactionalHop):
         passed = StageResult(message_id=message.message_id, result=result, message=message,
                              history=list(work.history), edits=edits)
         outputs = [Output(self.topics.checked(name), key, passed)]
+        outputs.extend(Output(self.topics.quarantine, key, held) for held in outcome.held)
+        outputs.extend(Output(self.topics.received, new.message_id.encode(), new) for new in outcome.inject)
         for destination, rcpts in outcome.routes.items():
             routed = Routed(message_id=message.message_id, destination=destination, recipients=rcpts,
                             message=message, results=results, edits=edits)

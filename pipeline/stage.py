@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 from pipeline.blobstore import BlobStore
 from pipeline.settings import Settings
-from schemas.events import Edit, Received, Result, Verdict
+from schemas.events import Edit, Held, Received, Result, Verdict
 
 __all__ = ["Work", "Outcome", "Stage", "StageContext", "TemporaryFailure", "PoisonMessage"]
 
@@ -60,6 +60,10 @@ class Outcome:
     reject: str = ""  # reason: terminal, the message is refused for all recipients
     quarantine: str = ""  # reason: terminal, held for a person
     routes: dict[str, list[str]] = field(default_factory=dict)  # destination -> recipients
+    # with a passing outcome only: parts held back (to the quarantine topic), and new messages the
+    # stage injects into the pipeline (to the received topic, like DSNs; their blobs already stored)
+    held: list[Held] = field(default_factory=list)
+    inject: list[Received] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ __all__ = [
     "Deferred",
     "Bounced",
     "Quarantined",
+    "Held",
     "Rejected",
     "Deadlettered",
     "MessageOutcome",
@@ -152,9 +153,13 @@ class Edit:
     """A change a stage asks the delivery sink to apply when rendering; the blob is never changed."""
 
     stage: str
-    kind: Literal["add_header", "subject_tag", "remove_header"]
+    kind: Literal["add_header", "subject_tag", "remove_header", "replace_part"]
     name: str = ""  # header name for add_header and remove_header
-    value: str = ""  # header value, or the tag text; remove_header: only fields whose first word is this
+    # header value, or the tag text; remove_header: only fields whose first word is this;
+    # replace_part: the notice text put in the part's place
+    value: str = ""
+    part: str = ""  # replace_part: the MIME part number (IMAP style, e.g. "2" or "1.3")
+    sha256: str = ""  # replace_part: sha256 of the part's raw (still encoded) body bytes
 
 
 # ---- message events ------------------------------------------------------------------------
@@ -259,6 +264,25 @@ class Quarantined(Event):
     recipients: list[str]
     message: Received
     results: list[Result] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Held(Event):
+    """A stage held one part of a message back (it stays in the stored blob); the rest goes on.
+
+    Written to the quarantine topic. The delivered copy carries a notice in the part's place (a
+    `replace_part` edit); `poststelle quarantine get MESSAGE_ID PART` extracts the held part.
+    """
+
+    type: Literal["held"] = "held"
+    stage: str
+    part: str  # MIME part number
+    sha256: str  # of the part's raw body bytes, as in the replace_part edit
+    filename: str  # as the client would show it (decoded)
+    content_type: str
+    reasons: list[str]
+    recipients: list[str]
+    message: Received
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -370,6 +394,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Deferred,
         Bounced,
         Quarantined,
+        Held,
         Rejected,
         Deadlettered,
         MessageOutcome,

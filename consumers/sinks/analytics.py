@@ -58,6 +58,7 @@ from schemas.events import (
     Delivered,
     DeliveryAttempt,
     Event,
+    Held,
     Quarantined,
     Received,
     Rejected,
@@ -319,6 +320,11 @@ def _verdict(e: Rejected | Quarantined) -> dict[str, Any]:
     return {**_from_message(e.message), "stage": e.stage, "reason": e.reason, "recipients": list(e.recipients)}
 
 
+def _held(e: Held) -> dict[str, Any]:
+    reason = f"part {e.part} ({e.filename}): {'; '.join(e.reasons)}"
+    return {**_from_message(e.message), "stage": e.stage, "reason": reason, "recipients": list(e.recipients)}
+
+
 def _deadlettered(e: Deadlettered) -> dict[str, Any]:
     return {"stage": e.consumer, "reason": e.reason}
 
@@ -356,6 +362,7 @@ _FLATTEN: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
     Deferred: _delivery,
     Bounced: _delivery,
     Quarantined: _verdict,
+    Held: _held,
     Rejected: _verdict,
     Deadlettered: _deadlettered,
     SmtpConnect: _smtp_connect,

@@ -59,6 +59,8 @@ __all__ = [
     "dsn_message_id",
     "dsn_status",
     "header_block",
+    "derived_id",
+    "inject_message",
     "BounceService",
     "BounceStats",
     "run_bounce_service",
@@ -83,7 +85,7 @@ _CRLF = "\r\n"
 # ---- identifiers ----------------------------------------------------------------------------------
 
 
-def _derived_id(source_id: str, purpose: str) -> str:
+def derived_id(source_id: str, purpose: str) -> str:
     """A UUIDv7-shaped id that is a pure function of `source_id` and `purpose`.
 
     The time bits are those of `source_id` when it is a UUIDv7 (so derived ids sort like the event
@@ -103,12 +105,34 @@ def _derived_id(source_id: str, purpose: str) -> str:
 
 def dsn_message_id(bounced: Bounced) -> str:
     """The message id of the DSN for `bounced`: the same for the same event, different otherwise."""
-    return _derived_id(bounced.id, "dsn")
+    return derived_id(bounced.id, "dsn")
 
 
 def _dsn_event_id(bounced: Bounced) -> str:
     """The id of the DSN's `received` event, so analytics counts a re-emitted DSN once."""
-    return _derived_id(bounced.id, "dsn-event")
+    return derived_id(bounced.id, "dsn-event")
+
+
+def inject_message(blobs: BlobStore, raw: bytes, *, message_id: str, event_id: str, mail_from: str,
+                   rcpt_to: list[str], hostname: str, listener: str) -> Received:
+    """Store a message the gateway itself sends (a DSN, a notice) and return its `received` event.
+
+    Produced to the received topic, the event sends the message through the whole pipeline like any
+    other. Blocking (blob store I/O); raises OSError when the blob store cannot be written.
+    """
+    ref = blobs.put(raw)
+    return Received(
+        id=event_id,
+        message_id=message_id,
+        envelope=Envelope(mail_from=mail_from, rcpt_to=list(rcpt_to),
+                          smtputf8=not all(r.isascii() for r in rcpt_to),
+                          body="7BIT" if raw.isascii() else "8BITMIME"),
+        client=Client(ip=LOCAL_CLIENT_IP, port=0, helo=hostname),
+        blob=ref,
+        headers=summarize_headers(raw),
+        listener=listener,
+        ingress_host=hostname,
+    )
 
 
 # ---- refusal ---------------------------------------------------------------------------------------
@@ -417,19 +441,10 @@ class BounceService(TransactionalHop):
             self.stats.refused += 1
             return None
         dsn = build_dsn(bounced, original, reporting_mta=self.reporting_mta, postmaster=self.postmaster)
-        ref = self.blobs.put(dsn)
         sender = _envelope_sender(bounced)
-        event = Received(
-            id=_dsn_event_id(bounced),
-            message_id=dsn_message_id(bounced),
-            envelope=Envelope(mail_from="", rcpt_to=[sender], smtputf8=not sender.isascii(),
-                              body="7BIT" if dsn.isascii() else "8BITMIME"),
-            client=Client(ip=LOCAL_CLIENT_IP, port=0, helo=self.reporting_mta),
-            blob=ref,
-            headers=summarize_headers(dsn),
-            listener=DSN_LISTENER,
-            ingress_host=self.reporting_mta,
-        )
+        event = inject_message(self.blobs, dsn, message_id=dsn_message_id(bounced),
+                               event_id=_dsn_event_id(bounced), mail_from="", rcpt_to=[sender],
+                               hostname=self.reporting_mta, listener=DSN_LISTENER)
         log.info("bounced %s (%s, %s): DSN %s to %s", bounced.message_id, bounced.recipient,
                  bounced.id, event.message_id, sender)
         self.stats.sent += 1

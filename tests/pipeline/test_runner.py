@@ -27,6 +27,8 @@ from schemas.events import (
     Envelope,
     HeaderSummary,
     MessageOutcome,
+
+    Held,
     Quarantined,
     Received,
     Rejected,
@@ -320,3 +322,32 @@ async def test_stage_edits_are_appended_to_earlier_ones(tmp_path):
     assert out.topic == f"poststelle.checked.{SCRIPTED}"
     assert out.event.edits == [mine]
     assert runner.stage.seen[0].history == []  # type: ignore[attr-defined]
+
+
+async def test_held_parts_and_injected_messages_go_with_a_passing_outcome(tmp_path):
+    event = _received(rcpt=["bob@school.test"])
+    held = Held(message_id=event.message_id, stage=SCRIPTED, part="2", sha256="ab" * 32, filename="a.exe",
+                content_type="application/octet-stream", reasons=["blocked_extension: .exe"],
+                recipients=["bob@school.test"], message=event)
+    notice = dataclasses.replace(_received(rcpt=["bob@school.test"]), listener="notice")
+
+    async def hold(work: Work) -> Outcome:
+        return Outcome(verdict=Verdict.FAIL, held=[held], inject=[notice])
+
+    outputs = await _scripted(tmp_path, hold).handle(_record(encode_event(event)))
+    assert [o.topic for o in outputs] == [f"poststelle.checked.{SCRIPTED}", "poststelle.quarantine",
+                                          "poststelle.received"]
+    assert outputs[1].event == held and outputs[1].key == event.message_id.encode()
+    assert outputs[2].event == notice and outputs[2].key == notice.message_id.encode()
+
+
+async def test_held_parts_are_dropped_when_the_whole_message_is_quarantined(tmp_path):
+    event = _received()
+    held = Held(message_id=event.message_id, stage=SCRIPTED, part="1", sha256="ab" * 32, filename="a.exe",
+                content_type="application/octet-stream", reasons=["x"], recipients=[], message=event)
+
+    async def both(work: Work) -> Outcome:
+        return Outcome(verdict=Verdict.FAIL, quarantine="too deep", held=[held])
+
+    out, told = await _scripted(tmp_path, both).handle(_record(encode_event(event)))
+    assert isinstance(out.event, Quarantined) and isinstance(told.event, MessageOutcome)

@@ -25,6 +25,7 @@ from schemas.events import (
     Envelope,
     Event,
     HeaderSummary,
+    Held,
     Quarantined,
     Received,
     Rejected,
@@ -66,6 +67,7 @@ def all_events() -> list[Event]:
                     duration_ms=42.125)
     route = Result(stage="route", verdict=Verdict.PASS, details={"routes": {"lmtp": ["bob@school.test"]}})
     edits = [Edit(stage="spam", kind="subject_tag", value="[SPAM]"),
+             Edit(stage="attachment", kind="replace_part", part="2", sha256="cd" * 32, value="held"),
              Edit(stage="spam", kind="add_header", name="X-Spam-Score", value="7.5")]
     routed = Routed(message_id=rec.message_id, destination="lmtp", recipients=["bob@school.test"],
                     message=rec, results=[result, route], edits=edits, attempt=2)
@@ -84,6 +86,10 @@ def all_events() -> list[Event]:
                 reply=Reply(code=451, text="timeout"), reason="expired", mail_from="alice@ext.test"),
         Quarantined(message_id=rec.message_id, stage="virus", reason="Eicar-Test-Signature FOUND",
                     recipients=list(rec.envelope.rcpt_to), message=rec, results=[result]),
+        Held(message_id=rec.message_id, stage="attachment", part="1.2", sha256="ab" * 32,
+             filename="Rechnung.pdf            .exe", content_type="application/octet-stream",
+             reasons=["blocked_extension: .exe", "space_run: 12 spaces"],
+             recipients=list(rec.envelope.rcpt_to), message=rec),
         Rejected(message_id=rec.message_id, stage="blocklist", reason="sender domain blocked",
                  recipients=list(rec.envelope.rcpt_to), message=rec, results=[]),
         Deadlettered(message_id="", consumer="route", source_topic="poststelle.received", partition=3,

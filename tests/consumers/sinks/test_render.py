@@ -126,3 +126,92 @@ def test_a_header_longer_than_998_octets_is_folded_after_semicolons():
     head = out.split(b"\r\n\r\n")[0]
     assert all(len(line) <= 998 for line in head.split(b"\r\n"))
     assert out.count(b";\r\n\tdkim=pass") == 40
+
+# ---- replace_part --------------------------------------------------------------------------------
+
+import hashlib  # noqa: E402
+
+from consumers.sinks.render import PartNotFound  # noqa: E402
+from pipeline.mime import leaf_at, walk  # noqa: E402
+
+EXE = (b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+       b'Content-Disposition: attachment; filename="a.pdf.exe"\r\n\r\nTVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAA\r\n')
+MULTI = (
+    b"From: Alice <alice@ext.test>\r\nSubject: Rechnung\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="xyz"\r\n\r\npreamble\r\n'
+    b"--xyz\r\nContent-Type: text/plain\r\n\r\nHallo,\r\nanbei.\r\n"
+    b"--xyz\r\n" + EXE +
+    b"--xyz\r\nContent-Type: application/pdf; name=ok.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n"
+    b"--xyz--\r\nepilogue\r\n"
+)
+
+
+def _replace(raw: bytes, path: str, text: str = "held: a.pdf.exe") -> Edit:
+    part = leaf_at(walk(raw), path)
+    return Edit(stage="attachment", kind="replace_part", part=path,
+                sha256=hashlib.sha256(part.body(raw)).hexdigest(), value=text)
+
+
+def test_replace_part_splices_a_notice_and_keeps_every_other_byte():
+    out = render(MULTI, [_replace(MULTI, "2")])
+    start = MULTI.index(EXE)
+    end = start + len(EXE) - 2  # the CRLF before the next delimiter stays
+    notice = (b"Content-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: 7bit\r\n"
+              b"Content-Disposition: inline\r\n\r\nheld: a.pdf.exe")
+    assert out == MULTI[:start] + notice + MULTI[end:]
+    parts = walk(out)
+    assert [(p.path, p.content_type) for p in parts if p.is_leaf] == [
+        ("1", "text/plain"), ("2", "text/plain"), ("3", "application/pdf")]
+    assert leaf_at(parts, "2").body(out) == b"held: a.pdf.exe"
+
+
+def test_a_non_ascii_notice_is_quoted_printable_utf8():
+    out = render(MULTI, [_replace(MULTI, "2", "zurückgehalten: Prüfung.exe\nZeile 2")])
+    assert b"charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable" in out
+    assert b"zur=C3=BCckgehalten: Pr=C3=BCfung.exe\r\nZeile 2\r\n--xyz" in out
+
+
+def test_the_part_is_found_after_headers_were_added_on_top():
+    edits = [Edit(stage="x", kind="add_header", name="X-Before", value="1"), _replace(MULTI, "2")]
+    out = render(MULTI, edits)
+    assert out.startswith(b"X-Before: 1\r\n" + MULTI[:MULTI.index(EXE)])
+    assert b"a.pdf.exe\"" not in out
+
+
+def test_two_parts_replaced_in_one_message():
+    out = render(MULTI, [_replace(MULTI, "2", "one"), _replace(MULTI, "3", "two")])
+    leaves = [p for p in walk(out) if p.is_leaf]
+    assert [p.body(out) for p in leaves] == [b"Hallo,\r\nanbei.", b"one", b"two"]
+    assert out.endswith(b"--xyz--\r\nepilogue\r\n")
+
+
+def test_a_single_part_message_keeps_its_header_fields():
+    raw = (b"From: a@ext.test\r\nSubject: s\r\nContent-Type: application/x-msdownload;\r\n name=\"a.exe\"\r\n"
+           b"Content-Transfer-Encoding: base64\r\nX-After: kept\r\n\r\nTVo=\r\n")
+    out = render(raw, [_replace(raw, "1", "held")])
+    assert out == (b"From: a@ext.test\r\nSubject: s\r\nX-After: kept\r\n"
+                   b"Content-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: 7bit\r\n"
+                   b"Content-Disposition: inline\r\n\r\nheld\r\n")
+
+
+def test_the_body_of_an_encapsulated_message_keeps_its_header_fields():
+    inner = b"Subject: inner\r\nContent-Type: application/octet-stream; name=x.exe\r\n\r\nMZ\r\n"
+    raw = (b'Content-Type: multipart/mixed; boundary="o"\r\n\r\n--o\r\nContent-Type: message/rfc822\r\n\r\n'
+           + inner + b"--o--\r\n")
+    out = render(raw, [_replace(raw, "1.1", "held")])
+    assert out == (b'Content-Type: multipart/mixed; boundary="o"\r\n\r\n--o\r\nContent-Type: message/rfc822\r\n\r\n'
+                   b"Subject: inner\r\nContent-Type: text/plain; charset=us-ascii\r\n"
+                   b"Content-Transfer-Encoding: 7bit\r\nContent-Disposition: inline\r\n\r\nheld\r\n--o--\r\n")
+
+
+def test_a_part_that_is_not_there_fails_instead_of_delivering_it():
+    edit = _replace(MULTI, "2")
+    with pytest.raises(PartNotFound):
+        render(MULTI.replace(b"TVqQ", b"XXXX"), [edit])
+
+
+def test_a_moved_part_is_found_by_its_bytes():
+    edit = _replace(MULTI, "2")
+    moved = MULTI.replace(b"--xyz\r\nContent-Type: text/plain\r\n\r\nHallo", b"--xyz\r\n\r\nA\r\n--xyz\r\nContent-Type: text/plain\r\n\r\nHallo")
+    out = render(moved, [edit])
+    assert [p.path for p in walk(out) if p.is_leaf and p.body(out) == b"held: a.pdf.exe"] == ["3"]
