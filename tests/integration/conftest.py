@@ -262,13 +262,16 @@ def stack() -> Stack:
 
 
 def strip_trace(raw: bytes) -> tuple[list[bytes], bytes]:
-    """Split a delivered message into its leading trace header fields and the rest (LF endings)."""
+    """Split a delivered message into its leading trace header fields and the rest (LF endings).
+
+    Trace fields: those the ingress, Dovecot and the stages put on top (Received, Return-Path,
+    Delivered-To, and the auth stage's Authentication-Results, RFC 8601 section 5)."""
     lines = raw.replace(b"\r\n", b"\n").split(b"\n")
     trace: list[bytes] = []
     i = 0
     while i < len(lines):
         name = lines[i].split(b":", 1)[0].lower()
-        if name not in (b"return-path", b"delivered-to", b"received"):
+        if name not in (b"return-path", b"delivered-to", b"received", b"authentication-results"):
             break
         field_lines = [lines[i]]
         i += 1
