@@ -9,9 +9,11 @@ The stage streams the stored message (headers and body as accepted) to clamd ove
   ``{result, signature, scanner, reply, size}`` (`schemas.stages.virus.VirusDetails`).
 - A scan limit: clamd's ``Heuristics.Limits.Exceeded.*`` (``AlertExceedsMax``), its
   ``INSTREAM size limit exceeded``, or a message longer than ``stream_max_length`` (not sent) →
-  `quarantined` (``on_limit = "quarantine"``, the default) or `rejected` (``"reject"``). Not a
-  retry: the same message hits the same limit every time, and a retry would stall its partition
-  for good. Quarantine keeps it unscanned but held for a person, never delivered.
+  `quarantined` (``on_limit = "quarantine"``, the default) or `rejected` (``"reject"``). By default
+  not a retry: the same message hits the same limit every time, and a retry would stall its
+  partition for good. Quarantine keeps it unscanned but held for a person, never delivered.
+  ``"tempfail"`` retries it like a scanner outage (for a site that raises clamd's limits and wants
+  the message to wait for that; the partition waits with it).
 - clamd unreachable, too slow, or answering ``ERROR`` → `TemporaryFailure`: the runner retries
   the message with backoff and commits nothing past it (fail closed). The first failure logs an
   error naming clamd's address; ``poststelle_scanner_up{stage="virus"}`` in
@@ -38,7 +40,7 @@ __all__ = ["VirusSettings", "VirusStage", "ON_LIMIT_ACTIONS"]
 
 log = logging.getLogger(__name__)
 
-ON_LIMIT_ACTIONS = ("quarantine", "reject")
+ON_LIMIT_ACTIONS = ("quarantine", "reject", "tempfail")
 SCANNER_UP = "poststelle_scanner_up"
 SCANS_TOTAL = "poststelle_scans_total"
 SCANNER_ERRORS_TOTAL = "poststelle_scanner_errors_total"
@@ -53,7 +55,7 @@ class VirusSettings:
     chunk_size: int = 65_536  # bytes per INSTREAM chunk
     # clamd's StreamMaxLength: a longer message is not sent, and counts as a scan limit exceeded
     stream_max_length: int = 33_554_432
-    on_limit: str = "quarantine"  # quarantine | reject: what a scan limit exceeded does
+    on_limit: str = "quarantine"  # quarantine | reject | tempfail: what a scan limit exceeded does
 
     def __post_init__(self) -> None:
         try:
@@ -139,6 +141,8 @@ class VirusStage:
         reason = _limit_reason(result, size, self.settings.stream_max_length)
         if self.settings.on_limit == "reject":
             return Outcome(verdict=Verdict.ERROR, details=details, reject=reason)
+        if self.settings.on_limit == "tempfail":
+            raise TemporaryFailure(reason)  # waits, with backoff, until clamd's limits allow the scan
         return Outcome(verdict=Verdict.ERROR, details=details, quarantine=reason)
 
     def _scanner_down(self, exc: ScannerError) -> None:

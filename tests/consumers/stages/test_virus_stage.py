@@ -128,6 +128,13 @@ async def test_on_limit_reject(tmp_path):
     assert isinstance(out.event, Rejected) and "MaxRecursion" in out.event.reason
 
 
+async def test_on_limit_tempfail_makes_the_message_wait(tmp_path):
+    async with FakeClamd() as clamd:
+        runner, blobs = _runner(tmp_path, clamd.address, on_limit="tempfail")
+        with pytest.raises(TemporaryFailure, match="MaxRecursion"):
+            await runner.handle(_record(_received(blobs.put(CLEAN + FAKE_DEEP))))
+
+
 @pytest.mark.parametrize("mode", ["error", "hangup", "silent"])
 async def test_scanner_trouble_is_a_temporary_failure_and_marks_it_down(tmp_path, mode, caplog):
     async with FakeClamd(mode=mode) as clamd:
@@ -180,7 +187,6 @@ async def test_process_directly(tmp_path):
 @pytest.mark.parametrize(("key", "value", "match"), [
     ("ADDRESS", "nowhere", "stages.virus.address"),
     ("on_limit", "ignore", "stages.virus.on_limit"),
-    ("on_limit", "tempfail", "stages.virus.on_limit"),
     ("chunk_size", "0", "stages.virus.chunk_size"),
     ("scan_timeout", "0", "stages.virus.scan_timeout"),
 ])
