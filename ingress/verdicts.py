@@ -97,16 +97,6 @@ class OutcomeFollower:
     def forget(self, message_id: str) -> None:
         self._waiting.pop(message_id, None)
 
-    async def wait(self, pending: Pending, timeout: float) -> bool:
-        """Whether the outcome became complete within `timeout` seconds."""
-        if not self.ready:
-            return False
-        try:
-            await asyncio.wait_for(pending.done.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
-
     async def _follow(self) -> None:
         while True:
             try:
