@@ -28,6 +28,7 @@ stack_env() {
     export POSTSTELLE_SUBMISSION__PORT=46088 POSTSTELLE_SUBMISSION__TLS_PORT=46089
     export POSTSTELLE_LOCAL__CLAMD_PORT=46098 POSTSTELLE_STAGES__VIRUS__ADDRESS=127.0.0.1:46098  # clamd
     export POSTSTELLE_LOCAL__KAFKA_JARS=$ROOT/var/kafka/lib
+    export POSTSTELLE_INGRESS__MAX_CONNECTIONS_PER_IP=200  # the load generator is one client address
 }
 
 stack_cli() {
@@ -44,6 +45,7 @@ stack_up() {
             # slapd and NSD stay: the ingress looks recipients up in LDAP (cached) before its 250
             export POSTSTELLE_SUPERVISOR__RUN_STAGES=false POSTSTELLE_SUPERVISOR__SINKS='[]'
             export POSTSTELLE_LOCAL__DOVECOT=false POSTSTELLE_LOCAL__SMARTHOST=false POSTSTELLE_LOCAL__CLAMD=false
+            export POSTSTELLE_INGRESS__VERDICT_WAIT=0  # no stages run: there is no verdict to wait for
         fi
         exec "$ROOT/.venv/bin/poststelle" up
     ) >"$STACK_HOME/up.log" 2>&1 &
