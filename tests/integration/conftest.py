@@ -23,9 +23,11 @@ import orjson
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# POSTSTELLE_TEST_BASE moves the session stack (ports and state), so two test runs can share a machine
-SESSION_BASE = int(os.environ.get("POSTSTELLE_TEST_BASE", "39090"))
-HOME = REPO / "var" / ("test-stack" if SESSION_BASE == 39090 else f"test-stack-{SESSION_BASE}")
+# POSTSTELLE_TEST_BASE moves the session stack (ports and state), so two test runs can share a machine.
+# The default lies below Linux's ephemeral port range (32768-60999): a listener there can find its
+# port taken by some client connection's source port (it happened once, with the submission port).
+SESSION_BASE = int(os.environ.get("POSTSTELLE_TEST_BASE", "29090"))
+HOME = REPO / "var" / ("test-stack" if SESSION_BASE == 29090 else f"test-stack-{SESSION_BASE}")
 
 
 
