@@ -15,9 +15,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from aiokafka import TopicPartition
-
-from pipeline.bus import make_consumer
+from pipeline.bus import make_consumer, topic_partitions
 from pipeline.settings import KafkaSettings
 from schemas.events import DecodeError, MessageOutcome, decode_event
 
@@ -74,13 +72,9 @@ class OutcomeFollower:
     async def start(self) -> None:
         """Start following; returns once positioned at the end of every partition."""
         await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(self.topic) or set()
-        if not partitions:
-            await self._consumer._client.force_metadata_update()  # topic created just now
-            partitions = self._consumer.partitions_for_topic(self.topic) or set()
-        if not partitions:
+        tps = await topic_partitions(self._consumer, self.topic)
+        if not tps:
             raise ConnectionError(f"topic {self.topic} has no partitions (not created yet?)")
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self._consumer.assign(tps)
         await self._consumer.seek_to_end(*tps)
         for tp in tps:  # resolve the end offsets now, so nothing written from here on is missed

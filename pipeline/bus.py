@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from pipeline.settings import DESTINATIONS, KafkaSettings, Settings
 
 __all__ = ["Topics", "make_producer", "make_transactional_producer", "make_consumer", "ensure_topics",
-           "DrainOnRevoke", "PartitionBackoff", "hold_partition"]
+           "DrainOnRevoke", "PartitionBackoff", "hold_partition", "topic_partitions", "behind"]
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,26 @@ class PartitionBackoff:
 
     def reset(self, tp: TopicPartition) -> None:
         self._current.pop(tp, None)
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of `topic`, for a consumer that assigns them itself (no group); [] if none.
+
+    A topic created a moment ago may not be in the consumer's metadata yet: it asks once more.
+    """
+    found = consumer.partitions_for_topic(topic)
+    if not found:
+        await consumer._client.force_metadata_update()  # aiokafka has no public call for this
+        found = consumer.partitions_for_topic(topic)
+    return [TopicPartition(topic, p) for p in sorted(found or ())]
+
+
+async def behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    """Whether the consumer has not yet read up to `ends` (end offsets) in some partition."""
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return True
+    return False
 
 
 def hold_partition(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, delay: float) -> None:

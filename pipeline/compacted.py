@@ -22,7 +22,7 @@ from typing import Protocol
 
 from aiokafka import TopicPartition
 
-from pipeline.bus import make_consumer, make_producer
+from pipeline.bus import behind, make_consumer, make_producer, topic_partitions
 from pipeline.settings import KafkaSettings
 
 __all__ = ["Apply", "Transport", "MemoryLog", "MemoryTransport", "KafkaTransport", "TopicMissing", "follow_tables"]
@@ -143,23 +143,14 @@ class KafkaTransport:
         self._ends = await self._consumer.end_offsets(partitions)
 
     async def _partitions(self, topic: str) -> list[TopicPartition]:
-        found = self._consumer.partitions_for_topic(topic)
-        if not found:
-            await self._consumer._client.force_metadata_update()  # a topic created just now
-            found = self._consumer.partitions_for_topic(topic)
+        found = await topic_partitions(self._consumer, topic)
         if not found:
             raise TopicMissing(f"topic {topic} does not exist")
-        return [TopicPartition(topic, p) for p in sorted(found)]
+        return found
 
     async def read_to_end(self, apply: Apply) -> None:
-        while await self._behind():
+        while await behind(self._consumer, self._ends):
             await self.read_new(apply)
-
-    async def _behind(self) -> bool:
-        for tp, end in self._ends.items():
-            if await self._consumer.position(tp) < end:
-                return True
-        return False
 
     async def read_new(self, apply: Apply) -> None:
         batch = await self._consumer.getmany(timeout_ms=500)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import hashlib
 
-from aiokafka import TopicPartition
 
 from pipeline.blobstore import BlobStore
-from pipeline.bus import Topics, make_consumer
+from pipeline.bus import Topics, behind, make_consumer, topic_partitions
 from pipeline.mime import decode_body, leaf_at, walk
 from pipeline.settings import Settings
 from schemas.codec import DecodeError
@@ -35,18 +34,14 @@ async def read_quarantine(settings: Settings) -> list[QuarantineEntry]:
     reader = make_consumer(settings.kafka, None, "quarantine-reader")
     await reader.start()
     try:
-        partitions = reader.partitions_for_topic(topic) or set()
-        if not partitions:
-            await reader._client.force_metadata_update()
-            partitions = reader.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(reader, topic)
         if not tps:
             return []
         reader.assign(tps)
         await reader.seek_to_beginning(*tps)
         ends = await reader.end_offsets(tps)
         entries: list[QuarantineEntry] = []
-        while any([await reader.position(tp) < end for tp, end in ends.items()]):
+        while await behind(reader, ends):
             batch = await reader.getmany(timeout_ms=500)
             for records in batch.values():
                 entries.extend(e for e in (_entry(r.value) for r in records) if e is not None)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from aiokafka import TopicPartition
-
-from pipeline.bus import make_consumer
+from pipeline.bus import behind, make_consumer, topic_partitions
 from pipeline.settings import KafkaSettings
 
 __all__ = ["CompactedReader", "Apply"]
@@ -29,11 +27,7 @@ class CompactedReader:
     async def start(self) -> None:
         """Assign every partition of the topic, from the beginning."""
         await self._reader.start()
-        partitions = self._reader.partitions_for_topic(self.topic) or set()
-        if not partitions:
-            await self._reader._client.force_metadata_update()  # topic created just now
-            partitions = self._reader.partitions_for_topic(self.topic) or set()
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(self._reader, self.topic)
         self._reader.assign(tps)
         await self._reader.seek_to_beginning(*tps)
 
@@ -42,7 +36,7 @@ class CompactedReader:
         tps = list(self._reader.assignment())
         ends = await self._reader.end_offsets(tps)
         count = 0
-        while await self._behind(ends):
+        while await behind(self._reader, ends):
             batch = await self._reader.getmany(timeout_ms=500)
             for records in batch.values():
                 for record in records:
@@ -50,12 +44,6 @@ class CompactedReader:
                         count += 1
                         apply(record.key, record.value)
         return count
-
-    async def _behind(self, ends: dict[TopicPartition, int]) -> bool:
-        for tp, end in ends.items():
-            if await self._reader.position(tp) < end:
-                return True
-        return False
 
     async def close(self) -> None:
         await self._reader.stop()

@@ -12,7 +12,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from pipeline.bus import Topics
+from pipeline.bus import Topics, behind
 from pipeline.settings import load_settings
 from schemas.events import (
     AcceptedEarly,
@@ -47,7 +47,7 @@ def read_all(stack, topic: str, wanted=lambda event: True, timeout: float = 5.0)
         try:
             found, ends = [], await consumer.end_offsets(list(consumer.assignment()) or await _assigned(consumer))
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and await _behind(consumer, ends):
+            while time.monotonic() < deadline and await behind(consumer, ends):
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     found += [e for r in records if wanted(e := decode_event(r.value))]
             return found
@@ -55,10 +55,6 @@ def read_all(stack, topic: str, wanted=lambda event: True, timeout: float = 5.0)
             await consumer.stop()
 
     return asyncio.run(scan())
-
-
-async def _behind(consumer: AIOKafkaConsumer, ends: dict) -> bool:
-    return any([await consumer.position(tp) < end for tp, end in ends.items()])
 
 
 async def _assigned(consumer: AIOKafkaConsumer) -> list:
