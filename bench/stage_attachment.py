@@ -19,13 +19,13 @@ import io
 import random
 import sys
 import tempfile
-import time
 import zipfile
 from email.message import EmailMessage
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.stagebench import time_stage  # noqa: E402
 from consumers.stages.attachment import AttachmentStage  # noqa: E402
 from pipeline.blobstore import FileBlobStore  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
@@ -105,16 +105,8 @@ def main() -> None:
                 message_id=new_id(), envelope=Envelope(mail_from="lehrer@ext.test", rcpt_to=["max.mustermann@school.test"]),
                 client=Client(ip="192.0.2.7", port=1), blob=blobs.put(raw), headers=HeaderSummary(subject="x"))))
 
-        async def run() -> int:
-            held = 0
-            for work in works:
-                outcome = await stage.process(work)
-                held += bool(outcome.held)
-            return held
-
-        cpu, wall = time.process_time(), time.perf_counter()
-        held = asyncio.run(run())
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        cpu, wall, counts = asyncio.run(time_stage(stage, works, lambda outcome: "held" if outcome.held else "passed"))
+        held = counts["held"]
     print(f"attachment stage: {args.messages} messages, {sum(sizes) / len(sizes) / 1024:.1f} KiB average "
           f"({min(sizes) / 1024:.1f}-{max(sizes) / 1024:.1f} KiB), {held} held")
     print(f"  {args.messages / cpu:,.0f} messages/s per core (CPU time {cpu:.2f} s)")

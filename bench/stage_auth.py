@@ -25,11 +25,12 @@ import random
 import shutil
 import sys
 import tempfile
-import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.stagebench import time_stage  # noqa: E402
 from consumers.stages.auth import AuthSettings, AuthStage  # noqa: E402
 from pipeline.blobstore import FileBlobStore  # noqa: E402
 from pipeline.settings import DnsSettings, Settings  # noqa: E402
@@ -98,14 +99,8 @@ def corpus(rng: random.Random, count: int, blobs: FileBlobStore) -> list[Work]:
     return works
 
 
-async def run(stage: AuthStage, works: list[Work]) -> tuple[float, float, dict[str, int]]:
-    actions: dict[str, int] = {}
-    cpu, wall = time.process_time(), time.perf_counter()
-    for work in works:
-        outcome = await stage.process(work)
-        key = f"dmarc={outcome.details['dmarc']['result']}"
-        actions[key] = actions.get(key, 0) + 1
-    return time.process_time() - cpu, time.perf_counter() - wall, actions
+async def run(stage: AuthStage, works: list[Work]) -> tuple[float, float, Counter]:
+    return await time_stage(stage, works, lambda outcome: f"dmarc={outcome.details['dmarc']['result']}")
 
 
 def stage_for(settings: Settings, blobs: FileBlobStore) -> AuthStage:

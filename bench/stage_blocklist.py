@@ -28,12 +28,13 @@ import random
 import shutil
 import sys
 import tempfile
-import time
+from collections import Counter
 from email.message import EmailMessage
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.stagebench import time_stage  # noqa: E402
 from consumers.stages.blocklist import BlocklistSettings, BlocklistStage  # noqa: E402
 from pipeline.blobstore import FileBlobStore  # noqa: E402
 from pipeline.dns import Resolver  # noqa: E402
@@ -92,14 +93,8 @@ def site_lists(entries: int) -> SiteLists:
     return lists
 
 
-async def run_pass(stage: BlocklistStage, works: list[Work]) -> tuple[float, float, dict[str, int]]:
-    verdicts: dict[str, int] = {}
-    cpu, wall = time.process_time(), time.perf_counter()
-    for work in works:
-        outcome = await stage.process(work)
-        key = "reject" if outcome.reject else str(outcome.verdict)
-        verdicts[key] = verdicts.get(key, 0) + 1
-    return time.process_time() - cpu, time.perf_counter() - wall, verdicts
+async def run_pass(stage: BlocklistStage, works: list[Work]) -> tuple[float, float, Counter]:
+    return await time_stage(stage, works, lambda outcome: "reject" if outcome.reject else str(outcome.verdict))
 
 
 async def bench(args: argparse.Namespace, host: str, port: int, home: Path) -> None:
@@ -126,7 +121,7 @@ async def bench(args: argparse.Namespace, host: str, port: int, home: Path) -> N
         cpu, wall, verdicts = await run_pass(stage, works)
         print(f"  {name}: {args.messages / cpu:8.0f} messages/s per core (CPU {cpu:.2f} s), "
               f"{args.messages / wall:8.0f} messages/s wall ({1000 * wall / args.messages:.2f} ms each); "
-              f"verdicts {verdicts}; resolver cache {len(resolver.cache)} answers")
+              f"verdicts {dict(verdicts)}; resolver cache {len(resolver.cache)} answers")
         if name == "cold":
             assert verdicts.get(str(Verdict.FAIL), 0) >= args.messages // 50, "the listed links were not found"
     await stage.close()
