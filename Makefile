@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 kafka-jars: venv deps
-	$(BIN)/python -c "from pipeline.settings import load_settings; from pipeline.localstack.kafka import ensure_kafka_jars, jars_dir; s = load_settings('deploy/local/poststelle.toml'); print('kafka jars:', ensure_kafka_jars(jars_dir(s), s.local.kafka_version))"
+	$(BIN)/python -c "from pipeline.cli.components import load_config; from pipeline.localstack.kafka import ensure_kafka_jars, jars_dir; s = load_config('deploy/local/poststelle.toml'); print('kafka jars:', ensure_kafka_jars(jars_dir(s), s.local.kafka_version))"
 
 schemas: venv
 	$(BIN)/poststelle schemas export

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.stagebench import time_stage  # noqa: E402
 from consumers.stages.attachment import AttachmentStage  # noqa: E402
 from pipeline.blobstore import FileBlobStore  # noqa: E402
-from pipeline.settings import load_settings  # noqa: E402
+from pipeline.cli.components import load_config  # noqa: E402
 from pipeline.stage import StageContext, Work  # noqa: E402
 from schemas.events import Client, Envelope, HeaderSummary, Received  # noqa: E402
 from schemas.ids import new_id  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    settings = load_settings(None, environ={"POSTSTELLE_TOPOLOGY__STAGES": "attachment,route",
+    settings = load_config(None, environ={"POSTSTELLE_TOPOLOGY__STAGES": "attachment,route",
                                             "POSTSTELLE_INGRESS__LOCAL_DOMAINS": '["school.test"]'})
     with tempfile.TemporaryDirectory() as tmp:
         blobs = FileBlobStore(Path(tmp))

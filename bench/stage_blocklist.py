@@ -37,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.stagebench import time_stage  # noqa: E402
 from consumers.stages.blocklist import BlocklistSettings, BlocklistStage  # noqa: E402
 from pipeline.blobstore import FileBlobStore  # noqa: E402
-from pipeline.dns import Resolver  # noqa: E402
-from pipeline.dnslists import ListSite  # noqa: E402
+from pipeline.clients.dns import Resolver  # noqa: E402
+from pipeline.clients.dnslists import ListSite  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
-from pipeline.sitelists import SiteLists, parse_entry  # noqa: E402
 from pipeline.stage import StageContext, Work  # noqa: E402
+from pipeline.state.sitelists import SiteLists, parse_entry  # noqa: E402
 from schemas.events import Client, Envelope, Received, Verdict  # noqa: E402
 
 WORDS = ("Termin Elternabend Klasse Hausaufgaben Mathematik Bitte Rückmeldung bis Freitag Schule Ausflug "

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from consumers.stages.virus import VirusStage  # noqa: E402
 from pipeline.blobstore import FileBlobStore  # noqa: E402
 from pipeline.localstack.clamd import clamd_service  # noqa: E402
-from pipeline.settings import load_settings  # noqa: E402
+from pipeline.cli.components import load_config  # noqa: E402
 from pipeline.stage import StageContext, Work  # noqa: E402
 from schemas.events import Client, Envelope, Received  # noqa: E402
 from schemas.ids import new_id  # noqa: E402
@@ -104,7 +104,7 @@ async def run(args: argparse.Namespace, home: Path) -> None:
     if not address:
         clamd, address, startup = start_clamd(home)
         print(f"clamd {address} ready (PONG) after {startup * 1000:.0f} ms")
-    settings = load_settings(None, environ={"POSTSTELLE_HOME": str(home), "POSTSTELLE_TOPOLOGY__STAGES": "virus,route",
+    settings = load_config(None, environ={"POSTSTELLE_HOME": str(home), "POSTSTELLE_TOPOLOGY__STAGES": "virus,route",
                                             "POSTSTELLE_STAGES__VIRUS__ADDRESS": address})
     blobs = FileBlobStore(home / "blobs")
     stage = VirusStage(settings.stage_settings("virus"), StageContext(settings=settings, blobs=blobs))

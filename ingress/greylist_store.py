@@ -25,7 +25,7 @@ an older write never undoes a newer one. A tombstone deletes only an entry that 
 as well. Two instances that see the first attempt of a triplet at nearly the same time both write
 it; the later `first_seen` wins, and the worst case is one extra delay for that sender.
 
-The log itself is behind `Transport` (`pipeline.compacted`, shared with the site's lists):
+The log itself is behind `Transport` (`pipeline.tables`, shared with the site's lists):
 `KafkaTransport` for the ingress, `MemoryTransport` over a shared `MemoryLog` for unit tests and
 the benchmark.
 """
@@ -41,8 +41,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from pipeline import compacted
-from pipeline.compacted import Apply, KafkaTransport, MemoryTransport, TopicMissing, Transport
+from pipeline import tables
+from pipeline.tables import Apply, KafkaTransport, MemoryTransport, TopicMissing, Transport
 
 __all__ = [
     "TRIPLETS",
@@ -154,11 +154,11 @@ def _sender_domain(sender: str) -> str:
     return sender.rpartition("@")[2]
 
 
-# ---- transports: the shared machinery of pipeline.compacted, with this store's two tables --------
+# ---- transports: the shared machinery of pipeline.tables, with this store's two tables --------
 
 
-class MemoryLog(compacted.MemoryLog):
-    """Both greylisting tables in memory (see `pipeline.compacted.MemoryLog`)."""
+class MemoryLog(tables.MemoryLog):
+    """Both greylisting tables in memory (see `pipeline.tables.MemoryLog`)."""
 
     def __init__(self) -> None:
         super().__init__((TRIPLETS, CLIENTS))
@@ -231,7 +231,7 @@ class GreylistStore:
             await self.transport.close()
 
     async def _follow_log(self) -> None:
-        await compacted.follow_tables(self.transport, self.apply, self._caught_up, label="greylist",
+        await tables.follow_tables(self.transport, self.apply, self._caught_up, label="greylist",
                                       retry_every=self.retry_every, on_caught_up=self._log_replayed)
 
     def _log_replayed(self) -> None:

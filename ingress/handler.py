@@ -19,9 +19,8 @@ import socket
 import time
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import AuthResult
+from aiosmtpd.smtp import AuthResult, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
-from aiosmtpd.smtp import Session
 
 from ingress.addresses import AddressError, parse_address, resolve_route
 from ingress.checks import CheckChain, CheckContext, CheckServices, Networks, Phase
@@ -29,9 +28,9 @@ from ingress.checks.relay import RelayCheck, RelaySettings
 from ingress.limits import TOO_MANY_AUTH_FAILURES, AuthFailures, ConnectionLimits
 from ingress.replies import Replies
 from ingress.smtp import IngressSMTP
-from ingress.trace import received_header, summarize_headers
 from ingress.verdicts import OutcomeFollower, Pending, refusal_text
 from pipeline.blobstore import BlobStore
+from pipeline.mail.trace import received_header, summarize_headers
 from pipeline.settings import IngressSettings, SubmissionSettings
 from schemas.events import (
     AcceptedEarly,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 from collections.abc import Callable
 
@@ -219,8 +218,8 @@ def make_protocol(handler: IngressHandler, settings: IngressSettings, *, tls_con
 
 def build_services(settings: Settings, sink: KafkaEventSink) -> CheckServices:
     """DNS resolver and directory, shared by every check of every listener."""
-    from pipeline.directory import Directory
-    from pipeline.dns import Resolver
+    from pipeline.clients.directory import Directory
+    from pipeline.clients.dns import Resolver
 
     return CheckServices(
         settings=settings,
@@ -231,10 +230,11 @@ def build_services(settings: Settings, sink: KafkaEventSink) -> CheckServices:
     )
 
 
-async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
+async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None,
+                      instance: str = "0") -> None:
     s = settings.ingress
     blobs = FileBlobStore(settings.home / "blobs")
-    sink = KafkaEventSink(settings, instance=os.environ.get("POSTSTELLE_INSTANCE", "0"))
+    sink = KafkaEventSink(settings, instance=instance)
     services = build_services(settings, sink)
     limits = ConnectionLimits(s.max_connections, s.max_connections_per_ip)
     chains = [CheckChain.build(s.checks, settings.checks, services, s.check_timeout)]

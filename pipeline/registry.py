@@ -1,64 +1,67 @@
-"""Stage registry: stages are found by name, and a name is taken once (Mailman's rule)."""
+"""Registries of named components: stages and SMTP-time checks are found by name, and a name is
+taken once (Mailman's rule).
+
+A stage or check module registers its class when it is imported (`@register` for stages,
+`ingress.checks.register_check` for checks). Which modules are imported is the composition root's
+business (`pipeline.cli.components`): the runtime never imports the stages or checks itself, it
+only looks up what was registered, and the settings loader validates `[stages.<name>]` and
+`[checks.<name>]` sections against the `Settings` classes found here.
+"""
 from __future__ import annotations
 
-import importlib
+from collections.abc import Iterable
+from typing import Generic, TypeVar
 
-from pipeline.stage import Stage
+__all__ = ["Registry", "STAGES", "CHECKS", "register", "get_stage", "stage_names", "stage_settings_types",
+           "RESERVED_NAMES"]
 
-__all__ = ["register", "get_stage", "stage_names", "stage_settings_types", "BUILTIN_STAGE_MODULES"]
-
-# modules whose import registers the built-in stages; the topology picks from these by name
-BUILTIN_STAGE_MODULES: tuple[str, ...] = (
-    "consumers.stages.route",
-    "consumers.stages.blocklist",
-    "consumers.stages.virus",
-    "consumers.stages.attachment",
-    "consumers.stages.auth",
-)
-
-_STAGES: dict[str, type[Stage]] = {}
-_loaded = False
-
+T = TypeVar("T", bound=type)
 
 # names of the other consumers: a stage's group and transactional ids must not collide with theirs
-RESERVED_NAMES = frozenset({"ingress", "retry", "bounce", "verdict", "analytics", "sink", "queue"})
+RESERVED_NAMES = frozenset({"ingress", "retry", "bounce", "verdict", "analytics", "sink", "queue", "deadletter"})
 
 
-def register(cls: type[Stage]) -> type[Stage]:
-    """Class decorator: add a stage. A second stage with the same name is an error."""
-    for attr in ("name", "description", "Settings", "process"):
-        if not hasattr(cls, attr):
-            raise TypeError(f"stage {cls.__name__} lacks {attr!r}")
-    if cls.name in RESERVED_NAMES or not cls.name.replace("_", "").isalnum():
-        raise ValueError(f"stage name {cls.name!r} is reserved or not a plain word")
-    existing = _STAGES.get(cls.name)
-    if existing is not None and existing is not cls:
-        raise ValueError(f"stage name {cls.name!r} is taken by {existing.__module__}.{existing.__name__}")
-    _STAGES[cls.name] = cls
-    return cls
+class Registry(Generic[T]):
+    """Classes of one kind by their `name`; each must have the `required` attributes."""
+
+    def __init__(self, kind: str, required: Iterable[str], reserved: frozenset[str] = frozenset()) -> None:
+        self.kind = kind
+        self.required = tuple(required)
+        self.reserved = reserved
+        self._classes: dict[str, T] = {}
+
+    def register(self, cls: T) -> T:
+        """Class decorator: add `cls`. A second class with the same name is an error."""
+        for attr in self.required:
+            if not hasattr(cls, attr):
+                raise TypeError(f"{self.kind} {cls.__name__} lacks {attr!r}")
+        name = cls.name  # type: ignore[attr-defined]
+        if name in self.reserved or not name.replace("_", "").isalnum():
+            raise ValueError(f"{self.kind} name {name!r} is reserved or not a plain word")
+        existing = self._classes.get(name)
+        if existing is not None and existing is not cls:
+            raise ValueError(f"{self.kind} name {name!r} is taken by {existing.__module__}.{existing.__name__}")
+        self._classes[name] = cls
+        return cls
+
+    def get(self, name: str) -> T:
+        try:
+            return self._classes[name]
+        except KeyError:
+            known = ", ".join(sorted(self._classes)) or "none registered"
+            raise KeyError(f"no {self.kind} named {name!r} (known: {known})") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._classes)
+
+    def settings_types(self) -> dict[str, type]:
+        return {name: cls.Settings for name, cls in self._classes.items()}  # type: ignore[attr-defined]
 
 
-def _load_builtins() -> None:
-    global _loaded
-    if not _loaded:
-        for module in BUILTIN_STAGE_MODULES:
-            importlib.import_module(module)
-        _loaded = True
+STAGES: Registry[type] = Registry("stage", ("name", "description", "Settings", "process"), RESERVED_NAMES)
+CHECKS: Registry[type] = Registry("check", ("name", "description", "Settings"))
 
-
-def get_stage(name: str) -> type[Stage]:
-    _load_builtins()
-    try:
-        return _STAGES[name]
-    except KeyError:
-        raise KeyError(f"no stage named {name!r} (known: {', '.join(sorted(_STAGES))})") from None
-
-
-def stage_names() -> list[str]:
-    _load_builtins()
-    return sorted(_STAGES)
-
-
-def stage_settings_types() -> dict[str, type]:
-    _load_builtins()
-    return {name: cls.Settings for name, cls in _STAGES.items()}
+register = STAGES.register
+get_stage = STAGES.get
+stage_names = STAGES.names
+stage_settings_types = STAGES.settings_types

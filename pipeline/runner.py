@@ -21,6 +21,7 @@ from aiokafka.structs import ConsumerRecord
 from pipeline.blobstore import FileBlobStore
 from pipeline.bus import Topics
 from pipeline.hop import Output, TransactionalHop
+from pipeline.registry import get_stage
 from pipeline.settings import Settings
 from pipeline.stage import Outcome, PoisonMessage, Stage, StageContext, TemporaryFailure, Work
 from schemas.codec import DecodeError
@@ -171,13 +172,11 @@ def _message_id_of(payload: bytes | None) -> str:
         return ""
 
 
-async def run_stage(settings: Settings, name: str, stop: asyncio.Event,
-                    on_ready: Callable[[], None] | None = None, instance: str = "0") -> StageRunner:
-    from pipeline.registry import get_stage
-
-    cls = get_stage(name)
+async def run_stage(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None,
+                    instance: str = "0", *, stage: str) -> StageRunner:
+    """Run the registered stage named `stage` until `stop` is set (the process `poststelle run stage:NAME`)."""
+    cls = get_stage(stage)
     context = StageContext(settings=settings, blobs=FileBlobStore(settings.home / "blobs"))
-    stage = cls(settings.stage_settings(name), context)
-    runner = StageRunner(settings, stage, instance=instance)
+    runner = StageRunner(settings, cls(settings.stage_settings(stage), context), instance=instance)
     await runner.run(stop, on_ready)
     return runner

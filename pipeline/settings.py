@@ -47,6 +47,7 @@ __all__ = [
     "DnsSettings",
     "SmarthostSinkSettings",
     "parse_duration",
+    "raw_config",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -230,6 +231,9 @@ class SinkSettings:
 @dataclass(frozen=True, slots=True)
 class TopologySettings:
     stages: list[str] = field(default_factory=lambda: ["route"])
+    # a site's own stages: Python modules imported before the config is validated (each registers
+    # its stage classes with pipeline.registry.register)
+    stage_modules: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,6 +434,23 @@ def _fix_list_strings(cls: type, data: dict[str, Any]) -> None:
             data[key] = [item.strip() for item in value.split(",") if item.strip()]
 
 
+def _read_file(path: str | Path | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def raw_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The config file's tables with the environment overrides merged in, not yet validated."""
+    environ = os.environ if environ is None else environ
+    return _merge(_read_file(path or environ.get("POSTSTELLE_CONFIG")), _env_overrides(environ))
+
+
 def load_settings(
     path: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
@@ -438,27 +459,19 @@ def load_settings(
 ) -> Settings:
     """Read the config file (if any), apply environment overrides, validate everything.
 
-    `stage_types` maps stage names to their settings dataclasses; it defaults to every registered
-    stage (see `pipeline.registry`). Stages of the topology without a section get their defaults.
+    `stage_types` and `check_types` map stage and check names to their settings dataclasses; they
+    default to every registered stage and check (see `pipeline.registry`; the composition root,
+    `pipeline.cli.components`, registers the built-in ones). Stages of the topology without a
+    section get their defaults.
     """
     environ = os.environ if environ is None else environ
     path = path or environ.get("POSTSTELLE_CONFIG")
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    if stage_types is None:
-        from pipeline.registry import stage_settings_types
+    data = _read_file(path)
+    if stage_types is None or check_types is None:
+        from pipeline.registry import CHECKS, STAGES
 
-        stage_types = stage_settings_types()
-    if check_types is None:
-        from ingress.checks import check_settings_types
-
-        check_types = check_settings_types()
+        stage_types = STAGES.settings_types() if stage_types is None else stage_types
+        check_types = CHECKS.settings_types() if check_types is None else check_types
     overrides = _env_overrides(environ)
     _fix_list_strings(Settings, overrides)  # env values may write lists as "a,b"
     for name, section in overrides.get("stages", {}).items():

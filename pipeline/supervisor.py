@@ -28,8 +28,7 @@ from pipeline.bus import ensure_topics
 from pipeline.localstack import ServiceSpec
 from pipeline.settings import Settings
 
-__all__ = ["Supervisor", "Child", "pipeline_specs", "infrastructure_specs", "ready_file", "status_file",
-           "hold_file"]
+__all__ = ["Supervisor", "Child", "ready_file", "status_file", "hold_file", "component_argv"]
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -55,6 +54,11 @@ def hold_file(settings: Settings, name: str) -> Path:
     return run_dir(settings) / f"{name.replace(':', '-')}.hold"
 
 
+def component_argv(name: str) -> list[str]:
+    """How the supervisor starts a pipeline component: `poststelle run <name>` in this interpreter."""
+    return [sys.executable, "-m", "pipeline.cli", "run", name]
+
+
 def _die_with_parent() -> None:
     """preexec_fn: SIGKILL this child when the supervisor goes away, however it goes."""
     try:
@@ -62,59 +66,6 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
-
-
-def infrastructure_specs(settings: Settings) -> list[ServiceSpec]:
-    specs = []
-    if settings.local.kafka:
-        from pipeline.localstack.kafka import kafka_service
-
-        specs.append(kafka_service(settings))
-    if settings.local.dovecot:
-        from pipeline.localstack.dovecot import dovecot_service
-
-        lmtp = settings.sinks.lmtp
-        users = Path(settings.local.dovecot_users)
-        if not users.is_absolute():
-            from pipeline.settings import REPO_ROOT
-
-            users = REPO_ROOT / users
-        specs.append(dovecot_service(settings.home, lmtp.host, lmtp.port, users))
-    if settings.local.smarthost:
-        from pipeline.localstack.smarthost import smarthost_service
-
-        specs.append(smarthost_service(settings))
-    if settings.local.slapd:
-        from pipeline.localstack.slapd import LDIF, slapd_service
-
-        specs.append(slapd_service(settings.home, settings.ldap.host, settings.ldap.port, LDIF))
-    if settings.local.nsd:
-        from pipeline.localstack.nsd import ZONES_DIR, nsd_service
-
-        specs.append(nsd_service(settings.home, settings.dns.nameserver, settings.dns.port, ZONES_DIR))
-    if settings.local.clamd:
-        from pipeline.localstack.clamd import DEFAULT_STREAM_MAX_LENGTH, clamd_service
-
-        virus = settings.stages.get("virus")
-        stream_max = getattr(virus, "stream_max_length", DEFAULT_STREAM_MAX_LENGTH)
-        specs.append(clamd_service(settings.home, settings.local.clamd_host, settings.local.clamd_port,
-                                   stream_max_length=stream_max))
-    return specs
-
-
-def pipeline_specs(settings: Settings) -> list[ServiceSpec]:
-    """The poststelle processes: `poststelle run <component>` each."""
-    names: list[str] = []
-    if settings.supervisor.run_ingress:
-        names.append("ingress")
-    if settings.supervisor.run_stages:
-        names.extend(f"stage:{s}" for s in settings.topology.stages)
-        names.append("verdict")  # turns rejections the sender was not told of into quarantine
-    names.extend(f"sink:{s}" for s in settings.supervisor.sinks)
-    if {"lmtp", "smarthost"} & set(settings.supervisor.sinks):
-        names.extend(["retry", "bounce"])  # deferred deliveries and DSNs belong with the delivery sinks
-    return [ServiceSpec(name=n, argv=[sys.executable, "-m", "pipeline.cli", "run", n], stop_timeout=5.0)
-            for n in names]
 
 
 @dataclass

@@ -1,12 +1,13 @@
 """Time-ordered identifiers (UUID version 7, RFC 9562) for events and messages."""
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
 import uuid
 
-__all__ = ["new_id", "id_time_ms"]
+__all__ = ["new_id", "id_time_ms", "derived_id"]
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -38,3 +39,21 @@ def new_id() -> str:
 def id_time_ms(event_id: str) -> int:
     """The creation time (Unix milliseconds) encoded in an id made by `new_id`."""
     return uuid.UUID(event_id).int >> 80
+
+
+def derived_id(source_id: str, purpose: str) -> str:
+    """A UUIDv7-shaped id that is a pure function of `source_id` and `purpose`.
+
+    The time bits are those of `source_id` when it is a UUIDv7 (so derived ids sort like the event
+    they come from); the other bits come from a SHA-256 of both inputs.
+    """
+    digest = int.from_bytes(hashlib.sha256(f"poststelle:{purpose}:{source_id}".encode()).digest(), "big")
+    try:
+        source = uuid.UUID(source_id)
+        ms = source.int >> 80 if source.version == 7 else digest >> 208
+    except ValueError:
+        ms = digest >> 208
+    counter = (digest >> 64) & 0xFFF
+    rand = digest & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand
+    return str(uuid.UUID(int=value))

@@ -35,9 +35,8 @@ import http.client
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,8 +63,8 @@ from schemas.events import (
     Rejected,
     Reply,
     Routed,
-    SmtpConnect,
     SmtpCheck,
+    SmtpConnect,
     SmtpReject,
     StageResult,
     decode_event,
@@ -89,7 +88,6 @@ __all__ = [
     "run_analytics_sink",
     "run_sql",
     "post_query",
-    "format_table",
     "dumps_result",
     "event_time",
     "MAX_QUERY_BYTES",
@@ -992,7 +990,7 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
 
 
 async def run_analytics_sink(
-    settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None
+    settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None, instance: str = "0"
 ) -> None:
     """Consume every event topic into the analytics store until `stop` is set.
 
@@ -1078,44 +1076,3 @@ def run_sql(settings: Settings, sql: str) -> tuple[list[str], list[list]]:
     except ConnectionRefusedError:
         log.debug("no analytics sink answers on %s:%d; opening the store directly", cfg.query_host, cfg.query_port)
     return _query_directly(settings, sql)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, str):
-        text = value
-    elif isinstance(value, (list, dict)):
-        text = orjson.dumps(value, default=_json_default).decode()
-    else:
-        text = str(value)
-    return text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, Decimal)) and not isinstance(value, bool)
-
-
-def format_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], max_width: int | None = None) -> str:
-    """An aligned text table: header, separator, rows (numbers right-aligned), then ``(N rows)``.
-
-    NULL is shown as ``NULL``, arrays as JSON, control characters escaped; `max_width` cuts longer
-    cells with an ellipsis.
-    """
-    data = [list(row) for row in rows]
-    cells = [[_cell(value) for value in row] for row in data]
-    if max_width is not None:
-        cells = [[c if len(c) <= max_width else c[: max(1, max_width - 1)] + "…" for c in row] for row in cells]
-    header = [_cell(name) for name in columns]
-    widths = [max([len(header[i]), *(len(row[i]) for row in cells)]) for i in range(len(header))]
-    right = [bool(data) and all(_is_number(row[i]) or row[i] is None for row in data) for i in range(len(header))]
-
-    def line(values: Sequence[str]) -> str:
-        return " | ".join(
-            v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right, strict=True)
-        ).rstrip()
-
-    out = [line(header), "-+-".join("-" * w for w in widths)]
-    out.extend(line(row) for row in cells)
-    out.append(f"({len(data)} row{'' if len(data) == 1 else 's'})")
-    return "\n".join(out)

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 
-from consumers.sinks.ledger import Ledger
-from consumers.sinks.render import render
 from consumers.sinks.transport import Delivery, DeliveryTransport
 from pipeline.blobstore import BlobNotFound, BlobStore
 from pipeline.bus import DrainOnRevoke, Topics, make_consumer, make_transactional_producer
+from pipeline.mail.render import render
 from pipeline.settings import Settings
+from pipeline.state.ledger import Ledger
 from schemas.events import (
     Bounced,
     Deadlettered,

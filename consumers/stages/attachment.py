@@ -1,6 +1,6 @@
 """attachment: hold back dangerous attachments, deliver the rest with a notice in their place.
 
-The stage walks the MIME tree of the stored message (`pipeline.mime`: nested multiparts and
+The stage walks the MIME tree of the stored message (`pipeline.mail.mime`: nested multiparts and
 ``message/rfc822``, RFC 2047/2231 names, both ``filename`` and ``name``) and checks every named
 part, and every part that is a zip archive (by name, type or signature):
 
@@ -33,15 +33,16 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from consumers.sinks.dsn import derived_id, inject_message
-from consumers.sinks.render import notice_part
 from pipeline.blobstore import BlobNotFound
-from pipeline.mime import MimeLimitExceeded, Part, decode_body, walk
+from pipeline.mail.inject import inject_message
+from pipeline.mail.mime import MimeLimitExceeded, Part, decode_body, walk
+from pipeline.mail.render import notice_part
+from pipeline.mail.zipdir import ZIP_MAGIC, BrokenZip, ZipEntry, list_zip
 from pipeline.registry import register
 from pipeline.settings import ConfigError
 from pipeline.stage import Outcome, PoisonMessage, StageContext, TemporaryFailure, Work
-from pipeline.zipdir import ZIP_MAGIC, BrokenZip, ZipEntry, list_zip
 from schemas.events import Edit, Held, Received, Verdict, epoch_from_iso
+from schemas.ids import derived_id
 from schemas.stages.attachment import AttachmentDetails, HeldPartDetails
 
 __all__ = [

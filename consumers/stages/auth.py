@@ -23,7 +23,7 @@ from consumers.stages.authn.dmarc import DmarcOutcome, evaluate, header_from_dom
 from consumers.stages.authn.header import HEADER_NAME, authentication_results
 from consumers.stages.authn.spf import SpfOutcome, check_host
 from pipeline.blobstore import BlobNotFound
-from pipeline.dns import Resolver, normalize_ip
+from pipeline.clients.dns import Resolver, normalize_ip
 from pipeline.registry import register
 from pipeline.settings import ConfigError
 from pipeline.stage import Outcome, PoisonMessage, StageContext, Work

@@ -2,7 +2,7 @@
 
 For each message, in this order:
 
-1. **The site's block list** (`poststelle list`, `pipeline.sitelists`): the client IP (cidr
+1. **The site's block list** (`poststelle list`, `pipeline.state.sitelists`): the client IP (cidr
    entries), the envelope sender (address, or its domain), the header From domains, the link hosts
    of the text and HTML parts (domain entries match a name and everything under it) and the SHA-256
    of every attachment. The first hit rejects the message for all recipients, reason
@@ -13,7 +13,7 @@ For each message, in this order:
    `uribl` zones, the header From domains in the `rhsbl` zones, and — only when the ingress let the
    message through after a DNS timeout (`received.skipped_checks` holds "dnsbl") — the client IP in
    the `dnsbl` zones (by default the ingress's `[[checks.dnsbl.sites]]`). Sites, return codes and
-   weights work as at SMTP time (`pipeline.dnslists`): every matching site adds its weight once per
+   weights work as at SMTP time (`pipeline.clients.dnslists`): every matching site adds its weight once per
    kind of lookup; a score at or over `threshold` is the verdict `fail` with every listing (zone,
    domain or IP, codes) in the details and the score in the result, for the spam stage. A listing
    never rejects here.
@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 
 from consumers.stages.blocklist_content import DEFAULT_PSL_PATH, MessageFacts, extract_facts, load_public_suffix_list
 from pipeline.blobstore import BlobNotFound
-from pipeline.dns import Answer, Resolver, normalize_ip
-from pipeline.dnslists import ListSite, Lookup, evaluate, validate_list_settings
+from pipeline.clients.dns import Answer, Resolver, normalize_ip
+from pipeline.clients.dnslists import ListSite, Lookup, evaluate, validate_list_settings
 from pipeline.registry import register
 from pipeline.settings import ConfigError
-from pipeline.sitelists import ALLOW, BLOCK, EntryError, Match, SiteLists, kafka_transport, normalize_address
 from pipeline.stage import Outcome, PoisonMessage, StageContext, TemporaryFailure, Work
+from pipeline.state.sitelists import ALLOW, BLOCK, EntryError, Match, SiteLists, kafka_transport, normalize_address
 from schemas.events import Received, Verdict
 from schemas.stages.blocklist import BlocklistDetails, Listing, SiteListHit
 

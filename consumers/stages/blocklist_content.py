@@ -33,7 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pipeline.sitelists import EntryError, normalize_domain
+from pipeline.state.sitelists import EntryError, normalize_domain
 
 __all__ = [
     "MessageFacts",

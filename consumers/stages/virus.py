@@ -2,7 +2,7 @@
 is quarantined, and mail is never passed on unscanned.
 
 The stage streams the stored message (headers and body as accepted) to clamd over INSTREAM
-(`pipeline.clamav`); clamd decodes the MIME parts and unpacks archives itself. Outcomes:
+(`pipeline.clients.clamav`); clamd decodes the MIME parts and unpacks archives itself. Outcomes:
 
 - ``stream: OK`` → pass, on to the next stage.
 - ``<signature> FOUND`` → `rejected`, reason ``virus found: <signature>``, details
@@ -28,7 +28,7 @@ import logging
 from dataclasses import dataclass
 
 from pipeline.blobstore import BlobNotFound
-from pipeline.clamav import ClamdAddress, ClamdClient, ClamdTransport, ScanResult, ScanStatus, ScannerError
+from pipeline.clients.clamav import ClamdAddress, ClamdClient, ClamdTransport, ScannerError, ScanResult, ScanStatus
 from pipeline.metrics import Metrics, metrics_file
 from pipeline.registry import register
 from pipeline.settings import ConfigError

@@ -16,12 +16,13 @@ tests can swap the transport.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
+
+from pipeline.registry import CHECKS
 
 __all__ = [
     "PHASES",
@@ -38,7 +39,6 @@ __all__ = [
     "get_check",
     "check_names",
     "check_settings_types",
-    "BUILTIN_CHECK_MODULES",
     "Networks",
 ]
 
@@ -46,20 +46,6 @@ log = logging.getLogger(__name__)
 
 Phase = Literal["connect", "helo", "mail", "rcpt", "data"]
 PHASES: tuple[Phase, ...] = ("connect", "helo", "mail", "rcpt", "data")
-
-# modules whose import registers the built-in checks; the config picks from these by name
-BUILTIN_CHECK_MODULES: tuple[str, ...] = (
-    "ingress.checks.relay",
-    "ingress.checks.dnsbl",
-    "ingress.checks.fcrdns",
-    "ingress.checks.sender_domain",
-    "ingress.checks.rhsbl",
-    "ingress.checks.recipient",
-    "ingress.checks.group_policy",
-    "ingress.checks.greylist",
-    "ingress.checks.sender_login",
-)
-
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -189,51 +175,13 @@ class Check:
 
 
 # ---- registry -------------------------------------------------------------------------------------
+# checks register in the runtime's registry, so the settings loader can validate [checks.<name>]
+# without importing this package; which check modules are loaded is the composition root's choice
 
-_CHECKS: dict[str, type[Check]] = {}
-_loaded = False
-
-
-def register_check(cls: type[Check]) -> type[Check]:
-    """Class decorator: add a check. A name is taken once."""
-    for attr in ("name", "description", "Settings"):
-        if not hasattr(cls, attr):
-            raise TypeError(f"check {cls.__name__} lacks {attr!r}")
-    existing = _CHECKS.get(cls.name)
-    if existing is not None and existing is not cls:
-        raise ValueError(f"check name {cls.name!r} is taken by {existing.__module__}.{existing.__name__}")
-    _CHECKS[cls.name] = cls
-    return cls
-
-
-def _load_builtins() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in BUILTIN_CHECK_MODULES:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as exc:  # a check module not written yet must not break the rest
-                if exc.name != module:
-                    raise
-
-
-def get_check(name: str) -> type[Check]:
-    _load_builtins()
-    try:
-        return _CHECKS[name]
-    except KeyError:
-        raise KeyError(f"no check named {name!r} (known: {', '.join(sorted(_CHECKS))})") from None
-
-
-def check_names() -> list[str]:
-    _load_builtins()
-    return sorted(_CHECKS)
-
-
-def check_settings_types() -> dict[str, type]:
-    _load_builtins()
-    return {name: cls.Settings for name, cls in _CHECKS.items()}
+register_check = CHECKS.register
+get_check = CHECKS.get
+check_names = CHECKS.names
+check_settings_types = CHECKS.settings_types
 
 
 # ---- the chain ------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 At connect, the client address (IPv4 octets or IPv6 nibbles, reversed, RFC 5782) is looked up in
 every configured zone at once. Each `[[checks.dnsbl.sites]]` entry whose return-code filter
-matches adds its weight once (see `ingress.checks._dnslists` for the entry format); a sum at or
+matches adds its weight once (see `pipeline.clients.dnslists` for the entry format); a sum at or
 over `threshold` refuses the session::
 
     554 5.7.1 Service unavailable; client [192.0.2.7] blocked using zen.dnsbl.test
@@ -31,8 +31,8 @@ import logging
 from dataclasses import dataclass, field
 
 from ingress.checks import PASS, Check, CheckContext, Decision, refuse, register_check
-from ingress.checks._dnslists import ListSite, evaluate, validate_list_settings
-from pipeline.dns import normalize_ip
+from pipeline.clients.dns import normalize_ip
+from pipeline.clients.dnslists import ListSite, evaluate, validate_list_settings
 
 __all__ = ["DnsblCheck", "DnsblSettings"]
 

@@ -34,8 +34,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ingress.checks import PASS, Check, CheckContext, Decision, refuse, register_check
-from ingress.checks._dnslists import ON_ERROR
-from pipeline.dns import Answer, BadName, normalize_ip
+from pipeline.clients.dns import Answer, BadName, normalize_ip
+from pipeline.clients.dnslists import ON_ERROR
 from pipeline.settings import ConfigError
 
 __all__ = ["FcrdnsCheck", "FcrdnsSettings"]

@@ -44,7 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ingress.checks import PASS, Check, CheckContext, CheckServices, Decision, refuse, register_check
-from pipeline.directory import DirectoryUnavailable
+from pipeline.clients.directory import DirectoryUnavailable
 from pipeline.settings import ConfigError
 
 __all__ = ["GroupPolicyCheck", "GroupPolicySettings", "GroupRule", "LOOKUP_FAILED"]

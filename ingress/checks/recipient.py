@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from ingress.addresses import AddressError, parse_address
 from ingress.checks import PASS, Check, CheckContext, CheckServices, Decision, refuse, register_check
-from pipeline.directory import DirectoryUnavailable
+from pipeline.clients.directory import DirectoryUnavailable
 
 __all__ = ["RecipientCheck", "RecipientSettings", "USER_UNKNOWN", "MAILBOX_DISABLED", "LOOKUP_FAILED"]
 

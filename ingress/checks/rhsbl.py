@@ -2,7 +2,7 @@
 
 At MAIL FROM the sender's domain is looked up as `<domain>.<zone>` in every configured zone at
 once (with `check_helo = true` also the HELO name, when it is a domain name with a dot). The sites
-and weights work as in the `dnsbl` check (see `ingress.checks._dnslists`); each site counts once
+and weights work as in the `dnsbl` check (see `pipeline.clients.dnslists`); each site counts once
 even when both names are listed. A sum at or over `threshold` refuses the sender:
 
     554 5.7.1 Sender address rejected: domain listed by dbl.rhsbl.test    reason rhsbl_listed
@@ -29,7 +29,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ingress.checks import PASS, Check, CheckContext, Decision, refuse, register_check
-from ingress.checks._dnslists import (
+from pipeline.clients.dnslists import (
     ListSite,
     SenderSyntaxError,
     evaluate,

@@ -31,8 +31,8 @@ import asyncio
 from dataclasses import dataclass
 
 from ingress.checks import PASS, Check, CheckContext, Decision, refuse, register_check
-from ingress.checks._dnslists import ON_ERROR, SenderSyntaxError, sender_domain
-from pipeline.dns import BadName, is_null_mx
+from pipeline.clients.dns import BadName, is_null_mx
+from pipeline.clients.dnslists import ON_ERROR, SenderSyntaxError, sender_domain
 from pipeline.settings import ConfigError
 
 __all__ = ["SenderDomainCheck", "SenderDomainSettings"]

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ServiceSpec"]
+from pipeline.settings import REPO_ROOT, Settings
+
+__all__ = ["ServiceSpec", "local_services"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,3 +31,40 @@ class ServiceSpec:
     stop_timeout: float = 5.0
     # (services stop in reverse start order; infrastructure starts first and stops last;
     #  stdout and stderr go to <home>/log/<name>.log)
+
+
+def local_services(settings: Settings) -> list[ServiceSpec]:
+    """The daemons of the local stack the config asks for, in start order (Kafka first)."""
+    specs = []
+    if settings.local.kafka:
+        from pipeline.localstack.kafka import kafka_service
+
+        specs.append(kafka_service(settings))
+    if settings.local.dovecot:
+        from pipeline.localstack.dovecot import dovecot_service
+
+        lmtp = settings.sinks.lmtp
+        users = Path(settings.local.dovecot_users)
+        if not users.is_absolute():
+            users = REPO_ROOT / users
+        specs.append(dovecot_service(settings.home, lmtp.host, lmtp.port, users))
+    if settings.local.smarthost:
+        from pipeline.localstack.smarthost import smarthost_service
+
+        specs.append(smarthost_service(settings))
+    if settings.local.slapd:
+        from pipeline.localstack.slapd import LDIF, slapd_service
+
+        specs.append(slapd_service(settings.home, settings.ldap.host, settings.ldap.port, LDIF))
+    if settings.local.nsd:
+        from pipeline.localstack.nsd import ZONES_DIR, nsd_service
+
+        specs.append(nsd_service(settings.home, settings.dns.nameserver, settings.dns.port, ZONES_DIR))
+    if settings.local.clamd:
+        from pipeline.localstack.clamd import DEFAULT_STREAM_MAX_LENGTH, clamd_service
+
+        virus = settings.stages.get("virus")
+        stream_max = getattr(virus, "stream_max_length", DEFAULT_STREAM_MAX_LENGTH)
+        specs.append(clamd_service(settings.home, settings.local.clamd_host, settings.local.clamd_port,
+                                   stream_max_length=stream_max))
+    return specs

@@ -15,7 +15,7 @@ from ingress.server import make_protocol
 from ingress.verdicts import Pending, refusal_text
 from pipeline.blobstore import FileBlobStore
 from pipeline.settings import IngressSettings
-from schemas.events import AcceptedEarly, MessageOutcome, Received, SmtpReject, epoch_from_iso
+from schemas.events import AcceptedEarly, MessageOutcome, Received, epoch_from_iso
 from tests.ingress.test_smtp_session import Client, MemorySink
 
 RCPTS = ["max.mustermann@school.test", "lena.mueller@school.test"]

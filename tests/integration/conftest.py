@@ -64,12 +64,6 @@ def stack_env(home: Path, base: int) -> dict[str, str]:
 SMTP_HOST, SMTP_PORT = "127.0.0.1", SESSION_BASE + 2
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/integration" in str(item.fspath):
-            item.add_marker(pytest.mark.integration)
-
-
 @dataclass
 class Stack:
     env: dict[str, str]

@@ -12,9 +12,9 @@ import zipfile
 import orjson
 import pytest
 
-from pipeline.mime import walk
+from pipeline.mail.mime import walk
 from tests.integration.conftest import SMTP_HOST, new_test_id, strip_trace
-from tests.pipeline.test_mime import many_parts, nested_message
+from tests.pipeline.mail.test_mime import many_parts, nested_message
 
 RCPT = "max.mustermann@school.test"
 PROGRAM = b"MZ\x90\x00\x03\x00\x00\x00 pretend this is a program " * 20

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pipeline.clamav import SIZE_LIMIT, ClamdAddress, ClamdClient, ClamdTransport, ScanStatus
+from pipeline.clients.clamav import SIZE_LIMIT, ClamdAddress, ClamdClient, ClamdTransport, ScanStatus
 from pipeline.localstack.clamd import DEFAULT_STREAM_MAX_LENGTH, clamd_answers_ping, socket_path
 from tests.virus_samples import ZIP_MARKER, eicar, mail_with_attachment, nested_zips, zipped
 

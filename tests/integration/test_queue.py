@@ -10,14 +10,24 @@ import uuid
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
-from consumers.sinks.ledger import Ledger
-from consumers.sinks.queue import deferred_deliveries, queue_rows, retry_now
-from consumers.sinks.retry import RetryService
+from consumers.services.retry import RetryService
 from pipeline.bus import Topics, ensure_topics
+from pipeline.cli.queue import deferred_deliveries, queue_rows, retry_now
 from pipeline.hop import Hold
 from pipeline.settings import load_settings
-from schemas.events import (BlobRef, Client, Deferred, Envelope, Received, Reply, Routed, decode_event,
-                            encode_event, iso_from_epoch)
+from pipeline.state.ledger import Ledger
+from schemas.events import (
+    BlobRef,
+    Client,
+    Deferred,
+    Envelope,
+    Received,
+    Reply,
+    Routed,
+    decode_event,
+    encode_event,
+    iso_from_epoch,
+)
 from schemas.ids import new_id
 
 

@@ -23,7 +23,7 @@ from typing import Literal
 
 import dkim as dkimpy
 
-from pipeline.dns import BadName, Resolver
+from pipeline.clients.dns import BadName, Resolver
 
 __all__ = ["DkimResult", "DkimOutcome", "verify_signatures", "ACCEPTED_ALGORITHMS"]
 

@@ -24,7 +24,7 @@ from publicsuffixlist import PublicSuffixList
 
 from consumers.stages.authn.dkim import DkimOutcome
 from consumers.stages.authn.spf import SpfOutcome
-from pipeline.dns import BadName, Resolver
+from pipeline.clients.dns import BadName, Resolver
 
 __all__ = ["DmarcResult", "Disposition", "DmarcRecord", "DmarcOutcome", "header_from_domain",
            "organizational_domain", "parse_record", "evaluate", "sample_of"]

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.dns import Answer, BadName, IpAddress, Resolver, mx_hosts, normalize_ip
+from pipeline.clients.dns import Answer, BadName, IpAddress, Resolver, mx_hosts, normalize_ip
 
 __all__ = ["SpfResult", "SpfOutcome", "check_host", "spf_identity"]
 

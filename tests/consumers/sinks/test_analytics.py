@@ -26,15 +26,14 @@ from consumers.sinks.analytics import (
     QueryServer,
     SinkStats,
     event_row,
-    format_table,
     post_query,
     run_sql,
 )
 from pipeline.settings import (
+    REPO_ROOT,
     AnalyticsSinkSettings,
     KafkaSettings,
     PathSettings,
-    REPO_ROOT,
     Settings,
     SinkSettings,
     TopologySettings,
@@ -57,7 +56,6 @@ from schemas.events import (
     Verdict,
     decode_event,
 )
-
 
 # ---- helpers -----------------------------------------------------------------------------------
 
@@ -382,22 +380,6 @@ def test_a_second_process_cannot_open_the_engine(home: Path) -> None:
         assert "another process holds it" in proc.stdout
     finally:
         holder.close()
-
-
-# ---- format_table ------------------------------------------------------------------------------
-
-
-def test_format_table_aligns_columns() -> None:
-    text = format_table(["type", "n", "rcpts"], [["received", 12, ["a@x"]], ["smtp_reject", 3, None]])
-    assert text.splitlines() == [
-        "type        |  n | rcpts",
-        "------------+----+--------",
-        'received    | 12 | ["a@x"]',
-        "smtp_reject |  3 | NULL",
-        "(2 rows)",
-    ]
-    assert format_table(["a"], []).splitlines() == ["a", "-", "(0 rows)"]
-    assert format_table(["a"], [["x\ny"]]).splitlines()[-2:] == ["x\\ny", "(1 row)"]
 
 
 def _reject(check: str, reason: str, code: int = 554) -> SmtpReject:

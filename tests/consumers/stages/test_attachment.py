@@ -10,10 +10,10 @@ from email.message import EmailMessage
 
 import pytest
 
-from consumers.sinks.render import render
 from consumers.stages.attachment import AttachmentSettings, AttachmentStage, name_problems, zip_problems
 from pipeline.blobstore import FileBlobStore
-from pipeline.mime import leaf_at, walk
+from pipeline.mail.mime import leaf_at, walk
+from pipeline.mail.render import render
 from pipeline.settings import load_settings
 from pipeline.stage import PoisonMessage, StageContext, Work
 from schemas.events import BlobRef, Client, Envelope, HeaderSummary, Received, Verdict
@@ -184,7 +184,7 @@ async def test_a_zip_renamed_to_pdf_is_still_listed(tmp_path):
 
 
 async def test_too_deep_and_too_many_parts_are_quarantined_with_the_reason(tmp_path):
-    from tests.pipeline.test_mime import many_parts, nested_message
+    from tests.pipeline.mail.test_mime import many_parts, nested_message
 
     stage, blobs = _stage(tmp_path)
     deep = await stage.process(_work(blobs, nested_message(200)))
@@ -194,7 +194,7 @@ async def test_too_deep_and_too_many_parts_are_quarantined_with_the_reason(tmp_p
 
 
 async def test_limits_can_dead_letter_instead(tmp_path):
-    from tests.pipeline.test_mime import nested_message
+    from tests.pipeline.mail.test_mime import nested_message
 
     stage, blobs = _stage(tmp_path, on_limit="deadletter")
     with pytest.raises(PoisonMessage) as info:

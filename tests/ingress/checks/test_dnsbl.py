@@ -10,12 +10,11 @@ import dns.message
 import pytest
 
 from ingress.checks import CheckChain, CheckContext, CheckServices
-from ingress.checks._dnslists import ListSite
 from ingress.checks.dnsbl import DnsblCheck, DnsblSettings
-from pipeline.dns import Resolver, UdpTcpTransport
+from pipeline.clients.dns import Resolver, UdpTcpTransport
+from pipeline.clients.dnslists import ListSite
 from pipeline.settings import ConfigError, load_settings
-
-from .conftest import NSD_HOST
+from tests.servers import NSD_HOST
 
 ZEN_SBL = ListSite(zone="zen.dnsbl.test", codes=["127.0.0.2-127.0.0.3"], weight=3)
 ZEN_PBL = ListSite(zone="zen.dnsbl.test", codes=["127.0.0.10-127.0.0.11"], weight=2)

@@ -5,10 +5,9 @@ import pytest
 
 from ingress.checks import CheckContext, CheckServices
 from ingress.checks.fcrdns import FcrdnsCheck, FcrdnsSettings
-from pipeline.dns import Resolver
+from pipeline.clients.dns import Resolver
 from pipeline.settings import ConfigError
-
-from .conftest import NSD_HOST, FilteredTransport
+from tests.servers import NSD_HOST, FilteredTransport
 
 FAILED = "550 5.7.25 Reverse DNS validation failed"
 TEMPFAIL = "450 4.7.25 Reverse DNS validation failed temporarily; try again later"

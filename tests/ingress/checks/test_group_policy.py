@@ -9,10 +9,9 @@ import pytest
 
 from ingress.checks import PASS, CheckContext, CheckServices
 from ingress.checks.group_policy import LOOKUP_FAILED, GroupPolicyCheck, GroupPolicySettings
-from pipeline.directory import Directory
+from pipeline.clients.directory import Directory
 from pipeline.settings import ConfigError, parse_section
-
-from .conftest import SLAPD_HOST
+from tests.servers import SLAPD_HOST
 
 # the rules of deploy/local/poststelle.toml
 DEMO_RULES = """

@@ -15,10 +15,9 @@ from ingress.checks.recipient import (
     RecipientSettings,
 )
 from ingress.checks.relay import RelayCheck
-from pipeline.directory import Directory
+from pipeline.clients.directory import Directory
 from pipeline.settings import parse_section
-
-from .conftest import SLAPD_HOST, SlapdServer
+from tests.servers import SLAPD_HOST, SlapdServer
 
 LOCAL = frozenset({"school.test", "school.example"})
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from ingress.checks import CheckContext, CheckServices
-from ingress.checks._dnslists import ListSite
 from ingress.checks.rhsbl import RhsblCheck, RhsblSettings, helo_domain
-from pipeline.dns import Resolver
+from pipeline.clients.dns import Resolver
+from pipeline.clients.dnslists import ListSite
 from pipeline.settings import ConfigError, load_settings
 
 LISTED = "554 5.7.1 Sender address rejected: domain listed by dbl.rhsbl.test"

@@ -5,10 +5,9 @@ import pytest
 
 from ingress.checks import CheckContext, CheckServices
 from ingress.checks.sender_domain import SenderDomainCheck, SenderDomainSettings
-from pipeline.dns import Resolver
+from pipeline.clients.dns import Resolver
 from pipeline.settings import ConfigError
-
-from .conftest import NSD_HOST, FilteredTransport
+from tests.servers import NSD_HOST, FilteredTransport
 
 UNKNOWN = "550 5.1.8 Sender address rejected: Domain not found"
 TEMPFAIL = "450 4.1.8 Sender address rejected: Domain lookup failed; try again later"

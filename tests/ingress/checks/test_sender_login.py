@@ -11,7 +11,7 @@ from ingress.checks.sender_login import (
     SenderLoginSettings,
     header_from_addresses,
 )
-from pipeline.directory import Directory
+from pipeline.clients.directory import Directory
 
 ANNA = frozenset({"anna.schmidt@school.test", "sekretariat@school.test"})
 NOT_OWNED_BY_ANNA = "553 5.7.1 Sender address rejected: not owned by user anna.schmidt"

@@ -1,0 +1,143 @@
+"""The bounce service: `bounced` deliveries become DSNs to their senders (RFC 3464).
+
+The bounce service is a consumer group (`<prefix>.bounce`) on the delivery topic. For each
+`bounced` event it decides whether a DSN may be sent at all (`dsn_refusal`), builds the DSN
+(`build_dsn`, `pipeline.mail.dsn`), stores it in the blob store and produces a `received` event for
+it: the DSN then goes through the whole pipeline like any other message (route chooses the mailbox
+or the smarthost), from the null sender `<>` to the original envelope sender.
+
+Exactly once: the `received` events of a batch and the consumer offsets past it commit in one Kafka
+transaction, as in the stage runner.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from aiokafka.structs import ConsumerRecord
+
+from pipeline.blobstore import BlobNotFound, BlobStore, FileBlobStore
+from pipeline.bus import Topics
+from pipeline.hop import Output, TransactionalHop
+from pipeline.mail.dsn import build_dsn, dsn_event_id, dsn_message_id, dsn_refusal, envelope_sender
+from pipeline.mail.inject import DSN_LISTENER, inject_message
+from pipeline.settings import Settings
+from schemas.codec import DecodeError
+from schemas.events import Bounced, Deadlettered, Received, decode_event
+
+__all__ = ["BounceService", "BounceStats", "run_bounce_service"]
+
+log = logging.getLogger(__name__)
+
+TEMPORARY_ERRORS = (OSError, TimeoutError)  # blob store trouble: retry the record later
+PAYLOAD_EXCERPT = 4096
+
+
+@dataclass(slots=True)
+class BounceStats:
+    sent: int = 0  # DSNs produced
+    refused: int = 0  # bounced events that may not get a DSN
+    skipped: int = 0  # records that are not bounced events, or undecodable
+    deadlettered: int = 0
+
+
+class BounceService(TransactionalHop):
+    """Turns `bounced` events on the delivery topic into DSN messages on the `received` topic."""
+
+    temporary_errors = TEMPORARY_ERRORS
+
+    def __init__(self, settings: Settings, blobs: BlobStore, instance: str = "0") -> None:
+        self.topics = Topics.from_settings(settings)
+        super().__init__(settings, "bounce", [self.topics.delivery], instance)
+        self.blobs = blobs
+        self.reporting_mta = settings.ingress.hostname
+        domain = (settings.ingress.local_domains or [self.reporting_mta])[0]
+        self.postmaster = f"postmaster@{domain}"
+        self.stats = BounceStats()
+
+    # -- one event ------------------------------------------------------------------------------
+
+    def _original(self, bounced: Bounced) -> bytes:
+        """The original message, or b"" when its blob is gone (raises OSError on storage trouble)."""
+        assert bounced.routed is not None
+        blob = bounced.routed.message.blob
+        try:
+            return self.blobs.get(blob)
+        except BlobNotFound:
+            log.warning("bounced %s: original blob %s missing; DSN without the headers part",
+                        bounced.message_id, blob.sha256)
+            return b""
+
+    def dsn_event(self, bounced: Bounced) -> Received | None:
+        """The `received` event of the DSN for `bounced` (its blob stored), or None when refused.
+
+        Blocking (blob store I/O). Raises OSError when the blob store cannot be read or written.
+        """
+        original = self._original(bounced) if bounced.routed is not None else b""
+        reason = dsn_refusal(bounced, original)
+        if reason is not None:
+            log.info("bounced %s (%s, %s): no DSN: %s", bounced.message_id, bounced.recipient,
+                     bounced.id, reason)
+            self.stats.refused += 1
+            return None
+        dsn = build_dsn(bounced, original, reporting_mta=self.reporting_mta, postmaster=self.postmaster)
+        sender = envelope_sender(bounced)
+        event = inject_message(self.blobs, dsn, message_id=dsn_message_id(bounced),
+                               event_id=dsn_event_id(bounced), mail_from="", rcpt_to=[sender],
+                               hostname=self.reporting_mta, listener=DSN_LISTENER)
+        log.info("bounced %s (%s, %s): DSN %s to %s", bounced.message_id, bounced.recipient,
+                 bounced.id, event.message_id, sender)
+        self.stats.sent += 1
+        return event
+
+    def _bounced_of(self, record: ConsumerRecord) -> Bounced | None:
+        """The record's `bounced` event; None for other events and for undecodable records."""
+        try:
+            data = orjson.loads(record.value or b"")
+            if not isinstance(data, dict) or data.get("type") != "bounced":
+                self.stats.skipped += 1
+                return None
+            event = decode_event(record.value, expect=(Bounced,))
+        except (orjson.JSONDecodeError, DecodeError) as exc:
+            log.error("bounce: undecodable record %s[%d]@%d: %s", record.topic, record.partition,
+                      record.offset, exc)
+            self.stats.skipped += 1
+            return None
+        assert isinstance(event, Bounced)
+        return event
+
+    async def handle(self, record: ConsumerRecord) -> list[Output]:
+        """Outputs for one record; raises only TEMPORARY_ERRORS (the record is then retried)."""
+        bounced = self._bounced_of(record)
+        if bounced is None:
+            return []
+        try:
+            event = await asyncio.to_thread(self.dsn_event, bounced)
+        except TEMPORARY_ERRORS:
+            raise
+        except Exception as exc:  # a bug or an event the builder chokes on: a person must look
+            log.exception("bounce: no DSN for %s[%d]@%d", record.topic, record.partition, record.offset)
+            return [self._deadletter(record, bounced, exc)]
+        if event is None:
+            return []
+        return [Output(self.topics.received, event.message_id.encode(), event)]
+
+    def _deadletter(self, record: ConsumerRecord, bounced: Bounced, exc: BaseException) -> Output:
+        self.stats.deadlettered += 1
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        event = Deadlettered(message_id=bounced.message_id, consumer="bounce", source_topic=record.topic,
+                             partition=record.partition, offset=record.offset, reason="exception",
+                             error=detail[:2000],
+                             payload=(record.value or b"")[:PAYLOAD_EXCERPT].decode("utf-8", "replace"))
+        return Output(self.topics.deadletter, record.key or b"", event)
+
+
+async def run_bounce_service(settings: Settings, stop: asyncio.Event,
+                             on_ready: Callable[[], None] | None = None, instance: str = "0") -> None:
+    """Run the bounce service until `stop` is set (the process `poststelle run bounce`)."""
+    service = BounceService(settings, FileBlobStore(settings.home / "blobs"), instance=instance)
+    await service.run(stop, on_ready)

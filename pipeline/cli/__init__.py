@@ -1,0 +1,45 @@
+"""The `poststelle` command: the composition root, one module per group of commands.
+
+    poststelle up                      run the local stack in the foreground (Ctrl-C stops it)
+    poststelle status [--wait SECS]    is every component up? (exit 0 yes, 1 no: names the missing)
+    poststelle stop|start COMPONENT    hold a component of the running stack down / release it
+    poststelle run COMPONENT           one process (see pipeline.cli.components)
+    poststelle sql "SELECT ..."        query the analytics store, print a table
+    poststelle queue [retry ID|--all]  deferred deliveries; try them now (postqueue -p / -f)
+    poststelle quarantine list|get     held parts and quarantined messages; extract one (get ID [PART] -o FILE)
+    poststelle list add|remove|show    the site's own block and allow lists
+    poststelle config check            validate the configuration and print it
+    poststelle schemas export [DIR]    write the events' JSON Schema files
+
+Only this package imports the ingress, the stages, the sinks and the services
+(`pipeline.cli.components`); everything below it imports downwards.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.cli import config, lists, quarantine, queue, sql, stack
+from pipeline.settings import ConfigError
+
+__all__ = ["main", "build_parser"]
+
+COMMAND_MODULES = (stack, sql, queue, quarantine, lists, config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="poststelle", description="event-sourced mail gateway")
+    parser.add_argument("--config", "-c", help="TOML config (default: $POSTSTELLE_CONFIG, else the local stack's)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMAND_MODULES:
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"poststelle: configuration error: {exc}", file=sys.stderr)
+        return 2

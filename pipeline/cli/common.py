@@ -1,0 +1,36 @@
+"""What every command shares: the settings it runs with, logging, and stopping on a signal."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from pipeline.cli.components import load_config
+from pipeline.settings import REPO_ROOT, Settings
+
+__all__ = ["LOCAL_CONFIG", "settings_of", "setup_logging", "install_stop_handlers"]
+
+LOCAL_CONFIG = REPO_ROOT / "deploy/local/poststelle.toml"
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """`--config`, else $POSTSTELLE_CONFIG, else the local stack's config (when it is there)."""
+    path = args.config or os.environ.get("POSTSTELLE_CONFIG") or (LOCAL_CONFIG if LOCAL_CONFIG.exists() else None)
+    return load_config(path)
+
+
+def setup_logging(component: str) -> None:
+    level = os.environ.get("POSTSTELLE_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format=f"%(asctime)s {component}[%(process)d] %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def install_stop_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)

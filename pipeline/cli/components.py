@@ -1,0 +1,145 @@
+"""The composition root: which stages and checks exist, and every component a stack can run.
+
+This is the one place (with the command modules beside it) that imports the ingress, the stages,
+the sinks and the services. Both `poststelle run COMPONENT` and the supervisor behind
+`poststelle up` read the same table (`components`), so a component is added in one place.
+
+A site's own stages are Python modules named in `topology.stage_modules`; they are imported before
+the configuration is validated, so `[stages.<name>]` sections and `topology.stages` may use them.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.localstack import ServiceSpec
+from pipeline.settings import ConfigError, Settings, load_settings, raw_config
+from pipeline.supervisor import component_argv
+
+__all__ = ["Component", "components", "component", "known_components", "pipeline_specs", "load_builtins",
+           "load_config", "BUILTIN_STAGE_MODULES", "BUILTIN_CHECK_MODULES"]
+
+# modules whose import registers the built-in stages and checks; the config picks from them by name
+BUILTIN_STAGE_MODULES: tuple[str, ...] = (
+    "consumers.stages.route",
+    "consumers.stages.blocklist",
+    "consumers.stages.virus",
+    "consumers.stages.attachment",
+    "consumers.stages.auth",
+)
+BUILTIN_CHECK_MODULES: tuple[str, ...] = (
+    "ingress.checks.relay",
+    "ingress.checks.dnsbl",
+    "ingress.checks.fcrdns",
+    "ingress.checks.sender_domain",
+    "ingress.checks.rhsbl",
+    "ingress.checks.recipient",
+    "ingress.checks.group_policy",
+    "ingress.checks.greylist",
+    "ingress.checks.sender_login",
+)
+
+def load_builtins(extra_modules: tuple[str, ...] | list[str] = ()) -> None:
+    """Import the built-in stage and check modules (they register themselves), and `extra_modules`."""
+    for module in (*BUILTIN_STAGE_MODULES, *BUILTIN_CHECK_MODULES, *extra_modules):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            raise ConfigError(f"topology.stage_modules: no module named {module!r}") from None
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """The validated settings, with every built-in stage and check (and the site's own stages) known."""
+    environ = os.environ if environ is None else environ
+    modules = raw_config(path, environ).get("topology", {}).get("stage_modules", [])
+    if isinstance(modules, str):
+        modules = [m.strip() for m in modules.split(",") if m.strip()]
+    load_builtins(tuple(modules) if isinstance(modules, list) else ())
+    return load_settings(path, environ)
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """One runnable process: its name (`poststelle run NAME`), what it does, and what runs it.
+
+    `target` is "module:function", imported only when the component runs (so `poststelle status`
+    does not load ClickHouse); the function is called as
+    `function(settings, stop, on_ready, instance=..., **options)` and returns when `stop` is set.
+    """
+
+    name: str
+    description: str
+    target: str
+    options: tuple[tuple[str, str], ...] = ()  # keyword arguments of the function
+
+    async def run(self, settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None,
+                  instance: str = "0") -> None:
+        module, _, function = self.target.partition(":")
+        main = getattr(importlib.import_module(module), function)
+        await main(settings, stop, on_ready, instance=instance, **dict(self.options))
+
+
+INGRESS = Component("ingress", "the SMTP listeners: MX and submission", "ingress.server:run_ingress")
+SINKS: dict[str, Component] = {c.name.removeprefix("sink:"): c for c in (
+    Component("sink:lmtp", "delivers routed.lmtp to the mailbox server over LMTP",
+              "consumers.sinks.lmtp:run_lmtp_sink"),
+    Component("sink:smarthost", "delivers routed.smarthost to the smarthost over SMTP",
+              "consumers.sinks.smarthost:run_smarthost_sink"),
+    Component("sink:analytics", "writes every event to ClickHouse and answers `poststelle sql`",
+              "consumers.sinks.analytics:run_analytics_sink"),
+)}
+VERDICT = Component("verdict", "turns rejections the sender was told 250 for into quarantine",
+                    "consumers.services.verdict:run_verdict_service")
+RETRY = Component("retry", "sends deferred deliveries back to their sink when they are due",
+                  "consumers.services.retry:run_retry_service")
+BOUNCE = Component("bounce", "turns bounced deliveries into DSNs to their senders",
+                   "consumers.services.bounce:run_bounce_service")
+
+
+def stage_component(name: str) -> Component:
+    from pipeline.registry import get_stage
+
+    return Component(f"stage:{name}", get_stage(name).description, "pipeline.runner:run_stage", (("stage", name),))
+
+
+def known_components(settings: Settings) -> dict[str, Component]:
+    """Every component these settings can run by hand (`poststelle run`), by name."""
+    found = [INGRESS, *(stage_component(n) for n in settings.topology.stages), *SINKS.values(), VERDICT, RETRY,
+             BOUNCE]
+    return {c.name: c for c in found}
+
+
+def components(settings: Settings) -> list[Component]:
+    """The components `poststelle up` runs for these settings, in start order."""
+    s = settings.supervisor
+    chosen: list[Component] = []
+    if s.run_ingress:
+        chosen.append(INGRESS)
+    if s.run_stages:
+        chosen.extend(stage_component(name) for name in settings.topology.stages)
+        chosen.append(VERDICT)  # turns rejections the sender was not told of into quarantine
+    chosen.extend(SINKS[name] for name in s.sinks)
+    if {"lmtp", "smarthost"} & set(s.sinks):  # deferred deliveries and DSNs belong with the delivery sinks
+        chosen.extend([RETRY, BOUNCE])
+    return chosen
+
+
+def component(settings: Settings, name: str) -> Component:
+    """The component called `name` (a ConfigError naming the known ones when there is none)."""
+    known = known_components(settings)
+    if name not in known:
+        if name.startswith("stage:"):
+            raise ConfigError(f"{name}: stage is not in topology.stages")
+        raise ConfigError(f"unknown component {name!r} (known: {', '.join(known)})")
+    return known[name]
+
+
+def pipeline_specs(settings: Settings) -> list[ServiceSpec]:
+    """What the supervisor starts: `poststelle run <component>` for each component of `components`."""
+    return [ServiceSpec(name=c.name, argv=component_argv(c.name), stop_timeout=5.0) for c in components(settings)]

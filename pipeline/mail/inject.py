@@ -1,0 +1,33 @@
+"""Messages the gateway itself sends (DSNs, notices): stored, then injected as a `received` event."""
+from __future__ import annotations
+
+from pipeline.blobstore import BlobStore
+from pipeline.mail.trace import summarize_headers
+from schemas.events import Client, Envelope, Received
+
+__all__ = ["inject_message", "LOCAL_CLIENT_IP", "DSN_LISTENER"]
+
+LOCAL_CLIENT_IP = "127.0.0.1"
+DSN_LISTENER = "dsn"  # the listener of a DSN's `received` event
+
+
+def inject_message(blobs: BlobStore, raw: bytes, *, message_id: str, event_id: str, mail_from: str,
+                   rcpt_to: list[str], hostname: str, listener: str) -> Received:
+    """Store a message the gateway itself sends (a DSN, a notice) and return its `received` event.
+
+    Produced to the received topic, the event sends the message through the whole pipeline like any
+    other. Blocking (blob store I/O); raises OSError when the blob store cannot be written.
+    """
+    ref = blobs.put(raw)
+    return Received(
+        id=event_id,
+        message_id=message_id,
+        envelope=Envelope(mail_from=mail_from, rcpt_to=list(rcpt_to),
+                          smtputf8=not all(r.isascii() for r in rcpt_to),
+                          body="7BIT" if raw.isascii() else "8BITMIME"),
+        client=Client(ip=LOCAL_CLIENT_IP, port=0, helo=hostname),
+        blob=ref,
+        headers=summarize_headers(raw),
+        listener=listener,
+        ingress_host=hostname,
+    )

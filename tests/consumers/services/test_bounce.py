@@ -1,0 +1,76 @@
+"""The bounce service's events, without Kafka: DSNs stored and injected, refusals, which records it takes."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from consumers.services.bounce import BounceService
+from pipeline.blobstore import FileBlobStore
+from pipeline.mail.dsn import dsn_message_id
+from pipeline.settings import Settings
+from schemas.events import Bounced, Delivered, Received, Reply, decode_event, encode_event
+from schemas.ids import new_id
+from tests.pipeline.mail.test_dsn import MTA, ORIGINAL, _bounced, _build, _parse, _received
+
+
+@pytest.fixture
+def service(tmp_path) -> BounceService:
+    return BounceService(Settings(), FileBlobStore(tmp_path / "blobs"))
+
+
+def _stored_bounced(service: BounceService, **kwargs) -> Bounced:
+    ref = service.blobs.put(ORIGINAL)
+    return _bounced(message=_received(blob=ref, mail_from=kwargs.pop("mail_from", "alice@ext.test")), **kwargs)
+
+
+def test_service_stores_the_dsn_and_makes_a_received_event(service):
+    bounced = _stored_bounced(service)
+    event = service.dsn_event(bounced)
+    assert isinstance(event, Received)
+    assert event.message_id == dsn_message_id(bounced)
+    assert event.envelope.mail_from == ""
+    assert event.envelope.rcpt_to == ["alice@ext.test"]
+    assert event.client.ip == "127.0.0.1" and event.client.port == 0 and event.client.helo == MTA
+    assert event.listener == "dsn" and event.ingress_host == MTA
+    assert event.headers.subject == "Undelivered Mail Returned to Sender"
+    dsn = service.blobs.get(event.blob)
+    assert dsn == _build(bounced)
+    assert "Subject: Klassenfahrt" in list(_parse(dsn).iter_parts())[2].get_content()
+    assert service.stats.sent == 1
+    # the same bounced event again: the same message id and event id (the ledger and analytics dedupe)
+    again = service.dsn_event(decode_event(encode_event(bounced)))
+    assert (again.message_id, again.id, again.blob) == (event.message_id, event.id, event.blob)
+
+
+def test_service_refuses_without_storing_anything(service, tmp_path):
+    bounced = _stored_bounced(service, mail_from="")
+    before = sorted(p.name for p in (tmp_path / "blobs").rglob("*") if p.is_file())
+    assert service.dsn_event(bounced) is None
+    assert sorted(p.name for p in (tmp_path / "blobs").rglob("*") if p.is_file()) == before
+    assert service.stats.refused == 1
+
+
+def test_service_builds_the_dsn_without_headers_when_the_original_is_gone(service, caplog):
+    bounced = _bounced()  # its blob was never stored
+    event = service.dsn_event(bounced)
+    assert event is not None
+    parts = list(_parse(service.blobs.get(event.blob)).iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status"]
+    assert "missing" in caplog.text
+
+
+def _record(value: bytes, offset: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(topic="t.delivery", partition=0, offset=offset, key=b"k", value=value)
+
+
+async def test_service_handles_only_bounced_records(service):
+    bounced = _stored_bounced(service)
+    delivered = Delivered(message_id=new_id(), destination="lmtp", recipient="bob@school.test", attempt=1,
+                          reply=Reply(code=250))
+    assert await service.handle(_record(encode_event(delivered))) == []
+    assert await service.handle(_record(b"{not json")) == []
+    assert await service.handle(_record(b'{"type": "bounced", "schema_version": 1}')) == []
+    outputs = await service.handle(_record(encode_event(bounced)))
+    assert [(o.topic, o.key) for o in outputs] == [(service.topics.received, dsn_message_id(bounced).encode())]
+    assert service.stats.skipped == 3 and service.stats.sent == 1

@@ -1,0 +1,322 @@
+"""pipeline.clients.directory against the real slapd with the demo school (fixtures in conftest.py)."""
+from __future__ import annotations
+
+import socket
+import time
+from types import SimpleNamespace
+
+import ldap3
+import pytest
+
+from pipeline.clients.directory import Account, Directory, DirectoryUnavailable
+from pipeline.localstack.slapd import ROOT_DN, ROOT_PASSWORD
+from pipeline.settings import LdapSettings
+from tests.servers import SLAPD_HOST, SlapdServer
+
+PEOPLE = "ou=people,dc=school,dc=test"
+GROUPS = "ou=groups,dc=school,dc=test"
+ANNA = "anna.schmidt@school.test"
+MAX = "max.mustermann@school.test"
+LENA = "lena.mueller@school.test"
+TOM = "tom.becker@school.test"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def admin(server: SlapdServer) -> ldap3.Connection:
+    return ldap3.Connection(ldap3.Server(SLAPD_HOST, port=server.port, get_info=ldap3.NONE),
+                            user=ROOT_DN, password=ROOT_PASSWORD, auto_bind=True, receive_timeout=5)
+
+
+# ---- lookup -------------------------------------------------------------------------------------------
+
+
+async def test_lookup_finds_a_person_by_mailbox(directory: Directory) -> None:
+    entry = await directory.lookup(MAX)
+    assert entry is not None
+    assert (entry.kind, entry.dn, entry.mail, entry.uid) == ("person", f"uid=max.mustermann,{PEOPLE}", MAX,
+                                                             "max.mustermann")
+    assert entry.aliases == () and not entry.disabled
+    assert entry.addresses == {MAX}
+
+
+async def test_lookup_finds_the_person_behind_an_alias(directory: Directory) -> None:
+    entry = await directory.lookup("sekretariat@school.test")
+    assert entry is not None
+    assert entry.dn == f"uid=anna.schmidt,{PEOPLE}"
+    assert entry.mail == ANNA
+    assert entry.addresses == {ANNA, "sekretariat@school.test"}
+
+
+async def test_lookup_finds_a_group(directory: Directory) -> None:
+    entry = await directory.lookup("9a@school.test")
+    assert entry is not None
+    assert (entry.kind, entry.cn, entry.mail) == ("group", "9a", "9a@school.test")
+    assert set(entry.members) == {f"uid=max.mustermann,{PEOPLE}", f"uid=lena.mueller,{PEOPLE}"}
+
+
+async def test_lookup_ignores_case(directory: Directory) -> None:
+    entry = await directory.lookup("Max.Mustermann@School.TEST")
+    assert entry is not None and entry.mail == MAX
+    assert (await directory.lookup("SEKRETARIAT@school.test")).mail == ANNA
+
+
+async def test_unknown_address_is_none(directory: Directory) -> None:
+    assert await directory.lookup("nobody.here@school.test") is None
+    assert directory.requests == 1
+    for not_an_address in ("", "max.mustermann", "   "):
+        assert await directory.lookup(not_an_address) is None
+    assert directory.requests == 1  # asked nobody
+
+
+async def test_disabled_account_is_marked(directory: Directory) -> None:
+    old = await directory.lookup("old.student@school.test")
+    assert old is not None and old.kind == "person" and old.disabled
+    assert not (await directory.lookup(ANNA)).disabled
+
+
+@pytest.mark.parametrize("address", [
+    "*@school.test",
+    '"*)(uid=*"@school.test',
+    "*@*",
+    "max.mustermann@school.test)(mail=*",
+    "*)(objectClass=*))(|(mail=*@school.test",
+    "max.mustermann@school.tes\\2a",
+])
+async def test_filter_metacharacters_match_nothing(directory: Directory, address: str) -> None:
+    assert await directory.lookup(address) is None
+    assert await directory.member_of(address) == frozenset()
+    assert directory.requests == 1  # the server was asked, and found nothing
+
+
+@pytest.mark.parametrize("address", ["max.mustermann@school.test\x00", "max.mustermann@school.test\r\n",
+                                     "max mustermann@school.test"])
+async def test_control_characters_are_no_address(directory: Directory, address: str) -> None:
+    # slapd itself would match the first one to max (it drops the NUL): never ask it
+    assert await directory.lookup(address) is None
+    assert directory.requests == 0
+
+
+# ---- groups -------------------------------------------------------------------------------------------
+
+
+async def test_member_of_names_the_groups_by_cn_and_mail(directory: Directory) -> None:
+    assert await directory.member_of(ANNA) == {"staff", "staff@school.test"}
+    assert await directory.member_of("Sekretariat@School.test") == {"staff", "staff@school.test"}
+    assert await directory.member_of(MAX) == {"9a", "9a@school.test"}
+    assert await directory.member_of("eltern.mueller@school.test") == {"parents", "parents@school.test"}
+    assert await directory.member_of("nobody@school.test") == frozenset()
+    assert await directory.member_of("9a@school.test") == frozenset()  # no group holds a group
+
+
+async def test_group_members_are_primary_addresses(directory: Directory) -> None:
+    assert await directory.group_members("9a@school.test") == [LENA, MAX]
+    assert await directory.group_members("9B@school.test") == [TOM]
+    assert await directory.group_members("parents@school.test") == ["eltern.mueller@school.test",
+                                                                    "eltern.mustermann@school.test"]
+    assert await directory.group_members(ANNA) == []  # a person is no group
+    assert await directory.group_members("nobody@school.test") == []
+
+
+async def test_nested_groups_loops_and_disabled_members(own_slapd: SlapdServer) -> None:
+    conn = admin(own_slapd)
+    # school = {staff, 9a, loop-b}; loop-b = {school}: a loop; old.student (disabled) joins 9b
+    for cn, mail, members in (
+        ("school", "school-all@school.test", [f"cn=staff,{GROUPS}", f"cn=9a,{GROUPS}", f"cn=loop-b,{GROUPS}"]),
+        ("loop-b", "loop-b@school.test", [f"cn=school,{GROUPS}"]),
+    ):
+        assert conn.add(f"cn={cn},{GROUPS}", ["groupOfNames", "extensibleObject"],
+                        {"cn": cn, "mail": mail, "member": members}), conn.result
+    assert conn.modify(f"cn=9b,{GROUPS}", {"member": [(ldap3.MODIFY_ADD, [f"uid=old.student,{PEOPLE}"])]})
+    conn.unbind()
+
+    directory = own_slapd.directory()
+    try:
+        assert await directory.member_of(MAX) == {"9a", "9a@school.test", "school", "school-all@school.test",
+                                                  "loop-b", "loop-b@school.test"}
+        # through the loop, but a group is not listed as its own member
+        assert await directory.member_of("loop-b@school.test") == {"school", "school-all@school.test"}
+        assert await directory.group_members("school-all@school.test") == [ANNA, LENA, MAX]
+        assert await directory.group_members("9b@school.test") == [TOM]  # old.student is disabled
+    finally:
+        await directory.close()
+
+
+# ---- authenticate -------------------------------------------------------------------------------------
+
+
+async def test_authenticate_by_uid_and_by_mail(directory: Directory) -> None:
+    by_uid = await directory.authenticate("anna.schmidt", "Anna2026!")
+    assert by_uid == Account(uid="anna.schmidt", dn=f"uid=anna.schmidt,{PEOPLE}", mail=ANNA,
+                             addresses=frozenset({ANNA, "sekretariat@school.test"}))
+    by_mail = await directory.authenticate("Anna.Schmidt@school.test", "Anna2026!")
+    assert by_mail == by_uid
+    assert (await directory.authenticate("eltern.mueller", "Mueller2026!")).addresses == {
+        "eltern.mueller@school.test"}
+
+
+async def test_authenticate_refuses_wrong_or_empty_passwords(directory: Directory) -> None:
+    assert await directory.authenticate("anna.schmidt", "anna2026!") is None
+    assert await directory.authenticate("anna.schmidt", "Max2026!") is None
+    assert await directory.authenticate(ANNA, "wrong") is None
+    asked = directory.requests
+    assert await directory.authenticate("anna.schmidt", "") is None
+    assert await directory.authenticate("", "Anna2026!") is None
+    assert directory.requests == asked  # refused without asking: no anonymous-bind trick
+
+
+async def test_authenticate_refuses_disabled_unknown_and_odd_logins(directory: Directory) -> None:
+    assert await directory.authenticate("old.student", "Old2026!") is None  # slapd would let it bind
+    assert await directory.authenticate("old.student@school.test", "Old2026!") is None
+    assert await directory.authenticate("nobody", "Anna2026!") is None
+    assert await directory.authenticate("*", "Anna2026!") is None
+    assert await directory.authenticate("anna.schmidt)(uid=*", "Anna2026!") is None
+    assert await directory.authenticate("sekretariat@school.test", "Anna2026!") is None  # aliases are no logins
+    asked = directory.requests
+    assert await directory.authenticate("anna.schmidt\x00", "Anna2026!") is None
+    assert await directory.authenticate("anna.schmidt ", "Anna2026!") is None
+    assert directory.requests == asked
+
+
+async def test_authenticate_is_never_cached(directory: Directory) -> None:
+    assert await directory.authenticate("lena.mueller", "Lena2026!") is not None
+    asked = directory.requests
+    assert await directory.authenticate("lena.mueller", "Lena2026!") is not None
+    assert directory.requests == asked + 2  # the search and the bind, again
+
+
+# ---- failures -------------------------------------------------------------------------------------------
+
+
+async def test_server_down_is_unavailable_not_unknown(own_slapd: SlapdServer) -> None:
+    directory = own_slapd.directory(timeout=1.0)
+    try:
+        assert (await directory.lookup(MAX)) is not None
+        own_slapd.stop()
+        with pytest.raises(DirectoryUnavailable):
+            await directory.lookup(LENA)
+        with pytest.raises(DirectoryUnavailable):
+            await directory.member_of(LENA)
+        with pytest.raises(DirectoryUnavailable):
+            await directory.authenticate("lena.mueller", "Lena2026!")
+        # failures are not cached: once slapd is back, the same lookup answers
+        own_slapd.restart()
+        assert (await directory.lookup(LENA)).mail == LENA
+    finally:
+        await directory.close()
+
+
+async def test_reconnects_after_a_restart_without_failing(own_slapd: SlapdServer) -> None:
+    directory = own_slapd.directory(cache_ttl=0, threads=1)
+    try:
+        assert await directory.lookup(MAX) is not None
+        own_slapd.restart()  # the pool thread's connection is now dead
+        assert (await directory.lookup(MAX)).mail == MAX
+    finally:
+        await directory.close()
+
+
+async def test_a_server_that_never_answers_times_out() -> None:
+    with socket.socket() as silent:  # the kernel completes the handshake; nobody ever reads
+        silent.bind((SLAPD_HOST, 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        directory = Directory(SLAPD_HOST, port, "dc=school,dc=test", timeout=0.5)
+        try:
+            started = time.monotonic()
+            with pytest.raises(DirectoryUnavailable):
+                await directory.lookup(MAX)
+            with pytest.raises(DirectoryUnavailable):
+                await directory.authenticate("max.mustermann", "Max2026!")
+            assert time.monotonic() - started < 3.0
+        finally:
+            await directory.close()
+
+
+async def test_bind_dn_with_password_file(slapd: SlapdServer, tmp_path) -> None:
+    # the [ldap] keys bind_dn / password_file / cache_ttl (not in LdapSettings yet: a stand-in)
+    secret = tmp_path / "ldap-password"
+    section = SimpleNamespace(host=SLAPD_HOST, port=slapd.port, base="dc=school,dc=test", timeout=2.0,
+                              bind_dn=ROOT_DN, password_file=str(secret), cache_ttl=5.0)
+    secret.write_text("not the password\n")
+    wrong = Directory.from_settings(section)
+    try:
+        with pytest.raises(DirectoryUnavailable):  # a refused service bind is no "not found"
+            await wrong.lookup(MAX)
+    finally:
+        await wrong.close()
+    secret.write_text(ROOT_PASSWORD + "\n")
+    good = Directory.from_settings(section)
+    try:
+        assert (await good.lookup(MAX)).mail == MAX
+    finally:
+        await good.close()
+    secret.unlink()
+    with pytest.raises(ValueError, match="ldap.password_file"):
+        Directory.from_settings(section)
+    section.password_file = ""
+    with pytest.raises(ValueError, match="ldap.bind_dn needs ldap.password_file"):
+        Directory.from_settings(section)
+
+
+# ---- cache --------------------------------------------------------------------------------------------
+
+
+async def test_answers_are_cached_for_the_ttl(slapd: SlapdServer) -> None:
+    clock = FakeClock()
+    directory = slapd.directory(cache_ttl=60, clock=clock)
+    try:
+        assert (await directory.lookup(MAX)).mail == MAX
+        assert await directory.lookup("nobody@school.test") is None
+        assert directory.requests == 2
+        assert (await directory.lookup("MAX.Mustermann@school.test")).mail == MAX
+        assert await directory.lookup("nobody@school.test") is None
+        assert directory.requests == 2
+        assert await directory.member_of(MAX) == {"9a", "9a@school.test"}
+        asked = directory.requests  # the groups of max, and the groups of those (none)
+        assert await directory.member_of(MAX) == {"9a", "9a@school.test"}
+        assert directory.requests == asked
+        clock.now += 61
+        assert (await directory.lookup(MAX)).mail == MAX
+        assert directory.requests == asked + 1
+    finally:
+        await directory.close()
+
+
+async def test_cache_answers_while_the_server_is_down_until_the_ttl_ends(own_slapd: SlapdServer) -> None:
+    clock = FakeClock()
+    directory = own_slapd.directory(timeout=1.0, cache_ttl=60, clock=clock)
+    try:
+        assert await directory.lookup(MAX) is not None
+        assert await directory.lookup("nobody@school.test") is None
+        own_slapd.stop()
+        clock.now += 59
+        assert (await directory.lookup(MAX)).mail == MAX
+        assert await directory.lookup("nobody@school.test") is None
+        clock.now += 2
+        with pytest.raises(DirectoryUnavailable):
+            await directory.lookup(MAX)
+    finally:
+        await directory.close()
+
+
+async def test_ttl_zero_turns_the_cache_off(slapd: SlapdServer) -> None:
+    uncached = slapd.directory(cache_ttl=0)
+    try:
+        for _ in range(3):
+            assert await uncached.lookup(MAX) is not None
+        assert uncached.requests == 3
+    finally:
+        await uncached.close()
+
+
+def test_from_settings_reads_the_ldap_section() -> None:
+    directory = Directory.from_settings(LdapSettings(host="192.0.2.1", port=1389, base="o=x", timeout=1.5))
+    assert (directory.host, directory.port, directory.base, directory.timeout) == ("192.0.2.1", 1389, "o=x", 1.5)
+    assert directory.bind_dn == ""
