@@ -176,7 +176,7 @@ class GreylistStore:
 
     def __init__(self, transport: Transport | None, policy: GreylistPolicy = GreylistPolicy(), *,
                  clock: Callable[[], float] = time.time, sweep_every: float = 60.0,
-                 retry_every: float = 1.0, max_pending_writes: int = 100_000) -> None:
+                 retry_every: float | None = None, max_pending_writes: int = 100_000) -> None:
         self.transport = transport
         self.policy = policy
         self.clock = clock

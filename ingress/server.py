@@ -6,8 +6,6 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaProducer
-
 from ingress.checks import CheckChain, CheckServices
 from ingress.handler import IngressHandler
 from ingress.limits import ConnectionLimits
@@ -15,7 +13,9 @@ from ingress.smtp import IngressSMTP
 from ingress.tls import server_context
 from ingress.verdicts import OutcomeFollower
 from pipeline.blobstore import FileBlobStore
-from pipeline.bus import Topics, make_producer, make_transactional_producer
+from pipeline.broker import watch
+from pipeline.bus import Topics
+from pipeline.producers import RenewingProducer, TransactionalProducer
 from pipeline.settings import IngressSettings, Settings
 from schemas.events import AcceptedEarly, Event, Received, encode_event
 
@@ -37,7 +37,9 @@ class KafkaEventSink:
     when the broker comes back: the sender's retry would then make a second copy.)
 
     Producers start lazily, so a broker that is down at start-up gives `451` answers and the ingress
-    recovers by itself.
+    recovers by itself. A transaction commits only once every record in it is acknowledged (see
+    `pipeline.producers`: aiokafka would commit without a record that failed), and a producer that
+    failed is replaced, never reused.
     """
 
     def __init__(self, settings: Settings, instance: str = "0") -> None:
@@ -45,9 +47,8 @@ class KafkaEventSink:
         self.topics = Topics.from_settings(settings)
         self.transactional_id = f"{settings.kafka.topic_prefix}.ingress.{instance}"
         self.timeout = settings.ingress.persist_timeout
-        self._tx: AIOKafkaProducer | None = None
-        self._plain: AIOKafkaProducer | None = None
-        self._tx_lock = asyncio.Lock()
+        self._tx = TransactionalProducer(settings.kafka, self.transactional_id)
+        self._plain = RenewingProducer(settings.kafka, "ingress-sessions")
         self._queue: list[tuple[Received, asyncio.Future]] = []
         self._flushing: asyncio.Task | None = None
         self._pending: set[asyncio.Task] = set()
@@ -83,28 +84,14 @@ class KafkaEventSink:
                         future.set_result(None)
 
     async def _commit(self, batch: list[tuple[Received, asyncio.Future]]) -> None:
-        producer = await self._transactional()
-        async with producer.transaction():
+        async with self._tx.transaction() as producer:
             for event, _ in batch:
                 await producer.send(self.topics.received, encode_event(event), key=event.message_id.encode())
 
-    async def _transactional(self) -> AIOKafkaProducer:
-        async with self._tx_lock:
-            if self._tx is None:
-                self._tx = await _started(make_transactional_producer(self.settings.kafka, self.transactional_id))
-            return self._tx
-
     async def _discard_transactional(self) -> None:
-        producer, self._tx = self._tx, None
-        if producer is not None:
-            await _abandon(producer)
+        await self._tx.discard()
 
     # -- session events: best effort --------------------------------------------------------------
-
-    async def _notifier(self) -> AIOKafkaProducer:
-        if self._plain is None:
-            self._plain = await _started(make_producer(self.settings.kafka, "ingress-sessions"))
-        return self._plain
 
     def notify(self, event: Event) -> None:
         if len(self._pending) >= MAX_PENDING_NOTIFICATIONS:
@@ -116,10 +103,9 @@ class KafkaEventSink:
 
     async def _send_notification(self, event: Event) -> None:
         try:
-            producer = await self._notifier()
             key = (event.message_id or getattr(event, "session_id", "")).encode()
-            await asyncio.wait_for(producer.send_and_wait(self.topics.sessions, encode_event(event), key=key),
-                                   self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await (await self._plain.send(self.topics.sessions, encode_event(event), key=key))
         except Exception as exc:
             self.dropped_notifications += 1
             log.debug("session event %s not sent: %s", event.id, exc)
@@ -127,11 +113,10 @@ class KafkaEventSink:
     # -- accepted before the verdict: durable -------------------------------------------------------
 
     async def accepted_early(self, event: AcceptedEarly) -> None:
-        producer = await self._notifier()
-        await producer.send_and_wait(self.topics.accepted_early, encode_event(event), key=event.message_id.encode())
+        await (await self._plain.send(self.topics.accepted_early, encode_event(event), key=event.message_id.encode()))
 
     async def start(self) -> None:
-        await self._transactional()
+        await self._tx.start()
 
     async def close(self, timeout: float = 5.0) -> None:
         if self._flushing is not None:
@@ -139,54 +124,21 @@ class KafkaEventSink:
         if self._pending:
             await asyncio.wait(self._pending, timeout=timeout)
         await self._discard_transactional()
-        if self._plain is not None:
-            await _stop_quietly(self._plain)
+        await self._plain.stop()
 
 
-async def _follow_outcomes(follower: OutcomeFollower, retry_every: float = 2.0) -> None:
-    """Start following the outcomes topic, retrying until the broker is there (no wait before)."""
-    while True:
+async def _follow_outcomes(follower: OutcomeFollower) -> None:
+    """Start following the outcomes topic, waiting for the broker (meanwhile: no wait for verdicts)."""
+
+    async def start() -> None:
         try:
             await follower.start()
-            log.info("following %s: answering at DATA with the pipeline's verdict", follower.topic)
-            return
-        except Exception as exc:
-            log.warning("cannot follow %s yet (%s: %s); answering without waiting for verdicts",
-                        follower.topic, type(exc).__name__, exc)
+        except BaseException:
             await follower.reset()
-            await asyncio.sleep(retry_every)
+            raise
 
-
-async def _started(producer: AIOKafkaProducer) -> AIOKafkaProducer:
-    """Start `producer`, or release what it opened if it cannot start (broker down)."""
-    try:
-        await producer.start()
-    except BaseException:
-        await _stop_quietly(producer)
-        raise
-    return producer
-
-
-async def _abandon(producer: AIOKafkaProducer) -> None:
-    """Stop a producer *without* flushing: nothing it still holds may reach the broker later.
-
-    `AIOKafkaProducer.stop()` first waits for its buffered records (and a pending EndTxn) to be
-    sent; cut short by a timeout, it leaves the sender task running, which then commits the
-    transaction once the broker is back. So the sender is cancelled directly. Whatever the broker
-    already holds of the open transaction is aborted when the next producer with the same
-    transactional id registers (fencing), or by the broker's transaction timeout.
-    """
-    producer._closed = True  # aiokafka has no public "close without flush"
-    if producer._sender is not None:
-        await producer._sender.close()  # cancels the sender task
-    await producer.client.close()
-
-
-async def _stop_quietly(producer: AIOKafkaProducer, timeout: float = 5.0) -> None:
-    try:
-        await asyncio.wait_for(producer.stop(), timeout)
-    except Exception as exc:  # the broker may be gone; the producer is dropped either way
-        log.debug("producer stop: %s", exc)
+    await watch().retry("outcomes", start, errors=(Exception,))
+    log.info("following %s: answering at DATA with the pipeline's verdict", follower.topic)
 
 
 def make_protocol(handler: IngressHandler, settings: IngressSettings, *, tls_context: ssl.SSLContext | None = None,

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from pipeline.broker import watch
 from pipeline.bus import make_consumer, topic_partitions
 from pipeline.settings import KafkaSettings
 from schemas.events import DecodeError, MessageOutcome, decode_event
@@ -93,14 +94,9 @@ class OutcomeFollower:
 
     async def _follow(self) -> None:
         while True:
-            try:
-                batch = await self._consumer.getmany(timeout_ms=1000)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # broker trouble: aiokafka reconnects; waiters time out meanwhile
-                log.warning("following %s: %s: %s", self.topic, type(exc).__name__, exc)
-                await asyncio.sleep(1.0)
-                continue
+            # broker trouble: aiokafka reconnects; waiters time out meanwhile
+            batch = await watch().retry(self._client_id, lambda: self._consumer.getmany(timeout_ms=1000),
+                                        errors=(Exception,))
             for records in batch.values():
                 for record in records:
                     self._apply(record.value)

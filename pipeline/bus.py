@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.client import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipeline.settings import DESTINATIONS, KafkaSettings, Settings
 
 __all__ = ["Topics", "make_producer", "make_transactional_producer", "make_consumer", "ensure_topics",
-           "DrainOnRevoke", "PartitionBackoff", "hold_partition", "topic_partitions", "behind"]
+           "DrainOnRevoke", "PartitionBackoff", "hold_partition", "topic_partitions", "behind", "MetadataProbe"]
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,34 @@ def make_consumer(k: KafkaSettings, group_id: str | None, client_id: str, **extr
         fetch_max_bytes=max(52_428_800, k.max_partition_fetch_bytes),
         **extra,
     )
+
+
+class MetadataProbe:
+    """Asks the broker for its cluster metadata: fails at once while the broker is unreachable.
+
+    The probe of `BrokerWatch.monitor`. It has a client of its own (one connection), made afresh
+    after a failure, so it says nothing about the state of the component's own clients.
+    """
+
+    def __init__(self, k: KafkaSettings, client_id: str) -> None:
+        self.kafka, self.client_id = k, client_id
+        self._client: AIOKafkaClient | None = None
+
+    async def __call__(self) -> None:
+        try:
+            async with asyncio.timeout(self.kafka.request_timeout_ms / 1000):
+                if self._client is None:
+                    self._client = AIOKafkaClient(**_common(self.kafka, f"{self.client_id}-probe"))
+                    await self._client.bootstrap()
+                await self._client.fetch_all_metadata()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
 
 class DrainOnRevoke(ConsumerRebalanceListener):

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from pipeline.bus import DrainOnRevoke, PartitionBackoff, hold_partition, make_consumer, make_transactional_producer
+from pipeline.bus import PartitionBackoff, hold_partition
+from pipeline.exactly_once import ExactlyOnceLoop
 from pipeline.settings import Settings
 from schemas.events import Event, encode_event
 
@@ -74,27 +75,25 @@ class TransactionalHop:
         """Called before each batch (e.g. to catch up on a table)."""
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
-        k, r = self.settings.kafka, self.settings.runner
-        producer = make_transactional_producer(k, self.transactional_id)
-        consumer = make_consumer(k, self.group_id, self.name, max_poll_records=r.batch_size)
+        r = self.settings.runner
+        loop = ExactlyOnceLoop(self.settings.kafka, name=self.name, group_id=self.group_id,
+                               transactional_id=self.transactional_id, topics=self.input_topics,
+                               max_records=r.batch_size, poll_timeout_ms=r.poll_timeout_ms, lock=self._lock)
         try:
-            await producer.start()
-            consumer.subscribe(self.input_topics, listener=DrainOnRevoke(self._lock))
-            await consumer.start()
+            await loop.open()
             await self.start()
             log.info("%s consuming %s as %s", self.name, ", ".join(self.input_topics), self.group_id)
             if on_ready:
                 on_ready()
-            while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=r.poll_timeout_ms, max_records=r.batch_size)
-                if batch:
-                    async with self._lock:
-                        await self.before_batch()
-                        await self._process_batch(consumer, producer, batch)
+
+            async def one_batch(batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+                await self.before_batch()
+                await self._process_batch(loop.consumer, loop.producer, batch)
+
+            await loop.consume(stop, one_batch)
         finally:
             await self.close()
-            await consumer.stop()
-            await producer.stop()
+            await loop.close()
 
     async def _process_batch(self, consumer, producer, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         offsets: dict[TopicPartition, int] = {}

@@ -93,6 +93,9 @@ class KafkaSettings:
     max_partition_fetch_bytes: int = 1_048_576
     # client ids are this plus the component; transactional ids derive from topic_prefix
     client_id: str = "poststelle"
+    # while the broker is unreachable, components try again after this pause, doubling up to the max
+    reconnect_backoff_initial: float = 0.5
+    reconnect_backoff_max: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)

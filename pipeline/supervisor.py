@@ -7,7 +7,9 @@ pipeline processes drain and commit, then Dovecot, then the broker; whatever has
 its time is up is killed. Children die with the supervisor even if it is killed (PDEATHSIG).
 
 State lives in ``<home>/run/status.json`` (read by `poststelle status`); children write
-``<home>/run/<name>.ready`` once they are consuming/listening; logs go to ``<home>/log/<name>.log``.
+``<home>/run/<name>.ready`` once they are consuming/listening, and ``<home>/run/<name>.state`` while
+they wait for the broker (shown as ``waiting for kafka``: alive, not ready, and not restarted, see
+pipeline/broker.py); logs go to ``<home>/log/<name>.log``.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from pipeline.bus import ensure_topics
 from pipeline.localstack import ServiceSpec
 from pipeline.settings import Settings
 
-__all__ = ["Supervisor", "Child", "ready_file", "status_file", "hold_file", "component_argv"]
+__all__ = ["Supervisor", "Child", "ready_file", "state_file", "status_file", "hold_file", "component_argv"]
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -47,6 +49,11 @@ def ready_file(settings: Settings, name: str, instance: str = "0") -> Path:
     """Written by a component once it serves; instances other than the supervisor's ("0") have their own."""
     suffix = "" if instance == "0" else f".{instance}"
     return run_dir(settings) / f"{name.replace(':', '-')}{suffix}.ready"
+
+
+def state_file(settings: Settings, name: str, instance: str = "0") -> Path:
+    """Written by a component while it waits for the broker (`pipeline.broker.BrokerWatch`)."""
+    return ready_file(settings, name, instance).with_suffix(".state")
 
 
 def hold_file(settings: Settings, name: str) -> Path:
@@ -101,7 +108,8 @@ class Supervisor:
     async def run(self, stop: asyncio.Event) -> None:
         run_dir(self.settings).mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for f in [*run_dir(self.settings).glob("*.ready"), *run_dir(self.settings).glob("*.hold")]:
+        for f in [*run_dir(self.settings).glob("*.ready"), *run_dir(self.settings).glob("*.hold"),
+                  *run_dir(self.settings).glob("*.state")]:
             f.unlink()
         status_task = asyncio.create_task(self._write_status_forever())
         try:
@@ -122,8 +130,8 @@ class Supervisor:
 
     async def _start(self, child: Child) -> None:
         spec = child.spec
-        ready = ready_file(self.settings, spec.name)
-        ready.unlink(missing_ok=True)
+        ready_file(self.settings, spec.name).unlink(missing_ok=True)
+        state_file(self.settings, spec.name).unlink(missing_ok=True)
         logfile = open(self.log_dir / f"{spec.name.replace(':', '-')}.log", "ab")
         child.process = await asyncio.create_subprocess_exec(
             *spec.argv, stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile,
@@ -176,6 +184,14 @@ class Supervisor:
             elif _ready_pid(ready_file(self.settings, child.spec.name)) == child.process.pid:
                 child.state = "ready"
 
+    def shown_state(self, child: Child) -> str:
+        """The child's state as `status` shows it: a live child that waits for the broker says so."""
+        if child.state in ("starting", "ready") and child.process is not None:
+            waiting_for = _waiting_for(state_file(self.settings, child.spec.name), child.process.pid)
+            if waiting_for:
+                return f"waiting for {waiting_for}"
+        return child.state
+
     async def shutdown(self) -> None:
         """Stop the pipeline first (drain and commit), then the infrastructure, within the budget."""
         budget = self.settings.supervisor.stop_timeout
@@ -213,7 +229,7 @@ class Supervisor:
             "stopping": self.stopping,
             "components": {
                 c.spec.name: {
-                    "state": c.state,
+                    "state": self.shown_state(c),
                     "pid": c.process.pid if c.process else None,
                     "restarts": c.restarts,
                 }
@@ -249,7 +265,7 @@ class Supervisor:
 
     def all_ready(self) -> bool:
         self._refresh_states()
-        return all(c.state == "ready" for c in self.children)
+        return all(self.shown_state(c) == "ready" for c in self.children)
 
 
 def _is_ready(spec: ServiceSpec) -> bool:
@@ -272,6 +288,15 @@ def _ready_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def _waiting_for(path: Path, pid: int) -> str | None:
+    """What the process `pid` waits for, according to its state file (None: nothing, or a stale file)."""
+    try:
+        state = orjson.loads(path.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    return state.get("waiting_for") if isinstance(state, dict) and state.get("pid") == pid else None
 
 
 def _signal_group(process: asyncio.subprocess.Process, sig: int) -> None:

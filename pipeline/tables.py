@@ -14,7 +14,8 @@ is behind `Transport` (httpx's idea):
 
 `follow_tables` is the loop the followers share: open, replay up to the end offsets found at open
 (then set `caught_up`), follow new records for ever; on a failure before catching up it closes and
-tries again after `retry_every` seconds, afterwards it keeps the local state and reads on.
+tries again, afterwards it keeps the local state and reads on; either way it waits for the broker
+through the process's `BrokerWatch` (pipeline/broker.py).
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from typing import Protocol
 
 from aiokafka import TopicPartition
 
-from pipeline.bus import behind, make_consumer, make_producer, topic_partitions
+from pipeline.broker import watch
+from pipeline.bus import behind, make_consumer, topic_partitions
+from pipeline.producers import RenewingProducer, kafka_bound, stop_quietly
 from pipeline.settings import KafkaSettings
 
 __all__ = ["Apply", "Transport", "MemoryLog", "MemoryTransport", "KafkaTransport", "TopicMissing", "follow_tables"]
@@ -137,16 +140,16 @@ class KafkaTransport:
         self.topics = dict(topics)  # table -> topic
         self._table_of = {topic: table for table, topic in self.topics.items()}
         self.client_id = client_id
-        self._producer = None
+        self._writer: RenewingProducer | None = None
         self._consumer = None
         self._ends: dict[TopicPartition, int] = {}
 
     async def open(self) -> None:
         await self.close()
-        self._producer = make_producer(self.kafka, f"{self.client_id}-writer")
+        self._writer = RenewingProducer(self.kafka, f"{self.client_id}-writer")  # starts on the first write
         self._consumer = make_consumer(self.kafka, None, f"{self.client_id}-reader")
-        await self._producer.start()
-        await self._consumer.start()
+        async with asyncio.timeout(kafka_bound(self.kafka)):
+            await self._consumer.start()
         partitions = [tp for topic in self.topics.values() for tp in await self._partitions(topic)]
         self._consumer.assign(partitions)
         await self._consumer.seek_to_beginning(*partitions)
@@ -186,39 +189,45 @@ class KafkaTransport:
         return count
 
     async def write(self, table: str, key: str, value: bytes | None) -> asyncio.Future:
-        if self._producer is None:
+        if self._writer is None:
             raise ConnectionError(f"{self.client_id} transport is not open")
-        return await self._producer.send(self.topics[table], value, key=key.encode())
+        return await self._writer.send(self.topics[table], value, key=key.encode())
+
+    def write_abandoned(self) -> None:
+        """A caller gave up waiting for a write: the next write goes through a new producer."""
+        if self._writer is not None:
+            self._writer.spend()
 
     async def close(self) -> None:
-        consumer, producer = self._consumer, self._producer
-        self._consumer = self._producer = None
-        for client in (consumer, producer):
-            if client is not None:
-                try:  # the producer sends what it holds first: bounded, the broker may be gone
-                    await asyncio.wait_for(client.stop(), self.kafka.request_timeout_ms / 1000 + 1)
-                except Exception as exc:  # closing must go on
-                    log.warning("%s: closing a Kafka client: %s", self.client_id, exc)
+        consumer, writer = self._consumer, self._writer
+        self._consumer = self._writer = None
+        if writer is not None:  # sends what it holds first: bounded, the broker may be gone
+            await writer.stop()
+        if consumer is not None:
+            await stop_quietly(consumer, kafka_bound(self.kafka))
 
 
 async def follow_tables(transport: Transport, apply: Apply, caught_up: asyncio.Event, *, label: str,
-                        retry_every: float = 1.0, on_caught_up: Callable[[], None] | None = None) -> None:
-    """Replay the tables into `apply`, set `caught_up`, then follow them until cancelled."""
-    while not caught_up.is_set():
+                        retry_every: float | None = None, on_caught_up: Callable[[], None] | None = None) -> None:
+    """Replay the tables into `apply`, set `caught_up`, then follow them until cancelled.
+
+    While the log is unreachable this waits (reported to the process's `BrokerWatch` as `label`),
+    trying again after a growing pause (at most `retry_every` seconds when given); once replayed,
+    the local state is kept and used meanwhile.
+    """
+
+    async def replay() -> None:
         try:
             await transport.open()
             await transport.read_to_end(apply)
-        except Exception as exc:  # broker down, topic missing: try again
-            log.warning("%s: cannot replay the state yet: %s: %s", label, type(exc).__name__, exc)
+        except BaseException:
             await transport.close()
-            await asyncio.sleep(retry_every)
-            continue
-        caught_up.set()
-        if on_caught_up is not None:
-            on_caught_up()
+            raise
+
+    # any failure is retried, not only the broker's: a missing topic, a reader that broke
+    await watch().retry(label, replay, errors=(Exception,), max_pause=retry_every)
+    caught_up.set()
+    if on_caught_up is not None:
+        on_caught_up()
     while True:
-        try:
-            await transport.read_new(apply)
-        except Exception as exc:  # the client reconnects by itself; keep the local state meanwhile
-            log.warning("%s: reading the state: %s: %s", label, type(exc).__name__, exc)
-            await asyncio.sleep(retry_every)
+        await watch().retry(label, lambda: transport.read_new(apply), errors=(Exception,), max_pause=retry_every)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from aiokafka.structs import ConsumerRecord
 
+from pipeline.broker import watch
 from pipeline.bus import Topics
 from pipeline.hop import Hold, Output, TransactionalHop
 from pipeline.settings import Settings
@@ -45,7 +46,7 @@ class VerdictService(TransactionalHop):
         self.quarantined = 0
 
     async def start(self) -> None:
-        await self._table.open()
+        await watch().retry("verdict-accepted-early", self._table.open)
 
     async def close(self) -> None:
         await self._table.close()

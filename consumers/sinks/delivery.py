@@ -21,7 +21,8 @@ from aiokafka import TopicPartition
 
 from consumers.sinks.transport import Delivery, DeliveryTransport
 from pipeline.blobstore import BlobNotFound, BlobStore
-from pipeline.bus import DrainOnRevoke, Topics, make_consumer, make_transactional_producer
+from pipeline.bus import Topics
+from pipeline.exactly_once import ExactlyOnceLoop
 from pipeline.mail.render import render
 from pipeline.settings import Settings
 from pipeline.state.ledger import Ledger
@@ -158,27 +159,20 @@ class DeliverySink:
     # -- loop ---------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
-        k = self.settings.kafka
-        producer = make_transactional_producer(k, self.transactional_id)
-        consumer = make_consumer(k, self.group_id, f"sink-{self.destination}", max_poll_records=self.inflight)
+        loop = ExactlyOnceLoop(self.settings.kafka, name=f"sink-{self.destination}", group_id=self.group_id,
+                               transactional_id=self.transactional_id,
+                               topics=[self.topics.routed(self.destination)], max_records=self.inflight,
+                               poll_timeout_ms=self.settings.runner.poll_timeout_ms, lock=self._lock,
+                               on_assigned=self.ledger.catch_up)
         try:
             await self.ledger.start()
-            await producer.start()
-            consumer.subscribe([self.topics.routed(self.destination)],
-                               listener=DrainOnRevoke(self._lock, on_assigned=self.ledger.catch_up))
-            await consumer.start()
+            await loop.open()
             log.info("sink %s delivering, %d ledger entries", self.destination, len(self.ledger.entries))
             if on_ready:
                 on_ready()
-            while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=self.settings.runner.poll_timeout_ms,
-                                               max_records=self.inflight)
-                if batch:
-                    async with self._lock:
-                        await self._process_batch(producer, batch)
+            await loop.consume(stop, lambda batch: self._process_batch(loop.producer, batch))
         finally:
-            await consumer.stop()
-            await producer.stop()
+            await loop.close()
             await self.ledger.close()
 
     async def _process_batch(self, producer, batch: dict[TopicPartition, list]) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -121,7 +122,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         time.sleep(0.5)
     if status is not None:
         for name, c in status["components"].items():
-            print(f"{name:24} {c['state']:10} pid={c['pid']} restarts={c['restarts']}")
+            print(f"{name:24} {c['state']:17} pid={c['pid']} restarts={c['restarts']}")
     if missing:
         print(f"not ready: {', '.join(missing)}", file=sys.stderr)
         return 1
@@ -158,7 +159,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     instance = os.environ.get("POSTSTELLE_INSTANCE", "0")
     chosen = component(settings, args.component)
-    from pipeline.supervisor import ready_file
+    from pipeline.broker import Stopping, watch
+    from pipeline.bus import MetadataProbe
+    from pipeline.supervisor import ready_file, state_file
 
     def on_ready() -> None:
         path = ready_file(settings, args.component, instance)
@@ -168,7 +171,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_handlers(stop)
-        await chosen.run(settings, stop, on_ready, instance)
+        k = settings.kafka
+        # a component waits for the broker instead of exiting, and says so (pipeline/broker.py)
+        watch().configure(bootstrap=k.bootstrap, backoff_initial=k.reconnect_backoff_initial,
+                          backoff_max=k.reconnect_backoff_max, state_file=state_file(settings, args.component, instance),
+                          stop=stop)
+        probe = MetadataProbe(k, args.component.replace(":", "-"))
+        monitor = asyncio.create_task(watch().monitor(probe), name="broker-monitor")
+        try:
+            await chosen.run(settings, stop, on_ready, instance)
+        except Stopping:
+            logging.getLogger("pipeline.cli").info("stopped while waiting for kafka")
+        finally:
+            monitor.cancel()
+            await asyncio.gather(monitor, return_exceptions=True)
+            await probe.close()
+            state_file(settings, args.component, instance).unlink(missing_ok=True)
 
     asyncio.run(main())
     return 0

@@ -10,8 +10,11 @@ and `poststelle queue` lists its deferred entries.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
+from pipeline.broker import watch
+from pipeline.producers import kafka_bound
 from pipeline.settings import KafkaSettings
 from pipeline.tables import KafkaTransport
 from schemas.events import Bounced, Deferred, Delivered, decode_event, encode_event
@@ -32,14 +35,18 @@ class Ledger:
         self.kafka, self.topic, self.client_id = kafka, topic, client_id
         self.entries: dict[str, State] = {}
         self._log = KafkaTransport(kafka, {"ledger": topic}, f"{client_id}-ledger")
+        self._part = f"{client_id}-ledger"  # how it is named while it waits for the broker
 
     async def start(self) -> None:
-        await self._log.open()
+        """Open the log and read it, waiting for the broker as long as it takes."""
+        await watch().retry(self._part, self._log.open)
         await self.catch_up()
 
     async def catch_up(self) -> int:
-        """Read every entry written so far (by any sink instance); returns how many were read."""
-        count = await self._log.catch_up(self._apply)
+        """Read every entry written so far (by any sink instance); returns how many were read.
+
+        Waits for the broker while it is unreachable: what follows depends on the entries."""
+        count = await watch().retry(self._part, lambda: self._log.catch_up(self._apply))
         log.debug("ledger %s: %d entries read, %d known", self.topic, count, len(self.entries))
         return count
 
@@ -66,9 +73,24 @@ class Ledger:
         return [e for e in self.entries.values() if isinstance(e, Deferred)]
 
     async def record(self, event: State) -> None:
-        """Durably note a delivery state (returns after the broker acknowledged it)."""
+        """Durably note a delivery state (returns after the broker acknowledged it).
+
+        While the broker is unreachable this waits and writes again (a record written twice is
+        harmless: the later one has the same value); the delivery it notes has happened, so giving
+        up would only make it happen again."""
         key = ledger_key(event.message_id, event.recipient, event.destination)
-        await (await self._log.write("ledger", key, encode_event(event)))
+        value = encode_event(event)
+
+        async def write() -> None:
+            delivery = await self._log.write("ledger", key, value)
+            try:
+                async with asyncio.timeout(kafka_bound(self.kafka)):
+                    await asyncio.shield(delivery)
+            except TimeoutError:
+                self._log.write_abandoned()  # its producer may be stuck for good; its successor writes
+                raise
+
+        await watch().retry(self._part, write)
         self.entries[key] = event
 
     async def close(self) -> None:

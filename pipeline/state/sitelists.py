@@ -238,7 +238,7 @@ def _parents(domain: str) -> Iterator[str]:
 class SiteLists:
     """Both lists in memory, replayed from their topics and kept current (transport None: memory only)."""
 
-    def __init__(self, transport: Transport | None, *, retry_every: float = 1.0) -> None:
+    def __init__(self, transport: Transport | None, *, retry_every: float | None = None) -> None:
         self.transport = transport
         self.retry_every = retry_every
         self.tables = {name: _Table() for name in LISTS}
