@@ -51,6 +51,7 @@ from pipeline.bus import Topics, make_consumer
 from pipeline.settings import AnalyticsSinkSettings, Settings
 from schemas.events import (
     Bounced,
+    DeadletterReplayed,
     Deadlettered,
     DecodeError,
     Deferred,
@@ -327,6 +328,10 @@ def _deadlettered(e: Deadlettered) -> dict[str, Any]:
     return {"stage": e.consumer, "reason": e.reason}
 
 
+def _deadletter_replayed(e: DeadletterReplayed) -> dict[str, Any]:
+    return {"reason": f"replayed {e.deadletter_id}"}
+
+
 def _smtp_connect(e: SmtpConnect) -> dict[str, Any]:
     return {"session_id": e.session_id, "client_ip": e.client_ip}
 
@@ -363,6 +368,7 @@ _FLATTEN: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
     Held: _held,
     Rejected: _verdict,
     Deadlettered: _deadlettered,
+    DeadletterReplayed: _deadletter_replayed,
     SmtpConnect: _smtp_connect,
     SmtpReject: _smtp_reject,
     SmtpCheck: _smtp_check,
