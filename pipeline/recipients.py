@@ -100,13 +100,10 @@ def apply_outcome(work: Work, outcome: Outcome, stage: str) -> Fanout:
                 raise ValueError(f"{recipient!r} is both rejected and quarantined")
             target.setdefault(reason, []).append(recipient)
     decided = set(fan.decided)
-    for destination, recipients in outcome.routes.items():
+    for destination, recipients in outcome.routes.items():  # a recipient decided or routed before is not in play
         _check_named(f"the route to {destination}", recipients, [r for r in in_play if r not in decided])
-        for recipient in recipients:
-            if recipient in decided:
-                raise ValueError(f"{recipient!r} is routed twice")
-            decided.add(recipient)
-        fan.routed[destination] = list(recipients)
+        fan.routed[destination] = list(dict.fromkeys(recipients))
+        decided.update(recipients)
     fan.remaining = [r for r in in_play if r not in decided]
     return fan
 

@@ -5,6 +5,7 @@ real route stage does the routing, a scripted test stage plays the failures.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from pipeline.blobstore import FileBlobStore
 from pipeline.deadletter import original_value
 from pipeline.registry import get_stage, register
 from pipeline.runner import Output, StageRunner
-from pipeline.settings import Settings, load_settings
+from pipeline.cli.components import load_config
+from pipeline.settings import ConfigError, Settings, load_settings
 from pipeline.stage import Outcome, PoisonMessage, StageContext, TemporaryFailure, Work
 from schemas.codec import MAX_DEPTH
 from schemas.events import (
@@ -32,6 +34,7 @@ from schemas.events import (
     Quarantined,
     Received,
     Rejected,
+    Replacement,
     Result,
     Routed,
     StageResult,
@@ -352,3 +355,106 @@ async def test_held_parts_are_dropped_when_the_whole_message_is_quarantined(tmp_
 
     out, told = await _scripted(tmp_path, both).outputs_of(_record(encode_event(event)))
     assert isinstance(out.event, Quarantined) and isinstance(told.event, MessageOutcome)
+
+
+# ---- per recipient ------------------------------------------------------------------------------
+
+
+async def test_a_stage_decides_per_recipient_and_the_rest_goes_on(tmp_path):
+    event = _received(rcpt=["a@school.test", "b@school.test", "c@school.test"])
+
+    async def split(work: Work) -> Outcome:
+        return Outcome(verdict=Verdict.FAIL, score=8.0, quarantined={"a@school.test": "spam 8.0"},
+                       rejected={"c@school.test": "no mail for c"})
+
+    outputs = await _scripted(tmp_path, split).outputs_of(_record(encode_event(event)))
+    assert [o.topic for o in outputs] == ["poststelle.rejected", "poststelle.outcomes", "poststelle.quarantine",
+                                          "poststelle.outcomes", f"poststelle.checked.{SCRIPTED}"]
+    rejected, told_rejected, quarantined, told_quarantined, passed = (o.event for o in outputs)
+    assert isinstance(rejected, Rejected) and rejected.recipients == ["c@school.test"]
+    assert (told_rejected.disposition, told_rejected.recipients) == ("rejected", ["c@school.test"])
+    assert isinstance(quarantined, Quarantined) and quarantined.recipients == ["a@school.test"]
+    assert (told_quarantined.disposition, told_quarantined.recipients) == ("quarantined", ["a@school.test"])
+    assert isinstance(passed, StageResult) and passed.recipients == ["b@school.test"]
+
+
+async def test_a_replacement_is_told_first_and_carried_in_the_history(tmp_path):
+    event = _received(rcpt=["9a@school.test"])
+
+    async def expand(work: Work) -> Outcome:
+        return Outcome(verdict=Verdict.PASS, replace=[Replacement(recipient="9a@school.test",
+                                                                  into=["max@school.test", "lena@school.test"],
+                                                                  reason="group 9a")])
+
+    told, passed = (o.event for o in await _scripted(tmp_path, expand).outputs_of(_record(encode_event(event))))
+    assert isinstance(told, MessageOutcome)
+    assert (told.disposition, told.recipients, told.into, told.reason) == (
+        "replaced", ["9a@school.test"], ["max@school.test", "lena@school.test"], "group 9a")
+    assert passed.recipients == ["max@school.test", "lena@school.test"]
+    assert [(r.stage, r.recipient) for r in passed.replacements] == [(SCRIPTED, "9a@school.test")]
+    # the route stage after it sees the members, and every routed copy carries the history
+    route = _runner("route", tmp_path)
+    outputs = await route.outputs_of(_record(encode_event(passed), topic=route.input_topic))
+    (routed,) = [o.event for o in outputs if isinstance(o.event, Routed)]
+    assert routed.recipients == ["max@school.test", "lena@school.test"]
+    assert routed.replacements == passed.replacements and routed.message.envelope.rcpt_to == ["9a@school.test"]
+
+
+async def test_the_route_stage_makes_one_copy_per_set_of_edits(tmp_path):
+    message = _received(rcpt=["a@school.test", "b@school.test", "c@school.test", "r@ext.test"])
+    everyone = Edit(stage="auth", kind="add_header", name="Authentication-Results", value="mx; spf=pass")
+    tag = Edit(stage="spam", kind="subject_tag", value="[SPAM?]", recipients=["a@school.test", "c@school.test"])
+    event = StageResult(message_id=message.message_id, message=message, recipients=list(message.envelope.rcpt_to),
+                        result=Result(stage=SCRIPTED, verdict=Verdict.PASS), edits=[everyone, tag])
+    route = _runner("route", tmp_path)
+    outputs = await route.outputs_of(_record(encode_event(event), topic=route.input_topic))
+    copies = [(o.event.destination, o.event.recipients, [e.value for e in o.event.edits]) for o in outputs
+              if isinstance(o.event, Routed)]
+    assert copies == [("lmtp", ["a@school.test", "c@school.test"], ["mx; spf=pass", "[SPAM?]"]),
+                      ("lmtp", ["b@school.test"], ["mx; spf=pass"]),
+                      ("smarthost", ["r@ext.test"], ["mx; spf=pass"])]
+    (told,) = [o.event for o in outputs if isinstance(o.event, MessageOutcome)]
+    assert sorted(told.recipients) == sorted(message.envelope.rcpt_to)
+
+
+async def test_a_version_1_stage_result_on_the_topic_replays_for_every_envelope_recipient(tmp_path):
+    message = _received(rcpt=["a@school.test", "r@ext.test"])
+    v1 = orjson.loads(encode_event(StageResult(message_id=message.message_id, message=message, recipients=[],
+                                               result=Result(stage=SCRIPTED, verdict=Verdict.PASS))))
+    v1["schema_version"] = 1
+    del v1["recipients"], v1["replacements"]
+    route = _runner("route", tmp_path)
+    outputs = await route.outputs_of(_record(orjson.dumps(v1), topic=route.input_topic))
+    assert sorted(r for o in outputs if isinstance(o.event, Routed) for r in o.event.recipients) == [
+        "a@school.test", "r@ext.test"]
+
+
+async def test_an_outcome_naming_a_recipient_not_in_play_is_dead_lettered(tmp_path):
+    async def wrong(work: Work) -> Outcome:
+        return Outcome(verdict=Verdict.FAIL, quarantined={"nobody@school.test": "spam"})
+
+    dead = _only_deadletter(await _scripted(tmp_path, wrong).outputs_of(_record(encode_event(_received()))))
+    assert dead.reason == "bad_outcome" and "nobody@school.test" in dead.error
+
+
+async def test_a_stage_that_takes_longer_than_its_timeout_is_a_temporary_failure(tmp_path):
+    async def hang(work: Work) -> Outcome:
+        await asyncio.sleep(5)
+        raise AssertionError("not reached")
+
+    runner = _runner(SCRIPTED, tmp_path, _settings(POSTSTELLE_STAGES__TEST_RUNNER_SCRIPTED__TIMEOUT="0.2"))
+    runner.stage.script = hang  # type: ignore[attr-defined]
+    assert runner.timeout == 0.2
+    with pytest.raises(TimeoutError):  # the hop rewinds the partition and retries with backoff
+        await runner.outputs_of(_record(encode_event(_received())))
+    assert runner.deadlettered == 0
+
+
+def test_the_stage_timeout_comes_from_its_section_else_the_stage_else_the_runner(tmp_path):
+    assert _runner("route", tmp_path).timeout == 60.0  # runner.handle_timeout
+    assert _runner("route", tmp_path, _settings(POSTSTELLE_RUNNER__HANDLE_TIMEOUT="5")).timeout == 5.0
+    assert _runner("route", tmp_path, _settings(POSTSTELLE_STAGES__ROUTE__TIMEOUT="2m")).timeout == 120.0
+    virus = load_config(None, environ={"POSTSTELLE_TOPOLOGY__STAGES": "virus,route"})
+    assert _runner("virus", tmp_path, virus).timeout == 5.0 + 120.0 + 10.0  # what a whole scan may take
+    with pytest.raises(ConfigError, match="stages.route.timeout: expected a duration"):
+        _settings(POSTSTELLE_STAGES__ROUTE__TIMEOUT="soon")
