@@ -52,6 +52,7 @@ def stack_env(home: Path, base: int) -> dict[str, str]:
     The stack runs the local config's stages plus the test stage `probe` (loaded as a site's own
     stage module would be), which acts only on messages with X-Probe-* header fields."""
     return {
+        "PYTHONPATH": str(REPO),  # the probe's module, also for the console script .venv/bin/poststelle
         "POSTSTELLE_TOPOLOGY__STAGE_MODULES": "tests.integration.probe",
         "POSTSTELLE_TOPOLOGY__STAGES": ",".join(with_probe(LOCAL_STAGES)),
         "POSTSTELLE_STAGES__PROBE__TIMEOUT": f"{PROBE_TIMEOUT:g}s",
