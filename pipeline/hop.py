@@ -164,5 +164,8 @@ class TransactionalHop:
         self.deadlettered += 1
         log.warning("%s: dead-lettering %s[%d]@%d: %s: %s", self.name, record.topic, record.partition,
                     record.offset, reason, error)
-        event = await asyncio.to_thread(deadletter_event, record, self.name, reason, error, self.blobs)
+        try:
+            event = await asyncio.to_thread(deadletter_event, record, self.name, reason, error, self.blobs)
+        except OSError as exc:  # a large record's value could not be stored: try the record again later
+            raise ConnectionError(f"cannot store the dead letter in the blob store: {exc}") from exc
         return Output(self.deadletter_topic, record.key or b"", event)
