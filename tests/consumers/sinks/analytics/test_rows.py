@@ -129,7 +129,8 @@ def test_an_event_type_without_a_mapping_gets_the_common_columns_only(
     assert (row["stage"], row["recipients"], row["sender"], row["size"]) == ("", [], "", 0)
 
     assert store.insert([event]) == 1  # and the store takes it like any other row
-    stored = row_by_id(store, event.id, "type, message_id, stage, recipients, JSONExtractString(payload, 'consumer') AS c")
+    columns = "type, message_id, stage, recipients, JSONExtractString(payload, 'consumer') AS c"
+    stored = row_by_id(store, event.id, columns)
     assert stored == {
         "type": "newer_than_the_mapping", "message_id": "msg-7", "stage": "", "recipients": [], "c": "spam"
     }

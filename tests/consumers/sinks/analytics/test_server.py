@@ -52,7 +52,8 @@ class BrokenStore:
 async def test_a_query_round_trips_as_json(astore: AsyncAnalyticsStore) -> None:
     await astore.insert(sample_events())
     async with asgi_client(query_app(astore)) as http:
-        response = await http.post("/query", content="SELECT type, time, recipients FROM events WHERE type = 'received'")
+        sql = "SELECT type, time, recipients FROM events WHERE type = 'received'"
+        response = await http.post("/query", content=sql)
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {
