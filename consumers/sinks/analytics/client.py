@@ -39,8 +39,9 @@ def post_query(host: str, port: int, sql: str, timeout: float = HTTP_CLIENT_TIME
         raise QueryError(f"query larger than {MAX_QUERY_BYTES} bytes")
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}{QUERY_PATH}"
     try:
-        # trust_env=False: a proxy configured for the outside world must not get loopback queries
-        with httpx.Client(trust_env=False, timeout=timeout) as http:
+        # plain HTTP on loopback: no proxy from the environment, and no TLS, so no CA bundle to load
+        # (loading it took 15 ms per call, ten times the query's round trip)
+        with httpx.Client(trust_env=False, verify=False, timeout=timeout) as http:
             response = http.post(url, content=body, headers={"Content-Type": "text/plain; charset=utf-8"})
     except httpx.ConnectError as exc:
         raise ConnectionRefusedError(f"nothing answers on {host}:{port} ({exc})") from None
