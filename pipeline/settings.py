@@ -16,6 +16,7 @@ those sections against the types the stage registry hands it.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -542,12 +543,23 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError(f"supervisor.sinks: unknown sink {unknown[0]!r} (known: {', '.join(SINKS)})")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", settings.sinks.analytics.database):
         raise ConfigError("sinks.analytics.database: expected a plain identifier (letters, digits, _)")
+    if not _is_loopback(settings.sinks.analytics.query_host):  # the query endpoint has no login
+        raise ConfigError("sinks.analytics.query_host: expected a loopback address (127.0.0.1, ::1 or localhost)")
     k, r = settings.kafka, settings.runner
     if k.max_partition_fetch_bytes < k.max_request_size:
         raise ConfigError("kafka.max_partition_fetch_bytes: must be at least kafka.max_request_size "
                           f"({k.max_request_size}), or consumers cannot fetch what producers write")
     if r.max_event_bytes > k.max_request_size:
         raise ConfigError(f"runner.max_event_bytes: must be at most kafka.max_request_size ({k.max_request_size})")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse_named_sections(key: str, kind: str, data: Any, types_: Mapping[str, type]) -> dict[str, Any]:
