@@ -90,6 +90,7 @@ def _received(e: Received) -> dict[str, Any]:
 def _stage_result(e: StageResult) -> dict[str, Any]:
     return {
         **_from_message(e.message),
+        "recipients": list(e.recipients),  # those the stage passed on (still in play)
         "stage": e.result.stage,
         "verdict": str(e.result.verdict),
         "score": e.result.score,

@@ -49,9 +49,10 @@ def test_flattening_of_each_event_type(store: AnalyticsStore) -> None:
     assert row["recipients"] == ["bob@school.test", "carol@school.test"]
     assert (row["client_ip"], row["size"], row["session_id"]) == ("192.0.2.10", 1235, "sess-1")
 
-    row = row_by_id(store, stage.id, "stage, verdict, score, duration_ms, sender")
+    row = row_by_id(store, stage.id, "stage, verdict, score, duration_ms, sender, recipients")
     assert row == {
-        "stage": "spam", "verdict": "fail", "score": 7.5, "duration_ms": 12.5, "sender": "alice1@example.test"
+        "stage": "spam", "verdict": "fail", "score": 7.5, "duration_ms": 12.5, "sender": "alice1@example.test",
+        "recipients": ["bob@school.test"],  # the recipients the stage passed on, not the whole envelope
     }
 
     row = row_by_id(store, routed.id, "destination, recipients")
