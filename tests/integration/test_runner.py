@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pipeline.bus import Topics, ensure_topics
 from pipeline.registry import register
 from pipeline.runner import StageRunner
-from pipeline.cli.components import load_config
+from pipeline.settings import load_settings
 from pipeline.stage import Outcome, StageContext, TemporaryFailure, Work
 from schemas.events import BlobRef, Client, Envelope, Received, StageResult, Verdict, decode_event, encode_event
 
@@ -55,7 +55,7 @@ def _received(message_id: str) -> Received:
 
 def test_temporary_failures_are_retried_in_order_without_skipping(stack):
     prefix = f"scratch{uuid.uuid4().hex[:8]}"
-    settings = load_config(None, environ={
+    settings = load_settings(None, environ={
         "POSTSTELLE_KAFKA__BOOTSTRAP": stack.bootstrap,
         "POSTSTELLE_KAFKA__TOPIC_PREFIX": prefix,
         "POSTSTELLE_KAFKA__PARTITIONS": "1",
