@@ -13,8 +13,9 @@ run: deps venv kafka-jars
 test: deps venv kafka-jars
 	$(BIN)/python -m pytest -q -ra
 
+# no servers needed: tests that start NSD, slapd, clamd, Dovecot or Kafka (and the integration suite) are left out
 unit: venv
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q -m "not (integration or kafka or slapd or nsd or clamd or dovecot)"
 
 integration: deps venv kafka-jars
 	$(BIN)/python -m pytest -q -m integration

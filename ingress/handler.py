@@ -336,7 +336,12 @@ class IngressHandler:
 
     async def _answer_with_verdict(self, ctx: CheckContext, message_id: str, pending: Pending, wait: float,
                                    answer_by: float) -> str:
-        """554 when the pipeline rejected the message for every recipient in time, else 250."""
+        """554 when the pipeline rejected the message for every recipient in time, else 250.
+
+        A 250 that does not tell the client of every rejection (the wait ran out, or only some
+        recipients were rejected) is recorded first (`accepted_early`), so the verdict service
+        quarantines those rejections instead of letting the rejected recipients' copies vanish.
+        """
         started = time.monotonic()
         await _first_of(pending.done, self._stopping, timeout=wait)
         rejection = pending.rejection
@@ -344,19 +349,23 @@ class IngressHandler:
             log.info("message %s refused at DATA: rejected by %s: %s", message_id, rejection.stage, rejection.reason)
             return self._reject(ctx, "data", rejection.stage, f"{rejection.stage}_rejected", refusal_text(rejection),
                                 message_id=message_id)
-        if pending.done.is_set():
+        if pending.done.is_set() and not pending.partly_rejected:
             return Replies.queued(message_id)  # routed or quarantined: accepted either way
-        # no verdict yet: note that the client is told 250, so a later rejection becomes quarantine
+        reason = "partial" if pending.done.is_set() else "timeout"
         waited_ms = round((time.monotonic() - started) * 1000, 1)
         try:
-            await asyncio.wait_for(self.events.accepted_early(AcceptedEarly(message_id=message_id, waited_ms=waited_ms)),
-                                   max(0.1, answer_by - time.time()))
+            record = AcceptedEarly(message_id=message_id, waited_ms=waited_ms, reason=reason)
+            await asyncio.wait_for(self.events.accepted_early(record), max(0.1, answer_by - time.time()))
         except Exception as exc:
             log.warning("message %s: accepted-early record not written (%s: %s); answering 451", message_id,
                         type(exc).__name__, exc)
             return self._reject(ctx, "data", "persist", "verdict_record_failed", Replies.PERSIST_FAILED,
                                 message_id=message_id)
-        log.info("message %s: no verdict after %.0f ms; accepted", message_id, waited_ms)
+        if reason == "partial":
+            log.info("message %s: rejected for some recipients only; accepted (their copies are quarantined)",
+                     message_id)
+        else:
+            log.info("message %s: no verdict after %.0f ms; accepted", message_id, waited_ms)
         return Replies.queued(message_id)
 
     # -- helpers ------------------------------------------------------------------------------

@@ -6,8 +6,11 @@ that topic from its end (no consumer group, all partitions) and wakes the DATA c
 that message. So a virus, a site block-list hit or a DMARC reject is answered ``554 5.7.1`` to the
 sending MTA, which then owns the bounce; nothing is ever bounced to a possibly forged sender.
 
-When the wait runs out, the ingress answers ``250`` and first records that (`accepted_early`); the
-verdict service (consumers/sinks/verdict.py) then turns a later rejection into quarantine.
+Decisions are per recipient, the DATA reply is one for the whole transaction: ``554`` only when
+every recipient was rejected. When the wait runs out, or when some recipients were rejected and
+others not, the ingress answers ``250`` and first records that (`accepted_early`); the verdict
+service (consumers/services/verdict.py) then turns those rejections into quarantine for the rejected
+recipients only.
 """
 from __future__ import annotations
 
@@ -29,28 +32,43 @@ MAX_REASON = 200  # characters of a stage's reason shown to the client
 
 @dataclass
 class Pending:
-    """One message waiting for its verdict: done once every recipient has an outcome."""
+    """One message waiting for its verdict: done once every recipient has an outcome.
+
+    Outcomes name recipients: `routed`, `rejected` and `quarantined` end their way; `replaced` swaps
+    one recipient for the addresses it became (a group's members), whose own outcomes follow. The
+    outcomes of one message arrive in the order the stages wrote them (one partition, keyed by the
+    message id), so a replacement is always seen before the outcomes of its addresses.
+    """
 
     recipients: set[str]
     outcomes: list[MessageOutcome] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    decided: set[str] = field(default_factory=set)
 
     def add(self, outcome: MessageOutcome) -> None:
-        self.outcomes.append(outcome)
-        if outcome.disposition != "routed":
-            self.recipients.clear()  # a rejection or quarantine decides for the whole message
+        if outcome.disposition == "replaced":
+            for recipient in outcome.recipients:
+                if recipient in self.recipients:
+                    self.recipients.discard(recipient)
+                    self.recipients.update(a for a in outcome.into if a not in self.decided)
         else:
+            self.outcomes.append(outcome)
             self.recipients.difference_update(outcome.recipients)
+            self.decided.update(outcome.recipients)
         if not self.recipients:
             self.done.set()
 
     @property
     def rejection(self) -> MessageOutcome | None:
-        """The rejection, when the outcome is complete and every recipient's copy was rejected."""
-        if not self.done.is_set():
+        """The first rejection, when the outcome is complete and every recipient's way ended in one."""
+        if not self.done.is_set() or not self.outcomes:
             return None
-        rejected = [o for o in self.outcomes if o.disposition == "rejected"]
-        return rejected[0] if rejected and all(o.disposition == "rejected" for o in self.outcomes) else None
+        return self.outcomes[0] if all(o.disposition == "rejected" for o in self.outcomes) else None
+
+    @property
+    def partly_rejected(self) -> bool:
+        """Some recipients were rejected, others not: the client hears 250, the rejected ones are quarantined."""
+        return any(o.disposition == "rejected" for o in self.outcomes) and self.rejection is None
 
 
 def refusal_text(outcome: MessageOutcome) -> str:

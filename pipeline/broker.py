@@ -50,8 +50,11 @@ class BrokerUnavailable(Exception):
     """Kafka did not answer within its bound; what was in flight must be given up and redone."""
 
 
-class Stopping(Exception):
-    """The process was told to stop while it waited for the broker."""
+class Stopping(BaseException):
+    """The process was told to stop while it waited for the broker.
+
+    A BaseException, like `asyncio.CancelledError`: it ends the component, and no `except Exception`
+    on the way (a dead-letter handler, a retry loop) may take it for a failure of the work at hand."""
 
 
 # what a Kafka call raises when the broker is away (aiokafka's errors, our own bounds, a dropped socket)

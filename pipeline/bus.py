@@ -14,12 +14,14 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import ConsumerRecord
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipeline.settings import DESTINATIONS, KafkaSettings, Settings
 
 __all__ = ["Topics", "make_producer", "make_transactional_producer", "make_consumer", "ensure_topics",
-           "DrainOnRevoke", "PartitionBackoff", "hold_partition", "topic_partitions", "behind", "MetadataProbe"]
+           "DrainOnRevoke", "PartitionBackoff", "hold_partition", "topic_partitions", "behind", "read_topic",
+           "MetadataProbe"]
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +278,26 @@ async def behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) ->
         if await consumer.position(tp) < end:
             return True
     return False
+
+
+async def read_topic(k: KafkaSettings, topic: str, client_id: str) -> list[ConsumerRecord]:
+    """Every record of `topic` written up to now, all partitions, without a consumer group (for commands)."""
+    reader = make_consumer(k, None, client_id)
+    await reader.start()
+    try:
+        tps = await topic_partitions(reader, topic)
+        if not tps:
+            return []
+        reader.assign(tps)
+        await reader.seek_to_beginning(*tps)
+        ends = await reader.end_offsets(tps)
+        records: list[ConsumerRecord] = []
+        while await behind(reader, ends):
+            for batch in (await reader.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await reader.stop()
 
 
 def hold_partition(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, delay: float) -> None:

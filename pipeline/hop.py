@@ -7,27 +7,34 @@ transaction (`send_offsets_to_transaction`), so a hop is exactly-once: after a c
 transaction is aborted (the restarted process fences it with the same transactional id) and the
 batch is processed again from the last committed offset.
 
-- A record that cannot be handled yet — `Hold` (not due), or a temporary error of the hop — is
-  not skipped: its partition is rewound to it and paused (for the hold's delay, or a growing
-  backoff); records before it in the batch are committed, the other partitions go on.
+- A record that cannot be handled yet — `Hold` (not due), a temporary error of the hop, or a
+  `handle` that takes longer than `timeout` seconds — is not skipped: its partition is rewound to
+  it and paused (for the hold's delay, or a growing backoff); records before it in the batch are
+  committed, the other partitions go on.
+- A record that can never be handled — `PoisonMessage` (undecodable, ...) or any other exception
+  of `handle` — is dead-lettered whole with the reason (`pipeline.deadletter`), in the same
+  transaction, and the hop goes on with the next record: never a crash loop.
 - Revocation waits until the batch in flight is committed (drain on rebalance).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from pipeline.bus import PartitionBackoff, hold_partition
+from pipeline.blobstore import FileBlobStore
+from pipeline.bus import PartitionBackoff, Topics, hold_partition
+from pipeline.deadletter import PoisonMessage, deadletter_event
 from pipeline.exactly_once import ExactlyOnceLoop
 from pipeline.settings import Settings
 from schemas.events import Event, encode_event
 
-__all__ = ["TransactionalHop", "Output", "Hold"]
+__all__ = ["TransactionalHop", "Output", "Hold", "PoisonMessage"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,8 @@ class TransactionalHop:
 
     temporary_errors: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError)
 
-    def __init__(self, settings: Settings, name: str, input_topics: list[str], instance: str = "0") -> None:
+    def __init__(self, settings: Settings, name: str, input_topics: list[str], instance: str = "0",
+                 timeout: float | None = None) -> None:
         self.settings = settings
         self.name = name
         self.input_topics = input_topics
@@ -60,6 +68,10 @@ class TransactionalHop:
         self.transactional_id = f"{self.group_id}.{instance}"
         r = settings.runner
         self.backoff = PartitionBackoff(r.tempfail_backoff_initial, r.tempfail_backoff_max)
+        self.timeout = timeout if timeout is not None else r.handle_timeout  # seconds per record
+        self.deadletter_topic = Topics.from_settings(settings).deadletter
+        self.blobs = FileBlobStore(settings.home / "blobs")  # for dead letters too large for an event
+        self.deadlettered = 0
         self._lock = asyncio.Lock()
 
     async def handle(self, record: ConsumerRecord) -> list[Output]:  # pragma: no cover - abstract
@@ -101,7 +113,7 @@ class TransactionalHop:
             for tp, records in batch.items():
                 for record in records:
                     try:
-                        outputs = await self.handle(record)
+                        outputs = await self.outputs_of(record)
                     except Hold as hold:
                         hold_partition(consumer, tp, record.offset, hold.delay)
                         break
@@ -115,8 +127,37 @@ class TransactionalHop:
             if offsets:
                 await producer.send_offsets_to_transaction(offsets, self.group_id)
 
+    async def outputs_of(self, record: ConsumerRecord) -> list[Output]:
+        """`handle` within the timeout; a record it cannot handle becomes its dead letter.
+
+        Raises only `Hold` and the temporary errors (the record is then tried again later).
+        """
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self.handle(record)
+        except (Hold, *self.temporary_errors):
+            raise
+        except PoisonMessage as exc:
+            return [await self._deadletter(record, exc.reason, str(exc))]
+        except Exception as exc:  # a bug, or a record the hop chokes on: a person must look
+            log.exception("%s failed on %s[%d]@%d", self.name, record.topic, record.partition, record.offset)
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            return [await self._deadletter(record, "exception", detail)]
+
     def _retry_later(self, consumer, tp: TopicPartition, record: ConsumerRecord, exc: BaseException) -> None:
         delay = self.backoff.next_delay(tp)
+        why = f"no answer within {self.timeout:g}s" if isinstance(exc, TimeoutError) and not str(exc) else exc
         log.warning("%s: temporary failure at %s[%d]@%d (%s: %s); retrying in %.1fs", self.name, tp.topic,
-                    tp.partition, record.offset, type(exc).__name__, exc, delay)
+                    tp.partition, record.offset, type(exc).__name__, why, delay)
         hold_partition(consumer, tp, record.offset, delay)
+
+    async def _deadletter(self, record: ConsumerRecord, reason: str, error: str) -> Output:
+        """The record, whole, for the dead-letter topic (same key, so it sorts with its message)."""
+        self.deadlettered += 1
+        log.warning("%s: dead-lettering %s[%d]@%d: %s: %s", self.name, record.topic, record.partition,
+                    record.offset, reason, error)
+        try:
+            event = await asyncio.to_thread(deadletter_event, record, self.name, reason, error, self.blobs)
+        except OSError as exc:  # a large record's value could not be stored: try the record again later
+            raise ConnectionError(f"cannot store the dead letter in the blob store: {exc}") from exc
+        return Output(self.deadletter_topic, record.key or b"", event)

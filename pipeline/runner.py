@@ -1,33 +1,41 @@
 """The stage runner: a stage as a transactional hop (see `pipeline.hop`).
 
 For each record of the stage's input topic: decode it (a poison record — too large, undecodable,
-nested too deep, looping — becomes a `deadlettered` event with the reason), let the stage decide,
-and turn its outcome into events: `stage_result` to the stage's output topic, or a terminal
-`rejected` / `quarantined`, plus `routed` events when the stage routes, `held` events (parts held
-back) to the quarantine topic and injected messages (notices) to the received topic. A stage exception is a
-poison record too, except the temporary errors, which retry the record with backoff.
+nested too deep, looping — is dead-lettered with the reason), let the stage decide for the
+recipients still in play, and turn its outcome into events (`pipeline.recipients` applies it):
+
+- `outcome` `replaced` for each recipient the stage replaced by others (first, so a waiting ingress
+  follows them);
+- `rejected` / `quarantined` events, one per reason, for the recipients decided here, each with its
+  `outcome`;
+- `stage_result` to the stage's output topic with the recipients left in play (none when the stage
+  decided for all of them; routed ones leave too), every edit so far and every replacement so far;
+- `held` events (parts held back) to the quarantine topic and injected messages (notices) to the
+  received topic;
+- for a routing stage, one `routed` event per destination and set of edits (`recipients.copies`), and
+  an `outcome` `routed` for them.
+
+A stage exception dead-letters the record (see `pipeline.hop`), except the temporary errors, which
+retry it with backoff; so does an outcome that names a recipient not in play (`bad_outcome`).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-import traceback
 from collections.abc import Callable
 
-import orjson
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.blobstore import FileBlobStore
 from pipeline.bus import Topics
 from pipeline.hop import Output, TransactionalHop
+from pipeline.recipients import Fanout, apply_outcome, copies
 from pipeline.registry import get_stage
 from pipeline.settings import Settings
 from pipeline.stage import Outcome, PoisonMessage, Stage, StageContext, TemporaryFailure, Work
 from schemas.codec import DecodeError
 from schemas.events import (
-    Deadlettered,
-    Event,
     MessageOutcome,
     Quarantined,
     Received,
@@ -41,9 +49,14 @@ from schemas.events import (
 __all__ = ["StageRunner", "Output", "run_stage"]
 
 log = logging.getLogger(__name__)
-PAYLOAD_EXCERPT = 4096  # bytes of a poison record kept in its dead-letter event
 
 TEMPORARY_ERRORS = (TemporaryFailure, TimeoutError, ConnectionError)
+
+
+def stage_timeout(settings: Settings, stage: Stage) -> float:
+    """Seconds one record may take: `[stages.<name>] timeout`, else what the stage asks for (its
+    `timeout` attribute, e.g. the virus scanner's own timeouts), else `runner.handle_timeout`."""
+    return settings.stage_timeout(stage.name) or getattr(stage, "timeout", None) or settings.runner.handle_timeout
 
 
 class StageRunner(TransactionalHop):
@@ -54,10 +67,9 @@ class StageRunner(TransactionalHop):
     def __init__(self, settings: Settings, stage: Stage, instance: str = "0") -> None:
         self.topics = Topics.from_settings(settings)
         self.input_topic = self.topics.stage_input(stage.name)
-        super().__init__(settings, stage.name, [self.input_topic], instance)
+        super().__init__(settings, stage.name, [self.input_topic], instance, timeout=stage_timeout(settings, stage))
         self.stage = stage
         self.processed = 0
-        self.deadlettered = 0
 
     async def start(self) -> None:
         await self.stage.start()
@@ -85,91 +97,87 @@ class StageRunner(TransactionalHop):
         history = [*event.history, event.result]
         if len(history) > limits.max_hops:
             raise PoisonMessage("looping", f"passed {len(history)} stages")
-        return Work(message=event.message, history=history, edits=list(event.edits))
+        return Work(message=event.message, history=history, edits=list(event.edits),
+                    recipients=list(event.recipients), replacements=list(event.replacements))
 
     def outputs_for(self, work: Work, outcome: Outcome, duration_ms: float) -> list[Output]:
-        name = self.stage.name
-        message = work.message
-        key = message.message_id.encode()
-        result = Result(stage=name, verdict=outcome.verdict, score=outcome.score,
+        try:
+            fan = apply_outcome(work, outcome, self.stage.name)
+        except ValueError as exc:
+            raise PoisonMessage("bad_outcome", f"stage {self.stage.name}: {exc}") from None
+        result = Result(stage=self.stage.name, verdict=outcome.verdict, score=outcome.score,
                         details=outcome.details, duration_ms=round(duration_ms, 3))
+        goes_on = bool(fan.remaining or fan.routed)  # held parts and notices only for a message that goes on
+        return [*self._replaced(work, fan), *self._decided(work, fan, result), *self._passed(work, fan, result),
+                *(Output(self.topics.quarantine, self._key(work), held) for held in outcome.held if goes_on),
+                *(Output(self.topics.received, new.message_id.encode(), new) for new in outcome.inject if goes_on),
+                *self._routed(work, fan, result)]
+
+    @staticmethod
+    def _key(work: Work) -> bytes:
+        return work.message.message_id.encode()
+
+    def _outcome(self, work: Work, disposition: str, recipients: list[str], reason: str = "",
+                 into: list[str] | None = None) -> Output:
+        """The small outcome event a waiting ingress reads (see `ingress.verdicts`)."""
+        event = MessageOutcome(message_id=work.message.message_id, stage=self.stage.name,
+                               disposition=disposition, recipients=recipients, reason=reason,  # type: ignore[arg-type]
+                               into=into or [])
+        return Output(self.topics.outcomes, self._key(work), event)
+
+    def _replaced(self, work: Work, fan: Fanout) -> list[Output]:
+        return [self._outcome(work, "replaced", [r.recipient], r.reason, r.into) for r in fan.replacements]
+
+    def _decided(self, work: Work, fan: Fanout, result: Result) -> list[Output]:
+        outputs: list[Output] = []
+        message, name = work.message, self.stage.name
         results = [*work.history, result]
-        edits = [*work.edits, *outcome.edits]
-        recipients = list(message.envelope.rcpt_to)
-        if outcome.reject:
-            event: Event = Rejected(message_id=message.message_id, stage=name, reason=outcome.reject,
-                                    recipients=recipients, message=message, results=results)
-            return [Output(self.topics.rejected, key, event),
-                    self._outcome(message, "rejected", recipients, outcome.reject)]
-        if outcome.quarantine:
-            event = Quarantined(message_id=message.message_id, stage=name, reason=outcome.quarantine,
-                                recipients=recipients, message=message, results=results)
-            return [Output(self.topics.quarantine, key, event),
-                    self._outcome(message, "quarantined", recipients, outcome.quarantine)]
-        passed = StageResult(message_id=message.message_id, result=result, message=message,
-                             history=list(work.history), edits=edits)
-        outputs = [Output(self.topics.checked(name), key, passed)]
-        outputs.extend(Output(self.topics.quarantine, key, held) for held in outcome.held)
-        outputs.extend(Output(self.topics.received, new.message_id.encode(), new) for new in outcome.inject)
-        for destination, rcpts in outcome.routes.items():
-            routed = Routed(message_id=message.message_id, destination=destination, recipients=rcpts,
-                            message=message, results=results, edits=edits)
-            outputs.append(Output(self.topics.routed(destination), key, routed))
-        if outcome.routes:
-            routed_rcpts = [r for rcpts in outcome.routes.values() for r in rcpts]
-            outputs.append(self._outcome(message, "routed", routed_rcpts))
+        replacements = [*work.replacements, *fan.replacements]
+        for reason, recipients in fan.rejected.items():
+            outputs.append(Output(self.topics.rejected, self._key(work), Rejected(
+                message_id=message.message_id, stage=name, reason=reason, recipients=recipients, message=message,
+                results=results, replacements=replacements)))
+            outputs.append(self._outcome(work, "rejected", recipients, reason))
+        for reason, recipients in fan.quarantined.items():
+            outputs.append(Output(self.topics.quarantine, self._key(work), Quarantined(
+                message_id=message.message_id, stage=name, reason=reason, recipients=recipients, message=message,
+                results=results, replacements=replacements)))
+            outputs.append(self._outcome(work, "quarantined", recipients, reason))
         return outputs
 
-    def _outcome(self, message: Received, disposition: str, recipients: list[str], reason: str = "") -> Output:
-        """The small terminal-outcome event the ingress waits for (see `ingress.verdicts`)."""
-        event = MessageOutcome(message_id=message.message_id, stage=self.stage.name,
-                               disposition=disposition, recipients=recipients, reason=reason)  # type: ignore[arg-type]
-        return Output(self.topics.outcomes, message.message_id.encode(), event)
+    def _passed(self, work: Work, fan: Fanout, result: Result) -> list[Output]:
+        """The stage_result, unless every recipient's way ended here by a rejection or quarantine."""
+        if not (fan.remaining or fan.routed):
+            return []
+        passed = StageResult(message_id=work.message.message_id, result=result, message=work.message,
+                             recipients=fan.remaining, history=list(work.history), edits=fan.edits,
+                             replacements=[*work.replacements, *fan.replacements])
+        return [Output(self.topics.checked(self.stage.name), self._key(work), passed)]
+
+    def _routed(self, work: Work, fan: Fanout, result: Result) -> list[Output]:
+        outputs: list[Output] = []
+        results = [*work.history, result]
+        replacements = [*work.replacements, *fan.replacements]
+        for destination, recipients in fan.routed.items():
+            for members, edits in copies(recipients, fan.edits):
+                routed = Routed(message_id=work.message.message_id, destination=destination, recipients=members,
+                                message=work.message, results=results, edits=edits, replacements=replacements)
+                outputs.append(Output(self.topics.routed(destination), self._key(work), routed))
+        routed_recipients = [r for recipients in fan.routed.values() for r in recipients]
+        if routed_recipients:
+            outputs.append(self._outcome(work, "routed", routed_recipients))
+        return outputs
 
     async def handle(self, record: ConsumerRecord) -> list[Output]:
-        """Outputs for one record; raises only the temporary errors (the record is retried)."""
-        try:
-            work = self.decode(record)
-            started = time.perf_counter()
-            outcome = await self.stage.process(work)
-            outputs = self.outputs_for(work, outcome, (time.perf_counter() - started) * 1000)
-        except TEMPORARY_ERRORS:
-            raise
-        except PoisonMessage as exc:
-            return [self._deadletter(record, exc.reason, str(exc))]
-        except Exception as exc:  # a bug or a message the stage chokes on: a person must look
-            log.exception("stage %s failed on %s[%d]@%d", self.stage.name, record.topic,
-                          record.partition, record.offset)
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            return [self._deadletter(record, "exception", detail)]
+        """Outputs for one record; temporary errors propagate (retried), the rest is dead-lettered by the hop."""
+        work = self.decode(record)
+        if not work.recipients:
+            return []  # every recipient was routed by an earlier stage: nothing left to decide
+        started = time.perf_counter()
+        outcome = await self.stage.process(work)
+        outputs = self.outputs_for(work, outcome, (time.perf_counter() - started) * 1000)
         self.processed += 1
         return outputs
-
-    def _deadletter(self, record: ConsumerRecord, reason: str, error: str) -> Output:
-        self.deadlettered += 1
-        payload = (record.value or b"")[:PAYLOAD_EXCERPT]
-        log.warning("dead-lettering %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset,
-                    reason, error)
-        event = Deadlettered(
-            message_id=_message_id_of(record.value),
-            consumer=self.stage.name,
-            source_topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            reason=reason,
-            error=error[:2000],
-            payload=payload.decode("utf-8", "replace"),
-        )
-        return Output(self.topics.deadletter, record.key or b"", event)
-
-
-def _message_id_of(payload: bytes | None) -> str:
-    try:
-        data = orjson.loads(payload or b"")
-        value = data.get("message_id", "") if isinstance(data, dict) else ""
-        return value if isinstance(value, str) else ""
-    except orjson.JSONDecodeError:
-        return ""
 
 
 async def run_stage(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None,

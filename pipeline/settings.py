@@ -16,6 +16,7 @@ those sections against the types the stage registry hands it.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -28,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "PathSettings",
     "Settings",
     "KafkaSettings",
     "IngressSettings",
@@ -150,6 +152,9 @@ class RunnerSettings:
     tempfail_backoff_max: float = 60.0
     max_event_bytes: int = 1_000_000  # larger input records are poison
     max_hops: int = 64  # an event that passed more stages than this is looping: poison
+    # seconds one record may take in a stage or service before it counts as a temporary failure
+    # (retried with backoff); a stage's own `timeout` key ([stages.<name>] timeout = "90s") overrides it
+    handle_timeout: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +318,8 @@ class Settings:
     stages: Mapping[str, Any] = field(default_factory=dict)
     # [checks.<name>] sections, each validated against the check's own settings dataclass
     checks: Mapping[str, Any] = field(default_factory=dict)
+    # [stages.<name>] timeout: seconds one record may take in that stage (else runner.handle_timeout)
+    stage_timeouts: Mapping[str, float] = field(default_factory=dict)
     source: str = ""  # the file these settings came from, for messages
 
     @property
@@ -322,6 +329,10 @@ class Settings:
 
     def stage_settings(self, name: str) -> Any:
         return self.stages[name]
+
+    def stage_timeout(self, name: str) -> float | None:
+        """The `timeout` of `[stages.<name>]`, or None when the section does not set one."""
+        return self.stage_timeouts.get(name)
 
     def check_settings(self, name: str) -> Any:
         return self.checks[name]
@@ -371,7 +382,7 @@ def parse_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     # `stages` is parsed by the caller against the stage registry; `source` is not a key
     handled_elsewhere = {"stages", "checks"} if cls is Settings else set()
-    fields = {f.name for f in dataclasses.fields(cls)} - {"source"}
+    fields = {f.name for f in dataclasses.fields(cls)} - {"source", "stage_timeouts"}
     values: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
@@ -485,7 +496,8 @@ def load_settings(
             _fix_list_strings(check_types[name], section)
     data = _merge(data, overrides)
     settings = parse_section(Settings, data, "")
-    stages = _parse_named_sections("stages", "stage", data.get("stages", {}), stage_types)
+    stage_sections, stage_timeouts = _stage_timeouts(data.get("stages", {}))
+    stages = _parse_named_sections("stages", "stage", stage_sections, stage_types)
     checks = _parse_named_sections("checks", "check", data.get("checks", {}), check_types)
     for key, names in (("ingress.checks", settings.ingress.checks), ("submission.checks", settings.submission.checks)):
         for name in names:
@@ -505,7 +517,26 @@ def load_settings(
     if len(set(settings.topology.stages)) != len(settings.topology.stages):
         raise ConfigError("topology.stages: a stage is named twice")
     _check_consistency(settings)
-    return dataclasses.replace(settings, stages=stages, checks=checks, source=str(path or ""))
+    return dataclasses.replace(settings, stages=stages, checks=checks, stage_timeouts=stage_timeouts,
+                               source=str(path or ""))
+
+
+def _stage_timeouts(sections: Any) -> tuple[Any, dict[str, float]]:
+    """Take the `timeout` key every [stages.<name>] section may have out of the sections (a duration)."""
+    if not isinstance(sections, Mapping):
+        return sections, {}
+    rest: dict[str, Any] = {}
+    timeouts: dict[str, float] = {}
+    for name, section in sections.items():
+        if isinstance(section, Mapping) and "timeout" in section:
+            value = section["timeout"]
+            key = f"stages.{name}.timeout"
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ConfigError(f"{key}: expected a duration such as 30s, 5m, or a number of seconds, got {value!r}")
+            timeouts[name] = parse_duration(key, str(value))
+            section = {k: v for k, v in section.items() if k != "timeout"}
+        rest[name] = section
+    return rest, timeouts
 
 
 def _check_consistency(settings: Settings) -> None:
@@ -515,12 +546,23 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError(f"supervisor.sinks: unknown sink {unknown[0]!r} (known: {', '.join(SINKS)})")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", settings.sinks.analytics.database):
         raise ConfigError("sinks.analytics.database: expected a plain identifier (letters, digits, _)")
+    if not _is_loopback(settings.sinks.analytics.query_host):  # the query endpoint has no login
+        raise ConfigError("sinks.analytics.query_host: expected a loopback address (127.0.0.1, ::1 or localhost)")
     k, r = settings.kafka, settings.runner
     if k.max_partition_fetch_bytes < k.max_request_size:
         raise ConfigError("kafka.max_partition_fetch_bytes: must be at least kafka.max_request_size "
                           f"({k.max_request_size}), or consumers cannot fetch what producers write")
     if r.max_event_bytes > k.max_request_size:
         raise ConfigError(f"runner.max_event_bytes: must be at most kafka.max_request_size ({k.max_request_size})")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse_named_sections(key: str, kind: str, data: Any, types_: Mapping[str, type]) -> dict[str, Any]:

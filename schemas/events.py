@@ -1,4 +1,4 @@
-"""The events of poststelle, version 1.
+"""The events of poststelle.
 
 Every event carries `type`, `schema_version`, a time-ordered `id` (UUIDv7), the `message_id` of the
 message it belongs to ("" for SMTP session events that precede a message) and its creation `time`
@@ -7,12 +7,24 @@ turns bytes back into the right class, checking every field.
 
 Raw messages never travel in events: a `received` event carries a `BlobRef` (sha256 and size) into
 the blob store, an envelope and a header summary, so topics stay small.
+
+**Versions.** Each event type has its own `schema_version`, raised when the meaning of the type
+changes (a field added with a default that old readers may ignore is no change of meaning).
+`decode_event` refuses a version newer than it knows and upgrades older ones step by step
+(`UPGRADES`), so events written by an earlier release replay: a consumer always sees the current
+shape. The changes so far:
+
+- `stage_result` v2: `recipients` (who is still in play; v1 meant every envelope recipient) and
+  `replacements` (recipients a stage replaced by others). Edits may name their `recipients`.
+- `outcome` v2: the disposition `replaced` (`recipients` → `into`), so a waiting ingress follows a
+  recipient that became several.
+- `deadlettered` v2: the whole record (`payload`, text or base64, or `payload_blob` when too large
+  for an event) and its `key`; v1 kept only the first 4 KiB as text.
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,9 +32,22 @@ import orjson
 
 from schemas.codec import DecodeError, from_dict, to_json
 from schemas.ids import new_id
+from schemas.parts import (
+    BlobRef,
+    Client,
+    Edit,
+    Envelope,
+    HeaderSummary,
+    Replacement,
+    Reply,
+    Result,
+    Verdict,
+    epoch_from_iso,
+    iso_from_epoch,
+    now_iso,
+)
 
 __all__ = [
-    "SCHEMA_VERSION",
     "Verdict",
     "Event",
     "Envelope",
@@ -32,6 +57,7 @@ __all__ = [
     "Reply",
     "Result",
     "Edit",
+    "Replacement",
     "Received",
     "StageResult",
     "Routed",
@@ -43,13 +69,16 @@ __all__ = [
     "Held",
     "Rejected",
     "Deadlettered",
+    "DeadletterReplayed",
     "MessageOutcome",
     "AcceptedEarly",
     "SmtpConnect",
     "SmtpReject",
     "SmtpCheck",
     "EVENT_TYPES",
+    "UPGRADES",
     "event_type_name",
+    "version_of",
     "encode_event",
     "decode_event",
     "now_iso",
@@ -58,108 +87,13 @@ __all__ = [
     "DecodeError",
 ]
 
-SCHEMA_VERSION = 1
-
-
-def iso_from_epoch(seconds: float) -> str:
-    """ISO 8601 UTC with milliseconds, as every event `time` is written."""
-    moment = dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def now_iso() -> str:
-    return iso_from_epoch(dt.datetime.now(dt.timezone.utc).timestamp())
-
-
-def epoch_from_iso(text: str) -> float:
-    """Seconds since the epoch of an ISO 8601 time (as written by `iso_from_epoch`)."""
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-class Verdict(enum.StrEnum):
-    """One stage's result for one message (Haraka's per-plugin result)."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    SKIP = "skip"
-    ERROR = "error"
-    TEMPFAIL = "tempfail"
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     message_id: str = ""
     id: str = field(default_factory=new_id)
     time: str = field(default_factory=now_iso)
-    schema_version: int = SCHEMA_VERSION
-
-
-# ---- parts ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Envelope:
-    mail_from: str  # "" is the null sender <>
-    rcpt_to: list[str]
-    smtputf8: bool = False
-    body: Literal["7BIT", "8BITMIME", "BINARYMIME"] = "7BIT"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Client:
-    ip: str
-    port: int
-    helo: str = ""
-    reverse_name: str = ""  # the PTR name, when looked up
-    authenticated_as: str = ""  # SASL user of a submission session
-    tls: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BlobRef:
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HeaderSummary:
-    subject: str = ""
-    header_from: str = ""
-    header_to: str = ""
-    message_id_header: str = ""
-    date: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reply:
-    """An SMTP/LMTP reply as received or sent."""
-
-    code: int
-    enhanced: str = ""
-    text: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Result:
-    stage: str
-    verdict: Verdict
-    score: float = 0.0
-    details: dict[str, Any] = field(default_factory=dict)
-    duration_ms: float = 0.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Edit:
-    """A change a stage asks the delivery sink to apply when rendering; the blob is never changed."""
-
-    stage: str
-    kind: Literal["add_header", "subject_tag", "remove_header", "replace_part"]
-    name: str = ""  # header name for add_header and remove_header
-    # header value, or the tag text; remove_header: only fields whose first word is this;
-    # replace_part: the notice text put in the part's place
-    value: str = ""
-    part: str = ""  # replace_part: the MIME part number (IMAP style, e.g. "2" or "1.3")
-    sha256: str = ""  # replace_part: sha256 of the part's raw (still encoded) body bytes
+    schema_version: int = 1  # event types whose meaning changed override this default
 
 
 # ---- message events ------------------------------------------------------------------------
@@ -187,18 +121,29 @@ class Received(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StageResult(Event):
-    """A stage passed the message on: its own result plus everything earlier stages recorded."""
+    """A stage passed the message on: its own result plus everything earlier stages recorded.
+
+    `recipients` are those still in play: the envelope's, less those an earlier stage rejected,
+    quarantined or routed, with `replacements` applied.
+    """
 
     type: Literal["stage_result"] = "stage_result"
+    schema_version: int = 2
     result: Result
     message: Received
+    recipients: list[str]
     history: list[Result] = field(default_factory=list)  # results of earlier stages, in order
-    edits: list[Edit] = field(default_factory=list)
+    edits: list[Edit] = field(default_factory=list)  # every edit so far; each names its recipients ([] all)
+    replacements: list[Replacement] = field(default_factory=list)  # every replacement so far, in order
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Routed(Event):
-    """The pipeline decided where some recipients' copy goes."""
+    """The pipeline decided where some recipients' copy goes.
+
+    Every edit of a copy applies to every recipient of the copy: recipients whose edits differ get
+    copies of their own.
+    """
 
     type: Literal["routed"] = "routed"
     destination: str  # sink name: "lmtp", "smarthost"
@@ -207,6 +152,7 @@ class Routed(Event):
     results: list[Result] = field(default_factory=list)
     edits: list[Edit] = field(default_factory=list)
     attempt: int = 0  # deliveries already tried (retries carry the count forward)
+    replacements: list[Replacement] = field(default_factory=list)  # how the envelope became these recipients
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -258,12 +204,15 @@ class Bounced(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Quarantined(Event):
+    """A stage held the message for these recipients, for a person to look at."""
+
     type: Literal["quarantined"] = "quarantined"
     stage: str
     reason: str
     recipients: list[str]
     message: Received
     results: list[Result] = field(default_factory=list)
+    replacements: list[Replacement] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -287,26 +236,50 @@ class Held(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rejected(Event):
+    """A stage refused the message for these recipients (554 at DATA, or quarantine when too late)."""
+
     type: Literal["rejected"] = "rejected"
     stage: str
     reason: str
     recipients: list[str]
     message: Received
     results: list[Result] = field(default_factory=list)
+    replacements: list[Replacement] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Deadlettered(Event):
-    """A record a consumer could not handle (undecodable, too deep, or the stage crashed on it)."""
+    """A record a consumer could not handle (undecodable, too deep, or the consumer failed on it).
+
+    The whole record is kept, so `poststelle deadletter replay` can put it back on its topic once the
+    cause is fixed: its value as text (`payload_encoding` "utf-8") or base64, or, when it would make
+    the event too large, stored in the blob store (`payload_blob`).
+    """
 
     type: Literal["deadlettered"] = "deadlettered"
-    consumer: str  # stage or sink name
+    schema_version: int = 2
+    consumer: str  # the consumer group's name: a stage, "sink.lmtp", "retry", "verdict", ...
     source_topic: str
     partition: int
     offset: int
-    reason: str  # undecodable | too_deep | too_large | looping | exception
+    reason: str  # undecodable | too_deep | too_large | looping | exception | timeout | blob_missing | ...
     error: str
-    payload: str = ""  # the record as text (truncated), for a person to inspect
+    key: str = ""  # the record's key (the message id, normally)
+    payload: str = ""
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    payload_blob: BlobRef | None = None  # the value, when it was too large to carry here
+    payload_complete: bool = True  # False: only an excerpt survives (a v1 event), it cannot be replayed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadletterReplayed(Event):
+    """`poststelle deadletter replay` put a dead-lettered record back on its source topic."""
+
+    type: Literal["deadletter_replayed"] = "deadletter_replayed"
+    deadletter_id: str  # the id of the `deadlettered` event
+    source_topic: str
+    partition: int = -1  # where the record went back to
+    offset: int = -1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -317,22 +290,28 @@ class MessageOutcome(Event):
     """
 
     type: Literal["outcome"] = "outcome"
+    schema_version: int = 2
     stage: str
-    disposition: Literal["rejected", "quarantined", "routed"]
+    # replaced: `recipients` (one address) became `into`; the others end the way of `recipients`
+    disposition: Literal["rejected", "quarantined", "routed", "replaced"]
     recipients: list[str]
     reason: str = ""
+    into: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AcceptedEarly(Event):
-    """The ingress answered 250 before the pipeline's verdict was known (the wait ran out).
+    """The ingress answered 250 without telling the sender of every rejection: the wait ran out
+    before the pipeline's verdict (`reason` "timeout"), or some recipients were rejected and others
+    not ("partial"), and a DATA reply is one answer for the whole transaction.
 
-    A later rejection of this message is then turned into quarantine: the sender was told it is
+    A rejection of this message is then turned into quarantine: the sender was told it is
     accepted, so it must not vanish, and no bounce goes to a possibly forged sender.
     """
 
     type: Literal["accepted_early"] = "accepted_early"
     waited_ms: float = 0.0
+    reason: Literal["timeout", "partial"] = "timeout"
 
 
 # ---- SMTP session events (analytics) ---------------------------------------------------------
@@ -383,6 +362,11 @@ def event_type_name(cls: type[Event]) -> str:
     return next(f.default for f in dataclasses.fields(cls) if f.name == "type")  # type: ignore[return-value]
 
 
+def version_of(cls: type[Event]) -> int:
+    """The current `schema_version` of an event class."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == "schema_version")  # type: ignore[return-value]
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     event_type_name(cls): cls
     for cls in (
@@ -397,6 +381,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Held,
         Rejected,
         Deadlettered,
+        DeadletterReplayed,
         MessageOutcome,
         AcceptedEarly,
         SmtpConnect,
@@ -406,24 +391,54 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
+# ---- upgrades: (type, version) -> the same event one version up, as decoded JSON ------------------
+
+
+def _stage_result_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 passed every envelope recipient on; edits applied to all of them."""
+    envelope = data.get("message", {}).get("envelope", {}) if isinstance(data.get("message"), dict) else {}
+    return {**data, "recipients": envelope.get("rcpt_to", []) if isinstance(envelope, dict) else []}
+
+
+def _deadlettered_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 kept at most 4,096 bytes of the record as text (undecodable bytes replaced): a shorter
+    payload without replacement characters is the whole record."""
+    payload = data.get("payload", "")
+    complete = isinstance(payload, str) and len(payload.encode("utf-8")) < 4096 and "\ufffd" not in payload
+    return {**data, "payload_complete": complete}
+
+
+UPGRADES: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    ("stage_result", 1): _stage_result_v1,
+    ("outcome", 1): dict,  # v2 only adds a disposition
+    ("deadlettered", 1): _deadlettered_v1,
+}
+
+
 def encode_event(event: Event) -> bytes:
     return to_json(event)
 
 
 def decode_event(payload: bytes | str, expect: tuple[type[Event], ...] | None = None) -> Event:
-    """Decode one event, refusing unknown types, newer major versions and ill-typed fields."""
+    """Decode one event, refusing unknown types, newer versions and ill-typed fields; older
+    versions come back upgraded to the current one."""
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise DecodeError("an event is a JSON object")
-    cls = EVENT_TYPES.get(data.get("type"))  # type: ignore[arg-type]
+    name = data.get("type")
+    cls = EVENT_TYPES.get(name)  # type: ignore[arg-type]
     if cls is None:
-        raise DecodeError(f"unknown event type {data.get('type')!r}")
+        raise DecodeError(f"unknown event type {name!r}")
     version = data.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise DecodeError(f"unsupported schema_version {version!r}")
+    current = version_of(cls)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= current:
+        raise DecodeError(f"unsupported schema_version {version!r} of {name!r} (current: {current})")
     if expect is not None and cls not in expect:
-        raise DecodeError(f"unexpected event type {data['type']!r}")
+        raise DecodeError(f"unexpected event type {name!r}")
+    while version < current:
+        data = {**UPGRADES[(name, version)](data), "schema_version": version + 1}  # type: ignore[index]
+        version += 1
     return from_dict(cls, data)

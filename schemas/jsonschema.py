@@ -1,7 +1,9 @@
 """JSON Schema (draft 2020-12) of the events, generated from the dataclass type hints.
 
-One self-contained file per event type, ``schemas/json/<type>.v<SCHEMA_VERSION>.json``: the event's
-fields as ``properties``, nested dataclasses under ``$defs``. The schema describes what
+One self-contained file per event type and version, ``schemas/json/<type>.v<version>.json``: the
+event's fields as ``properties``, nested dataclasses under ``$defs``. The current version of each
+type is generated; the file of a version it superseded stays as it was (old events on the topics
+still have that shape, and `decode_event` upgrades them). The schema describes what
 `schemas.events.decode_event` accepts:
 
 - ``required`` lists the fields without a default, plus ``type`` and ``schema_version``, which
@@ -24,7 +26,7 @@ from typing import Any, Literal
 
 import orjson
 
-from schemas.events import EVENT_TYPES, SCHEMA_VERSION, Event, event_type_name
+from schemas.events import EVENT_TYPES, Event, event_type_name, version_of
 
 __all__ = ["DIALECT", "ID_BASE", "DEFAULT_DIRECTORY", "schema_for", "file_name", "render_all", "export_all"]
 
@@ -44,7 +46,8 @@ _SCALARS: dict[Any, dict[str, Any]] = {
 
 
 def file_name(event_type: str) -> str:
-    return f"{event_type}.v{SCHEMA_VERSION}.json"
+    """The file of the current version of `event_type`."""
+    return f"{event_type}.v{version_of(EVENT_TYPES[event_type])}.json"
 
 
 def _description(cls: type) -> str:
@@ -152,7 +155,7 @@ def schema_for(cls: type[Event]) -> dict[str, Any]:
     schema = builder.object_schema(cls, always_required=_ALWAYS_REQUIRED)
     document: dict[str, Any] = {
         "$schema": DIALECT,
-        "$id": f"{ID_BASE}{name}.v{SCHEMA_VERSION}",
+        "$id": f"{ID_BASE}{name}.v{version_of(cls)}",
         **schema,
     }
     if builder.defs:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,19 +21,18 @@ from aiokafka.structs import ConsumerRecord
 
 from pipeline.blobstore import BlobNotFound, BlobStore, FileBlobStore
 from pipeline.bus import Topics
-from pipeline.hop import Output, TransactionalHop
+from pipeline.hop import Output, PoisonMessage, TransactionalHop
 from pipeline.mail.dsn import build_dsn, dsn_event_id, dsn_message_id, dsn_refusal, envelope_sender
 from pipeline.mail.inject import DSN_LISTENER, inject_message
 from pipeline.settings import Settings
 from schemas.codec import DecodeError
-from schemas.events import Bounced, Deadlettered, Received, decode_event
+from schemas.events import Bounced, Received, decode_event
 
 __all__ = ["BounceService", "BounceStats", "run_bounce_service"]
 
 log = logging.getLogger(__name__)
 
 TEMPORARY_ERRORS = (OSError, TimeoutError)  # blob store trouble: retry the record later
-PAYLOAD_EXCERPT = 4096
 
 
 @dataclass(slots=True)
@@ -42,7 +40,6 @@ class BounceStats:
     sent: int = 0  # DSNs produced
     refused: int = 0  # bounced events that may not get a DSN
     skipped: int = 0  # records that are not bounced events, or undecodable
-    deadlettered: int = 0
 
 
 class BounceService(TransactionalHop):
@@ -95,45 +92,31 @@ class BounceService(TransactionalHop):
         return event
 
     def _bounced_of(self, record: ConsumerRecord) -> Bounced | None:
-        """The record's `bounced` event; None for other events and for undecodable records."""
+        """The record's `bounced` event; None for the other events on the topic. Undecodable: poison."""
         try:
             data = orjson.loads(record.value or b"")
-            if not isinstance(data, dict) or data.get("type") != "bounced":
-                self.stats.skipped += 1
-                return None
-            event = decode_event(record.value, expect=(Bounced,))
-        except (orjson.JSONDecodeError, DecodeError) as exc:
-            log.error("bounce: undecodable record %s[%d]@%d: %s", record.topic, record.partition,
-                      record.offset, exc)
+        except orjson.JSONDecodeError as exc:
+            raise PoisonMessage("undecodable", f"not JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("type") != "bounced":
             self.stats.skipped += 1
             return None
+        try:
+            event = decode_event(record.value or b"", expect=(Bounced,))
+        except DecodeError as exc:
+            raise PoisonMessage("undecodable", str(exc)) from None
         assert isinstance(event, Bounced)
         return event
 
     async def handle(self, record: ConsumerRecord) -> list[Output]:
-        """Outputs for one record; raises only TEMPORARY_ERRORS (the record is then retried)."""
+        """Outputs for one record. Blob store trouble is retried (TEMPORARY_ERRORS); a DSN that cannot be
+        built is dead-lettered by the hop."""
         bounced = self._bounced_of(record)
         if bounced is None:
             return []
-        try:
-            event = await asyncio.to_thread(self.dsn_event, bounced)
-        except TEMPORARY_ERRORS:
-            raise
-        except Exception as exc:  # a bug or an event the builder chokes on: a person must look
-            log.exception("bounce: no DSN for %s[%d]@%d", record.topic, record.partition, record.offset)
-            return [self._deadletter(record, bounced, exc)]
+        event = await asyncio.to_thread(self.dsn_event, bounced)
         if event is None:
             return []
         return [Output(self.topics.received, event.message_id.encode(), event)]
-
-    def _deadletter(self, record: ConsumerRecord, bounced: Bounced, exc: BaseException) -> Output:
-        self.stats.deadlettered += 1
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        event = Deadlettered(message_id=bounced.message_id, consumer="bounce", source_topic=record.topic,
-                             partition=record.partition, offset=record.offset, reason="exception",
-                             error=detail[:2000],
-                             payload=(record.value or b"")[:PAYLOAD_EXCERPT].decode("utf-8", "replace"))
-        return Output(self.topics.deadletter, record.key or b"", event)
 
 
 async def run_bounce_service(settings: Settings, stop: asyncio.Event,

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.bus import Topics
-from pipeline.hop import Hold, Output, TransactionalHop
+from pipeline.hop import Hold, Output, PoisonMessage, TransactionalHop
 from pipeline.settings import Settings
 from pipeline.state.ledger import Ledger
-from schemas.events import Deferred, decode_event, epoch_from_iso
+from schemas.events import DecodeError, Deferred, decode_event, epoch_from_iso
 
 __all__ = ["RetryService", "run_retry_service", "is_stale"]
 
@@ -60,8 +60,6 @@ class RetryService(TransactionalHop):
 
     async def handle(self, record: ConsumerRecord) -> list[Output]:
         deferred = self._decode(record)
-        if deferred is None:
-            return []
         wait = epoch_from_iso(deferred.next_attempt_time or deferred.time) - time.time()
         if wait > 0:
             raise Hold(wait)  # the partition waits; records behind it are due later still
@@ -71,17 +69,15 @@ class RetryService(TransactionalHop):
         self.republished += 1
         return [Output(self.topics.routed(deferred.destination), deferred.message_id.encode(), deferred.routed)]
 
-    def _decode(self, record: ConsumerRecord) -> Deferred | None:
+    def _decode(self, record: ConsumerRecord) -> Deferred:
+        """The record's `deferred` event; a record that is none, or has nothing to deliver, is poison."""
         try:
             event = decode_event(record.value or b"", expect=(Deferred,))
-        except ValueError as exc:
-            log.error("retry: dropping undecodable record %s[%d]@%d: %s", record.topic, record.partition,
-                      record.offset, exc)
-            return None
+        except DecodeError as exc:
+            raise PoisonMessage("undecodable", str(exc)) from None
         assert isinstance(event, Deferred)
         if event.routed is None:
-            log.error("retry: deferred %s has nothing to deliver; dropped", event.id)
-            return None
+            raise PoisonMessage("nothing_to_deliver", f"deferred {event.id} carries no routed copy")
         return event
 
 

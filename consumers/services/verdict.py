@@ -8,10 +8,12 @@ possibly forged sender either: it goes to quarantine, where a person can look at
 
 For each `rejected` event this service waits until the ingress has answered (the message's
 `answer_by` time, plus a margin), reads what the ingresses recorded up to then, and writes a
-`quarantined` event (reason ``late rejection: ...``) when the message was accepted early. A message
+`quarantined` event (reason ``late rejection: ...``) for the rejected recipients when the message was
+accepted early: the wait ran out, or only some of its recipients were rejected (one DATA reply
+answers for the whole transaction, so those recipients' rejection was never told). A message
 whose ingress did not wait at all (`answer_by` empty: waiting disabled, or the outcome topic not
 followed) is always such a case. Like the other hops, it writes in one Kafka transaction with its
-offsets, so nothing is lost or doubled by a crash.
+offsets, so nothing is lost or doubled by a crash; an undecodable record is dead-lettered.
 """
 from __future__ import annotations
 
@@ -24,10 +26,10 @@ from aiokafka.structs import ConsumerRecord
 
 from pipeline.broker import watch
 from pipeline.bus import Topics
-from pipeline.hop import Hold, Output, TransactionalHop
+from pipeline.hop import Hold, Output, PoisonMessage, TransactionalHop
 from pipeline.settings import Settings
 from pipeline.tables import KafkaTransport
-from schemas.events import MessageOutcome, Quarantined, Rejected, decode_event, epoch_from_iso
+from schemas.events import DecodeError, MessageOutcome, Quarantined, Rejected, decode_event, epoch_from_iso
 
 __all__ = ["VerdictService", "run_verdict_service", "LATE_MARGIN"]
 
@@ -60,10 +62,8 @@ class VerdictService(TransactionalHop):
     async def handle(self, record: ConsumerRecord) -> list[Output]:
         try:
             rejected = decode_event(record.value or b"", expect=(Rejected,))
-        except ValueError as exc:
-            log.error("verdict: skipping undecodable record %s[%d]@%d: %s", record.topic, record.partition,
-                      record.offset, exc)
-            return []
+        except DecodeError as exc:
+            raise PoisonMessage("undecodable", str(exc)) from None
         assert isinstance(rejected, Rejected)
         answer_by = rejected.message.answer_by
         if answer_by:
@@ -82,7 +82,8 @@ class VerdictService(TransactionalHop):
                  rejected.stage)
         key = rejected.message_id.encode()
         held = Quarantined(message_id=rejected.message_id, stage=rejected.stage, reason=reason,
-                           recipients=rejected.recipients, message=rejected.message, results=rejected.results)
+                           recipients=rejected.recipients, message=rejected.message, results=rejected.results,
+                           replacements=rejected.replacements)
         outcome = MessageOutcome(message_id=rejected.message_id, stage=rejected.stage, disposition="quarantined",
                                  recipients=rejected.recipients, reason=reason)
         return [Output(self.topics.quarantine, key, held), Output(self.topics.outcomes, key, outcome)]

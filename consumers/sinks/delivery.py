@@ -14,21 +14,25 @@ import asyncio
 import dataclasses
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from consumers.sinks.transport import Delivery, DeliveryTransport
 from pipeline.blobstore import BlobNotFound, BlobStore
 from pipeline.bus import Topics
+from pipeline.deadletter import deadletter_event
 from pipeline.exactly_once import ExactlyOnceLoop
-from pipeline.mail.render import render
+from pipeline.mail.render import PartNotFound, render
 from pipeline.settings import Settings
 from pipeline.state.ledger import Ledger
 from schemas.events import (
     Bounced,
     Deadlettered,
+    DecodeError,
     Deferred,
     Delivered,
     DeliveryAttempt,
@@ -187,14 +191,29 @@ class DeliverySink:
             await producer.send_offsets_to_transaction(offsets, self.group_id)
 
     async def _deliver_record(self, record) -> list[Event]:
+        """The delivery events of one record, or its dead letter when it can never be delivered.
+
+        Undecodable records and copies that cannot be rendered (a `replace_part` whose part is not in
+        the message, ...) are dead-lettered whole, and the sink goes on; broker trouble is not the
+        record's fault and propagates.
+        """
         try:
-            routed = decode_event(record.value, expect=(Routed,))
-        except ValueError as exc:
-            log.error("sink %s: undecodable record %s[%d]@%d: %s", self.destination, record.topic,
-                      record.partition, record.offset, exc)
-            return [Deadlettered(consumer=f"sink.{self.destination}", source_topic=record.topic,
-                                 partition=record.partition, offset=record.offset, reason="undecodable",
-                                 error=str(exc)[:2000],
-                                 payload=(record.value or b"")[:4096].decode("utf-8", "replace"))]
+            routed = decode_event(record.value or b"", expect=(Routed,))
+        except DecodeError as exc:
+            return [await self._deadletter(record, "undecodable", str(exc))]
         assert isinstance(routed, Routed)
-        return await self.deliver(routed)
+        try:
+            return await self.deliver(routed)
+        except KafkaError:
+            raise
+        except Exception as exc:  # PartNotFound, or a bug: the record must not be lost or retried for ever
+            log.exception("sink %s: cannot deliver %s[%d]@%d", self.destination, record.topic, record.partition,
+                          record.offset)
+            reason = "unrenderable" if isinstance(exc, PartNotFound) else "exception"
+            return [await self._deadletter(record, reason, "".join(traceback.format_exception_only(type(exc), exc)))]
+
+    async def _deadletter(self, record, reason: str, error: str) -> Deadlettered:
+        log.error("sink %s: dead-lettering %s[%d]@%d: %s: %s", self.destination, record.topic, record.partition,
+                  record.offset, reason, error.strip())
+        return await asyncio.to_thread(deadletter_event, record, f"sink.{self.destination}", reason, error.strip(),
+                                       self.blobs)

@@ -359,10 +359,10 @@ class AttachmentStage:
                                           for f in inspection.findings])
         if not inspection.findings:
             return Outcome(verdict=Verdict.PASS, details=dataclasses.asdict(details))
-        held = [self._held(message, f) for f in inspection.findings]
+        held = [self._held(message, f, work.recipients) for f in inspection.findings]
         edits = [Edit(stage=self.name, kind="replace_part", part=f.part.path, sha256=f.sha256,
                       value=part_notice(f, message.message_id, self.contact)) for f in inspection.findings]
-        notices = await self._notices(message, inspection.findings) if self.settings.notify else []
+        notices = await self._notices(message, inspection.findings, work.recipients) if self.settings.notify else []
         return Outcome(verdict=Verdict.FAIL, details=dataclasses.asdict(details), edits=edits, held=held,
                        inject=notices)
 
@@ -373,16 +373,16 @@ class AttachmentStage:
         details = AttachmentDetails(limit=exc.reason)
         return Outcome(verdict=Verdict.FAIL, details=dataclasses.asdict(details), quarantine=f"{reason}: {exc.detail}")
 
-    def _held(self, message: Received, finding: Finding) -> Held:
+    def _held(self, message: Received, finding: Finding, recipients: list[str]) -> Held:
         return Held(id=derived_id(message.message_id, f"held:{finding.part.path}"), message_id=message.message_id,
                     stage=self.name, part=finding.part.path, sha256=finding.sha256, filename=finding.filename,
                     content_type=finding.part.content_type, reasons=finding.reasons,
-                    recipients=list(message.envelope.rcpt_to), message=message)
+                    recipients=list(recipients), message=message)
 
-    async def _notices(self, message: Received, findings: list[Finding]) -> list[Received]:
+    async def _notices(self, message: Received, findings: list[Finding], recipients: list[str]) -> list[Received]:
         def build() -> list[Received]:
             notices = []
-            for recipient in dict.fromkeys(message.envelope.rcpt_to):
+            for recipient in dict.fromkeys(recipients):
                 notice_id = derived_id(message.message_id, f"attachment-notice:{recipient}")
                 raw = notice_mail(message, findings, recipient, notice_id=notice_id, contact=self.contact,
                                   hostname=self.hostname)

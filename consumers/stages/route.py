@@ -1,7 +1,8 @@
 """route: decide where each recipient's copy goes (the last stage of every topology).
 
-Recipients in a local domain go to the local mailbox destination (LMTP); all others to the remote
-destination (the smarthost sink). Recipients that share a destination share one `routed` event.
+Each recipient still in play goes to a destination: those in a local domain to the local mailbox
+destination (LMTP), all others to the remote destination (the smarthost sink). The runner makes one
+`routed` event per destination and set of edits (recipients whose edits differ get their own copy).
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ class RouteStage:
 
     async def process(self, work: Work) -> Outcome:
         routes: dict[str, list[str]] = {}
-        for recipient in work.message.envelope.rcpt_to:
+        for recipient in work.recipients:
             routes.setdefault(self.destination_of(recipient), []).append(recipient)
         details = dataclasses.asdict(RouteDetails(routes=routes))
         return Outcome(verdict=Verdict.PASS, details=details, routes=routes)

@@ -87,6 +87,8 @@ class VirusStage:
                                   scan_timeout=settings.scan_timeout, chunk_size=settings.chunk_size,
                                   stream_max_length=settings.stream_max_length)
         self.scanner = f"clamd {address}"
+        # the runner's per-record timeout: a whole scan may take this long before it counts as hung
+        self.timeout = settings.connect_timeout + settings.scan_timeout + 10.0
         self.labels = {"stage": self.name}
         self.metrics = Metrics(metrics_file(context.settings.home, f"stage:{self.name}"))
         self.metrics.describe(SCANNER_UP, "gauge", "1 while the scanner answers, 0 while it is down")

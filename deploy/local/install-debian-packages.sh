@@ -12,6 +12,8 @@ PACKAGES=(
   dovecot-lmtpd
   postfix                # smtp-sink (the local smarthost), smtp-source (benchmarks)
   swaks                  # sending test mail
+  libnet-ssleay-perl     # swaks --tls / --tls-on-connect (submission on 2587 and 2465)
+  libio-socket-ssl-perl
   nsd                    # authoritative DNS for the test zones (DNSBL, PTR, MX, SPF, DKIM)
   slapd                  # the directory (OpenLDAP) with the demo school
   ldap-utils             # ldapsearch, ldapwhoami, ... for looking into it

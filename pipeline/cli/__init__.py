@@ -7,6 +7,7 @@
     poststelle sql "SELECT ..."        query the analytics store, print a table
     poststelle queue [retry ID|--all]  deferred deliveries; try them now (postqueue -p / -f)
     poststelle quarantine list|get     held parts and quarantined messages; extract one (get ID [PART] -o FILE)
+    poststelle deadletter list|show|replay   records a consumer could not handle; put one back
     poststelle list add|remove|show    the site's own block and allow lists
     poststelle config check            validate the configuration and print it
     poststelle schemas export [DIR]    write the events' JSON Schema files
@@ -19,12 +20,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import config, lists, quarantine, queue, sql, stack
+from pipeline.cli import config, deadletter, lists, quarantine, queue, sql, stack
 from pipeline.settings import ConfigError
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = (stack, sql, queue, quarantine, lists, config)
+COMMAND_MODULES = (stack, sql, queue, quarantine, deadletter, lists, config)
 
 
 def build_parser() -> argparse.ArgumentParser:

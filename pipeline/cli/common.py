@@ -27,6 +27,8 @@ def setup_logging(component: str) -> None:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format=f"%(asctime)s {component}[%(process)d] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # embedded uvicorn (pipeline.web) says "Started server process" and the like at INFO
+    logging.getLogger("uvicorn").setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 

@@ -49,9 +49,9 @@ def load_builtins(extra_modules: tuple[str, ...] | list[str] = ()) -> None:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            raise ConfigError(f"topology.stage_modules: no module named {module!r}") from None
+            if not exc.name or not (module == exc.name or module.startswith(exc.name + ".")):
+                raise  # the module is there, but something it imports is not
+            raise ConfigError(f"topology.stage_modules: no module named {module!r} on the Python path") from None
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:

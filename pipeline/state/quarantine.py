@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from pipeline.blobstore import BlobStore
-from pipeline.bus import Topics, behind, make_consumer, topic_partitions
+from pipeline.bus import Topics, read_topic
 from pipeline.mail.mime import decode_body, leaf_at, walk
 from pipeline.settings import Settings
 from schemas.codec import DecodeError
@@ -28,25 +28,10 @@ class QuarantineError(LookupError):
 
 
 async def read_quarantine(settings: Settings) -> list[QuarantineEntry]:
-    """Every `held` and `quarantined` event on the quarantine topic, oldest first per partition."""
-    topic = Topics.from_settings(settings).quarantine
-    reader = make_consumer(settings.kafka, None, "quarantine-reader")
-    await reader.start()
-    try:
-        tps = await topic_partitions(reader, topic)
-        if not tps:
-            return []
-        reader.assign(tps)
-        await reader.seek_to_beginning(*tps)
-        ends = await reader.end_offsets(tps)
-        entries: list[QuarantineEntry] = []
-        while await behind(reader, ends):
-            batch = await reader.getmany(timeout_ms=500)
-            for records in batch.values():
-                entries.extend(e for e in (_entry(r.value) for r in records) if e is not None)
-        return sorted(entries, key=lambda e: e.time)
-    finally:
-        await reader.stop()
+    """Every `held` and `quarantined` event on the quarantine topic, oldest first."""
+    records = await read_topic(settings.kafka, Topics.from_settings(settings).quarantine, "quarantine-reader")
+    entries = [e for e in (_entry(r.value) for r in records) if e is not None]
+    return sorted(entries, key=lambda e: e.time)
 
 
 def _entry(value: bytes | None) -> QuarantineEntry | None:

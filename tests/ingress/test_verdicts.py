@@ -169,3 +169,55 @@ def test_the_refusal_text_is_one_bounded_line():
     text = refusal_text(outcome)
     assert text.startswith("554 5.7.1 Message refused by blocklist check: sender domain blocked x")
     assert "\r" not in text and "\n" not in text and len(text) < 300
+
+
+# ---- per recipient ------------------------------------------------------------------------------
+
+
+def one_rejected_one_routed(event: Received) -> list[MessageOutcome]:
+    first, second = event.envelope.rcpt_to
+    return [MessageOutcome(message_id=event.message_id, stage="spam", disposition="rejected", recipients=[first],
+                           reason="spam for this user"),
+            MessageOutcome(message_id=event.message_id, stage="route", disposition="routed", recipients=[second])]
+
+
+def every_recipient_rejected_one_by_one(event: Received) -> list[MessageOutcome]:
+    return [MessageOutcome(message_id=event.message_id, stage="blocklist", disposition="rejected", recipients=[r],
+                           reason=f"no mail for {r}") for r in event.envelope.rcpt_to]
+
+
+async def test_a_rejection_of_some_recipients_is_250_and_recorded_for_quarantine(send):
+    reply, sink, _, took = await send(one_rejected_one_routed, wait=5.0)
+    (received,) = sink.persisted
+    assert reply == f"250 2.0.0 Ok: queued as {received.message_id}"
+    assert took < 2.0  # the verdict was complete: no waiting out the time
+    (early,) = sink.early  # the client was not told of the rejection: the verdict service must quarantine it
+    assert early.message_id == received.message_id and early.reason == "partial"
+    assert sink.rejects() == []
+
+
+async def test_554_when_every_recipient_was_rejected_even_in_separate_outcomes(send):
+    reply, sink, _, _ = await send(every_recipient_rejected_one_by_one)
+    assert reply == f"554 5.7.1 Message refused by blocklist check: no mail for {RCPTS[0]}"
+    assert sink.early == []
+
+
+def test_a_replaced_recipient_waits_for_the_addresses_it_became():
+    pending = Pending(recipients={"9a@x.test", "anna@x.test"})
+    pending.add(MessageOutcome(stage="expand", disposition="replaced", recipients=["9a@x.test"],
+                               into=["max@x.test", "lena@x.test", "anna@x.test"]))
+    assert pending.recipients == {"max@x.test", "lena@x.test", "anna@x.test"} and not pending.done.is_set()
+    pending.add(MessageOutcome(stage="route", disposition="routed", recipients=["anna@x.test", "max@x.test"]))
+    assert not pending.done.is_set()
+    pending.add(MessageOutcome(stage="spam", disposition="quarantined", recipients=["lena@x.test"]))
+    assert pending.done.is_set() and pending.rejection is None and not pending.partly_rejected
+
+
+def test_a_replacement_into_an_address_already_decided_does_not_wait_for_it_again():
+    pending = Pending(recipients={"a@x.test", "list@x.test"})
+    pending.add(MessageOutcome(stage="s", disposition="rejected", recipients=["a@x.test"], reason="r"))
+    pending.add(MessageOutcome(stage="expand", disposition="replaced", recipients=["list@x.test"],
+                               into=["a@x.test", "b@x.test"]))
+    assert pending.recipients == {"b@x.test"}
+    pending.add(MessageOutcome(stage="s", disposition="rejected", recipients=["b@x.test"], reason="r"))
+    assert pending.done.is_set() and pending.rejection is not None

@@ -6,6 +6,7 @@ same supervisor an operator uses.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import smtplib
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -21,6 +23,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
+
+from pipeline.bus import behind
+from schemas.events import decode_event
 
 REPO = Path(__file__).resolve().parents[2]
 # POSTSTELLE_TEST_BASE moves the session stack (ports and state), so two test runs can share a machine.
@@ -31,9 +37,25 @@ HOME = REPO / "var" / ("test-stack" if SESSION_BASE == 29090 else f"test-stack-{
 
 
 
+def with_probe(stages: list[str]) -> list[str]:
+    """The local config's stages with the test stage `probe` (tests/integration/probe.py) before route."""
+    return [*stages[:stages.index("route")], "probe", *stages[stages.index("route"):]]
+
+
+LOCAL_STAGES = tomllib.loads((REPO / "deploy/local/poststelle.toml").read_text())["topology"]["stages"]
+PROBE_TIMEOUT = 3.0  # seconds a record may take in the probe stage (X-Probe-Sleep-Once tests it)
+
+
 def stack_env(home: Path, base: int) -> dict[str, str]:
-    """Settings for a test stack on ports base..base+10, apart from the developer stack's."""
+    """Settings for a test stack on ports base..base+10, apart from the developer stack's.
+
+    The stack runs the local config's stages plus the test stage `probe` (loaded as a site's own
+    stage module would be), which acts only on messages with X-Probe-* header fields."""
     return {
+        "PYTHONPATH": str(REPO),  # the probe's module, also for the console script .venv/bin/poststelle
+        "POSTSTELLE_TOPOLOGY__STAGE_MODULES": "tests.integration.probe",
+        "POSTSTELLE_TOPOLOGY__STAGES": ",".join(with_probe(LOCAL_STAGES)),
+        "POSTSTELLE_STAGES__PROBE__TIMEOUT": f"{PROBE_TIMEOUT:g}s",
         "POSTSTELLE_CONFIG": str(REPO / "deploy/local/poststelle.toml"),
         "POSTSTELLE_HOME": str(home),
         "POSTSTELLE_KAFKA__BOOTSTRAP": f"127.0.0.1:{base}",
@@ -185,7 +207,8 @@ FULL_BOX = "full.box@school.test"  # a test mailbox whose quota the tests set
 # people the test stack adds to its directory (not to the demo LDIF): FULL_BOX, and two accounts
 # whose mailboxes are gone (in LDAP, so the ingress accepts them; not in Dovecot, which answers 550)
 NO_MAILBOX = ("gone.one@school.test", "gone.two@school.test")
-TEST_PEOPLE = (FULL_BOX, *NO_MAILBOX)
+PROBE_LIST = "probe.list@school.test"  # an address the probe stage expands (X-Probe-Expand); no mailbox
+TEST_PEOPLE = (FULL_BOX, *NO_MAILBOX, PROBE_LIST)
 
 
 def add_test_people(env: dict[str, str]) -> None:
@@ -331,3 +354,60 @@ class BulkSender:
             w.start()
         for w in workers:
             w.join()
+
+
+def read_all(stack, topic: str, wanted=lambda event: True, timeout: float = 5.0) -> list:
+    """Every event on `topic` so far that `wanted` accepts (read from the beginning)."""
+
+    async def scan() -> list:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=stack.bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False, isolation_level="read_committed")
+        await consumer.start()
+        try:
+            found, ends = [], await consumer.end_offsets(list(consumer.assignment()) or await _assigned(consumer))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and await behind(consumer, ends):
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    found += [e for r in records if wanted(e := decode_event(r.value))]
+            return found
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(scan())
+
+
+async def _assigned(consumer: AIOKafkaConsumer) -> list:
+    while not consumer.assignment():
+        await asyncio.sleep(0.1)
+    return list(consumer.assignment())
+
+
+@dataclass
+class DataReply:
+    code: int
+    text: str
+    seconds: float  # from the end of DATA to the reply
+
+    @property
+    def message_id(self) -> str:
+        return self.text.rsplit(" ", 1)[1] if self.code == 250 else ""
+
+
+def send_data(stack, msg: bytes, to: list[str], mail_from: str = "sender@example.org") -> DataReply:
+    """One transaction; the DATA reply and how long it took (every RCPT must be accepted)."""
+    with smtplib.SMTP(SMTP_HOST, stack.smtp_port, timeout=60) as client:
+        client.ehlo("client.test")
+        client.mail(mail_from)
+        for rcpt in to:
+            code, reply = client.rcpt(rcpt)
+            assert code == 250, (rcpt, code, reply)
+        started = time.monotonic()
+        code, reply = client.data(msg)
+    return DataReply(code, reply.decode(), time.monotonic() - started)
+
+
+def mail_with(test_id: str, to: list[str], fields: dict[str, str], subject: str = "test") -> bytes:
+    """A small message with extra header fields (e.g. the probe stage's X-Probe-*)."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+    return (f"From: sender@example.org\r\nTo: {', '.join(to)}\r\nSubject: {subject}\r\nX-Test-Id: {test_id}\r\n"
+            f"Message-ID: <{test_id}@example.org>\r\n{extra}\r\nHallo.\r\n").encode()

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -13,7 +14,7 @@ from consumers.sinks.analytics import run_analytics_sink, run_sql
 from pipeline.bus import Topics, ensure_topics, make_producer
 from pipeline.settings import KafkaSettings, Settings
 from schemas.events import Event, encode_event
-from tests.consumers.sinks.test_analytics import http_request, make_settings, received, sample_events
+from tests.consumers.sinks.analytics.samples import make_settings, received, sample_events
 
 
 async def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
@@ -56,7 +57,8 @@ async def test_sink_consumes_every_event_topic_once(stack, tmp_path: Path) -> No
             await producer.stop()
 
     async def stats() -> dict:
-        return (await asyncio.to_thread(http_request, cfg.query_port, "GET", "/stats"))[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.query_port}") as http:
+            return (await http.get("/stats")).raise_for_status().json()
 
     async def count() -> int:
         return (await asyncio.to_thread(run_sql, settings, "SELECT count() FROM events"))[1][0][0]

@@ -11,7 +11,7 @@ import time
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from pipeline.settings import load_settings
+from pipeline.cli.components import load_config
 from tests.integration.conftest import REPO, make_message, new_test_id, send, strip_trace
 
 RCPT = "max.mustermann@school.test"
@@ -125,7 +125,7 @@ def test_poison_event_is_deadlettered_and_the_stage_keeps_consuming(stack):
 
     found = asyncio.run(produce_and_read())
     assert sorted(e["reason"] for e in found) == ["undecodable", "undecodable"]
-    first_stage = load_settings(environ=stack.env).topology.stages[0]  # the stage reading `received`
+    first_stage = load_config(environ=stack.env).topology.stages[0]  # the stage reading `received`
     assert all(e["consumer"] == first_stage and e["source_topic"] == "poststelle.received" for e in found)
     assert any("missing" in e["error"] for e in found), "the reason names what is wrong"
 

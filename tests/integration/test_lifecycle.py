@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.settings import load_settings
+from pipeline.cli.components import load_config
 from tests.integration.conftest import REPO, SESSION_BASE, launch, stop
 
 
@@ -35,7 +35,7 @@ def test_up_status_and_ctrl_c_leave_no_process_behind():
     try:
         status = stack.status()["components"]
         assert set(status) == {"kafka", "dovecot", "smarthost", "slapd", "nsd", "clamd", "ingress",
-                               *(f"stage:{s}" for s in load_settings(environ=stack.env).topology.stages),
+                               *(f"stage:{s}" for s in load_config(environ=stack.env).topology.stages),
                                "sink:lmtp", "sink:smarthost", "sink:analytics", "retry", "bounce", "verdict"}
         assert all(c["state"] == "ready" for c in status.values())
         stack.wait_for(lambda: f"poststelle ready: smtp 127.0.0.1:{SESSION_BASE + 102}" in (stack.home / "up.log").read_text(),

@@ -14,7 +14,7 @@ from consumers.services.retry import RetryService
 from pipeline.bus import Topics, ensure_topics
 from pipeline.cli.queue import deferred_deliveries, queue_rows, retry_now
 from pipeline.hop import Hold
-from pipeline.settings import load_settings
+from pipeline.cli.components import load_config
 from pipeline.state.ledger import Ledger
 from schemas.events import (
     BlobRef,
@@ -49,7 +49,7 @@ def _record(event: Deferred) -> ConsumerRecord:
 
 def test_queue_lists_brings_forward_and_the_scheduled_retry_turns_stale(stack):
     prefix = f"scratch{uuid.uuid4().hex[:8]}"
-    settings = load_settings(None, environ={"POSTSTELLE_KAFKA__BOOTSTRAP": stack.bootstrap,
+    settings = load_config(None, environ={"POSTSTELLE_KAFKA__BOOTSTRAP": stack.bootstrap,
                                             "POSTSTELLE_KAFKA__TOPIC_PREFIX": prefix,
                                             "POSTSTELLE_DELIVERY__RETRY_SCHEDULE": "1h"})
     topics = Topics.from_settings(settings)

@@ -101,3 +101,52 @@ def test_temporary_failures_are_retried_in_order_without_skipping(stack):
     assert out == ids, "every message comes out once, in order, none skipped"
     assert stage.calls.count(ids[0]) == 4, "three temporary failures, then the pass"
     assert took >= 0.2 + 0.4, "the retries waited for the backoff"
+
+
+# ---- a stage that hangs: the per-record timeout ----------------------------------------------------
+
+
+def test_a_stage_that_hangs_past_its_timeout_is_retried_and_other_partitions_go_on(stack):
+    """The probe hangs (sleeps 30 s) the first 3 times it sees one message; its timeout is PROBE_TIMEOUT (3 s).
+
+    Each hung attempt is given up after the timeout and retried later (a temporary failure), while the
+    records of the other partitions are processed in between; the hung message is delivered in the end."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from tests.integration.conftest import PROBE_TIMEOUT, mail_with, new_test_id, send_data
+
+    rcpt = "tom.becker@school.test"
+    partitions = list(range(4))  # kafka.partitions of the local config
+
+    def partition_of(message_id: str) -> int:
+        return DefaultPartitioner()(message_id.encode(), partitions, partitions)
+
+    def seen(test_id: str) -> bool:
+        return any(f"X-Test-Id: {test_id}".encode() in raw for raw in stack.messages(rcpt))
+
+    sleeper = new_test_id()
+    started = time.monotonic()
+    slow = send_data(stack, mail_with(sleeper, [rcpt], {"X-Probe-Sleep": "30 3"}), [rcpt])
+    assert slow.code == 250
+    ids = [new_test_id() for _ in range(8)]
+    with ThreadPoolExecutor(len(ids)) as pool:  # concurrently, as MTAs deliver: each DATA waits for its verdict
+        replies = list(pool.map(lambda t: send_data(stack, mail_with(t, [rcpt], {}), [rcpt]), ids))
+    assert all(r.code == 250 for r in replies)
+    others = {t: partition_of(r.message_id) for t, r in zip(ids, replies)}
+    arrived: dict[str, float] = {}
+
+    def all_arrived() -> bool:
+        for test_id in [sleeper, *others]:
+            if test_id not in arrived and seen(test_id):
+                arrived[test_id] = time.monotonic() - started
+        return len(arrived) == len(others) + 1
+
+    stack.wait_for(all_arrived, timeout=90, interval=0.2, what="every message delivered")
+    assert arrived[sleeper] < 30, "a hung attempt was given up after the timeout, not waited out"
+    elsewhere = [t for t, p in others.items() if p != partition_of(slow.message_id)]
+    assert elsewhere, "no message landed on another partition"
+    assert all(arrived[t] < arrived[sleeper] for t in elsewhere), arrived
+    log = (stack.home / "log" / "stage-probe.log").read_text()
+    assert log.count(f"no answer within {PROBE_TIMEOUT:g}s") >= 3

@@ -10,10 +10,10 @@ import asyncio
 import smtplib
 import time
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from pipeline.bus import Topics, behind
-from pipeline.settings import load_settings
+from pipeline.bus import Topics
+from pipeline.cli.components import load_config
 from schemas.events import (
     AcceptedEarly,
     BlobRef,
@@ -23,44 +23,17 @@ from schemas.events import (
     Quarantined,
     Received,
     Rejected,
-    decode_event,
     encode_event,
     iso_from_epoch,
 )
 from schemas.ids import new_id
-from tests.integration.conftest import make_message, new_test_id
+from tests.integration.conftest import make_message, new_test_id, read_all
 
 RCPT = "lena.mueller@school.test"
 
 
 def topics(stack) -> Topics:
-    return Topics.from_settings(load_settings(stack.env["POSTSTELLE_CONFIG"], environ=stack.env))
-
-
-def read_all(stack, topic: str, wanted=lambda event: True, timeout: float = 5.0) -> list:
-    """Every event on `topic` so far that `wanted` accepts (read from the beginning)."""
-
-    async def scan() -> list:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=stack.bootstrap, auto_offset_reset="earliest",
-                                    enable_auto_commit=False, isolation_level="read_committed")
-        await consumer.start()
-        try:
-            found, ends = [], await consumer.end_offsets(list(consumer.assignment()) or await _assigned(consumer))
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and await behind(consumer, ends):
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    found += [e for r in records if wanted(e := decode_event(r.value))]
-            return found
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(scan())
-
-
-async def _assigned(consumer: AIOKafkaConsumer) -> list:
-    while not consumer.assignment():
-        await asyncio.sleep(0.1)
-    return list(consumer.assignment())
+    return Topics.from_settings(load_config(stack.env["POSTSTELLE_CONFIG"], environ=stack.env))
 
 
 def queued_id(reply: bytes) -> str:

@@ -257,6 +257,15 @@ def test_names_that_do_not_exist_are_refused_at_load(environ, key):
         load_settings(None, environ=environ)
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1", "analytics.example.test"])
+def test_the_analytics_query_endpoint_binds_loopback_only(host):
+    with pytest.raises(ConfigError, match=r"sinks\.analytics\.query_host"):
+        load_settings(None, environ={"POSTSTELLE_SINKS__ANALYTICS__QUERY_HOST": host})
+    for loopback in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        settings = load_settings(None, environ={"POSTSTELLE_SINKS__ANALYTICS__QUERY_HOST": loopback})
+        assert settings.sinks.analytics.query_host == loopback
+
+
 def test_a_string_in_the_file_is_not_taken_as_a_list_in_stage_sections(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[stages.route]\nlocal_domains = "a.test,b.test"\n')

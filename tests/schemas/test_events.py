@@ -11,12 +11,12 @@ import pytest
 from schemas.codec import MAX_DEPTH, DecodeError
 from schemas.events import (
     EVENT_TYPES,
-    SCHEMA_VERSION,
     AcceptedEarly,
     MessageOutcome,
     BlobRef,
     Bounced,
     Client,
+    DeadletterReplayed,
     Deadlettered,
     Deferred,
     Delivered,
@@ -29,6 +29,7 @@ from schemas.events import (
     Quarantined,
     Received,
     Rejected,
+    Replacement,
     Reply,
     Result,
     Routed,
@@ -40,6 +41,7 @@ from schemas.events import (
     decode_event,
     encode_event,
     event_type_name,
+    version_of,
 )
 from schemas.ids import id_time_ms, new_id
 
@@ -66,14 +68,17 @@ def all_events() -> list[Event]:
                     details={"rules": ["BAYES_99", "URIBL"], "scores": {"BAYES_99": 3.5}, "ok": False},
                     duration_ms=42.125)
     route = Result(stage="route", verdict=Verdict.PASS, details={"routes": {"lmtp": ["bob@school.test"]}})
-    edits = [Edit(stage="spam", kind="subject_tag", value="[SPAM]"),
+    edits = [Edit(stage="spam", kind="subject_tag", value="[SPAM]", recipients=["bob@school.test"]),
              Edit(stage="attachment", kind="replace_part", part="2", sha256="cd" * 32, value="held"),
              Edit(stage="spam", kind="add_header", name="X-Spam-Score", value="7.5")]
     routed = Routed(message_id=rec.message_id, destination="lmtp", recipients=["bob@school.test"],
                     message=rec, results=[result, route], edits=edits, attempt=2)
     return [
         rec,
-        StageResult(message_id=rec.message_id, result=route, message=rec, history=[result], edits=edits),
+        StageResult(message_id=rec.message_id, result=route, message=rec, recipients=["bob@school.test"],
+                    history=[result], edits=edits,
+                    replacements=[Replacement(stage="expand", recipient="9a@school.test",
+                                              into=["bob@school.test", "max@school.test"], reason="group 9a")]),
         routed,
         DeliveryAttempt(message_id=rec.message_id, destination="lmtp", recipient="bob@school.test", attempt=1,
                         reply=Reply(code=452, enhanced="4.2.2", text="Mailbox full"), duration_ms=8.5),
@@ -94,7 +99,9 @@ def all_events() -> list[Event]:
                  recipients=list(rec.envelope.rcpt_to), message=rec, results=[]),
         Deadlettered(message_id="", consumer="route", source_topic="poststelle.received", partition=3,
                      offset=99, reason="undecodable", error="not JSON: unexpected character",
-                     payload="garbage \ufffd"),
+                     key="k1", payload="Z2FyYmFnZSD/", payload_encoding="base64"),
+        DeadletterReplayed(message_id="", deadletter_id=new_id(), source_topic="poststelle.received",
+                           partition=3, offset=120),
         MessageOutcome(message_id=rec.message_id, stage="virus", disposition="rejected",
                        recipients=list(rec.envelope.rcpt_to), reason="infected: Eicar-Test-Signature"),
         AcceptedEarly(message_id=rec.message_id, waited_ms=20001.5),
@@ -129,7 +136,7 @@ def test_round_trip(event):
     assert encode_event(decoded) == payload  # stable
     data = orjson.loads(payload)
     assert data["type"] == event_type_name(type(event))
-    assert data["schema_version"] == SCHEMA_VERSION
+    assert data["schema_version"] == version_of(type(event))
 
 
 def test_round_trip_from_str_and_with_expect():
@@ -216,7 +223,7 @@ def test_unknown_type():
         decode_event(orjson.dumps(data))
 
 
-@pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, "1", None])
+@pytest.mark.parametrize("version", [version_of(Received) + 1, 0, "1", None, True])
 def test_schema_version_newer_or_malformed(version):
     data = _encoded(received())
     data["schema_version"] = version
@@ -370,3 +377,40 @@ def test_very_deep_value_in_an_optional_field_is_a_decode_error():
     deep = '{"x":' * 1020 + "1" + "}" * 1020
     with pytest.raises(DecodeError):
         decode_event(_deferred_with_routed(deep))
+
+
+# ---- versions: older events replay, upgraded ----------------------------------------------
+
+
+def test_a_version_1_stage_result_passes_every_envelope_recipient():
+    rec = received()
+    v1 = {"type": "stage_result", "schema_version": 1, "id": new_id(), "time": rec.time,
+          "message_id": rec.message_id, "result": {"stage": "virus", "verdict": "pass"},
+          "message": orjson.loads(encode_event(rec)), "history": [],
+          "edits": [{"stage": "auth", "kind": "add_header", "name": "X-A", "value": "1"}]}
+    event = decode_event(orjson.dumps(v1))
+    assert isinstance(event, StageResult) and event.schema_version == 2
+    assert event.recipients == ["bob@school.test", "carol@ext.test"]
+    assert event.edits[0].recipients == []  # applies to all of them, as in v1
+    assert event.replacements == []
+
+
+def test_a_version_1_outcome_and_a_short_version_1_dead_letter_decode():
+    outcome = decode_event(orjson.dumps({"type": "outcome", "schema_version": 1, "message_id": "m", "stage": "virus",
+                                         "disposition": "rejected", "recipients": ["a@x.test"], "reason": "virus"}))
+    assert isinstance(outcome, MessageOutcome) and outcome.into == [] and outcome.schema_version == 2
+    base = {"type": "deadlettered", "schema_version": 1, "consumer": "route", "source_topic": "t", "partition": 0,
+            "offset": 5, "reason": "undecodable", "error": "e"}
+    short = decode_event(orjson.dumps({**base, "payload": "{not json"}))
+    assert isinstance(short, Deadlettered) and short.payload_complete and short.payload_encoding == "utf-8"
+    cut = decode_event(orjson.dumps({**base, "payload": "x" * 4096}))
+    assert isinstance(cut, Deadlettered) and not cut.payload_complete
+    replaced = decode_event(orjson.dumps({**base, "payload": "bad \ufffd byte"}))
+    assert not replaced.payload_complete
+
+
+def test_an_unknown_disposition_is_refused():
+    data = _encoded(MessageOutcome(message_id="m", stage="s", disposition="routed", recipients=["a@x.test"]))
+    data["disposition"] = "teleported"
+    with pytest.raises(DecodeError, match="disposition"):
+        decode_event(orjson.dumps(data))

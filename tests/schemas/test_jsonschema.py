@@ -15,14 +15,14 @@ import pytest
 from tests.schemas.test_events import all_events, received
 from schemas.events import (
     EVENT_TYPES,
-    SCHEMA_VERSION,
     Deferred,
     Event,
     Verdict,
     encode_event,
     event_type_name,
+    version_of,
 )
-from schemas.jsonschema import DEFAULT_DIRECTORY, DIALECT, export_all, render_all
+from schemas.jsonschema import DEFAULT_DIRECTORY, DIALECT, export_all, file_name, render_all
 
 JSON_DIR = Path(__file__).resolve().parents[2] / "schemas" / "json"
 
@@ -100,7 +100,7 @@ def _load(name: str) -> dict:
 
 def test_committed_schema_files_match_the_generator():
     rendered = render_all()
-    assert set(rendered) == {f"{t}.v{SCHEMA_VERSION}.json" for t in EVENT_TYPES}
+    assert set(rendered) == {file_name(t) for t in EVENT_TYPES}
     drift = []
     for name, text in rendered.items():
         path = JSON_DIR / name
@@ -108,12 +108,23 @@ def test_committed_schema_files_match_the_generator():
             drift.append(f"{name} is missing")
         elif path.read_text(encoding="utf-8") != text:
             drift.append(f"{name} differs")
-    stale = sorted(p.name for p in JSON_DIR.glob(f"*.v{SCHEMA_VERSION}.json") if p.name not in rendered)
+    stale = sorted(p.name for p in JSON_DIR.glob("*.json") if p.name not in rendered and not _superseded(p.name))
     assert not drift, (
         f"schemas/json/ is out of date with schemas/events.py ({'; '.join(drift)}): "
         "run `poststelle schemas export` and commit the result"
     )
-    assert not stale, f"schemas/json/ holds files of no event type: {stale}; delete them"
+    assert not stale, f"schemas/json/ holds files of no event type or version: {stale}; delete them"
+
+
+def _superseded(name: str) -> bool:
+    """A kept file of an older version of a known event type (e.g. stage_result.v1.json)."""
+    event_type, _, version = name.removesuffix(".json").rpartition(".v")
+    return event_type in EVENT_TYPES and version.isdigit() and int(version) < version_of(EVENT_TYPES[event_type])
+
+
+def test_superseded_versions_are_kept():
+    kept = sorted(p.name for p in JSON_DIR.glob("*.json") if _superseded(p.name))
+    assert kept == ["deadlettered.v1.json", "outcome.v1.json", "stage_result.v1.json"]
 
 
 def test_rendering_is_deterministic_and_formatted():
@@ -145,9 +156,9 @@ def test_cli_exports_into_a_directory(tmp_path):
 
 def test_schema_header_and_shape():
     for event_type, cls in EVENT_TYPES.items():
-        doc = _load(f"{event_type}.v{SCHEMA_VERSION}.json")
+        doc = _load(file_name(event_type))
         assert doc["$schema"] == DIALECT
-        assert doc["$id"].endswith(f"{event_type}.v{SCHEMA_VERSION}")
+        assert doc["$id"].endswith(file_name(event_type).removesuffix(".json"))
         assert doc["title"] == cls.__name__
         assert doc["type"] == "object" and doc["additionalProperties"] is True
         assert doc["properties"]["type"] == {"const": event_type}
@@ -158,7 +169,7 @@ def test_schema_header_and_shape():
 
 
 def test_schema_details_follow_the_type_hints():
-    received = _load(f"received.v{SCHEMA_VERSION}.json")
+    received = _load(file_name("received"))
     assert received["description"].startswith("The ingress accepted a message")
     assert received["properties"]["envelope"] == {"$ref": "#/$defs/Envelope"}
     env = received["$defs"]["Envelope"]
@@ -169,7 +180,7 @@ def test_schema_details_follow_the_type_hints():
     assert "description" not in env  # no docstring: no invented one from the signature
     assert received["$defs"]["Client"]["properties"]["port"] == {"type": "integer"}
 
-    stage = _load(f"stage_result.v{SCHEMA_VERSION}.json")
+    stage = _load(file_name("stage_result"))
     result = stage["$defs"]["Result"]
     assert result["properties"]["verdict"] == {"type": "string", "enum": [v.value for v in Verdict]}
     assert result["properties"]["details"] == {"type": "object", "default": {}}  # dict[str, Any]
@@ -178,7 +189,7 @@ def test_schema_details_follow_the_type_hints():
                                               "default": []}
     assert stage["properties"]["message"] == {"$ref": "#/$defs/Received"}
 
-    deferred = _load(f"deferred.v{SCHEMA_VERSION}.json")
+    deferred = _load(file_name("deferred"))
     assert deferred["properties"]["routed"] == {
         "anyOf": [{"$ref": "#/$defs/Routed"}, {"type": "null"}], "default": None}
     assert deferred["properties"]["reply"] == {"$ref": "#/$defs/Reply"}
@@ -197,13 +208,13 @@ def test_samples_cover_every_event_type():
 @pytest.mark.parametrize("event", sample_events(), ids=lambda e: event_type_name(type(e)))
 def test_encoded_events_validate_against_their_schema(event):
     doc = orjson.loads(encode_event(event))
-    schema = _load(f"{doc['type']}.v{SCHEMA_VERSION}.json")
+    schema = _load(file_name(doc["type"]))
     assert errors(schema, doc) == []
 
 
 def test_validator_catches_bad_documents():
     """The check above could fail: broken events do not validate."""
-    schema = _load(f"received.v{SCHEMA_VERSION}.json")
+    schema = _load(file_name("received"))
     good = orjson.loads(encode_event(received()))
     assert errors(schema, good) == []
 
@@ -226,7 +237,7 @@ def test_validator_catches_bad_documents():
     extended = {**good, "future_field": 1, "client": {**good["client"], "asn": 64496}}
     assert errors(schema, extended) == []
 
-    deferred = _load(f"deferred.v{SCHEMA_VERSION}.json")
+    deferred = _load(file_name("deferred"))
     bad_nested = orjson.loads(encode_event(sample_events()[5]))
     bad_nested["routed"]["message"]["blob"]["size"] = -1.5
     found = errors(deferred, bad_nested)
@@ -239,6 +250,6 @@ def test_every_property_of_an_encoded_event_is_declared():
     """Structural check: writers emit no field the schema does not name."""
     for event in sample_events():
         doc = orjson.loads(encode_event(event))
-        schema = _load(f"{doc['type']}.v{SCHEMA_VERSION}.json")
+        schema = _load(file_name(doc["type"]))
         assert set(doc) == set(schema["properties"]), doc["type"]
         assert set(schema["required"]) <= set(doc)

@@ -1,15 +1,16 @@
 """The bounce service's events, without Kafka: DSNs stored and injected, refusals, which records it takes."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 
 from consumers.services.bounce import BounceService
 from pipeline.blobstore import FileBlobStore
+from pipeline.deadletter import original_value
 from pipeline.mail.dsn import dsn_message_id
 from pipeline.settings import Settings
-from schemas.events import Bounced, Delivered, Received, Reply, decode_event, encode_event
+from schemas.events import Bounced, Deadlettered, Delivered, Received, Reply, decode_event, encode_event
 from schemas.ids import new_id
 from tests.pipeline.mail.test_dsn import MTA, ORIGINAL, _bounced, _build, _parse, _received
 
@@ -60,17 +61,23 @@ def test_service_builds_the_dsn_without_headers_when_the_original_is_gone(servic
     assert "missing" in caplog.text
 
 
-def _record(value: bytes, offset: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(topic="t.delivery", partition=0, offset=offset, key=b"k", value=value)
+def _record(value: bytes, offset: int = 0) -> ConsumerRecord:
+    return ConsumerRecord(topic="t.delivery", partition=0, offset=offset, timestamp=0, timestamp_type=0, key=b"k",
+                          value=value, checksum=None, serialized_key_size=1, serialized_value_size=len(value),
+                          headers=[])
 
 
-async def test_service_handles_only_bounced_records(service):
+async def test_service_handles_only_bounced_records_and_dead_letters_undecodable_ones(service):
     bounced = _stored_bounced(service)
     delivered = Delivered(message_id=new_id(), destination="lmtp", recipient="bob@school.test", attempt=1,
                           reply=Reply(code=250))
-    assert await service.handle(_record(encode_event(delivered))) == []
-    assert await service.handle(_record(b"{not json")) == []
-    assert await service.handle(_record(b'{"type": "bounced", "schema_version": 1}')) == []
-    outputs = await service.handle(_record(encode_event(bounced)))
+    assert await service.outputs_of(_record(encode_event(delivered))) == []
+    for garbage in (b"{not json", b'{"type": "bounced", "schema_version": 1}'):
+        (dead,) = await service.outputs_of(_record(garbage))
+        assert dead.topic == service.topics.deadletter and isinstance(dead.event, Deadlettered)
+        assert dead.event.reason == "undecodable" and original_value(dead.event, service.blobs) == garbage
+        assert dead.event.consumer == "bounce" and dead.key == b"k"
+    outputs = await service.outputs_of(_record(encode_event(bounced)))
     assert [(o.topic, o.key) for o in outputs] == [(service.topics.received, dsn_message_id(bounced).encode())]
-    assert service.stats.skipped == 3 and service.stats.sent == 1
+    assert service.stats.skipped == 1 and service.stats.sent == 1 and service.deadlettered == 2
+

@@ -73,7 +73,7 @@ async def test_clean_message_passes_with_the_scan_recorded(tmp_path):
         runner, blobs = _runner(tmp_path, clamd.address)
         await runner.start()
         event = _received(blobs.put(CLEAN))
-        (out,) = _without_outcome(await runner.handle(_record(event)))
+        (out,) = _without_outcome(await runner.outputs_of(_record(event)))
         await runner.close()
     assert out.topic == "poststelle.checked.virus" and isinstance(out.event, StageResult)
     result = out.event.result
@@ -89,7 +89,7 @@ async def test_infected_message_is_rejected_with_the_signature(tmp_path):
     async with FakeClamd() as clamd:
         runner, blobs = _runner(tmp_path, clamd.address)
         event = _received(blobs.put(CLEAN + FAKE_VIRUS + b"\r\n"))
-        (out,) = _without_outcome(await runner.handle(_record(event)))
+        (out,) = _without_outcome(await runner.outputs_of(_record(event)))
         runner.stage.metrics.flush(force=True)
     assert out.topic == "poststelle.rejected" and isinstance(out.event, Rejected)
     assert out.event.stage == "virus" and out.event.reason == "virus found: Fake.Virus.Test"
@@ -103,7 +103,7 @@ async def test_infected_message_is_rejected_with_the_signature(tmp_path):
 async def test_scan_limit_is_quarantined_not_retried(tmp_path):
     async with FakeClamd() as clamd:
         runner, blobs = _runner(tmp_path, clamd.address)
-        (out,) = _without_outcome(await runner.handle(_record(_received(blobs.put(CLEAN + FAKE_DEEP)))))
+        (out,) = _without_outcome(await runner.outputs_of(_record(_received(blobs.put(CLEAN + FAKE_DEEP)))))
     assert out.topic == "poststelle.quarantine" and isinstance(out.event, Quarantined)
     assert "Heuristics.Limits.Exceeded.MaxRecursion" in out.event.reason
     assert out.event.reason.startswith("not fully scanned")
@@ -114,7 +114,7 @@ async def test_message_over_the_stream_limit_is_quarantined_unsent(tmp_path):
     async with FakeClamd() as clamd:
         runner, blobs = _runner(tmp_path, clamd.address, stream_max_length="100")
         big = CLEAN + b"x" * 200
-        (out,) = _without_outcome(await runner.handle(_record(_received(blobs.put(big)))))
+        (out,) = _without_outcome(await runner.outputs_of(_record(_received(blobs.put(big)))))
     assert isinstance(out.event, Quarantined)
     assert out.event.reason == (f"not scanned: the message ({len(big)} bytes) is larger than the virus "
                                 "scanner's stream limit (100 bytes)")
@@ -124,7 +124,7 @@ async def test_message_over_the_stream_limit_is_quarantined_unsent(tmp_path):
 async def test_on_limit_reject(tmp_path):
     async with FakeClamd() as clamd:
         runner, blobs = _runner(tmp_path, clamd.address, on_limit="reject")
-        (out,) = _without_outcome(await runner.handle(_record(_received(blobs.put(CLEAN + FAKE_DEEP)))))
+        (out,) = _without_outcome(await runner.outputs_of(_record(_received(blobs.put(CLEAN + FAKE_DEEP)))))
     assert isinstance(out.event, Rejected) and "MaxRecursion" in out.event.reason
 
 
@@ -132,7 +132,7 @@ async def test_on_limit_tempfail_makes_the_message_wait(tmp_path):
     async with FakeClamd() as clamd:
         runner, blobs = _runner(tmp_path, clamd.address, on_limit="tempfail")
         with pytest.raises(TemporaryFailure, match="MaxRecursion"):
-            await runner.handle(_record(_received(blobs.put(CLEAN + FAKE_DEEP))))
+            await runner.outputs_of(_record(_received(blobs.put(CLEAN + FAKE_DEEP))))
 
 
 @pytest.mark.parametrize("mode", ["error", "hangup", "silent"])
@@ -143,7 +143,7 @@ async def test_scanner_trouble_is_a_temporary_failure_and_marks_it_down(tmp_path
         with caplog.at_level(logging.ERROR, logger="consumers.stages.virus"):
             for _ in range(2):
                 with pytest.raises(TemporaryFailure, match="virus scanner unavailable"):
-                    await runner.handle(_record(event))  # the runner re-raises: the record is retried
+                    await runner.outputs_of(_record(event))  # the runner re-raises: the record is retried
         await runner.close()  # writes the metrics file
     assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1  # logged once
     assert "virus scanner DOWN" in caplog.records[0].message and clamd.address in caplog.records[0].message
@@ -159,10 +159,10 @@ async def test_scanner_down_then_back(tmp_path, caplog):
     await runner.start()  # nobody listens yet: the start does not fail
     assert 'poststelle_scanner_up{stage="virus"} 0' in _metrics(tmp_path)
     with pytest.raises(TemporaryFailure, match="cannot connect"):
-        await runner.handle(_record(event))
+        await runner.outputs_of(_record(event))
     async with FakeClamd(unix_path=sock):
         with caplog.at_level(logging.INFO, logger="consumers.stages.virus"):
-            (out,) = _without_outcome(await runner.handle(_record(event)))
+            (out,) = _without_outcome(await runner.outputs_of(_record(event)))
     assert isinstance(out.event, Rejected)
     assert any("virus scanner up" in r.message for r in caplog.records)
     assert 'poststelle_scanner_up{stage="virus"} 1' in _metrics(tmp_path)
@@ -171,7 +171,7 @@ async def test_scanner_down_then_back(tmp_path, caplog):
 async def test_missing_blob_is_dead_lettered(tmp_path):
     async with FakeClamd() as clamd:
         runner, _ = _runner(tmp_path, clamd.address)
-        (out,) = _without_outcome(await runner.handle(_record(_received(BlobRef(sha256="ab" * 32, size=10)))))
+        (out,) = _without_outcome(await runner.outputs_of(_record(_received(BlobRef(sha256="ab" * 32, size=10)))))
     assert isinstance(out.event, Deadlettered) and out.event.reason == "blob_missing"
 
 

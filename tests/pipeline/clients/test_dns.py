@@ -133,6 +133,7 @@ async def test_nothing_listening_is_a_tempfail_within_the_timeout(dead_resolver:
     assert dead_resolver.timeout * 0.9 <= took < dead_resolver.timeout + 0.5
 
 
+@pytest.mark.nsd
 @pytest.mark.skipif(not NSD_INSTALLED, reason="nsd not installed")
 async def test_stopped_nsd_is_a_tempfail() -> None:
     home = Path(tempfile.mkdtemp(prefix="pst-checks-nsd-stop-"))

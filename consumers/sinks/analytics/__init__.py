@@ -1,0 +1,18 @@
+"""The analytics sink: every event into ClickHouse, and the query path behind `poststelle sql`.
+
+One module per job:
+
+- `schema`: the `events` table, the analysts' views, versioned migrations;
+- `rows`: an event → its row (common columns, plus what its type adds);
+- `store`: the table behind clickhouse-connect, on embedded chDB or a server; idempotent inserts,
+  read-only ad-hoc queries;
+- `sink`: the consumer group over every event topic, batching and committing after the insert
+  (`run_analytics_sink`, the ``sink:analytics`` component);
+- `server`: the loopback query endpoint the sink serves while it holds the embedded engine;
+- `wire`: what that endpoint and its client agree on (paths, limits, JSON shapes);
+- `client`: `run_sql`, for `poststelle sql`: the server, the running sink, or the files.
+"""
+from consumers.sinks.analytics.client import run_sql
+from consumers.sinks.analytics.sink import run_analytics_sink
+
+__all__ = ["run_analytics_sink", "run_sql"]

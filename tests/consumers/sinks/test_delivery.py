@@ -1,0 +1,78 @@
+"""The delivery sink's record → events logic, without Kafka: what cannot be delivered is dead-lettered whole.
+
+A recording transport stands in for the next hop; the ledger is never written on these paths (the
+sink fails before it delivers), so no broker is needed.
+"""
+from __future__ import annotations
+
+from aiokafka.structs import ConsumerRecord
+
+from consumers.sinks.delivery import DeliverySink
+from consumers.sinks.transport import Delivery
+from pipeline.blobstore import FileBlobStore
+from pipeline.deadletter import original_value
+from pipeline.settings import PathSettings, Settings
+from schemas.events import (
+    Client,
+    Deadlettered,
+    Edit,
+    Envelope,
+    Received,
+    Reply,
+    Routed,
+    encode_event,
+)
+from schemas.ids import new_id
+
+RAW = b"From: a@ext.test\r\nSubject: hi\r\n\r\nHallo.\r\n"
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+
+    async def deliver(self, delivery: Delivery) -> dict[str, Reply]:
+        self.deliveries.append(delivery)
+        return {r: Reply(code=250, enhanced="2.0.0", text="ok") for r in delivery.recipients}
+
+
+def _sink(tmp_path) -> tuple[DeliverySink, RecordingTransport, FileBlobStore]:
+    blobs = FileBlobStore(tmp_path / "blobs")
+    transport = RecordingTransport()
+    settings = Settings(paths=PathSettings(home=str(tmp_path)))
+    return DeliverySink(settings, "lmtp", transport, blobs, inflight=4), transport, blobs
+
+
+def _record(value: bytes, key: bytes = b"m1") -> ConsumerRecord:
+    return ConsumerRecord(topic="poststelle.routed.lmtp", partition=2, offset=11, timestamp=0, timestamp_type=0,
+                          key=key, value=value, checksum=None, serialized_key_size=len(key),
+                          serialized_value_size=len(value), headers=[])
+
+
+def _routed(blobs: FileBlobStore, edits: list[Edit]) -> Routed:
+    message = Received(message_id=new_id(), envelope=Envelope(mail_from="a@ext.test", rcpt_to=["b@school.test"]),
+                       client=Client(ip="192.0.2.1", port=1), blob=blobs.put(RAW))
+    return Routed(message_id=message.message_id, destination="lmtp", recipients=["b@school.test"], message=message,
+                  edits=edits)
+
+
+async def test_a_copy_whose_part_cannot_be_found_is_dead_lettered_not_delivered(tmp_path):
+    sink, transport, blobs = _sink(tmp_path)
+    routed = _routed(blobs, [Edit(stage="attachment", kind="replace_part", part="2", sha256="ab" * 32, value="x")])
+    value = encode_event(routed)
+    (dead,) = await sink._deliver_record(_record(value))
+    assert isinstance(dead, Deadlettered) and dead.reason == "unrenderable"
+    assert "PartNotFound" in dead.error and dead.consumer == "sink.lmtp"
+    assert (dead.source_topic, dead.partition, dead.offset, dead.key) == ("poststelle.routed.lmtp", 2, 11, "m1")
+    assert original_value(dead, blobs) == value  # whole, so `poststelle deadletter replay` can put it back
+    assert dead.message_id == routed.message_id
+    assert transport.deliveries == []  # the part it was meant to hold back never left
+    assert sink.outputs_for(dead, b"m1") == [(sink.topics.deadletter, b"m1")]
+
+
+async def test_an_undecodable_record_is_dead_lettered(tmp_path):
+    sink, transport, blobs = _sink(tmp_path)
+    (dead,) = await sink._deliver_record(_record(b"\xff\xfe garbage"))
+    assert dead.reason == "undecodable" and dead.payload_encoding == "base64"
+    assert original_value(dead, blobs) == b"\xff\xfe garbage"
+    assert transport.deliveries == []
