@@ -62,24 +62,28 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (KafkaError, BrokerUnavailable,
 
 
 def describe(exc: BaseException) -> str:
-    """One line for the log: the error's type and its message (aiokafka's are often empty)."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """One line for the log: the error's type and its message (aiokafka's are often empty, or
+    begin with the type already)."""
+    name, text = type(exc).__name__, " ".join(str(exc).split())
+    if not text or text == name:
+        return name
+    return text if text.startswith(f"{name}: ") else f"{name}: {text}"
 
 
 class BrokerWatch:
     """One process's view of the broker: which of its parts are waiting for it, since when, why."""
 
-    def __init__(self, bootstrap: str = "kafka", *, backoff_initial: float = 0.5, backoff_max: float = 5.0,
+    def __init__(self, bootstrap: str = "kafka", *, backoff_initial: float = 0.5, backoff_max: float = 2.0,
                  probe_every: float = 2.0, state_file: Path | None = None, stop: asyncio.Event | None = None,
-                 patience: float | None = DEFAULT_PATIENCE, clock: Callable[[], float] = time.monotonic) -> None:
+                 patience: float | None = DEFAULT_PATIENCE, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.bootstrap = bootstrap
         self.patience = patience
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.probe_every = probe_every
         self.state_file = state_file
         self.stop = stop
-        self._clock = clock
+        self._clock, self._sleep = clock, sleep  # (unit tests pass virtual time)
         self._waiting: dict[str, str] = {}  # part -> why
         self._since = 0.0
         self._client_log_level: int | None = None
@@ -155,7 +159,7 @@ class BrokerWatch:
     async def pause(self, seconds: float) -> None:
         """Sleep `seconds`, or raise `Stopping` as soon as the process is told to stop."""
         if self.stop is None:
-            await asyncio.sleep(seconds)
+            await self._sleep(seconds)
             return
         try:
             await asyncio.wait_for(self.stop.wait(), seconds)
@@ -173,7 +177,7 @@ class BrokerWatch:
                 self.lost("broker", exc)
             else:
                 self.back("broker")
-            await asyncio.sleep(self.probe_every)
+            await self._sleep(self.probe_every)
 
     # -- reporting ------------------------------------------------------------------------------
 

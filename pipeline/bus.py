@@ -21,7 +21,7 @@ from pipeline.settings import DESTINATIONS, KafkaSettings, Settings
 
 __all__ = ["Topics", "make_producer", "make_transactional_producer", "make_consumer", "ensure_topics",
            "DrainOnRevoke", "PartitionBackoff", "hold_partition", "topic_partitions", "behind", "read_topic",
-           "MetadataProbe"]
+           "MetadataProbe", "kafka_bound", "start_or_release", "stop_quietly"]
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,30 @@ def make_consumer(k: KafkaSettings, group_id: str | None, client_id: str, **extr
         fetch_max_bytes=max(52_428_800, k.max_partition_fetch_bytes),
         **extra,
     )
+
+
+def kafka_bound(k: KafkaSettings) -> float:
+    """Seconds one wait for the broker may take before the work in flight is given up (twice the
+    request timeout: aiokafka retries a request that timed out once)."""
+    return 2 * k.request_timeout_ms / 1000
+
+
+async def start_or_release(client: AIOKafkaProducer | AIOKafkaConsumer, bound: float) -> None:
+    """Start a client within `bound` seconds, or release what it opened and raise (broker away)."""
+    try:
+        async with asyncio.timeout(bound):
+            await client.start()
+    except BaseException:
+        await stop_quietly(client, bound)
+        raise
+
+
+async def stop_quietly(client: AIOKafkaProducer | AIOKafkaConsumer, timeout: float = 5.0) -> None:
+    """Stop a Kafka client within `timeout`; the broker may be gone, the client is dropped either way."""
+    try:
+        await asyncio.wait_for(client.stop(), timeout)
+    except Exception as exc:
+        log.debug("stopping a Kafka client: %s", exc)
 
 
 class MetadataProbe:

@@ -27,11 +27,11 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.broker import BrokerUnavailable, describe, watch
-from pipeline.bus import DrainOnRevoke, make_consumer
-from pipeline.producers import TransactionalProducer, kafka_bound, stop_quietly
+from pipeline.bus import DrainOnRevoke, kafka_bound, make_consumer, start_or_release, stop_quietly
+from pipeline.producers import TransactionalProducer
 from pipeline.settings import KafkaSettings
 
-__all__ = ["ExactlyOnceLoop", "Batch"]
+__all__ = ["ExactlyOnceLoop", "Batch", "BATCH_FAILURES"]
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,7 @@ class ExactlyOnceLoop:
     async def _start_consumer(self) -> None:
         consumer = make_consumer(self.kafka, self.group_id, self.name, max_poll_records=self.max_records)
         consumer.subscribe(self.topics, listener=DrainOnRevoke(self.lock, self.on_assigned))
-        try:
-            async with asyncio.timeout(self.bound):
-                await consumer.start()
-        except BaseException:
-            await stop_quietly(consumer, self.bound)
-            raise
+        await start_or_release(consumer, self.bound)
         self.consumer = consumer
 
     async def consume(self, stop: asyncio.Event, process: Callable[[Batch], Awaitable[None]]) -> None:

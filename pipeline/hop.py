@@ -15,6 +15,8 @@ batch is processed again from the last committed offset.
   of `handle` — is dead-lettered whole with the reason (`pipeline.deadletter`), in the same
   transaction, and the hop goes on with the next record: never a crash loop.
 - Revocation waits until the batch in flight is committed (drain on rebalance).
+- A broker outage is ridden out, not crashed on (`pipeline.exactly_once`): the hop waits for the
+  broker, and a batch whose transaction failed is redone from the last committed offsets.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from aiokafka.structs import ConsumerRecord
 from pipeline.blobstore import FileBlobStore
 from pipeline.bus import PartitionBackoff, Topics, hold_partition
 from pipeline.deadletter import PoisonMessage, deadletter_event
-from pipeline.exactly_once import ExactlyOnceLoop
+from pipeline.exactly_once import BATCH_FAILURES, ExactlyOnceLoop
 from pipeline.settings import Settings
 from schemas.events import Event, encode_event
 
@@ -135,7 +137,7 @@ class TransactionalHop:
         try:
             async with asyncio.timeout(self.timeout):
                 return await self.handle(record)
-        except (Hold, *self.temporary_errors):
+        except (Hold, *self.temporary_errors, *BATCH_FAILURES):  # broker trouble is not the record's fault
             raise
         except PoisonMessage as exc:
             return [await self._deadletter(record, exc.reason, str(exc))]

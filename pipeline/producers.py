@@ -21,24 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from pipeline.broker import BrokerUnavailable
-from pipeline.bus import make_producer, make_transactional_producer
+from pipeline.broker import BrokerUnavailable, describe
+from pipeline.bus import kafka_bound, make_producer, make_transactional_producer, start_or_release
 from pipeline.settings import KafkaSettings
 
-__all__ = ["TransactionalProducer", "RenewingProducer", "abandon", "stop_quietly", "kafka_bound"]
+__all__ = ["TransactionalProducer", "RenewingProducer", "abandon"]
 
 log = logging.getLogger(__name__)
 ABANDON_WAIT = 1.0  # seconds an abandoned producer's sender may take to wind down
-
-
-def kafka_bound(kafka: KafkaSettings) -> float:
-    """Seconds one wait for the broker may take before the work in flight is given up."""
-    return 2 * kafka.request_timeout_ms / 1000
 
 
 @asynccontextmanager
@@ -48,17 +43,6 @@ async def _bounded(seconds: float, what: str) -> AsyncIterator[None]:
             yield
     except TimeoutError:
         raise BrokerUnavailable(f"no answer from kafka within {seconds:.0f}s ({what})") from None
-
-
-async def _start(producer: AIOKafkaProducer, bound: float) -> AIOKafkaProducer:
-    """Start `producer`, or release what it opened if it cannot start (broker down)."""
-    try:
-        async with _bounded(bound, "starting a producer"):
-            await producer.start()
-    except BaseException:
-        await abandon(producer)
-        raise
-    return producer
 
 
 async def abandon(producer: AIOKafkaProducer) -> None:
@@ -79,12 +63,14 @@ async def abandon(producer: AIOKafkaProducer) -> None:
     await producer.client.close()
 
 
-async def stop_quietly(client, timeout: float = 5.0) -> None:
-    """Stop a Kafka client within `timeout`; the broker may be gone, the client is dropped either way."""
+async def _stop_or_abandon(producer: AIOKafkaProducer, bound: float) -> None:
+    """Stop cleanly, sending what the producer holds; if the broker does not take it within `bound`,
+    abandon it (a `stop()` cut short leaves the sender running, to deliver it whenever it can)."""
     try:
-        await asyncio.wait_for(client.stop(), timeout)
+        await asyncio.wait_for(producer.stop(), bound)
     except Exception as exc:
-        log.debug("stopping a Kafka client: %s", exc)
+        log.debug("producer stop: %s; abandoning it", describe(exc))
+        await abandon(producer)
 
 
 class TransactionalProducer:
@@ -95,9 +81,11 @@ class TransactionalProducer:
     the next `transaction()` (or `start()`) makes its successor, which fences it.
     """
 
-    def __init__(self, kafka: KafkaSettings, transactional_id: str) -> None:
+    def __init__(self, kafka: KafkaSettings, transactional_id: str,
+                 make: Callable[[KafkaSettings, str], AIOKafkaProducer] = make_transactional_producer) -> None:
         self.kafka = kafka
         self.transactional_id = transactional_id
+        self._make = make  # (unit tests pass a stand-in for aiokafka's producer)
         self.bound = kafka_bound(kafka)
         self._producer: AIOKafkaProducer | None = None
         self._deliveries: list[asyncio.Future] = []
@@ -111,8 +99,9 @@ class TransactionalProducer:
         """Register the transactional id (fencing any predecessor); raises if the broker is away."""
         async with self._starting:
             if self._producer is None:
-                producer = make_transactional_producer(self.kafka, self.transactional_id)
-                self._producer = await _start(producer, self.bound)
+                producer = self._make(self.kafka, self.transactional_id)
+                await start_or_release(producer, self.bound)
+                self._producer = producer
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator["TransactionalProducer"]:
@@ -157,7 +146,7 @@ class TransactionalProducer:
         """Stop cleanly (nothing is in flight between transactions); bounded, the broker may be gone."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            await stop_quietly(producer, self.bound)
+            await _stop_or_abandon(producer, self.bound)
 
 
 class RenewingProducer:
@@ -168,19 +157,25 @@ class RenewingProducer:
     starts a new one (see the module docstring for why it cannot be reused).
     """
 
-    def __init__(self, kafka: KafkaSettings, client_id: str) -> None:
+    def __init__(self, kafka: KafkaSettings, client_id: str,
+                 make: Callable[[KafkaSettings, str], AIOKafkaProducer] = make_producer) -> None:
         self.kafka = kafka
         self.client_id = client_id
+        self._make = make
         self.bound = kafka_bound(kafka)
         self._producer: AIOKafkaProducer | None = None
         self._spent = False
+        self._renewing = asyncio.Lock()  # concurrent senders: one producer, not one each
 
     async def send(self, topic: str, value: bytes | None, *, key: bytes | None = None) -> asyncio.Future:
         """Queue one record; returns the future of its acknowledgement."""
         producer = await self._current()
         async with _bounded(self.bound, f"queueing a record for {topic}"):
             delivery = await producer.send(topic, value, key=key)
-        delivery.add_done_callback(lambda done: self._check(producer, done))
+        if delivery.done():
+            self._check(producer, delivery)
+        else:
+            delivery.add_done_callback(lambda done: self._check(producer, done))
         return delivery
 
     def spend(self) -> None:
@@ -192,11 +187,14 @@ class RenewingProducer:
             self._spent = True
 
     async def _current(self) -> AIOKafkaProducer:
-        if self._spent:
-            await self.discard()
-        if self._producer is None:
-            self._producer = await _start(make_producer(self.kafka, self.client_id), self.bound)
-        return self._producer
+        async with self._renewing:
+            if self._spent:
+                await self.discard()
+            if self._producer is None:
+                producer = self._make(self.kafka, self.client_id)
+                await start_or_release(producer, self.bound)
+                self._producer = producer
+            return self._producer
 
     async def discard(self) -> None:
         producer, self._producer, self._spent = self._producer, None, False
@@ -210,4 +208,4 @@ class RenewingProducer:
             return
         producer, self._producer = self._producer, None
         if producer is not None:
-            await stop_quietly(producer, self.bound)
+            await _stop_or_abandon(producer, self.bound)

@@ -97,7 +97,7 @@ class KafkaSettings:
     client_id: str = "poststelle"
     # while the broker is unreachable, components try again after this pause, doubling up to the max
     reconnect_backoff_initial: float = 0.5
-    reconnect_backoff_max: float = 5.0
+    reconnect_backoff_max: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,8 @@ from typing import Protocol
 from aiokafka import TopicPartition
 
 from pipeline.broker import watch
-from pipeline.bus import behind, make_consumer, topic_partitions
-from pipeline.producers import RenewingProducer, kafka_bound, stop_quietly
+from pipeline.bus import behind, kafka_bound, make_consumer, start_or_release, stop_quietly, topic_partitions
+from pipeline.producers import RenewingProducer
 from pipeline.settings import KafkaSettings
 
 __all__ = ["Apply", "Transport", "MemoryLog", "MemoryTransport", "KafkaTransport", "TopicMissing", "follow_tables"]
@@ -148,8 +148,7 @@ class KafkaTransport:
         await self.close()
         self._writer = RenewingProducer(self.kafka, f"{self.client_id}-writer")  # starts on the first write
         self._consumer = make_consumer(self.kafka, None, f"{self.client_id}-reader")
-        async with asyncio.timeout(kafka_bound(self.kafka)):
-            await self._consumer.start()
+        await start_or_release(self._consumer, kafka_bound(self.kafka))
         partitions = [tp for topic in self.topics.values() for tp in await self._partitions(topic)]
         self._consumer.assign(partitions)
         await self._consumer.seek_to_beginning(*partitions)

@@ -14,7 +14,7 @@ import asyncio
 import logging
 
 from pipeline.broker import watch
-from pipeline.producers import kafka_bound
+from pipeline.bus import kafka_bound
 from pipeline.settings import KafkaSettings
 from pipeline.tables import KafkaTransport
 from schemas.events import Bounced, Deferred, Delivered, decode_event, encode_event

@@ -28,7 +28,8 @@ from aiokafka.errors import KafkaError
 from consumers.sinks.analytics.rows import Origin
 from consumers.sinks.analytics.server import query_app
 from consumers.sinks.analytics.store import AsyncAnalyticsStore
-from pipeline.bus import Topics, make_consumer
+from pipeline.broker import watch
+from pipeline.bus import Topics, kafka_bound, make_consumer, start_or_release, stop_quietly
 from pipeline.settings import AnalyticsSinkSettings, Settings
 from pipeline.web import serving
 from schemas.events import DecodeError, Event, decode_event
@@ -75,8 +76,10 @@ class _Sink:
         cfg: AnalyticsSinkSettings,
         stats: SinkStats,
         stop: asyncio.Event,
+        commit_timeout: float = 20.0,
     ) -> None:
         self._consumer = consumer
+        self._commit_timeout = commit_timeout
         self._store = store
         self._cfg = cfg
         self.stats = stats
@@ -151,9 +154,10 @@ class _Sink:
         mine = {tp: offset for tp, offset in offsets.items() if tp in assigned}
         if not mine:
             return
-        try:
-            await self._consumer.commit(mine)
-        except KafkaError as exc:
+        try:  # bounded: while the broker is away a commit waits for it, and the batch after it with it
+            async with asyncio.timeout(self._commit_timeout):
+                await self._consumer.commit(mine)
+        except (KafkaError, TimeoutError) as exc:
             self.stats.commit_failures += 1
             log.warning("analytics offset commit failed (%s); those records will be re-read", exc)
 
@@ -186,18 +190,27 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
 
 async def _consume(settings: Settings, store: AsyncAnalyticsStore, stats: SinkStats, stop: asyncio.Event,
                    on_ready: Callable[[], None] | None) -> None:
-    """The Kafka side: one consumer group over every event topic, until `stop` is set."""
-    consumer = make_consumer(settings.kafka, group_id=f"{settings.kafka.topic_prefix}.analytics", client_id="analytics")
-    sink = _Sink(consumer, store, settings.sinks.analytics, stats, stop)
-    try:
-        await consumer.start()
+    """The Kafka side: one consumer group over every event topic, until `stop` is set.
+
+    A broker that is away at the start is waited for (`pipeline.broker`); later, aiokafka's consumer
+    reconnects by itself and a commit that fails only means a deduplicated re-read."""
+    bound = kafka_bound(settings.kafka)
+
+    async def started() -> tuple[AIOKafkaConsumer, _Sink]:
+        consumer = make_consumer(settings.kafka, group_id=f"{settings.kafka.topic_prefix}.analytics",
+                                 client_id="analytics")
+        sink = _Sink(consumer, store, settings.sinks.analytics, stats, stop, commit_timeout=bound)
         consumer.subscribe(Topics.from_settings(settings).event_topics(), listener=_FlushOnRevoke(sink))
+        await start_or_release(consumer, bound)
+        return consumer, sink
+
+    consumer, sink = await watch().retry("analytics", started)
+    try:
         if on_ready is not None:
             on_ready()
         await sink.run()
     finally:
-        with contextlib.suppress(Exception):
-            await consumer.stop()
+        await stop_quietly(consumer, bound)
 
 
 async def run_analytics_sink(

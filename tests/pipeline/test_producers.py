@@ -1,0 +1,157 @@
+"""Producers that fail closed (pipeline/producers.py), over a stand-in for aiokafka's producer.
+
+The stand-in behaves as aiokafka 0.14 does during an outage (measured against a real broker, see
+docs/architecture.md "Broker outages"): `send` queues and returns a future, a record's failure
+fails only that future, and `commit_transaction` commits whatever the broker holds.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import LeaderNotAvailableError
+
+from pipeline.broker import BrokerUnavailable
+from pipeline.producers import RenewingProducer, TransactionalProducer
+from pipeline.settings import KafkaSettings
+
+KAFKA = KafkaSettings(request_timeout_ms=50)  # every wait for the "broker" is bounded by 0.1 s
+
+
+class _Client:
+    async def close(self) -> None:
+        pass
+
+
+class StandInProducer:
+    """What the code under test sees of an AIOKafkaProducer; records what was done to it."""
+
+    def __init__(self, outcomes: list[str]) -> None:
+        self.outcomes = outcomes  # per record sent: "ok", "fail" (its batch expired) or "hang" (no answer)
+        self.sent: list[bytes] = []
+        self.offsets: list[dict] = []
+        self.committed = self.started = self.stopped = False
+        self._closed = False
+        self._sender = None
+        self.client = _Client()
+
+    async def start(self) -> None:
+        await asyncio.sleep(0.01)  # a round trip to the broker
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def begin_transaction(self) -> None:
+        pass
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future:
+        outcome = self.outcomes[len(self.sent)] if len(self.sent) < len(self.outcomes) else "ok"
+        self.sent.append(value)
+        delivery = asyncio.get_running_loop().create_future()
+        if outcome == "ok":
+            delivery.set_result(None)
+        elif outcome == "fail":
+            delivery.set_exception(LeaderNotAvailableError())
+        return delivery
+
+    async def send_offsets_to_transaction(self, offsets, group_id) -> None:
+        self.offsets.append(offsets)
+
+    async def commit_transaction(self) -> None:
+        self.committed = True
+
+
+class Factory:
+    def __init__(self, *outcomes: list[str]) -> None:
+        self.outcomes = list(outcomes)
+        self.made: list[StandInProducer] = []
+
+    def __call__(self, kafka: KafkaSettings, name: str) -> StandInProducer:
+        producer = StandInProducer(self.outcomes.pop(0) if self.outcomes else [])
+        self.made.append(producer)
+        return producer
+
+
+async def _batch(tx: TransactionalProducer, values: list[bytes]) -> None:
+    async with tx.transaction() as producer:
+        for value in values:
+            await producer.send("out", value, key=b"k")
+        await producer.send_offsets_to_transaction({TopicPartition("in", 0): 7}, "group")
+
+
+async def test_a_transaction_commits_once_every_record_is_acknowledged():
+    factory = Factory(["ok", "ok"])
+    tx = TransactionalProducer(KAFKA, "stage.0", make=factory)
+    await _batch(tx, [b"a", b"b"])
+    assert factory.made[0].committed and factory.made[0].sent == [b"a", b"b"]
+
+
+async def test_a_transaction_with_a_failed_record_is_not_committed_and_its_producer_not_reused():
+    """aiokafka would commit it without the record (measured: 99 of 600 outputs missing)."""
+    factory = Factory(["ok", "fail", "ok"])
+    tx = TransactionalProducer(KAFKA, "stage.0", make=factory)
+    with pytest.raises(LeaderNotAvailableError):
+        await _batch(tx, [b"a", b"b", b"c"])
+    first = factory.made[0]
+    assert not first.committed and first._closed, "abandoned, not committed"
+    await _batch(tx, [b"a", b"b", b"c"])  # the batch redone: a successor fences the first
+    assert len(factory.made) == 2 and factory.made[1].committed
+
+
+async def test_a_record_without_an_answer_gives_the_transaction_up_within_the_bound():
+    factory = Factory(["ok", "hang"])
+    tx = TransactionalProducer(KAFKA, "stage.0", make=factory)
+    with pytest.raises(BrokerUnavailable, match="within"):
+        await asyncio.wait_for(_batch(tx, [b"a", b"b"]), 2)
+    assert not factory.made[0].committed and not tx.started
+
+
+async def test_a_failing_body_discards_the_producer_without_committing():
+    factory = Factory()
+    tx = TransactionalProducer(KAFKA, "stage.0", make=factory)
+    with pytest.raises(RuntimeError):
+        async with tx.transaction() as producer:
+            await producer.send("out", b"a")
+            raise RuntimeError("the stage failed")
+    assert not factory.made[0].committed and factory.made[0]._closed
+
+
+async def test_a_renewing_producer_is_replaced_after_a_failed_record():
+    """After an expired batch aiokafka's idempotent producer fails every later record to the partition."""
+    factory = Factory(["fail"], ["ok"])
+    producer = RenewingProducer(KAFKA, "ledger", make=factory)
+    with pytest.raises(LeaderNotAvailableError):
+        await (await producer.send("ledger", b"a"))
+    await (await producer.send("ledger", b"a"))
+    assert len(factory.made) == 2 and factory.made[0]._closed and not factory.made[0].stopped
+    assert factory.made[1].sent == [b"a"]
+
+
+async def test_a_renewing_producer_given_up_on_is_replaced():
+    factory = Factory(["hang"], ["ok"])
+    producer = RenewingProducer(KAFKA, "ledger", make=factory)
+    await producer.send("ledger", b"a")
+    producer.spend()
+    await (await producer.send("ledger", b"a"))
+    assert len(factory.made) == 2 and factory.made[0]._closed
+
+
+async def test_a_renewing_producer_keeps_a_producer_that_works():
+    factory = Factory()
+    producer = RenewingProducer(KAFKA, "ledger", make=factory)
+    for value in (b"a", b"b", b"c"):
+        await (await producer.send("ledger", value))
+    await producer.stop()
+    assert len(factory.made) == 1 and factory.made[0].stopped
+
+
+
+async def test_concurrent_senders_share_one_producer():
+    """(Each starting its own left all but one running unclosed: 'Task was destroyed but it is pending'.)"""
+    factory = Factory()
+    producer = RenewingProducer(KAFKA, "ingress-sessions", make=factory)
+    deliveries = await asyncio.gather(*(producer.send("sessions", b"%d" % i) for i in range(10)))
+    await asyncio.gather(*deliveries)
+    assert len(factory.made) == 1 and len(factory.made[0].sent) == 10
