@@ -22,7 +22,8 @@ it an idle process would not notice an outage (aiokafka's `getmany` just keeps r
 reconnects by itself), nor would one whose Kafka call is blocked waiting for the broker.
 
 While the process waits, aiokafka's own logger is held at CRITICAL: its clients log every failed
-reconnect, tens of lines a second each, which would bury the one line that matters.
+reconnect, tens of lines a second each, which would bury the one line that matters. Before the
+watch notices (within `probe_every`), `ClientLogRepeats` lets each of those lines through once.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from typing import TypeVar
 import orjson
 from aiokafka.errors import KafkaError
 
-__all__ = ["BrokerWatch", "BrokerUnavailable", "Stopping", "BROKER_ERRORS", "watch", "describe"]
+__all__ = ["BrokerWatch", "BrokerUnavailable", "Stopping", "BROKER_ERRORS", "watch", "describe", "ClientLogRepeats"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -207,6 +208,30 @@ class BrokerWatch:
         if self._client_log_level is not None:
             logging.getLogger(CLIENT_LOGGER).setLevel(self._client_log_level)
             self._client_log_level = None
+
+
+class ClientLogRepeats(logging.Filter):
+    """A handler filter: each distinct aiokafka message at most once per `window` seconds.
+
+    aiokafka logs a failed reconnect, metadata update or fetch every 100 ms per client; the
+    messages repeat word for word."""
+
+    def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window, self._clock = window, clock
+        self._last: dict[tuple[str, int, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(CLIENT_LOGGER):
+            return True
+        key, now = (record.name, record.levelno, record.getMessage()), self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.window:
+            return False
+        if len(self._last) > 1000:  # messages carry ids and offsets too: forget the old ones
+            self._last = {k: t for k, t in self._last.items() if now - t < self.window}
+        self._last[key] = now
+        return True
 
 
 _watch = BrokerWatch()

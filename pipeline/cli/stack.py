@@ -159,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     instance = os.environ.get("POSTSTELLE_INSTANCE", "0")
     chosen = component(settings, args.component)
-    from pipeline.broker import Stopping, watch
+    from pipeline.broker import ClientLogRepeats, Stopping, watch
     from pipeline.bus import MetadataProbe
     from pipeline.supervisor import ready_file, state_file
 
@@ -176,6 +176,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         watch().configure(bootstrap=k.bootstrap, backoff_initial=k.reconnect_backoff_initial,
                           backoff_max=k.reconnect_backoff_max, state_file=state_file(settings, args.component, instance),
                           stop=stop)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(ClientLogRepeats())
         probe = MetadataProbe(k, args.component.replace(":", "-"))
         monitor = asyncio.create_task(watch().monitor(probe), name="broker-monitor")
         try:

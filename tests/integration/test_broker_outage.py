@@ -2,7 +2,8 @@
 
 Acceptance of issue 10, point 4: the broker is held down for 60 s. Meanwhile no component is
 restarted (the supervisor's restart counts stay as they were), the ingress answers 451 4.3.0, and
-`poststelle status` shows the components waiting for kafka. After `poststelle start kafka`, mail
+`poststelle status` shows the components waiting for kafka; components started while the broker is
+down (held and released by the operator) wait for it too. After `poststelle start kafka`, mail
 accepted just before the stop and mail sent afterwards reach Dovecot; nothing answered 451 does.
 The test prints how long the stack took to recover (docs/operations.md quotes it).
 """
@@ -17,6 +18,8 @@ from tests.integration.conftest import make_message, new_test_id, send
 OUTAGE = 60.0  # seconds the broker is held down
 RCPT = "max.mustermann@school.test"
 INFRASTRUCTURE = {"kafka", "dovecot", "smarthost", "slapd", "nsd", "clamd"}  # the daemons the supervisor runs
+# started again while the broker is down: a hop, a delivery sink (and its ledger), a table reader, analytics
+STARTED_DURING = ["stage:route", "sink:lmtp", "verdict", "sink:analytics"]
 
 
 def _port_closed(host: str, port: int) -> bool:
@@ -52,18 +55,25 @@ def test_broker_down_60s_no_restarts_451_meanwhile_and_mail_flows_again(stack):
 
     host, port = stack.bootstrap.split(":")
     stack.cli("stop", "kafka")
-    refused, answers, seen_waiting = [], [], set()
+    refused, answers, seen_waiting, started_waiting = [], [], set(), set()
     try:
         stack.wait_for(lambda: _port_closed(host, int(port)), timeout=30, what="the broker to stop")
         down_until = time.monotonic() + OUTAGE
+        old_pids = {name: stack.pid_of(name) for name in STARTED_DURING}
+        for name in STARTED_DURING:
+            stack.hold(name)
+        for name in STARTED_DURING:
+            stack.cli("start", name)
         while time.monotonic() < down_until:
             test_id = new_test_id()
             refused.append(test_id)
             answers.append(_refused_with_451(test_id, stack.smtp_port))
             status = stack.cli("status", check=False)
             assert status.returncode == 1, "a stack waiting for kafka is not ready"
-            seen_waiting |= {name for name, c in stack.status()["components"].items()
-                             if c["state"] == "waiting for kafka"}
+            shown = stack.status()["components"]
+            seen_waiting |= {name for name, c in shown.items() if c["state"] == "waiting for kafka"}
+            started_waiting |= {name for name in STARTED_DURING
+                                if shown[name]["state"] == "waiting for kafka" and shown[name]["pid"] != old_pids[name]}
             time.sleep(2.0)
     finally:
         stack.cli("start", "kafka")
@@ -71,6 +81,7 @@ def test_broker_down_60s_no_restarts_451_meanwhile_and_mail_flows_again(stack):
 
     assert answers and all(answers), f"answers during the outage (True: 451 4.3.0): {answers}"
     assert seen_waiting == set(components), f"never shown waiting: {sorted(set(components) - seen_waiting)}"
+    assert started_waiting == set(STARTED_DURING), "components started during the outage wait for the broker"
     assert "waiting for kafka" in status.stdout
 
     stack.wait_for(lambda: not _port_closed(host, int(port)), timeout=60, what="the broker to listen")

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from pipeline.broker import BrokerWatch, Stopping
+from pipeline.broker import BrokerWatch, ClientLogRepeats, Stopping
 
 
 class Broker:
@@ -176,3 +176,18 @@ async def test_the_monitor_reports_an_idle_process_waiting_and_back(clock, tmp_p
     await asyncio.gather(monitor, return_exceptions=True)
     # probed while: up, up (fails now), waiting, waiting (answers now), up again
     assert states == [False, False, True, True, False]
+
+
+def test_client_log_repeats_are_let_through_once_per_window(clock):
+    repeats = ClientLogRepeats(window=60.0, clock=clock)
+
+    def passes(name: str, message: str) -> bool:
+        return repeats.filter(logging.LogRecord(name, logging.ERROR, __file__, 1, message, (), None))
+
+    line = "Unable connect to node with id 1: [Errno 111] Connect call failed"
+    assert passes("aiokafka", line)
+    assert not passes("aiokafka", line)
+    assert passes("aiokafka.consumer.fetcher", "Failed fetch messages from 1")
+    assert passes("pipeline.hop", "ours are never held back") and passes("pipeline.hop", "ours are never held back")
+    clock.now += 61
+    assert passes("aiokafka", line)
