@@ -219,6 +219,13 @@ async def stop_quietly(client: AIOKafkaProducer | AIOKafkaConsumer, timeout: flo
         await asyncio.wait_for(client.stop(), timeout)
     except Exception as exc:
         log.debug("stopping a Kafka client: %s", exc)
+    except asyncio.CancelledError:
+        # aiokafka's consumer awaits the fetch tasks it has just cancelled: while the broker is away
+        # their CancelledError escapes `stop()`. Only a cancellation of this task itself goes on.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        log.debug("stopping a Kafka client: cancelled inside the client")
 
 
 class MetadataProbe:

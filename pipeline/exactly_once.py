@@ -65,8 +65,13 @@ class ExactlyOnceLoop:
 
     async def _start_consumer(self) -> None:
         consumer = make_consumer(self.kafka, self.group_id, self.name, max_poll_records=self.max_records)
-        consumer.subscribe(self.topics, listener=DrainOnRevoke(self.lock, self.on_assigned))
         await start_or_release(consumer, self.bound)
+        # subscribed only once started: `start()` of a subscribed consumer also waits for the group to
+        # assign it partitions, which after an outage takes until the broker drops the members that
+        # were lost meanwhile (their session timeout). Cutting that wait short and trying again
+        # leaves a pending member each time, which the next rebalance waits for in turn (seen: two
+        # minutes instead of seconds). So the join happens in the background, during `getmany`.
+        consumer.subscribe(self.topics, listener=DrainOnRevoke(self.lock, self.on_assigned))
         self.consumer = consumer
 
     async def consume(self, stop: asyncio.Event, process: Callable[[Batch], Awaitable[None]]) -> None:
