@@ -6,7 +6,8 @@ Instead, each process has one `BrokerWatch` (`watch()`), and every part of it th
 (the consume loop, a table follower, the ingress's producers) reports to it:
 
 - `lost(part, error)` when a Kafka call failed or timed out. The first loss logs
-  ``waiting for kafka at HOST:PORT: why`` once and writes the process's state file
+  ``waiting for kafka at HOST:PORT: why`` once (and a long outage ``still waiting ...`` once a
+  minute) and writes the process's state file
   (``<home>/run/<name>.state``), which `poststelle status` shows as ``waiting for kafka``;
 - `back(part)` when that part's Kafka calls succeed again. When the last part is back,
   ``kafka is back after N s`` is logged once and the state file removed.
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # an unconfigured watch (a command such as `poststelle queue`, not a component) gives up after this
 DEFAULT_PATIENCE = 15.0
+REMIND_EVERY = 60.0  # seconds between "still waiting" lines during a long outage
 CLIENT_LOGGER = "aiokafka"
 
 
@@ -86,7 +88,7 @@ class BrokerWatch:
         self.stop = stop
         self._clock, self._sleep = clock, sleep  # (unit tests pass virtual time)
         self._waiting: dict[str, str] = {}  # part -> why
-        self._since = 0.0
+        self._since = self._reminded = 0.0
         self._client_log_level: int | None = None
         self.outages = 0  # how often the process started waiting (for tests and metrics)
 
@@ -115,10 +117,15 @@ class BrokerWatch:
         """`part` could not reach the broker; the first loss of an outage is logged and reported."""
         first = not self._waiting
         self._waiting[part] = describe(exc)
+        now = self._clock()
         if not first:
+            if now - self._reminded >= REMIND_EVERY:  # a long outage: say so now and then, not more
+                self._reminded = now
+                log.warning("still waiting for kafka at %s after %.0fs: %s (%s)", self.bootstrap, now - self._since,
+                            self._waiting[part], part)
             return
         self.outages += 1
-        self._since = self._clock()
+        self._since = self._reminded = now
         log.warning("waiting for kafka at %s: %s (%s)", self.bootstrap, self._waiting[part], part)
         self._quiet_client_logs()
         self._write_state()

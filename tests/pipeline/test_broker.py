@@ -191,3 +191,13 @@ def test_client_log_repeats_are_let_through_once_per_window(clock):
     assert passes("pipeline.hop", "ours are never held back") and passes("pipeline.hop", "ours are never held back")
     clock.now += 61
     assert passes("aiokafka", line)
+
+
+async def test_a_long_outage_is_recalled_once_a_minute(clock, caplog):
+    broker = Broker(failures=200, clock=clock)  # 4 s pauses: about 800 s of waiting
+    with caplog.at_level(logging.INFO, logger="pipeline.broker"):
+        await _watch(clock).retry("consumer", broker.call)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.broker"]
+    still = [line for line in lines if line.startswith("still waiting for kafka")]
+    assert lines[0].startswith("waiting for kafka") and lines[-1].startswith("kafka is back")
+    assert len(still) == int(clock.now // 60) and still[0].startswith("still waiting for kafka at 127.0.0.1:9 after 64s")

@@ -200,8 +200,8 @@ async def _consume(settings: Settings, store: AsyncAnalyticsStore, stats: SinkSt
         consumer = make_consumer(settings.kafka, group_id=f"{settings.kafka.topic_prefix}.analytics",
                                  client_id="analytics")
         sink = _Sink(consumer, store, settings.sinks.analytics, stats, stop, commit_timeout=bound)
+        await start_or_release(consumer, bound)  # then subscribe: the group is joined while polling
         consumer.subscribe(Topics.from_settings(settings).event_topics(), listener=_FlushOnRevoke(sink))
-        await start_or_release(consumer, bound)
         return consumer, sink
 
     consumer, sink = await watch().retry("analytics", started)
