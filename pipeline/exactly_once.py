@@ -45,7 +45,9 @@ class ExactlyOnceLoop:
 
     def __init__(self, kafka: KafkaSettings, *, name: str, group_id: str, transactional_id: str,
                  topics: list[str], max_records: int, poll_timeout_ms: int, lock: asyncio.Lock,
-                 on_assigned: Callable[[], Awaitable[object]] | None = None) -> None:
+                 on_assigned: Callable[[], Awaitable[object]] | None = None,
+                 producer: TransactionalProducer | None = None,
+                 consumer_factory: Callable[..., AIOKafkaConsumer] = make_consumer) -> None:
         self.kafka = kafka
         self.name = name
         self.group_id = group_id
@@ -54,9 +56,12 @@ class ExactlyOnceLoop:
         self.lock = lock
         self.on_assigned = on_assigned
         self.bound = kafka_bound(kafka)
-        self.producer = TransactionalProducer(kafka, transactional_id)
+        # (unit tests pass stand-ins for aiokafka's clients)
+        self.producer = producer or TransactionalProducer(kafka, transactional_id)
+        self._consumer_factory = consumer_factory
         self.consumer: AIOKafkaConsumer | None = None
         self.redone = 0  # batches given up and redone after a broker failure
+        self._redone_in_a_row = 0
 
     async def open(self) -> None:
         """Start both clients, waiting for the broker as long as it takes (or until told to stop)."""
@@ -64,7 +69,7 @@ class ExactlyOnceLoop:
         await watch().retry(self.name, self._start_consumer)
 
     async def _start_consumer(self) -> None:
-        consumer = make_consumer(self.kafka, self.group_id, self.name, max_poll_records=self.max_records)
+        consumer = self._consumer_factory(self.kafka, self.group_id, self.name, max_poll_records=self.max_records)
         await start_or_release(consumer, self.bound)
         # subscribed only once started: `start()` of a subscribed consumer also waits for the group to
         # assign it partitions, which after an outage takes until the broker drops the members that
@@ -85,6 +90,8 @@ class ExactlyOnceLoop:
                     await process(batch)
                 except BATCH_FAILURES as exc:
                     await self._redo_after(exc)
+                else:
+                    self._redone_in_a_row = 0
 
     async def _poll(self) -> Batch:
         assert self.consumer is not None, "consume() before open()"
@@ -93,10 +100,14 @@ class ExactlyOnceLoop:
     async def _redo_after(self, exc: BaseException) -> None:
         """Give the batch up: abandon its transaction, and once the broker answers, fence it and rewind."""
         self.redone += 1
+        self._redone_in_a_row += 1
         log.warning("%s: batch given up (%s); it is redone from the last committed offsets", self.name,
                     describe(exc))
         watch().lost(self.name, exc)
         await self.producer.discard()
+        if self._redone_in_a_row > 1:  # the broker answers, yet the batch fails again: not in a hot loop
+            w = watch()
+            await w.pause(min(w.backoff_initial * 2 ** (self._redone_in_a_row - 2), w.backoff_max))
         await watch().retry(self.name, self._fence_and_rewind)
 
     async def _fence_and_rewind(self) -> None:
