@@ -39,6 +39,7 @@ __all__ = [
     "AnalyticsSinkSettings",
     "SupervisorSettings",
     "LocalStackSettings",
+    "MessageSettings",
     "load_settings",
     "parse_section",
     "REPO_ROOT",
@@ -279,6 +280,26 @@ class DnsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageSettings:
+    """Caps of the parsed message (`pipeline.mail.message`): one set for every stage and check, so no
+    two of them can be shown different messages. Past a cap the parse stops there and says so."""
+
+    max_depth: int = 20  # MIME nesting (multipart and message/rfc822 levels)
+    max_parts: int = 1000  # MIME entities walked
+    max_header_bytes: int = 262_144  # of the header section read
+    max_header_fields: int = 1000  # header fields read
+    max_text_bytes: int = 2_000_000  # decoded text (and HTML markup) of all text parts together
+    max_links: int = 1000  # links kept, in document order
+
+    def __post_init__(self) -> None:
+        bounds = {"max_depth": (1, 64), "max_parts": (1, 100_000), "max_header_bytes": (1024, 1 << 30),
+                  "max_header_fields": (10, 1_000_000), "max_text_bytes": (1, 1 << 30), "max_links": (1, 1_000_000)}
+        for key, (low, high) in bounds.items():
+            if not low <= getattr(self, key) <= high:
+                raise ConfigError(f"message.{key}: expected {low}..{high}, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True, slots=True)
 class LocalStackSettings:
     """Daemons `poststelle up` runs itself. Off in production, where they are the site's."""
 
@@ -309,6 +330,7 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     ldap: LdapSettings = field(default_factory=LdapSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
+    message: MessageSettings = field(default_factory=MessageSettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     local: LocalStackSettings = field(default_factory=LocalStackSettings)
     # [stages.<name>] sections, each validated against the stage's own settings dataclass
@@ -380,9 +402,12 @@ def parse_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     # `stages` is parsed by the caller against the stage registry; `source` is not a key
     handled_elsewhere = {"stages", "checks"} if cls is Settings else set()
     fields = {f.name for f in dataclasses.fields(cls)} - {"source", "stage_timeouts"}
+    moved: Mapping[str, str] = getattr(cls, "MOVED_KEYS", {})  # keys a section no longer has, and where they went
     values: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
+        if key in moved:
+            raise ConfigError(f"{full}: no longer a key here: {moved[key]}")
         if key not in fields:
             raise ConfigError(f"{full}: unknown key (known here: {', '.join(sorted(fields))})")
         if key in handled_elsewhere:
