@@ -136,7 +136,7 @@ def main() -> None:
     try:
         port = args.port
         if not port:
-            from tests.ingress.checks.conftest import start_nsd
+            from tests.servers import start_nsd
             server = start_nsd(home)
             port = server.port
         asyncio.run(bench(args, port, home))

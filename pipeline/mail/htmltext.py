@@ -26,6 +26,7 @@ __all__ = ["HtmlLink", "RenderedHtml", "render_html", "LINK_ATTRIBUTES", "ANCHOR
 
 LINK_ATTRIBUTES = frozenset({"href", "src", "action", "formaction", "background"})
 ANCHOR_TEXT_CHARS = 256
+MAX_ATTRIBUTES = 256  # kept per tag; more are read past, not kept (a tag may run to the end of the input)
 _HIDDEN = frozenset({"script", "style", "title"})  # raw text: dropped up to the matching end tag
 _BLOCK = frozenset({"address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "fieldset",
                     "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr",
@@ -163,7 +164,8 @@ class _Renderer:
                 value = next((v for v in match.group(2, 3, 4) if v is not None), "")
                 if value[:1] in ("'", '"') and match.group(4) is not None:
                     return found, -1  # a quote that never closes: the tag runs to the end
-                found.append((key.lower(), html.unescape(value)))
+                if len(found) < MAX_ATTRIBUTES:
+                    found.append((key.lower(), html.unescape(value)))
             pos = match.end()
             if pos >= len(s):
                 return found, -1

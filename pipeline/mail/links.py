@@ -18,6 +18,7 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
 from pipeline.mail.domains import InvalidName, normalize_domain, registrable_domain
@@ -30,6 +31,8 @@ _TRAILING_PUNCTUATION = ".,;:!?)>'\""
 _SCHEME = re.compile(r"(?i)(https?|ftp):[/\\]*")
 _DROPPED = str.maketrans("", "", "\t\r\n")
 _C0_AND_SPACE = "".join(map(chr, range(0x21)))
+_IPV4_FORM = re.compile(r"[0-9a-fA-FxX.]+")  # what a browser's IPv4 parser may read (0x7f.1, 2130706433)
+_CACHED_URL_CHARS = 2048  # longer URLs are read each time, so the cache stays small
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +63,15 @@ def is_link_url(value: str) -> bool:
 
 def _ip(host: str) -> str:
     """The address text when `host` is an IP address (any IPv4 form a browser accepts), else ""."""
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    last = host.rsplit(".", 1)[-1]
-    if last and (last.isdigit() or last[:2].lower() == "0x"):
+    if ":" in host:
         try:
-            return socket.inet_ntoa(socket.inet_aton(host))  # 0x7f.1, 2130706433, 0177.0.0.1
+            return str(ipaddress.IPv6Address(host))
+        except ValueError:
+            return ""
+    last = host.rsplit(".", 1)[-1]
+    if last and (last.isdigit() or last[:2].lower() == "0x") and _IPV4_FORM.fullmatch(host):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host))  # 1.2.3.4, 0x7f.1, 2130706433, 0177.0.0.1
         except OSError:
             return ""
     return ""
@@ -75,6 +79,15 @@ def _ip(host: str) -> str:
 
 def read_host(url: str) -> tuple[str, bool]:
     """(host, is_ip) of a link URL, as a browser reads it; ("", False) when there is none."""
+    return _read_host_cached(url) if len(url) <= _CACHED_URL_CHARS else _read_host(url)
+
+
+@lru_cache(maxsize=4096)
+def _read_host_cached(url: str) -> tuple[str, bool]:
+    return _read_host(url)
+
+
+def _read_host(url: str) -> tuple[str, bool]:
     text = _clean(url)
     scheme = _SCHEME.match(text)
     if scheme:
