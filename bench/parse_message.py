@@ -11,11 +11,13 @@ Hostile mail: the messages of the unit tests (`tests/pipeline/mail/test_message.
 levels, 10,000 parts, a 5 MB header field, 20,000 header fields, bad base64, unknown and quadratic
 charsets, NULs, HTML that stalls the stdlib parser, ...), each parsed `--repeat` times (the best
 time is printed) with the default caps, and the peak of Python memory allocated while parsing
-(`tracemalloc`, beyond the message bytes themselves).
+(`tracemalloc`, beyond the message bytes themselves). Then the largest messages the ingress takes
+(25 MiB, `ingress.max_message_size`): a base64 attachment, and HTML text.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import random
 import statistics
 import sys
@@ -64,10 +66,22 @@ def ordinary(args: argparse.Namespace) -> None:
 
 def hostile(args: argparse.Namespace) -> None:
     print(f"hostile (best of {args.repeat}):")
-    for name, raw in HOSTILE.items():
+    for name, raw in {**HOSTILE, **largest()}.items():
         parsed = parse_message(raw)
         print(f"  {name:32s} {len(raw):>10,d} bytes {cpu_ms(parse_message, raw, args.repeat):8.1f} ms "
               f"{peak_mib(raw):7.1f} MiB peak  caps hit: {', '.join(parsed.caps_hit) or '-'}")
+
+
+def largest() -> dict[str, bytes]:
+    head = b"From: a@good.test\r\nTo: b@school.test\r\nSubject: big\r\nMIME-Version: 1.0\r\n"
+    attachment = base64.encodebytes(random.Random(1).randbytes(18 * 2**20)).replace(b"\n", b"\r\n")
+    html = b'<p>Text <a href="http://x.test/">link</a> more text</p>\r\n' * (25 * 2**20 // 56)
+    return {
+        "25 MiB: an 18 MiB attachment": head + b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        b"Content-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/pdf\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + attachment + b"--b--\r\n",
+        "25 MiB of HTML": head + b"Content-Type: text/html\r\n\r\n" + html,
+    }
 
 
 def main() -> None:

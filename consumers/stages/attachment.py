@@ -346,7 +346,7 @@ class AttachmentStage:
 
     async def process(self, work: Work) -> Outcome:
         message = work.message
-        parsed = await self.reader.parsed(message.blob)
+        parsed = await self.reader.parsed(message.blob, content=False)  # the parts and the stored bytes
         walk_cap = parsed.hit("max_depth") or parsed.hit("max_parts")
         if walk_cap is not None:
             return self._over_limit(walk_cap)

@@ -107,7 +107,7 @@ class AuthStage:
 
     async def process(self, work: Work) -> Outcome:
         message = work.message
-        parsed = await self.reader.parsed(message.blob)
+        parsed = await self.reader.parsed(message.blob, content=False)  # the From and the stored bytes
         spf, dkim = await asyncio.gather(
             check_host(self.resolver, message.client.ip, message.envelope.mail_from, message.client.helo),
             verify_signatures(self.resolver, parsed.raw, max_signatures=self.settings.max_dkim_signatures,

@@ -17,6 +17,13 @@ Each leaf part is exactly one of:
 - an **attachment**: every other leaf (named parts, ``attachment`` disposition, any non-text type,
   parts of attached messages included), with its size and the SHA-256 of its decoded content.
 
+The content (texts, links, attachments) is the costly half: it decodes every body and renders the
+HTML. `parse_message(raw, caps, content=False)` stops after the header and the parts, for a stage
+that needs no more (auth, attachment); `with_content(parsed, caps)` adds it later to the very same
+header and parts (the reader does so when a stage of the process asks for it), so both are one parse.
+Reading `texts`, `links` or `attachments` of a view without content raises `ContentNotParsed`
+rather than show a stage an empty message.
+
 Caps (`MessageSettings`, the ``[message]`` section): `max_depth` and `max_parts` bound the walk,
 `max_header_bytes` and `max_header_fields` the header section, `max_text_bytes` the decoded text of
 all text parts together (HTML counted as markup), `max_links` the links kept. Past a cap the parse
@@ -25,6 +32,7 @@ are bounded by the caps and the message size (figures in docs/performance.md).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
@@ -35,7 +43,12 @@ from pipeline.mail.links import Link, is_link_url, make_link, urls_in_text
 from pipeline.mail.mime import Part, decode_body, walk_within
 from pipeline.settings import MessageSettings
 
-__all__ = ["ParsedMessage", "TextPart", "Attachment", "CapHit", "parse_message"]
+__all__ = ["ParsedMessage", "MessageContent", "TextPart", "Attachment", "CapHit", "ContentNotParsed",
+           "parse_message", "with_content"]
+
+
+class ContentNotParsed(LookupError):
+    """The view was parsed without its content (`content=False`); ask the reader for it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,18 +80,47 @@ class Attachment:
 
 
 @dataclass(frozen=True, slots=True)
-class ParsedMessage:
-    header: MessageHeader
-    parts: tuple[Part, ...]  # every MIME entity the walk reached, in document order
+class MessageContent:
     texts: tuple[TextPart, ...]
     links: tuple[Link, ...]  # in document order, repeats kept, at most max_links
     attachments: tuple[Attachment, ...]
-    caps: tuple[CapHit, ...]  # the caps the parse stopped at
+    caps: tuple[CapHit, ...]  # max_text_bytes, max_links
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    header: MessageHeader
+    parts: tuple[Part, ...]  # every MIME entity the walk reached, in document order
+    walk_cap: CapHit | None = None  # max_depth or max_parts, when the walk stopped at one
+    content: MessageContent | None = None  # None: parsed with content=False
     raw: bytes = field(repr=False, compare=False, default=b"")  # the stored bytes (for raw and full rules)
 
     @property
     def authors(self) -> Authors:
         return self.header.authors
+
+    def _content(self) -> MessageContent:
+        if self.content is None:
+            raise ContentNotParsed("this view of the message was parsed without its content")
+        return self.content
+
+    @property
+    def texts(self) -> tuple[TextPart, ...]:
+        return self._content().texts
+
+    @property
+    def links(self) -> tuple[Link, ...]:
+        return self._content().links
+
+    @property
+    def attachments(self) -> tuple[Attachment, ...]:
+        return self._content().attachments
+
+    @property
+    def caps(self) -> tuple[CapHit, ...]:
+        """The caps the parse stopped at (those of the content only once it is parsed)."""
+        walk = (self.walk_cap,) if self.walk_cap else ()
+        return (*self.header.caps, *walk, *(self.content.caps if self.content else ()))
 
     @property
     def caps_hit(self) -> tuple[str, ...]:
@@ -154,17 +196,29 @@ class _Builder:
             sha256=hashlib.sha256(data).hexdigest()))
 
 
-def parse_message(raw: bytes, caps: MessageSettings | None = None) -> ParsedMessage:
-    """The parsed view of `raw` within `caps` (see the module docstring); never raises on any input."""
+def with_content(parsed: ParsedMessage, caps: MessageSettings | None = None) -> ParsedMessage:
+    """`parsed` with its content (texts, links, attachments) parsed from its parts; never raises."""
+    if parsed.content is not None:
+        return parsed
+    body = _Builder(parsed.raw, caps or MessageSettings())
+    for part in parsed.parts:
+        if part.is_leaf:
+            (body.text_part if _is_text(part) else body.attachment)(part)
+    content = MessageContent(texts=tuple(body.texts), links=tuple(body.links), attachments=tuple(body.attachments),
+                             caps=tuple(body.hits))
+    return dataclasses.replace(parsed, content=content)
+
+
+def parse_message(raw: bytes, caps: MessageSettings | None = None, *, content: bool = True) -> ParsedMessage:
+    """The parsed view of `raw` within `caps` (see the module docstring); never raises on any input.
+
+    `content=False` parses the header and the parts only (`with_content` adds the rest later).
+    """
     caps = caps or MessageSettings()
     header = parse_header(raw, caps)
     parts, limit = walk_within(raw, max_depth=caps.max_depth, max_parts=caps.max_parts)
-    body = _Builder(raw, caps)
-    for part in parts:
-        if part.is_leaf:
-            (body.text_part if _is_text(part) else body.attachment)(part)
-    walk_caps = []
+    walk_cap = None
     if limit is not None:
-        walk_caps.append(CapHit("max_depth" if limit.reason == "too_deep" else "max_parts", limit.detail))
-    return ParsedMessage(header=header, parts=tuple(parts), texts=tuple(body.texts), links=tuple(body.links),
-                         attachments=tuple(body.attachments), caps=(*header.caps, *walk_caps, *body.hits), raw=raw)
+        walk_cap = CapHit("max_depth" if limit.reason == "too_deep" else "max_parts", limit.detail)
+    parsed = ParsedMessage(header=header, parts=tuple(parts), walk_cap=walk_cap, raw=raw)
+    return with_content(parsed, caps) if content else parsed

@@ -359,18 +359,22 @@ def _base64(data: bytes) -> bytes:
 def decode_body(raw: bytes, part: Part, limit: int | None = None) -> bytes:
     """The part's body with its transfer encoding undone (leniently, as clients do).
 
-    `limit` decodes only about the first `limit` bytes (for sniffing file signatures).
+    `limit` decodes only about the first `limit` bytes (sniffing file signatures, capped text): only
+    the encoded bytes those can come from are copied out of `raw`.
     """
-    body = part.body(raw)
-    if part.transfer_encoding == "base64":
-        if limit is not None:
-            body = body[: (limit * 4 // 3 + 4) * 2]  # line breaks included
+    encoding = part.transfer_encoding
+    end = part.end
+    if limit is not None:
+        encoded = {"base64": (limit * 4 // 3 + 4) * 2, "quoted-printable": limit * 3 + 3}.get(encoding, limit)
+        end = min(end, part.body_start + encoded)  # base64: line breaks included
+    body = raw[part.body_start:end]
+    if encoding == "base64":
         try:
             data = _base64(body)
         except binascii.Error:
             data = b""
-    elif part.transfer_encoding == "quoted-printable":
-        data = binascii.a2b_qp(body[: limit * 3 + 3] if limit is not None else body)
+    elif encoding == "quoted-printable":
+        data = binascii.a2b_qp(body)
     else:
         data = body
     return data if limit is None else data[:limit]

@@ -110,6 +110,20 @@ def test_header_and_body_come_from_the_same_bytes() -> None:
     assert parsed.raw is raw and parsed.parts[0].body_start == parsed.header.body_start
 
 
+def test_without_content_the_view_stops_after_the_header_and_the_parts() -> None:
+    from pipeline.mail.message import ContentNotParsed, with_content
+
+    raw = raw_message(b"see http://x.test/")
+    structure = parse_message(raw, content=False)
+    assert structure.header.subject == "t" and len(structure.parts) == 1 and structure.caps == ()
+    for name in ("texts", "links", "attachments"):
+        with pytest.raises(ContentNotParsed):
+            getattr(structure, name)
+    full = with_content(structure)
+    assert full == parse_message(raw) and full.header is structure.header and full.link_hosts == ("x.test",)
+    assert with_content(full) is full
+
+
 # ---- caps --------------------------------------------------------------------------------------
 
 

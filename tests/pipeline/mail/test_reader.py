@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.blobstore import FileBlobStore
+from pipeline.mail.message import ContentNotParsed
 from pipeline.mail.reader import MessageReader, message_reader
 from pipeline.settings import MessageSettings
 from pipeline.stage import PoisonMessage, TemporaryFailure
@@ -29,6 +30,20 @@ async def test_a_message_is_read_and_parsed_once(blobs: FileBlobStore) -> None:
     assert parsed.raw == MAIL and parsed.link_hosts == ("x.test",)
     assert await reader.parsed(ref) is parsed and await reader.raw(ref) is parsed.raw
     assert (reader.reads, reader.parses) == (1, 1)
+
+
+async def test_the_content_is_added_to_the_same_parse_when_a_stage_asks_for_it(blobs: FileBlobStore) -> None:
+    reader = MessageReader(blobs)
+    ref = blobs.put(MAIL)
+    structure = await reader.parsed(ref, content=False)
+    assert structure.content is None and structure.authors.domain == "good.test"
+    with pytest.raises(ContentNotParsed):
+        structure.links
+    full = await reader.parsed(ref)
+    assert full.header is structure.header and full.parts is structure.parts  # one parse
+    assert full.link_hosts == ("x.test",)
+    assert await reader.parsed(ref, content=False) is full  # what is parsed further serves less too
+    assert (reader.reads, reader.parses) == (1, 2)
 
 
 async def test_concurrent_requests_share_one_read(blobs: FileBlobStore) -> None:
