@@ -99,8 +99,8 @@ class AttachmentSettings:
     release_contact: str = ""  # who releases held parts; "": postmaster@<first local domain>
 
     MOVED_KEYS: ClassVar[dict[str, str]] = {
-        "max_depth": "the caps of the parsed message are [message] max_depth and max_parts",
-        "max_parts": "the caps of the parsed message are [message] max_parts and max_depth",
+        "max_depth": "moved to [message] max_depth (one set of caps for every stage)",
+        "max_parts": "moved to [message] max_parts (one set of caps for every stage)",
     }
 
     def __post_init__(self) -> None:

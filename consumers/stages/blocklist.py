@@ -72,9 +72,9 @@ class BlocklistSettings:
     replay_timeout: float = 30.0  # seconds start() waits for the lists before processing answers tempfail
 
     MOVED_KEYS: ClassVar[dict[str, str]] = {
-        "max_parts": "the caps of the parsed message are [message] max_parts, max_text_bytes, ...",
-        "max_text_bytes": "the caps of the parsed message are [message] max_text_bytes, max_parts, ...",
-        "public_suffix_list": "one Public Suffix List serves every stage: the publicsuffixlist package's",
+        "max_parts": "moved to [message] max_parts (one set of caps for every stage)",
+        "max_text_bytes": "moved to [message] max_text_bytes (one set of caps for every stage)",
+        "public_suffix_list": "gone: one Public Suffix List serves every stage, the publicsuffixlist package's",
     }
 
     def __post_init__(self) -> None:

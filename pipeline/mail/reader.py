@@ -115,6 +115,9 @@ class MessageReader:
         return _Entry(cached.raw, parsed)
 
     def _remember(self, key: _Key, entry: _Entry) -> None:
+        kept = self._cache.get(key)
+        if kept is not None and kept.level > entry.level:
+            entry = kept  # a load that asked for less finished after one that asked for more
         self._cache[key] = entry
         self._cache.move_to_end(key)
         total = sum(e.weight for e in self._cache.values())
