@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import REPO_ROOT, ConfigError, IngressSettings, MessageSettings, Settings, load_settings
+from pipeline.config import load_settings
+from pipeline.settings import REPO_ROOT, ConfigError, IngressSettings, MessageSettings, Settings
 
 
 def _toml(tmp_path: Path, text: str) -> Path:

@@ -12,9 +12,9 @@ import pytest
 
 from consumers.stages.attachment import AttachmentSettings, AttachmentStage, name_problems, zip_problems
 from pipeline.blobstore import FileBlobStore
+from pipeline.config import load_settings
 from pipeline.mail.mime import leaf_at, walk
 from pipeline.mail.render import render
-from pipeline.settings import load_settings
 from pipeline.stage import PoisonMessage, StageContext, Work
 from schemas.events import BlobRef, Client, Envelope, HeaderSummary, Received, Verdict
 from schemas.ids import new_id

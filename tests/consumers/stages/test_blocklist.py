@@ -230,7 +230,7 @@ def test_settings_are_validated() -> None:
 
 @pytest.mark.parametrize("key", ["max_parts", "max_text_bytes", "public_suffix_list"])
 def test_keys_that_moved_to_the_message_section_are_named(key: str) -> None:
-    from pipeline.settings import parse_section
+    from pipeline.config import parse_section
 
     with pytest.raises(ConfigError, match=rf"stages\.blocklist\.{key}: no longer a key here: "):
         parse_section(BlocklistSettings, {key: 1}, "stages.blocklist")
