@@ -34,8 +34,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from pipeline.bus import Topics, ensure_topics, make_producer  # noqa: E402
+from pipeline.config import load_settings  # noqa: E402
 from pipeline.registry import register  # noqa: E402
-from pipeline.settings import Settings, load_settings  # noqa: E402
+from pipeline.settings import Settings  # noqa: E402
 from pipeline.stage import Outcome, StageContext, Work  # noqa: E402
 from schemas.events import BlobRef, Client, Envelope, HeaderSummary, Received, Verdict, encode_event  # noqa: E402
 from schemas.ids import new_id  # noqa: E402

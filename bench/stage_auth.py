@@ -36,7 +36,7 @@ from pipeline.blobstore import FileBlobStore  # noqa: E402
 from pipeline.settings import DnsSettings, Settings  # noqa: E402
 from pipeline.stage import StageContext, Work  # noqa: E402
 from schemas.events import Client, Envelope, Received  # noqa: E402
-from tests.consumers.stages.authfixtures import sign  # noqa: E402
+from tests.consumers.stages.authn.fixtures import sign  # noqa: E402
 
 WORDS = ("Elternabend Klassenfahrt Zeugnis Stundenplan Mensa Sporttag Hausaufgaben Vertretung Termin "
          "Anmeldung Ausflug Bibliothek Schulhof Projektwoche Lehrerkonferenz Bitte Rückmeldung").split()
@@ -136,7 +136,7 @@ def main() -> None:
     try:
         port = args.port
         if not port:
-            from tests.ingress.checks.conftest import start_nsd
+            from tests.servers import start_nsd
             server = start_nsd(home)
             port = server.port
         asyncio.run(bench(args, port, home))

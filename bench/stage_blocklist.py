@@ -141,7 +141,7 @@ def main() -> None:
             host, _, port = args.nameserver.rpartition(":")
             target = (host, int(port))
         else:
-            from tests.ingress.checks.conftest import start_nsd  # the test suite's NSD starter
+            from tests.servers import start_nsd  # the test suite's NSD starter
 
             server = start_nsd(home)
             target = ("127.0.0.1", server.port)

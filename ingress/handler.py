@@ -31,7 +31,7 @@ from ingress.smtp import IngressSMTP
 from ingress.verdicts import OutcomeFollower, Pending, refusal_text
 from pipeline.blobstore import BlobStore
 from pipeline.mail.trace import received_header, summarize_headers
-from pipeline.settings import IngressSettings, SubmissionSettings
+from pipeline.settings import IngressSettings, MessageSettings, SubmissionSettings
 from schemas.events import (
     AcceptedEarly,
     Client,
@@ -90,6 +90,7 @@ class IngressHandler:
         authenticator: Authenticator | None = None,
         submission: SubmissionSettings | None = None,
         verdicts: OutcomeFollower | None = None,
+        message: MessageSettings | None = None,
     ) -> None:
         self.settings = settings
         self.blobs = blobs
@@ -108,6 +109,7 @@ class IngressHandler:
         sub = submission or SubmissionSettings()
         self.failed_auth = AuthFailures(sub.max_auth_failures, sub.auth_failure_window)
         self.verdicts = verdicts
+        self.message_caps = message or MessageSettings()  # how the DATA bytes are parsed ([message])
         self._persisting = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -136,6 +138,7 @@ class IngressHandler:
             tls=server.transport is not None and server.transport.get_extra_info("ssl_object") is not None,
             allowlisted=ip in self.allowlist,
             trusted=ip in self.relay_networks,
+            message_caps=self.message_caps,
         )
         server.context = ctx
         self.events.notify(SmtpConnect(session_id=ctx.session_id, client_ip=ip, client_port=port))
@@ -303,7 +306,7 @@ class IngressHandler:
                     client=Client(ip=ip, port=port, helo=ctx.helo, reverse_name=ctx.reverse_name,
                                   authenticated_as=ctx.authenticated_as, tls=ctx.tls or session.ssl is not None),
                     blob=ref,
-                    headers=summarize_headers(envelope.original_content),
+                    headers=summarize_headers(ctx.message_header(envelope.original_content)),
                     session_id=ctx.session_id,
                     listener="submission" if self.listener == "submission" else "smtp",
                     ingress_host=self.hostname,

@@ -192,7 +192,7 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
     chains = [CheckChain.build(s.checks, settings.checks, services, s.check_timeout)]
     verdicts = OutcomeFollower(settings.kafka, sink.topics.outcomes) if s.verdict_wait > 0 else None
     handlers = [IngressHandler(s, blobs, sink, chains[0], listener="mx", local_domains=services.local_domains,
-                               limits=limits, verdicts=verdicts)]
+                               limits=limits, verdicts=verdicts, message=settings.message)]
     loop = asyncio.get_running_loop()
     listeners = [(handlers[0], make_protocol(handlers[0], s), s.host, s.port, None)]
     sub = settings.submission
@@ -201,7 +201,8 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
         chains.append(CheckChain.build(sub.checks, settings.checks, services, s.check_timeout))
         handler = IngressHandler(s, blobs, sink, chains[1], listener="submission",
                                  local_domains=services.local_domains, limits=limits,
-                                 authenticator=services.directory, submission=sub, verdicts=verdicts)
+                                 authenticator=services.directory, submission=sub, verdicts=verdicts,
+                                 message=settings.message)
         handlers.append(handler)
         if sub.port:
             listeners.append((handler, make_protocol(handler, s, tls_context=tls), sub.host, sub.port, None))

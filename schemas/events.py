@@ -24,9 +24,8 @@ shape. The changes so far:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 
@@ -46,6 +45,7 @@ from schemas.parts import (
     iso_from_epoch,
     now_iso,
 )
+from schemas.upgrades import UPGRADES
 
 __all__ = [
     "Verdict",
@@ -388,30 +388,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SmtpReject,
         SmtpCheck,
     )
-}
-
-
-# ---- upgrades: (type, version) -> the same event one version up, as decoded JSON ------------------
-
-
-def _stage_result_v1(data: dict[str, Any]) -> dict[str, Any]:
-    """v1 passed every envelope recipient on; edits applied to all of them."""
-    envelope = data.get("message", {}).get("envelope", {}) if isinstance(data.get("message"), dict) else {}
-    return {**data, "recipients": envelope.get("rcpt_to", []) if isinstance(envelope, dict) else []}
-
-
-def _deadlettered_v1(data: dict[str, Any]) -> dict[str, Any]:
-    """v1 kept at most 4,096 bytes of the record as text (undecodable bytes replaced): a shorter
-    payload without replacement characters is the whole record."""
-    payload = data.get("payload", "")
-    complete = isinstance(payload, str) and len(payload.encode("utf-8")) < 4096 and "\ufffd" not in payload
-    return {**data, "payload_complete": complete}
-
-
-UPGRADES: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
-    ("stage_result", 1): _stage_result_v1,
-    ("outcome", 1): dict,  # v2 only adds a disposition
-    ("deadlettered", 1): _deadlettered_v1,
 }
 
 

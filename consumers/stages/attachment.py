@@ -1,8 +1,9 @@
 """attachment: hold back dangerous attachments, deliver the rest with a notice in their place.
 
-The stage walks the MIME tree of the stored message (`pipeline.mail.mime`: nested multiparts and
-``message/rfc822``, RFC 2047/2231 names, both ``filename`` and ``name``) and checks every named
-part, and every part that is a zip archive (by name, type or signature):
+The stage looks at the MIME parts of the parsed message every stage shares (`pipeline.mail.message`,
+read once per process by `pipeline.mail.reader`; its walk, `pipeline.mail.mime`, follows nested
+multiparts and ``message/rfc822``, decodes RFC 2047/2231 names, both ``filename`` and ``name``) and
+checks every named part, and every part that is a zip archive (by name, type or signature):
 
 - a blocked extension (the last one, after the trailing dots and spaces Windows drops);
 - a run of `space_run` or more spaces hiding the real extension (``Rechnung.pdf      .exe``);
@@ -17,9 +18,10 @@ blob, `poststelle quarantine get` extracts it), a `replace_part` edit puts a sho
 it and saying how to get it released in its place in the delivered copy, and every recipient gets a
 notice mail, injected into the pipeline the way DSNs are. The message itself goes on.
 
-A message nested deeper than `max_depth` or with more than `max_parts` parts is quarantined whole
-(or dead-lettered, `on_limit = "deadletter"`) with the reason; the walk stops at the cap, so time and
-memory stay bounded. A missing blob is a poison message; blob store I/O errors are temporary.
+A message nested deeper than ``[message] max_depth`` or with more than ``[message] max_parts`` parts
+is quarantined whole (or dead-lettered, `on_limit = "deadletter"`) with the reason: a part past the
+cap was not looked at, so it must not be delivered. The walk stops at the cap, so time and memory
+stay bounded. A missing blob is a poison message; blob store I/O errors are temporary.
 """
 from __future__ import annotations
 
@@ -32,10 +34,13 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from pipeline.blobstore import BlobNotFound
+from pipeline.mail.headers import CapHit
 from pipeline.mail.inject import inject_message
-from pipeline.mail.mime import MimeLimitExceeded, Part, decode_body, walk
+from pipeline.mail.message import ParsedMessage
+from pipeline.mail.mime import Part, decode_body
+from pipeline.mail.reader import message_reader
 from pipeline.mail.render import notice_part
 from pipeline.mail.zipdir import ZIP_MAGIC, BrokenZip, ZipEntry, list_zip
 from pipeline.registry import register
@@ -89,19 +94,18 @@ class AttachmentSettings:
     zip_max_entries: int = 1000
     zip_max_ratio: float = 100.0  # declared size / compressed size of one entry
     zip_ratio_min_size: int = 1_048_576  # entries declaring less are not ratio-checked
-    max_depth: int = 20  # MIME nesting (multipart and message/rfc822 levels)
-    max_parts: int = 1000
-    on_limit: str = "quarantine"  # past max_depth/max_parts: "quarantine" or "deadletter"
+    on_limit: str = "quarantine"  # past [message] max_depth/max_parts: "quarantine" or "deadletter"
     notify: bool = True  # send each recipient a notice mail
     release_contact: str = ""  # who releases held parts; "": postmaster@<first local domain>
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "max_depth": "moved to [message] max_depth (one set of caps for every stage)",
+        "max_parts": "moved to [message] max_parts (one set of caps for every stage)",
+    }
 
     def __post_init__(self) -> None:
         if self.on_limit not in ("quarantine", "deadletter"):
             raise ConfigError(f"stages.attachment.on_limit: expected quarantine or deadletter, got {self.on_limit!r}")
-        if not 1 <= self.max_depth <= 64:
-            raise ConfigError(f"stages.attachment.max_depth: expected 1..64, got {self.max_depth}")
-        if not 1 <= self.max_parts <= 100_000:
-            raise ConfigError(f"stages.attachment.max_parts: expected 1..100000, got {self.max_parts}")
         if self.space_run < 0 or self.zip_max_entries < 0 or self.zip_max_ratio <= 0:
             raise ConfigError("stages.attachment: space_run, zip_max_entries >= 0 and zip_max_ratio > 0")
 
@@ -239,11 +243,12 @@ class Inspection:
     findings: list[Finding] = field(default_factory=list)
 
 
-def inspect_message(raw: bytes, s: AttachmentSettings) -> Inspection:
-    """Every part of `raw` to hold; raises `MimeLimitExceeded` past the caps."""
-    parts = walk(raw, max_depth=s.max_depth, max_parts=s.max_parts)
-    result = Inspection(parts=len(parts))
-    for part in parts:
+def inspect_message(message: ParsedMessage, s: AttachmentSettings) -> Inspection:
+    """Every part of the message to hold (of the parts the walk reached: the stage quarantines a
+    message whose walk stopped at a cap before it gets here)."""
+    raw = message.raw
+    result = Inspection(parts=len(message.parts))
+    for part in message.parts:
         if not part.is_leaf:
             continue
         result.named += bool(part.names)
@@ -326,7 +331,8 @@ class AttachmentStage:
 
     def __init__(self, settings: AttachmentSettings, context: StageContext) -> None:
         self.settings = settings
-        self.blobs = context.blobs
+        self.blobs = context.blobs  # for the notices it stores
+        self.reader = message_reader(context.blobs, context.settings.message)
         ingress = context.settings.ingress
         self.hostname = ingress.hostname
         domain = (ingress.local_domains or [ingress.hostname])[0]
@@ -338,21 +344,13 @@ class AttachmentStage:
     async def close(self) -> None:
         pass
 
-    def _inspect(self, message: Received) -> Inspection:
-        try:
-            raw = self.blobs.get(message.blob)
-        except BlobNotFound:
-            raise PoisonMessage("blob_missing", f"blob {message.blob.sha256} not in the store") from None
-        except OSError as exc:
-            raise TemporaryFailure(f"blob store: {exc}") from exc
-        return inspect_message(raw, self.settings)
-
     async def process(self, work: Work) -> Outcome:
         message = work.message
-        try:
-            inspection = await asyncio.to_thread(self._inspect, message)
-        except MimeLimitExceeded as exc:
-            return self._over_limit(exc)
+        parsed = await self.reader.parsed(message.blob, content=False)  # the parts and the stored bytes
+        walk_cap = parsed.hit("max_depth") or parsed.hit("max_parts")
+        if walk_cap is not None:
+            return self._over_limit(walk_cap)
+        inspection = await asyncio.to_thread(inspect_message, parsed, self.settings)  # zip listings: CPU
         details = AttachmentDetails(parts=inspection.parts, named=inspection.named, archives=inspection.archives,
                                     held=[HeldPartDetails(part=f.part.path, filename=printable(f.filename),
                                                           content_type=f.part.content_type, reasons=f.reasons)
@@ -366,12 +364,13 @@ class AttachmentStage:
         return Outcome(verdict=Verdict.FAIL, details=dataclasses.asdict(details), edits=edits, held=held,
                        inject=notices)
 
-    def _over_limit(self, exc: MimeLimitExceeded) -> Outcome:
-        reason = f"mime_{exc.reason}"
+    def _over_limit(self, cap: CapHit) -> Outcome:
+        limit = "too_deep" if cap.key == "max_depth" else "too_many_parts"
+        reason = f"mime_{limit}"
         if self.settings.on_limit == "deadletter":
-            raise PoisonMessage(reason, exc.detail)
-        details = AttachmentDetails(limit=exc.reason)
-        return Outcome(verdict=Verdict.FAIL, details=dataclasses.asdict(details), quarantine=f"{reason}: {exc.detail}")
+            raise PoisonMessage(reason, cap.detail)
+        details = AttachmentDetails(limit=limit)
+        return Outcome(verdict=Verdict.FAIL, details=dataclasses.asdict(details), quarantine=f"{reason}: {cap.detail}")
 
     def _held(self, message: Received, finding: Finding, recipients: list[str]) -> Held:
         return Held(id=derived_id(message.message_id, f"held:{finding.part.path}"), message_id=message.message_id,

@@ -10,6 +10,11 @@ Policy: DMARC `fail` with disposition reject → the message is rejected (or qua
 for the spam stage, and the message goes on. Mail from an authenticated session or a trusted
 network gets the header but no enforcement. DNS temporary failures are `temperror` results: they
 are recorded, never enforced, and the message goes on (checks/modules in consumers/stages/authn/).
+
+The From domain DMARC evaluates is the author domain of the parsed message every stage shares
+(`pipeline.mail.headers`: exactly one From field, readable, all its addresses in one domain; else
+DMARC is `permerror` with the reason); DKIM verifies the stored bytes as they are. Both come from the
+process's one `pipeline.mail.reader`, which reads the blob once and off the event loop.
 """
 from __future__ import annotations
 
@@ -19,14 +24,15 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from consumers.stages.authn.dkim import DkimOutcome, verify_signatures
-from consumers.stages.authn.dmarc import DmarcOutcome, evaluate, header_from_domain, sample_of
+from consumers.stages.authn.dmarc import DmarcOutcome, evaluate, sample_of
 from consumers.stages.authn.header import HEADER_NAME, authentication_results
 from consumers.stages.authn.spf import SpfOutcome, check_host
-from pipeline.blobstore import BlobNotFound
 from pipeline.clients.dns import Resolver, normalize_ip
+from pipeline.mail.headers import Authors
+from pipeline.mail.reader import message_reader
 from pipeline.registry import register
 from pipeline.settings import ConfigError
-from pipeline.stage import Outcome, PoisonMessage, StageContext, Work
+from pipeline.stage import Outcome, StageContext, Work
 from schemas.events import Edit, Verdict
 from schemas.stages.auth import AuthDetails, DkimDetails, DmarcDetails, SpfDetails
 
@@ -71,7 +77,7 @@ class AuthStage:
 
     def __init__(self, settings: AuthSettings, context: StageContext) -> None:
         self.settings = settings
-        self.blobs = context.blobs
+        self.reader = message_reader(context.blobs, context.settings.message)
         self.authserv_id = settings.authserv_id or context.settings.ingress.hostname or "localhost"
         self.trusted = _networks([*settings.trusted_networks, *context.settings.ingress.relay_networks])
         self.resolver = Resolver.from_settings(context.settings.dns)
@@ -94,26 +100,19 @@ class AuthStage:
             return f"trusted network ({address})"
         return ""
 
-    def _raw(self, work: Work) -> bytes:
-        try:
-            return self.blobs.get(work.message.blob)
-        except BlobNotFound as exc:
-            raise PoisonMessage("blob_missing", f"message blob {work.message.blob.sha256} not found: {exc}") from None
-
-    async def _dmarc(self, raw: bytes, work: Work, spf: SpfOutcome, dkim: list[DkimOutcome]) -> DmarcOutcome:
-        from_domain, why_not = header_from_domain(raw)
-        if not from_domain:
-            return DmarcOutcome("permerror", reason=why_not)
-        return await evaluate(self.resolver, from_domain, spf, dkim, sample_of(work.message.message_id))
+    async def _dmarc(self, authors: Authors, work: Work, spf: SpfOutcome, dkim: list[DkimOutcome]) -> DmarcOutcome:
+        if not authors.domain:
+            return DmarcOutcome("permerror", reason=authors.no_domain_because)
+        return await evaluate(self.resolver, authors.domain, spf, dkim, sample_of(work.message.message_id))
 
     async def process(self, work: Work) -> Outcome:
         message = work.message
-        raw = self._raw(work)
+        parsed = await self.reader.parsed(message.blob, content=False)  # the From and the stored bytes
         spf, dkim = await asyncio.gather(
             check_host(self.resolver, message.client.ip, message.envelope.mail_from, message.client.helo),
-            verify_signatures(self.resolver, raw, max_signatures=self.settings.max_dkim_signatures,
+            verify_signatures(self.resolver, parsed.raw, max_signatures=self.settings.max_dkim_signatures,
                               allow_partial_body=self.settings.dkim_partial_body))
-        dmarc = await self._dmarc(raw, work, spf, dkim)
+        dmarc = await self._dmarc(parsed.authors, work, spf, dkim)
         header = authentication_results(self.authserv_id, spf, dkim, dmarc, message.client.authenticated_as)
         return self._decide(work, spf, dkim, dmarc, header)
 

@@ -1,6 +1,9 @@
 """blocklist: the site's own block and allow lists, URIBL/RHSBL lookups, and a DNSBL re-check.
 
-For each message, in this order:
+Everything it looks at in the message comes from the parsed view every stage shares
+(`pipeline.mail.message`, read once per process by `pipeline.mail.reader`): the link hosts, the
+From domains (every From mailbox, readable or not) and the attachment digests. For each message, in
+this order:
 
 1. **The site's block list** (`poststelle list`, `pipeline.state.sitelists`): the client IP (cidr
    entries), the envelope sender (address, or its domain), the header From domains, the link hosts
@@ -9,7 +12,9 @@ For each message, in this order:
    ``site block list: <what> <entry> (<matched>): <comment>`` — a terminal `rejected` event.
 2. **The site's allow list**: the client IP (cidr) or the envelope sender (address or domain). A hit
    skips the DNS lookups below; the verdict is `pass` with `allowlisted` in the details.
-3. **DNS lists**, all at once: the registrable domains of the links (at most `max_domains`) in the
+3. **DNS lists**, all at once: the registrable domains of the links (of the first `max_domains`
+   distinct link hosts: each costs a query per zone, so this stage bounds them further than the
+   view's `[message] max_links`) in the
    `uribl` zones, the header From domains in the `rhsbl` zones, and — only when the ingress let the
    message through after a DNS timeout (`received.skipped_checks` holds "dnsbl") — the client IP in
    the `dnsbl` zones (by default the ingress's `[[checks.dnsbl.sites]]`). Sites, return codes and
@@ -23,7 +28,8 @@ A lookup that fails temporarily (timeout, SERVFAIL), unless the score already re
 passed unchecked); `on_error = "skip"` records the lookups in `skipped` with the verdict `skip`.
 
 Until the site's lists are replayed from Kafka the stage answers `TemporaryFailure` (a block list
-that is not loaded yet must not let mail through). A blob that is gone is a poison message.
+that is not loaded yet must not let mail through). A blob that is gone is a poison message. The caps
+the parse stopped at, and ``max_domains`` when hit, are listed in the details' `truncated`.
 """
 from __future__ import annotations
 
@@ -32,15 +38,17 @@ import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from consumers.stages.blocklist_content import DEFAULT_PSL_PATH, MessageFacts, extract_facts, load_public_suffix_list
-from pipeline.blobstore import BlobNotFound
 from pipeline.clients.dns import Answer, Resolver, normalize_ip
 from pipeline.clients.dnslists import ListSite, Lookup, evaluate, validate_list_settings
+from pipeline.mail.domains import InvalidName, normalize_address
+from pipeline.mail.message import ParsedMessage
+from pipeline.mail.reader import message_reader
 from pipeline.registry import register
 from pipeline.settings import ConfigError
-from pipeline.stage import Outcome, PoisonMessage, StageContext, TemporaryFailure, Work
-from pipeline.state.sitelists import ALLOW, BLOCK, EntryError, Match, SiteLists, kafka_transport, normalize_address
+from pipeline.stage import Outcome, StageContext, TemporaryFailure, Work
+from pipeline.state.sitelists import ALLOW, BLOCK, Match, SiteLists, kafka_transport
 from schemas.events import Received, Verdict
 from schemas.stages.blocklist import BlocklistDetails, Listing, SiteListHit
 
@@ -59,20 +67,43 @@ class BlocklistSettings:
     recheck_dnsbl: bool = True  # re-check the client IP when the ingress skipped its DNSBL check
     threshold: int = 1  # score at which the verdict is fail
     on_error: str = "tempfail"  # or "skip"
-    max_domains: int = 50  # distinct link hosts looked at per message
-    max_parts: int = 1000  # MIME parts walked per message
-    max_text_bytes: int = 2_000_000  # decoded text searched for links per message
-    public_suffix_list: str = DEFAULT_PSL_PATH
+    max_domains: int = 50  # distinct link hosts looked at per message (each costs DNS queries)
     site_lists: bool = True  # use the site's own lists (poststelle list); false: DNS lists only
     replay_timeout: float = 30.0  # seconds start() waits for the lists before processing answers tempfail
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "max_parts": "moved to [message] max_parts (one set of caps for every stage)",
+        "max_text_bytes": "moved to [message] max_text_bytes (one set of caps for every stage)",
+        "public_suffix_list": "gone: one Public Suffix List serves every stage, the publicsuffixlist package's",
+    }
 
     def __post_init__(self) -> None:
         for key in ("uribl", "rhsbl", "dnsbl"):
             validate_list_settings(SECTION, getattr(self, key), self.threshold, self.on_error,
                                    root="stages", sites_key=key)
-        for key in ("max_domains", "max_parts", "max_text_bytes"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"stages.{SECTION}.{key}: expected at least 1, got {getattr(self, key)}")
+        if self.max_domains < 1:
+            raise ConfigError(f"stages.{SECTION}.max_domains: expected at least 1, got {self.max_domains}")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFacts:
+    """What the stage looks up, from the parsed message."""
+
+    url_hosts: list[str]  # distinct named link hosts, in order, at most max_domains
+    url_domains: list[str]  # their registrable domains (the host itself when it has none), distinct
+    from_domains: list[str]  # of every From mailbox
+    attachment_sha256: list[str]
+    truncated: list[str]  # the caps hit: [message] keys, and max_domains
+
+
+def message_facts(parsed: ParsedMessage, max_domains: int) -> MessageFacts:
+    hosts = list(parsed.link_hosts)
+    truncated = list(parsed.caps_hit) + (["max_domains"] if len(hosts) > max_domains else [])
+    hosts = hosts[:max_domains]
+    domain_of = {link.host: link.domain for link in parsed.links}
+    return MessageFacts(url_hosts=hosts, url_domains=list(dict.fromkeys(domain_of[h] or h for h in hosts)),
+                        from_domains=list(parsed.authors.domains),
+                        attachment_sha256=[a.sha256 for a in parsed.attachments], truncated=truncated)
 
 
 @dataclass(slots=True)
@@ -103,7 +134,7 @@ def _reject_reason(hit: SiteListHit) -> str:
 def _sender(message: Received) -> str:
     try:
         return normalize_address(message.envelope.mail_from) if message.envelope.mail_from else ""
-    except EntryError:
+    except InvalidName:
         return ""
 
 
@@ -116,7 +147,7 @@ class BlocklistStage:
     def __init__(self, settings: BlocklistSettings, context: StageContext, *, resolver: Resolver | None = None,
                  lists: SiteLists | None = None) -> None:
         self.settings = settings
-        self.blobs = context.blobs
+        self.reader = message_reader(context.blobs, context.settings.message)
         self.resolver = resolver or Resolver.from_settings(context.settings.dns)
         if lists is None:
             transport = kafka_transport(context.settings, client_id="sitelists-blocklist") if settings.site_lists else None
@@ -124,7 +155,6 @@ class BlocklistStage:
         self.lists = lists
         ingress_dnsbl = context.settings.checks.get("dnsbl")
         self.dnsbl_sites: list[ListSite] = list(settings.dnsbl or getattr(ingress_dnsbl, "sites", []))
-        self.psl = load_public_suffix_list(settings.public_suffix_list)
 
     async def start(self) -> None:
         if not await self.lists.start(self.settings.replay_timeout):
@@ -140,7 +170,7 @@ class BlocklistStage:
         if not self.lists.ready:
             raise TemporaryFailure("the site's block and allow lists are not replayed from Kafka yet")
         message = work.message
-        facts = self._facts(message)
+        facts = message_facts(await self.reader.parsed(message.blob), self.settings.max_domains)
         sender = _sender(message)
         details = BlocklistDetails(threshold=self.settings.threshold, url_domains=facts.url_domains,
                                    from_domains=facts.from_domains, attachments=len(facts.attachment_sha256),
@@ -156,20 +186,6 @@ class BlocklistStage:
         found = await self.lookups(facts, recheck_ip)
         details = dataclasses.replace(details, score=found.score, listed=found.listed, dnsbl_rechecked=recheck_ip)
         return self._verdict(found, details)
-
-    def _facts(self, message: Received) -> MessageFacts:
-        try:
-            raw = self.blobs.get(message.blob)
-        except BlobNotFound as exc:
-            raise PoisonMessage("blob_missing", f"blob {exc} is not in the store") from None
-        except OSError as exc:  # the disk or the mount, not the message
-            raise TemporaryFailure(f"reading blob {message.blob.sha256}: {exc}") from exc
-        s = self.settings
-        try:
-            return extract_facts(raw, max_domains=s.max_domains, max_parts=s.max_parts,
-                                 max_text_bytes=s.max_text_bytes, psl=self.psl)
-        except RecursionError:
-            raise PoisonMessage("too_deep", "MIME structure nested too deeply to read") from None
 
     def site_block(self, client_ip: str, sender: str, facts: MessageFacts) -> SiteListHit | None:
         """The first entry of the site's block list the message hits (see the module docstring)."""

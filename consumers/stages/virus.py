@@ -19,7 +19,9 @@ The stage streams the stored message (headers and body as accepted) to clamd ove
   error naming clamd's address; ``poststelle_scanner_up{stage="virus"}`` in
   ``<home>/metrics/stage-virus.prom`` is 0 until a scan succeeds again.
 
-A message whose blob is gone is dead-lettered (``PoisonMessage("blob_missing")``).
+The stored bytes come from the process's one `pipeline.mail.reader` (read in a worker thread, never
+on the event loop). A message whose blob is gone is dead-lettered (``PoisonMessage("blob_missing")``);
+a blob store I/O error is a `TemporaryFailure`.
 """
 from __future__ import annotations
 
@@ -27,12 +29,12 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from pipeline.blobstore import BlobNotFound
 from pipeline.clients.clamav import ClamdAddress, ClamdClient, ClamdTransport, ScannerError, ScanResult, ScanStatus
+from pipeline.mail.reader import message_reader
 from pipeline.metrics import Metrics, metrics_file
 from pipeline.registry import register
 from pipeline.settings import ConfigError
-from pipeline.stage import Outcome, PoisonMessage, StageContext, TemporaryFailure, Work
+from pipeline.stage import Outcome, StageContext, TemporaryFailure, Work
 from schemas.events import Verdict
 from schemas.stages.virus import VirusDetails
 
@@ -81,7 +83,7 @@ class VirusStage:
 
     def __init__(self, settings: VirusSettings, context: StageContext) -> None:
         self.settings = settings
-        self.blobs = context.blobs
+        self.reader = message_reader(context.blobs, context.settings.message)
         address = ClamdAddress.parse(settings.address, base=context.settings.home)
         self.client = ClamdClient(ClamdTransport(address, settings.connect_timeout),
                                   scan_timeout=settings.scan_timeout, chunk_size=settings.chunk_size,
@@ -110,7 +112,7 @@ class VirusStage:
         self.metrics.flush(force=True)
 
     async def process(self, work: Work) -> Outcome:
-        data = self._message_bytes(work)
+        data = await self.reader.raw(work.message.blob)
         try:
             result = await self.client.scan(data)
         except ScannerError as exc:
@@ -124,14 +126,6 @@ class VirusStage:
         return self._outcome(result, len(data))
 
     # -- helpers ------------------------------------------------------------------------------
-
-    def _message_bytes(self, work: Work) -> bytes:
-        try:
-            return self.blobs.get(work.message.blob)
-        except BlobNotFound as exc:
-            raise PoisonMessage("blob_missing", f"message blob not found: {exc}") from None
-        except OSError as exc:
-            raise TemporaryFailure(f"cannot read the message blob: {exc}") from None
 
     def _outcome(self, result: ScanResult, size: int) -> Outcome:
         details = dataclasses.asdict(VirusDetails(result=result.status.value, signature=result.signature,

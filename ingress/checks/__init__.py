@@ -22,7 +22,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from pipeline.mail.headers import MessageHeader, parse_header
 from pipeline.registry import CHECKS
+from pipeline.settings import MessageSettings
 
 __all__ = [
     "PHASES",
@@ -99,6 +101,18 @@ class CheckContext:
     # checks that let the client through without an answer (on_error = "skip" after a DNS timeout),
     # with the phase they ran in; copied into the `received` event so a stage can look again
     skipped: dict[str, str] = field(default_factory=dict)
+    message_caps: MessageSettings = field(default_factory=MessageSettings)  # [message], for message_header
+    _header: tuple[bytes, MessageHeader] | None = field(default=None, init=False, repr=False)
+
+    def message_header(self, raw: bytes) -> MessageHeader:
+        """The header section of the DATA bytes, parsed once per transaction (`pipeline.mail.headers`)
+        and shared by every check and the `received` event's header summary, so they cannot
+        disagree about the From. Only the header: a full parse of a large body would hold up every
+        other session on this event loop; the stages parse the stored message (the same header
+        code) off the loop."""
+        if self._header is None or self._header[0] is not raw:
+            self._header = (raw, parse_header(raw, self.message_caps))
+        return self._header[1]
 
     @property
     def authenticated(self) -> bool:
@@ -119,6 +133,7 @@ class CheckContext:
         """RSET, or a new MAIL FROM: the envelope starts over, the session facts stay."""
         self.sender = None
         self.recipients = []
+        self._header = None
         self.skipped = {check: phase for check, phase in self.skipped.items() if phase in ("connect", "helo")}
 
     def skipped_checks(self) -> list[str]:

@@ -10,14 +10,15 @@ The addresses a user owns are the account's primary `mail` and its aliases, whic
   address rejected: not owned by user <login>`` (reason ``sender_not_owned``). The null sender
   ``<>`` is refused the same way: a user's client has no business sending bounces, and a message
   without a return path could not be bounced back to the user.
-- `data`, authenticated (with `check_header_from`): every address in every ``From:`` header
-  (RFC 5322, parsed by the email package: encoded words, several mailboxes, groups) must be owned,
-  else the same ``553 5.7.1`` reply (reason ``sender_not_owned``). A message whose From is missing,
-  empty or not cleanly parseable (the parser reports a defect: comments or garbage where the
-  address should be, a broken continuation line, an encoded word hiding an address) gets
-  ``553 5.7.1 Sender address rejected: no readable From address in the message`` (reason
-  ``header_from_invalid``): what a reader's client would show as the author is not certain.
-  Undecodable 8-bit bytes in a display name are tolerated.
+- `data`, authenticated (with `check_header_from`): every address in every ``From:`` header must be
+  owned, else the same ``553 5.7.1`` reply (reason ``sender_not_owned``). The From is read by the
+  one From policy of the parsed message (`pipeline.mail.headers.Authors`, the same parse DMARC uses,
+  done once per transaction by `CheckContext.message_header`): RFC 5322 with encoded words, several
+  mailboxes, groups, obsolete syntax. A message whose From is not *readable* there (missing, empty,
+  not cleanly parseable: comments or garbage where the address should be, two addresses without a
+  comma, an encoded word hiding an address) gets ``553 5.7.1 Sender address rejected: no readable
+  From address in the message`` (reason ``header_from_invalid``, the problems in the detail): what
+  a reader's client would show as the author is not certain.
 
 Settings (``[checks.sender_login]``):
 
@@ -26,17 +27,13 @@ Settings (``[checks.sender_login]``):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email import errors, policy
-from email.parser import BytesParser
 
 from ingress.checks import PASS, Check, CheckContext, Decision, refuse, register_check
 
-__all__ = ["SenderLoginCheck", "SenderLoginSettings", "AUTH_REQUIRED", "FROM_UNREADABLE", "header_from_addresses"]
+__all__ = ["SenderLoginCheck", "SenderLoginSettings", "AUTH_REQUIRED", "FROM_UNREADABLE"]
 
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 FROM_UNREADABLE = "553 5.7.1 Sender address rejected: no readable From address in the message"
-# defects that do not make an address uncertain (raw UTF-8 in a display name)
-_HARMLESS_DEFECTS = (errors.UndecodableBytesDefect,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,28 +61,14 @@ class SenderLoginCheck(Check):
     async def data(self, ctx: CheckContext, raw: bytes) -> Decision:
         if not ctx.authenticated or not self.settings.check_header_from:
             return PASS
-        addresses = header_from_addresses(raw)
-        if not addresses:
-            return refuse(FROM_UNREADABLE, "header_from_invalid", "From header missing, empty or malformed")
-        foreign = [a for a in addresses if a.lower() not in _owned(ctx)]
+        authors = ctx.message_header(raw).authors
+        if not authors.readable:
+            return refuse(FROM_UNREADABLE, "header_from_invalid", "; ".join(authors.problems))
+        foreign = [a for a in authors.addresses if a.lower() not in _owned(ctx)]
         if foreign:
             return refuse(_not_owned(ctx), "sender_not_owned",
                           f"From: {', '.join(foreign)} for {ctx.authenticated_as}")
         return PASS
-
-
-def header_from_addresses(raw: bytes) -> list[str]:
-    """The addr-specs of all From headers; [] when there is none or any of them is malformed."""
-    message = BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
-    found: list[str] = []
-    for header in message.get_all("From") or []:
-        if any(not isinstance(d, _HARMLESS_DEFECTS) for d in header.defects):
-            return []
-        for address in header.addresses:
-            if not address.username or not address.domain:
-                return []
-            found.append(address.addr_spec)
-    return found
 
 
 def _owned(ctx: CheckContext) -> frozenset[str]:

@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.config import load_settings, raw_config
 from pipeline.localstack import ServiceSpec
-from pipeline.settings import ConfigError, Settings, load_settings, raw_config
+from pipeline.settings import ConfigError, Settings
 from pipeline.supervisor import component_argv
 
 __all__ = ["Component", "components", "component", "known_components", "pipeline_specs", "load_builtins",

@@ -22,7 +22,7 @@ import orjson
 from pipeline.blobstore import BlobNotFound, FileBlobStore
 from pipeline.bus import Topics, make_producer, read_topic
 from pipeline.cli.common import settings_of
-from pipeline.cli.table import format_table
+from pipeline.cli.table import print_rows
 from pipeline.deadletter import original_value
 from pipeline.settings import Settings
 from schemas.events import Deadlettered, DeadletterReplayed, DecodeError, decode_event, encode_event
@@ -131,10 +131,7 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
     if args.action == "list":
         shown = letters if args.all else [d for d in letters if not d.replays]
         columns, rows = _rows(shown)
-        if args.json:
-            print(orjson.dumps({"columns": columns, "rows": rows}).decode())
-        else:
-            print(format_table(columns, rows) if rows else "no dead letters")
+        print_rows(columns, rows, args.json, "no dead letters")
         return 0
     try:
         letter = find(letters, args.id)

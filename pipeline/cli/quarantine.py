@@ -5,11 +5,9 @@ import argparse
 import asyncio
 import sys
 
-import orjson
-
 from pipeline.blobstore import BlobNotFound, FileBlobStore
 from pipeline.cli.common import settings_of
-from pipeline.cli.table import format_table
+from pipeline.cli.table import print_rows
 from pipeline.state.quarantine import QuarantineError, extract, find_entry, quarantine_rows, read_quarantine
 
 __all__ = ["add_parsers"]
@@ -31,10 +29,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     entries = asyncio.run(read_quarantine(settings))
     if args.action == "list":
         columns, rows = quarantine_rows(entries)
-        if args.json:
-            print(orjson.dumps({"columns": columns, "rows": rows}).decode())
-        else:
-            print(format_table(columns, rows) if rows else "quarantine is empty")
+        print_rows(columns, rows, args.json, "quarantine is empty")
         return 0
     if not args.message_id or not args.output:
         print("poststelle quarantine get: MESSAGE_ID [PART] -o FILE", file=sys.stderr)

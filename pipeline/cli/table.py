@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["format_table"]
+__all__ = ["format_table", "print_rows"]
 
 
 def _cell(value: Any) -> str:
@@ -49,3 +49,11 @@ def format_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], max_widt
     out.extend(line(row) for row in cells)
     out.append(f"({len(data)} row{'' if len(data) == 1 else 's'})")
     return "\n".join(out)
+
+
+def print_rows(columns: Sequence[str], rows: list[list[Any]], as_json: bool, empty: str) -> None:
+    """A command's rows: `{columns, rows}` as JSON for scripts, else a table (or `empty` when there are none)."""
+    if as_json:
+        print(orjson.dumps({"columns": list(columns), "rows": rows}, default=str).decode())
+    else:
+        print(format_table(columns, rows) if rows else empty)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pipeline.blobstore import BlobStore
+from pipeline.mail.headers import parse_header
 from pipeline.mail.trace import summarize_headers
 from schemas.events import Client, Envelope, Received
 
@@ -27,7 +28,7 @@ def inject_message(blobs: BlobStore, raw: bytes, *, message_id: str, event_id: s
                           body="7BIT" if raw.isascii() else "8BITMIME"),
         client=Client(ip=LOCAL_CLIENT_IP, port=0, helo=hostname),
         blob=ref,
-        headers=summarize_headers(raw),
+        headers=summarize_headers(parse_header(raw)),
         listener=listener,
         ingress_host=hostname,
     )

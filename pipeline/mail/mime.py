@@ -9,18 +9,22 @@ Content-Disposition ``filename`` and the Content-Type ``name`` are kept, as clie
 
 It descends into ``multipart/*`` (boundary delimiter lines, RFC 2046 §5.1.1: the line break before a
 delimiter belongs to the delimiter) and into ``message/rfc822`` / ``message/global`` bodies that are
-not transfer-encoded. Nesting deeper than `max_depth` or more than `max_parts` parts raise
-`MimeLimitExceeded` with a precise reason, so time and memory stay bounded whatever the input.
+not transfer-encoded. Nesting deeper than `max_depth` or more than `max_parts` parts stop the walk
+there, so time and memory stay bounded whatever the input: `walk` raises `MimeLimitExceeded` with a
+precise reason, `walk_within` returns the parts found up to the cap and the cap it hit.
 
 Part paths follow IMAP (RFC 3501 §6.4.5): the children of the top multipart are "1", "2", ...; a
 single-part message is "1"; the parts of an encapsulated message at "2" are "2.1", "2.2" (its
 single body "2.1"). Only leaves (`Part.is_leaf`) carry content; their paths are unique.
 
-The stdlib parser is used only to read a part's header block (never to write anything).
+The stdlib parser is used only to read a part's header block (never to write anything), and only its
+first `MAX_ENTITY_HEADER_BYTES`: Content-* fields further down in a huge header block are not seen
+(the part's `defects` say so), so a 25 MB header costs no more than a 256 KiB one.
 """
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import email.header
 import email.utils
 import re
@@ -30,19 +34,26 @@ from email.message import Message
 from email.parser import HeaderParser
 from email.policy import compat32
 
+from pipeline.mail.charsets import decode_text
+
 __all__ = [
     "Part",
     "MimeLimitExceeded",
     "walk",
+    "walk_within",
+    "header_section",
     "leaf_at",
     "decode_body",
     "decode_name",
+    "decode_words",
+    "decode_header_bytes",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_PARTS",
 ]
 
 DEFAULT_MAX_DEPTH = 20
 DEFAULT_MAX_PARTS = 1000
+MAX_ENTITY_HEADER_BYTES = 262_144
 MESSAGE_TYPES = ("message/rfc822", "message/global")
 IDENTITY_ENCODINGS = ("", "7bit", "8bit", "binary")
 
@@ -75,6 +86,7 @@ class Part:
     transfer_encoding: str = ""  # lower-case Content-Transfer-Encoding
     filename: str = ""  # Content-Disposition filename, decoded
     name: str = ""  # Content-Type name, decoded
+    charset: str = ""  # Content-Type charset parameter, lower case ("" when none)
     kind: str = "leaf"  # "leaf" | "multipart" | "message" (an encapsulated message we descended into)
     message_root: bool = False  # the top entity of a message (its header block is a message header)
     defects: tuple[str, ...] = field(default_factory=tuple)
@@ -95,14 +107,15 @@ class Part:
 # ---- header fields -----------------------------------------------------------------------------
 
 
-def _decode_header_bytes(block: bytes) -> str:
+def decode_header_bytes(block: bytes) -> str:
+    """Header bytes as text: UTF-8 (RFC 6532) when they are, else Latin-1 (every byte a character)."""
     try:
         return block.decode("utf-8")  # RFC 6532 raw UTF-8
     except UnicodeDecodeError:
         return block.decode("latin-1")
 
 
-def _decode_words(text: str) -> str:
+def decode_words(text: str) -> str:
     """RFC 2047 encoded-words in `text` decoded; text without them is returned as is."""
     if "=?" not in text:
         return text
@@ -115,10 +128,7 @@ def _decode_words(text: str) -> str:
         if isinstance(chunk, str):
             out.append(chunk)
             continue
-        try:
-            out.append(chunk.decode(charset or "ascii"))
-        except (LookupError, UnicodeDecodeError):
-            out.append(chunk.decode("utf-8", "replace"))
+        out.append(decode_text(chunk, charset or "", default="utf-8")[0])
     return "".join(out)
 
 
@@ -130,7 +140,7 @@ def decode_name(value: object) -> str:
         text = email.utils.collapse_rfc2231_value(value, errors="replace")
     else:
         text = email.utils.unquote(str(value))
-    return _decode_words(text)
+    return decode_words(text)
 
 
 def _param(headers: Message, name: str, header: str) -> str:
@@ -140,8 +150,10 @@ def _param(headers: Message, name: str, header: str) -> str:
         return ""
 
 
-def _header_fields(raw: bytes, start: int, end: int) -> tuple[int, int]:
-    """(header_end, body_start) of the entity occupying raw[start:end]."""
+def header_section(raw: bytes, start: int = 0, end: int | None = None) -> tuple[int, int]:
+    """(header_end, body_start) of the entity occupying raw[start:end]: the first empty line ends
+    the header section (header_end is past the last field's line break)."""
+    end = len(raw) if end is None else end
     if raw.startswith(b"\r\n", start) and start + 2 <= end:
         return start, start + 2
     if raw.startswith(b"\n", start) and start + 1 <= end:
@@ -253,9 +265,13 @@ def _child_path(parent: str, index: int) -> str:
 
 def _entity(raw: bytes, item: _Pending) -> tuple[Part, bytes]:
     """The Part at `item` (kind still "leaf") and its multipart boundary (b"" when none)."""
-    header_end, body_start = _header_fields(raw, item.start, item.end)
-    headers = _HEADER_PARSER.parsestr(_decode_header_bytes(raw[item.start:header_end]))
+    header_end, body_start = header_section(raw, item.start, item.end)
     defects: list[str] = []
+    read_to = header_end
+    if header_end - item.start > MAX_ENTITY_HEADER_BYTES:
+        read_to = item.start + MAX_ENTITY_HEADER_BYTES
+        defects.append("header_over_cap")
+    headers = _HEADER_PARSER.parsestr(decode_header_bytes(raw[item.start:read_to]))
     content_type = headers.get_content_type() if headers.get("content-type") else item.default_type
     disposition = (headers.get("content-disposition") or "").split(";", 1)[0].strip().lower()
     encoding = str(headers.get("content-transfer-encoding") or "").strip().lower()
@@ -271,49 +287,57 @@ def _entity(raw: bytes, item: _Pending) -> tuple[Part, bytes]:
                 transfer_encoding=encoding,
                 filename=_param(headers, "filename", "content-disposition"),
                 name=_param(headers, "name", "content-type"), message_root=item.message_root,
+                charset=_param(headers, "charset", "content-type").strip().lower(),
                 defects=tuple(defects))
     return part, boundary
 
 
-def _check_limits(depth: int, count: int, max_depth: int, max_parts: int) -> None:
-    if depth > max_depth:
-        raise MimeLimitExceeded("too_deep", f"nested deeper than {max_depth} levels")
-    if count > max_parts:
-        raise MimeLimitExceeded("too_many_parts", f"more than {max_parts} MIME parts")
+def walk_within(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH,
+                max_parts: int = DEFAULT_MAX_PARTS) -> tuple[list[Part], MimeLimitExceeded | None]:
+    """Every MIME entity of `raw` in document order up to the caps, and the first cap hit (or None).
 
-
-def walk(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, max_parts: int = DEFAULT_MAX_PARTS) -> list[Part]:
-    """Every MIME entity of `raw` in document order; raises `MimeLimitExceeded` past the caps."""
+    An entity nested deeper than `max_depth` is left out (with all it holds); after `max_parts`
+    entities the walk stops. What was found up to there keeps its true paths.
+    """
     parts: list[Part] = []
+    limit: MimeLimitExceeded | None = None
     stack = [_Pending(0, len(raw), "", 0, True)]
     while stack:
         item = stack.pop()
-        _check_limits(item.depth, len(parts) + 1, max_depth, max_parts)
+        if item.depth > max_depth:
+            limit = limit or MimeLimitExceeded("too_deep", f"nested deeper than {max_depth} levels")
+            continue
+        if len(parts) >= max_parts:
+            limit = limit or MimeLimitExceeded("too_many_parts", f"more than {max_parts} MIME parts")
+            break
         part, boundary = _entity(raw, item)
         if boundary:
-            parts.append(_with_kind(part, "multipart", path=item.path))
+            parts.append(dataclasses.replace(part, kind="multipart"))
             default = "message/rfc822" if part.content_type == "multipart/digest" else "text/plain"
-            spans = _children(raw, part.body_start, part.end, boundary, max_parts - len(parts))
-            _check_limits(0, len(parts) + len(spans), max_depth, max_parts)
+            room = max_parts - len(parts)
+            spans = _children(raw, part.body_start, part.end, boundary, room)
+            if len(spans) > room:
+                limit = limit or MimeLimitExceeded("too_many_parts", f"more than {max_parts} MIME parts")
+                spans = spans[:room]
             stack.extend(_Pending(s, e, _child_path(item.path, i), item.depth + 1, False, default)
                          for i, (s, e) in reversed(list(enumerate(spans, 1))))
         elif part.content_type in MESSAGE_TYPES and part.transfer_encoding in IDENTITY_ENCODINGS:
-            parts.append(_with_kind(part, "message", path=item.path))
+            parts.append(dataclasses.replace(part, kind="message"))
             stack.append(_Pending(part.body_start, part.end, part.path, item.depth + 1, True))
         else:
             path = item.path
             if item.message_root:  # a single-part message: its body is part "1" (below a message, "P.1")
                 path = _child_path(item.path, 1)
-            parts.append(_with_kind(part, "leaf", path=path))
+            parts.append(dataclasses.replace(part, kind="leaf", path=path))
+    return parts, limit
+
+
+def walk(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, max_parts: int = DEFAULT_MAX_PARTS) -> list[Part]:
+    """Every MIME entity of `raw` in document order; raises `MimeLimitExceeded` past the caps."""
+    parts, limit = walk_within(raw, max_depth=max_depth, max_parts=max_parts)
+    if limit is not None:
+        raise limit
     return parts
-
-
-def _with_kind(part: Part, kind: str, *, path: str) -> Part:
-    return Part(path=path, depth=part.depth, start=part.start, header_end=part.header_end,
-                body_start=part.body_start, end=part.end, content_type=part.content_type,
-                disposition=part.disposition, transfer_encoding=part.transfer_encoding,
-                filename=part.filename, name=part.name, kind=kind, message_root=part.message_root,
-                defects=part.defects)
 
 
 def leaf_at(parts: list[Part], path: str) -> Part | None:
@@ -323,8 +347,11 @@ def leaf_at(parts: list[Part], path: str) -> Part | None:
 # ---- bodies ------------------------------------------------------------------------------------
 
 
+_NOT_BASE64 = bytes(set(range(256)) - set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"))
+
+
 def _base64(data: bytes) -> bytes:
-    compact = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
+    compact = data.translate(None, _NOT_BASE64)  # in C, without a copy per line break
     compact = compact[: len(compact) - len(compact) % 4] if len(compact) % 4 == 1 else compact
     return binascii.a2b_base64(compact + b"=" * (-len(compact) % 4))
 
@@ -332,18 +359,22 @@ def _base64(data: bytes) -> bytes:
 def decode_body(raw: bytes, part: Part, limit: int | None = None) -> bytes:
     """The part's body with its transfer encoding undone (leniently, as clients do).
 
-    `limit` decodes only about the first `limit` bytes (for sniffing file signatures).
+    `limit` decodes only about the first `limit` bytes (sniffing file signatures, capped text): only
+    the encoded bytes those can come from are copied out of `raw`.
     """
-    body = part.body(raw)
-    if part.transfer_encoding == "base64":
-        if limit is not None:
-            body = body[: (limit * 4 // 3 + 4) * 2]  # line breaks included
+    encoding = part.transfer_encoding
+    end = part.end
+    if limit is not None:
+        encoded = {"base64": (limit * 4 // 3 + 4) * 2, "quoted-printable": limit * 3 + 3}.get(encoding, limit)
+        end = min(end, part.body_start + encoded)  # base64: line breaks included
+    body = raw[part.body_start:end]
+    if encoding == "base64":
         try:
             data = _base64(body)
         except binascii.Error:
             data = b""
-    elif part.transfer_encoding == "quoted-printable":
-        data = binascii.a2b_qp(body[: limit * 3 + 3] if limit is not None else body)
+    elif encoding == "quoted-printable":
+        data = binascii.a2b_qp(body)
     else:
         data = body
     return data if limit is None else data[:limit]

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import email.utils
-from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 
+from pipeline.mail.headers import MessageHeader
 from schemas.events import HeaderSummary
 
 __all__ = ["received_header", "summarize_headers"]
@@ -41,23 +39,19 @@ def _clean(value: str) -> str:
     return "".join(c for c in value if c.isprintable() and c not in "()\\")[:255]
 
 
-def summarize_headers(raw: bytes) -> HeaderSummary:
-    """Subject, From, To, Message-ID and Date, decoded (RFC 2047) and cut to a sane length."""
-    headers = BytesHeaderParser(policy=compat32).parsebytes(raw)
+def summarize_headers(header: MessageHeader) -> HeaderSummary:
+    """Subject, From, To, Message-ID and Date (the first of each), decoded and cut to a sane length.
+
+    From the parsed header (`pipeline.mail.headers`): the ingress passes the parse its checks used.
+    """
     return HeaderSummary(
-        subject=_decoded(headers.get("Subject")),
-        header_from=_decoded(headers.get("From")),
-        header_to=_decoded(headers.get("To")),
-        message_id_header=_decoded(headers.get("Message-ID")),
-        date=_decoded(headers.get("Date")),
+        subject=_summary(header.first("Subject")),
+        header_from=_summary(header.first("From")),
+        header_to=_summary(header.first("To")),
+        message_id_header=_summary(header.first("Message-ID")),
+        date=_summary(header.first("Date")),
     )
 
 
-def _decoded(value: object) -> str:
-    if value is None:
-        return ""
-    try:
-        text = str(make_header(decode_header(str(value))))
-    except (ValueError, LookupError, UnicodeError):
-        text = str(value)
-    return " ".join(text.split())[:_SUMMARY_LIMIT]
+def _summary(value: str) -> str:
+    return " ".join(value.split())[:_SUMMARY_LIMIT]

@@ -27,6 +27,7 @@ import orjson
 
 from pipeline import tables
 from pipeline.bus import Topics
+from pipeline.mail.domains import InvalidName, normalize_address, normalize_domain
 from pipeline.settings import Settings
 from pipeline.tables import KafkaTransport, Transport
 
@@ -40,8 +41,6 @@ __all__ = [
     "Match",
     "SiteLists",
     "parse_entry",
-    "normalize_domain",
-    "normalize_address",
     "kafka_transport",
     "write_entry",
     "remove_entry",
@@ -54,56 +53,13 @@ ALLOW = "allow"
 LISTS = (BLOCK, ALLOW)
 KINDS = ("address", "domain", "cidr", "sha256")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
-_LOCAL_FORBIDDEN = set(' \t<>()[]\\,;:"@')
 
 
 class EntryError(ValueError):
     """An entry an operator typed cannot be a list entry; the text says why."""
 
 
-# ---- names ----------------------------------------------------------------------------------------
-
-
-def normalize_domain(text: str) -> str:
-    """A host or domain name as lists and DNS use it: IDNA (A-labels), lower case, no final dot.
-
-    Raises EntryError for anything that cannot be a DNS name (empty or overlong labels, characters
-    outside letters, digits, hyphen and underscore, a label starting or ending with a hyphen).
-    """
-    name = text.strip().removesuffix(".")
-    if not name:
-        raise EntryError("empty domain name")
-    try:
-        ascii_name = name.encode("idna").decode("ascii") if not name.isascii() else name
-    except UnicodeError as exc:
-        raise EntryError(f"{text!r} is not a valid internationalised domain name ({exc})") from None
-    ascii_name = ascii_name.lower()
-    if len(ascii_name) > 253:
-        raise EntryError(f"{text!r} is longer than 253 characters")
-    for label in ascii_name.split("."):
-        if not label:
-            raise EntryError(f"{text!r} has an empty label")
-        if not _LABEL.fullmatch(label):
-            raise EntryError(f"{text!r}: label {label!r} must be 1-63 letters, digits, '-' or '_', "
-                             "not starting or ending with '-'")
-    return ascii_name
-
-
-def normalize_address(text: str) -> str:
-    """An email address as lists compare it: local part and domain lower case, domain IDNA."""
-    local, at, domain = text.strip().rpartition("@")
-    if not at or not local:
-        raise EntryError(f"{text!r} is not an address: expected local-part@domain")
-    bad = sorted(set(local) & _LOCAL_FORBIDDEN) or [c for c in local if ord(c) < 32]
-    if bad:
-        raise EntryError(f"{text!r}: the local part holds {''.join(bad)!r}, which an unquoted address cannot")
-    if len(local) > 64:
-        raise EntryError(f"{text!r}: the local part is longer than 64 characters")
-    try:
-        return f"{local.lower()}@{normalize_domain(domain)}"
-    except EntryError as exc:
-        raise EntryError(f"{text!r}: bad domain: {exc}") from None
+# ---- names (domains and addresses are normalised by pipeline.mail.domains) -----------------------
 
 
 def _normalize_cidr(text: str) -> str:
@@ -156,7 +112,11 @@ def parse_entry(list_name: str, kind: str, value: str, comment: str = "", added:
         raise EntryError(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
     if any(ord(c) < 32 for c in comment):
         raise EntryError("the comment holds control characters")
-    return Entry(list_name, kind, _NORMALIZERS[kind](value), comment, time.time() if added is None else added)
+    try:
+        normalized = _NORMALIZERS[kind](value)
+    except InvalidName as exc:  # a domain or address: the same words, as an entry error
+        raise EntryError(str(exc)) from None
+    return Entry(list_name, kind, normalized, comment, time.time() if added is None else added)
 
 
 def _entry_from_record(list_name: str, key: str, value: bytes) -> Entry:

@@ -41,4 +41,4 @@ class BlocklistDetails:
     dnsbl_rechecked: str = ""  # the client IP, when the ingress skipped its DNSBL check and it was re-checked
     attachments: int = 0  # attachment digests compared with the block list
     skipped: list[str] = field(default_factory=list)  # lookups that failed temporarily (on_error = "skip")
-    truncated: list[str] = field(default_factory=list)  # bounds hit while reading: domains, parts, text
+    truncated: list[str] = field(default_factory=list)  # caps hit: [message] keys (max_parts, ...), max_domains

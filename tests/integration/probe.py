@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from pathlib import Path
 
+from pipeline.mail.reader import message_reader
 from pipeline.registry import register
 from pipeline.stage import Outcome, StageContext, Work
 from schemas.events import Edit, Replacement, Verdict
@@ -43,7 +42,7 @@ class ProbeStage:
     Settings = ProbeSettings
 
     def __init__(self, settings: ProbeSettings, context: StageContext) -> None:
-        self.blobs = context.blobs
+        self.reader = message_reader(context.blobs, context.settings.message)  # as a site's own stage would
         self.slept: dict[str, int] = {}
 
     async def start(self) -> None:
@@ -53,23 +52,23 @@ class ProbeStage:
         pass
 
     async def process(self, work: Work) -> Outcome:
-        raw = await asyncio.to_thread(self.blobs.get, work.message.blob)
-        fields = BytesHeaderParser(policy=compat32).parsebytes(raw)
-        if "X-Probe-Raise" in fields and not Path(str(fields["X-Probe-Raise"]).strip()).exists():
+        header = (await self.reader.parsed(work.message.blob, content=False)).header
+        told = header.first("X-Probe-Raise")
+        if told and not Path(told.strip()).exists():
             raise RuntimeError("probe: told to fail")
-        if "X-Probe-Sleep" in fields:
-            seconds, times = str(fields["X-Probe-Sleep"]).split()
+        if header.first("X-Probe-Sleep"):
+            seconds, times = header.first("X-Probe-Sleep").split()
             if self.slept.get(work.message.message_id, 0) < int(times):
                 self.slept[work.message.message_id] = self.slept.get(work.message.message_id, 0) + 1
                 await asyncio.sleep(float(seconds))
         replace = []
-        for value in fields.get_all("X-Probe-Expand") or []:
-            original, _, into = str(value).partition("=")
+        for value in (f.value for f in header.all("X-Probe-Expand")):
+            original, _, into = value.partition("=")
             replace.append(Replacement(recipient=original.strip(), into=_addresses(into), reason="probe: expanded"))
         edits = []
-        for value in fields.get_all("X-Probe-Tag") or []:
-            recipient, _, tag = str(value).partition("=")
+        for value in (f.value for f in header.all("X-Probe-Tag")):
+            recipient, _, tag = value.partition("=")
             edits.append(Edit(stage=self.name, kind="subject_tag", value=tag.strip(), recipients=[recipient.strip()]))
-        quarantined = {r: "probe: quarantined for test" for r in _addresses(str(fields.get("X-Probe-Quarantine", "")))}
-        rejected = {r: "probe: rejected for test" for r in _addresses(str(fields.get("X-Probe-Reject", "")))}
+        quarantined = {r: "probe: quarantined for test" for r in _addresses(header.first("X-Probe-Quarantine"))}
+        rejected = {r: "probe: rejected for test" for r in _addresses(header.first("X-Probe-Reject"))}
         return Outcome(verdict=Verdict.PASS, replace=replace, edits=edits, quarantined=quarantined, rejected=rejected)

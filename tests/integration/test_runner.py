@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pipeline.bus import Topics, ensure_topics
+from pipeline.config import load_settings
 from pipeline.registry import register
 from pipeline.runner import StageRunner
-from pipeline.settings import load_settings
 from pipeline.stage import Outcome, StageContext, TemporaryFailure, Work
 from schemas.events import BlobRef, Client, Envelope, Received, StageResult, Verdict, decode_event, encode_event
 

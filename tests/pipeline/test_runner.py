@@ -15,11 +15,12 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.blobstore import FileBlobStore
+from pipeline.cli.components import load_config
+from pipeline.config import load_settings
 from pipeline.deadletter import original_value
 from pipeline.registry import get_stage, register
 from pipeline.runner import Output, StageRunner
-from pipeline.cli.components import load_config
-from pipeline.settings import ConfigError, Settings, load_settings
+from pipeline.settings import ConfigError, Settings
 from pipeline.stage import Outcome, PoisonMessage, StageContext, TemporaryFailure, Work
 from schemas.codec import MAX_DEPTH
 from schemas.events import (
@@ -29,8 +30,8 @@ from schemas.events import (
     Edit,
     Envelope,
     HeaderSummary,
-    MessageOutcome,
     Held,
+    MessageOutcome,
     Quarantined,
     Received,
     Rejected,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import REPO_ROOT, ConfigError, IngressSettings, Settings, load_settings
+from pipeline.config import load_settings
+from pipeline.settings import REPO_ROOT, ConfigError, IngressSettings, MessageSettings, Settings
 
 
 def _toml(tmp_path: Path, text: str) -> Path:
@@ -180,6 +181,25 @@ def test_stage_section_values_and_env_override(tmp_path):
     route = settings.stage_settings("route")
     assert route.local_destination == "smarthost"
     assert route.local_domains == ["x.test", "y.test"]
+
+
+def test_the_message_section_caps_every_stage(tmp_path):
+    settings = load_settings(_toml(tmp_path, "[message]\nmax_parts = 500\nmax_links = 20\n"),
+                             environ={"POSTSTELLE_MESSAGE__MAX_DEPTH": "10"})
+    assert settings.message == MessageSettings(max_parts=500, max_links=20, max_depth=10)
+    assert load_settings(None, environ={}).message == MessageSettings()
+    with pytest.raises(ConfigError, match=r"message\.max_text_bytes: expected 1\.\.\d+, got 0"):
+        load_settings(_toml(tmp_path, "[message]\nmax_text_bytes = 0\n"), environ={})
+    with pytest.raises(ConfigError, match=r"message\.max_size: unknown key"):
+        load_settings(_toml(tmp_path, "[message]\nmax_size = 1\n"), environ={})
+
+
+@pytest.mark.parametrize("stage, key", [("blocklist", "max_parts"), ("blocklist", "max_text_bytes"),
+                                        ("attachment", "max_depth"), ("attachment", "max_parts")])
+def test_stage_keys_that_became_message_caps_name_the_new_key(tmp_path, stage, key):
+    path = _toml(tmp_path, f'[topology]\nstages = ["{stage}", "route"]\n[stages.{stage}]\n{key} = 5\n')
+    with pytest.raises(ConfigError, match=rf"stages\.{stage}\.{key}: no longer a key here: .*\[message\] {key}"):
+        load_settings(path, environ={})
 
 
 def test_stage_section_wrong_type(tmp_path):

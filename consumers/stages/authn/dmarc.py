@@ -1,8 +1,10 @@
 """DMARC (RFC 7489): the From domain, policy discovery, identifier alignment and the disposition.
 
-Policy discovery asks `_dmarc.<From domain>` and, when that has no record, `_dmarc.<organizational
-domain>` (the public suffix list shipped offline by `publicsuffixlist`; under a suffix the list does
-not know, such as .test, the last label is the suffix). Alignment is relaxed (same organizational
+The From domain is the parsed message's author domain (`pipeline.mail.headers`, the one From
+policy). Policy discovery asks `_dmarc.<From domain>` and, when that has no record,
+`_dmarc.<organizational domain>` (`pipeline.mail.domains.registrable_domain`, the gateway's one
+Public Suffix List; under a suffix the list does not know, such as .test, the last label is the
+suffix). Alignment is relaxed (same organizational
 domain) or strict (same domain) per `aspf` / `adkim`. `pct` is honoured with a sample drawn from the
 message id, so a retried message gets the same disposition: outside the sample, reject becomes
 quarantine and quarantine becomes none (RFC 7489 6.6.4).
@@ -13,37 +15,26 @@ on a temperror.
 """
 from __future__ import annotations
 
-import email.utils
 import hashlib
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from functools import lru_cache
 from typing import Literal
-
-from publicsuffixlist import PublicSuffixList
 
 from consumers.stages.authn.dkim import DkimOutcome
 from consumers.stages.authn.spf import SpfOutcome
 from pipeline.clients.dns import BadName, Resolver
+from pipeline.mail.domains import registrable_domain
 
-__all__ = ["DmarcResult", "Disposition", "DmarcRecord", "DmarcOutcome", "header_from_domain",
-           "organizational_domain", "parse_record", "evaluate", "sample_of"]
+__all__ = ["DmarcResult", "Disposition", "DmarcRecord", "DmarcOutcome", "organizational_domain", "parse_record",
+           "evaluate", "sample_of"]
 
 DmarcResult = Literal["pass", "fail", "none", "temperror", "permerror"]
 Disposition = Literal["none", "quarantine", "reject"]
 _POLICIES = ("none", "quarantine", "reject")
 
 
-@lru_cache(maxsize=1)
-def _suffixes() -> PublicSuffixList:
-    return PublicSuffixList()
-
-
-@lru_cache(maxsize=10_000)
 def organizational_domain(domain: str) -> str:
-    """The registered domain: one label below the public suffix (RFC 7489 3.2)."""
-    domain = domain.lower().rstrip(".")
-    return _suffixes().privatesuffix(domain) or domain
+    """The registered domain: one label below the public suffix (RFC 7489 3.2); a suffix itself stays."""
+    return registrable_domain(domain) or domain.lower().rstrip(".")
 
 
 def aligned(identifier: str, from_domain: str, mode: str) -> bool:
@@ -51,22 +42,6 @@ def aligned(identifier: str, from_domain: str, mode: str) -> bool:
     if mode == "s":
         return identifier == from_domain
     return organizational_domain(identifier) == organizational_domain(from_domain)
-
-
-def header_from_domain(raw: bytes) -> tuple[str, str]:
-    """(domain, "") of the message's single From address, or ("", why not)."""
-    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    fields = BytesHeaderParser().parsebytes(head + b"\r\n\r\n").get_all("From") or []
-    if len(fields) != 1:
-        return "", f"{len(fields)} From header fields"
-    addresses = [a for _, a in email.utils.getaddresses([str(fields[0])]) if a]
-    if len(addresses) != 1:
-        return "", f"{len(addresses)} addresses in From"
-    local, at, domain = addresses[0].rpartition("@")
-    domain = domain.strip().lower().rstrip(".")
-    if not at or not local or "." not in domain:
-        return "", f"no domain in From address {addresses[0]!r}"
-    return domain, ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +123,7 @@ def _downgrade(policy: Disposition) -> Disposition:
 
 async def evaluate(resolver: Resolver, from_domain: str, spf: SpfOutcome, dkim: list[DkimOutcome],
                    sample: float = 0.0) -> DmarcOutcome:
-    """The DMARC result of a message whose From domain is `from_domain` (see header_from_domain)."""
+    """The DMARC result of a message whose author domain is `from_domain` (`pipeline.mail.headers.Authors`)."""
     try:
         record = await discover_policy(resolver, from_domain)
     except _TempError as exc:

@@ -12,9 +12,9 @@ import pytest
 
 from consumers.stages.attachment import AttachmentSettings, AttachmentStage, name_problems, zip_problems
 from pipeline.blobstore import FileBlobStore
+from pipeline.config import load_settings
 from pipeline.mail.mime import leaf_at, walk
 from pipeline.mail.render import render
-from pipeline.settings import load_settings
 from pipeline.stage import PoisonMessage, StageContext, Work
 from schemas.events import BlobRef, Client, Envelope, HeaderSummary, Received, Verdict
 from schemas.ids import new_id
@@ -216,5 +216,20 @@ def test_bad_settings_are_refused():
 
     with pytest.raises(ConfigError, match="on_limit"):
         AttachmentSettings(on_limit="ignore")
-    with pytest.raises(ConfigError, match="max_depth"):
-        AttachmentSettings(max_depth=0)
+    with pytest.raises(ConfigError, match=r"stages\.attachment\.max_depth: no longer a key here: .*\[message\] max_depth"):
+        load_settings(None, environ={"POSTSTELLE_TOPOLOGY__STAGES": "attachment,route",
+                                     "POSTSTELLE_STAGES__ATTACHMENT__MAX_DEPTH": "10"})
+    with pytest.raises(ConfigError, match=r"message\.max_depth: expected 1\.\.64, got 0"):
+        load_settings(None, environ={"POSTSTELLE_MESSAGE__MAX_DEPTH": "0"})
+
+
+async def test_the_caps_of_the_message_section_apply(tmp_path):
+    from tests.pipeline.mail.test_mime import nested_message
+
+    env = {"POSTSTELLE_TOPOLOGY__STAGES": "attachment,route", "POSTSTELLE_MESSAGE__MAX_DEPTH": "40"}
+    settings = load_settings(None, environ=env)
+    blobs = FileBlobStore(tmp_path / "blobs")
+    stage = AttachmentStage(settings.stage_settings("attachment"), StageContext(settings=settings, blobs=blobs))
+    assert not (await stage.process(_work(blobs, nested_message(15)))).quarantine  # 30 levels: under 40
+    deep = await stage.process(_work(blobs, nested_message(30)))
+    assert deep.quarantine == "mime_too_deep: nested deeper than 40 levels"

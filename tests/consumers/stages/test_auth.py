@@ -138,3 +138,39 @@ def test_settings_are_checked():
         AuthSettings(dmarc_reject="bounce")
     with pytest.raises(ConfigError, match="trusted_networks"):
         AuthSettings(trusted_networks=["not-a-net"])
+
+
+# ---- the same From at submission and in DMARC ----------------------------------------------------
+
+SAME_FROM = [
+    ("From: Lehrer <lehrer@good.test>", "pass", "good.test"),
+    ("From: =?utf-8?q?Lehrer_=28Schule=29?= <lehrer@good.test>", "pass", "good.test"),
+    ("From: lehrer@good.test (Lehrer) <boss@ext.test>", "header_from_invalid", ""),  # which one is it?
+    ("From: =?utf-8?b?bGVocmVyQGdvb2QudGVzdA==?=", "header_from_invalid", ""),  # hidden in an encoded word
+    ("From: lehrer@good.test\r\n\tboss@ext.test", "header_from_invalid", ""),
+    ("From: lehrer@good.test\r\nFrom: lehrer@good.test", "pass", ""),  # readable, but no single author
+    ("From: lehrer@good.test, boss@ext.test", "sender_not_owned", ""),
+]
+
+
+@pytest.mark.parametrize(("from_lines", "login", "dmarc_domain"), SAME_FROM)
+async def test_the_sender_login_check_and_dmarc_read_the_same_from(make_stage, from_lines, login, dmarc_domain):
+    from ingress.checks import CheckContext, CheckServices
+    from ingress.checks.sender_login import SenderLoginCheck, SenderLoginSettings
+    from pipeline.mail.message import parse_message
+    from pipeline.mail.trace import received_header
+
+    data = message().replace(b"From: Lehrer <lehrer@good.test>", from_lines.encode())
+    ctx = CheckContext(session_id="s", client_ip="127.0.2.10", listener="submission", authenticated_as="lehrer",
+                       auth_addresses=frozenset({"lehrer@good.test"}))
+    decision = await SenderLoginCheck(SenderLoginSettings(), CheckServices()).data(ctx, data)
+    assert (decision.reason_code or "pass") == login
+    stored = received_header(helo="client", client_ip="127.0.2.10", reverse_name="", by_host="mx.school.test",
+                             protocol="ESMTPSA", message_id="m1", recipients=["max.mustermann@school.test"]) + data
+    assert parse_message(stored).authors == ctx.message_header(data).authors  # one parse, one answer
+
+    outcome = await make_stage().process(work_for(make_stage.blobs, stored, ip="127.0.2.20"))
+    dmarc = outcome.details["dmarc"]
+    assert dmarc["from_domain"] == dmarc_domain
+    if login == "header_from_invalid":
+        assert dmarc["result"] == "permerror" and dmarc["reason"] in decision.detail

@@ -215,7 +215,7 @@ async def test_deeply_nested_and_huge_messages_are_bounded(harness: Harness) -> 
     many = b"From: x@a.test\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + \
         b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\nhttp://p%d.test/\r\n" % i for i in range(10_000)) + b"--b--\r\n"
     outcome = await harness.run(many)
-    assert "parts" in outcome.details["truncated"] and "domains" in outcome.details["truncated"]
+    assert "max_parts" in outcome.details["truncated"] and "max_domains" in outcome.details["truncated"]
     assert len(outcome.details["url_domains"]) == 50
 
 
@@ -226,3 +226,11 @@ def test_settings_are_validated() -> None:
         BlocklistSettings(on_error="ignore")
     with pytest.raises(ConfigError, match=r"stages\.blocklist\.max_domains"):
         BlocklistSettings(max_domains=0)
+
+
+@pytest.mark.parametrize("key", ["max_parts", "max_text_bytes", "public_suffix_list"])
+def test_keys_that_moved_to_the_message_section_are_named(key: str) -> None:
+    from pipeline.config import parse_section
+
+    with pytest.raises(ConfigError, match=rf"stages\.blocklist\.{key}: no longer a key here: "):
+        parse_section(BlocklistSettings, {key: 1}, "stages.blocklist")

@@ -9,8 +9,9 @@ from aiokafka.structs import ConsumerRecord
 
 from consumers.stages.virus import VirusSettings, VirusStage
 from pipeline.blobstore import FileBlobStore
+from pipeline.config import load_settings
 from pipeline.runner import StageRunner
-from pipeline.settings import ConfigError, Settings, load_settings
+from pipeline.settings import ConfigError, Settings
 from pipeline.stage import StageContext, TemporaryFailure, Work
 from schemas.events import (
     BlobRef,

@@ -13,7 +13,8 @@ from ingress.checks import CheckChain, CheckContext, CheckServices
 from ingress.checks.dnsbl import DnsblCheck, DnsblSettings
 from pipeline.clients.dns import Resolver, UdpTcpTransport
 from pipeline.clients.dnslists import ListSite
-from pipeline.settings import ConfigError, load_settings
+from pipeline.config import load_settings
+from pipeline.settings import ConfigError
 from tests.servers import NSD_HOST
 
 ZEN_SBL = ListSite(zone="zen.dnsbl.test", codes=["127.0.0.2-127.0.0.3"], weight=3)

@@ -27,7 +27,8 @@ from ingress.greylist_store import (
     mask_client,
     triplet_key,
 )
-from pipeline.settings import ConfigError, load_settings
+from pipeline.config import load_settings
+from pipeline.settings import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
 

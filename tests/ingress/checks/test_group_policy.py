@@ -10,7 +10,8 @@ import pytest
 from ingress.checks import PASS, CheckContext, CheckServices
 from ingress.checks.group_policy import LOOKUP_FAILED, GroupPolicyCheck, GroupPolicySettings
 from pipeline.clients.directory import Directory
-from pipeline.settings import ConfigError, parse_section
+from pipeline.config import parse_section
+from pipeline.settings import ConfigError
 from tests.servers import SLAPD_HOST
 
 # the rules of deploy/local/poststelle.toml

@@ -16,7 +16,7 @@ from ingress.checks.recipient import (
 )
 from ingress.checks.relay import RelayCheck
 from pipeline.clients.directory import Directory
-from pipeline.settings import parse_section
+from pipeline.config import parse_section
 from tests.servers import SLAPD_HOST, SlapdServer
 
 LOCAL = frozenset({"school.test", "school.example"})

@@ -10,7 +10,8 @@ from ingress.checks import CheckContext, CheckServices
 from ingress.checks.rhsbl import RhsblCheck, RhsblSettings, helo_domain
 from pipeline.clients.dns import Resolver
 from pipeline.clients.dnslists import ListSite
-from pipeline.settings import ConfigError, load_settings
+from pipeline.config import load_settings
+from pipeline.settings import ConfigError
 
 LISTED = "554 5.7.1 Sender address rejected: domain listed by dbl.rhsbl.test"
 DBL = [ListSite(zone="dbl.rhsbl.test")]

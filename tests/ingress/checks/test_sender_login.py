@@ -4,14 +4,9 @@ from __future__ import annotations
 import pytest
 
 from ingress.checks import PASS, CheckContext, CheckServices
-from ingress.checks.sender_login import (
-    AUTH_REQUIRED,
-    FROM_UNREADABLE,
-    SenderLoginCheck,
-    SenderLoginSettings,
-    header_from_addresses,
-)
+from ingress.checks.sender_login import AUTH_REQUIRED, FROM_UNREADABLE, SenderLoginCheck, SenderLoginSettings
 from pipeline.clients.directory import Directory
+from pipeline.mail.headers import parse_header
 
 ANNA = frozenset({"anna.schmidt@school.test", "sekretariat@school.test"})
 NOT_OWNED_BY_ANNA = "553 5.7.1 Sender address rejected: not owned by user anna.schmidt"
@@ -84,6 +79,8 @@ async def test_owned_addresses_from_a_real_login(directory: Directory) -> None:
     "From: anna.schmidt@school.test, Sekretariat <sekretariat@school.test>",
     "From: \"Schmidt, Anna\" <anna.schmidt@school.test>",
     "From: Grüße <anna.schmidt@school.test>",  # raw UTF-8 in the display name
+    "From: Dr. Anna Schmidt <anna.schmidt@school.test>",  # obsolete syntax (a period in the name)
+    "From: Kollegium: anna.schmidt@school.test, sekretariat@school.test;",  # a group, every member owned
 ])
 async def test_owned_from_passes(header: str) -> None:
     assert await check().data(anna(), message(header)) == PASS
@@ -125,12 +122,32 @@ async def test_from_check_can_be_switched_off() -> None:
     assert (await check(check_header_from=False).mail(anna("x@example.org"), "x@example.org")).refused
 
 
-def test_header_from_addresses() -> None:
-    assert header_from_addresses(message("From: A <a@x.example>, b@y.example")) == ["a@x.example", "b@y.example"]
-    assert header_from_addresses(message("From: a@x.example", "From: c@z.example")) == ["a@x.example", "c@z.example"]
-    assert header_from_addresses(b"Subject: none\r\n\r\nbody\r\n") == []
+def test_the_from_addresses_the_check_compares() -> None:
+    def addresses(raw: bytes) -> tuple[str, ...]:
+        authors = parse_header(raw).authors
+        return authors.addresses if authors.readable else ()
+
+    assert addresses(message("From: A <a@x.example>, b@y.example")) == ("a@x.example", "b@y.example")
+    assert addresses(message("From: a@x.example", "From: c@z.example")) == ("a@x.example", "c@z.example")
+    assert addresses(b"Subject: none\r\n\r\nbody\r\n") == ()
     # only the header section is read: a From line in the body is body
-    assert header_from_addresses(b"Subject: s\r\n\r\nFrom: a@x.example\r\n") == []
+    assert addresses(b"Subject: s\r\n\r\nFrom: a@x.example\r\n") == ()
+
+
+async def test_the_transaction_parses_the_header_once_for_every_check() -> None:
+    ctx, raw = anna(), message("From: max.mustermann@school.test")
+    decision = await check().data(ctx, raw)
+    assert decision.reason_code == "sender_not_owned"
+    assert ctx.message_header(raw) is ctx.message_header(raw)  # cached for the header summary
+    ctx.reset_transaction()
+    again = message("From: anna.schmidt@school.test")
+    assert ctx.message_header(again).authors.addresses == ("anna.schmidt@school.test",)
+
+
+async def test_the_refusal_detail_says_what_is_unreadable() -> None:
+    decision = await check().data(anna(), message("From: anna.schmidt@school.test max.mustermann@school.test"))
+    assert decision.reason_code == "header_from_invalid"
+    assert "From field 1: invalid address in address-list" in decision.detail
 
 
 async def test_odd_login_names_stay_out_of_the_reply() -> None:

@@ -216,3 +216,14 @@ def test_delimiters_after_many_near_misses_are_still_found():
     parts = walk(raw)
     assert [p.content_type for p in parts] == ["multipart/mixed", "text/plain", "application/pdf", "text/plain"]
     assert parts[1].body(raw).endswith(noise) and raw[parts[2].start:parts[2].end] == PDF
+
+
+def test_only_the_first_part_of_a_huge_header_block_is_read():
+    from pipeline.mail.mime import MAX_ENTITY_HEADER_BYTES
+
+    raw = b"X-Junk: " + b"a" * MAX_ENTITY_HEADER_BYTES + b"\r\nContent-Type: application/pdf\r\n\r\n%PDF"
+    started = time.process_time()
+    (part,) = walk(raw)
+    assert part.content_type == "text/plain" and part.defects == ("header_over_cap",)
+    assert part.body(raw) == b"%PDF"  # the body still starts after the whole header block
+    assert time.process_time() - started < 0.5

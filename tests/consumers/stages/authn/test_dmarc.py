@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from consumers.stages.authn.dkim import DkimOutcome
-from consumers.stages.authn.dmarc import evaluate, header_from_domain, organizational_domain, parse_record, sample_of
+from consumers.stages.authn.dmarc import evaluate, organizational_domain, parse_record, sample_of
 from consumers.stages.authn.spf import SpfOutcome
 from pipeline.clients.dns import Resolver
 from tests.servers import NSD_HOST, FilteredTransport
@@ -26,18 +26,6 @@ def dkim(result: str, domain: str) -> DkimOutcome:
 ])
 def test_organizational_domain_uses_the_public_suffix_list(domain, org):
     assert organizational_domain(domain) == org
-
-
-@pytest.mark.parametrize(("head", "domain", "why"), [
-    (b"From: Lehrer <lehrer@News.Good.Test>\r\n", "news.good.test", ""),
-    (b"From: a@good.test\r\nFrom: b@good.test\r\n", "", "2 From header fields"),
-    (b"From: a@good.test, b@ext.test\r\n", "", "2 addresses in From"),
-    (b"Subject: no from\r\n", "", "0 From header fields"),
-    (b"From: undisclosed\r\n", "", "no domain in From address"),
-])
-def test_the_from_domain_needs_exactly_one_address(head, domain, why):
-    found, reason = header_from_domain(head + b"\r\nbody\r\n")
-    assert found == domain and why in reason
 
 
 def test_record_parsing_defaults_and_invalid_values():
