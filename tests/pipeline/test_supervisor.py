@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from pipeline.localstack import ServiceSpec
-from pipeline.settings import load_settings
+from pipeline.config import load_settings
 from pipeline.supervisor import Supervisor, state_file
 
 
