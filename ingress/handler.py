@@ -19,9 +19,10 @@ import socket
 import time
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import AuthResult, Session
+from aiosmtpd.smtp import AuthResult
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
+from ingress.accepted import peer, received_event, trace_header
 from ingress.addresses import AddressError, parse_address, resolve_route
 from ingress.checks import CheckChain, CheckContext, CheckServices, Networks, Phase
 from ingress.checks.relay import RelayCheck, RelaySettings
@@ -30,19 +31,15 @@ from ingress.replies import Replies
 from ingress.smtp import IngressSMTP
 from ingress.verdicts import OutcomeFollower, Pending, refusal_text
 from pipeline.blobstore import BlobStore
-from pipeline.mail.trace import received_header, summarize_headers
 from pipeline.settings import IngressSettings, MessageSettings, SubmissionSettings
 from schemas.events import (
     AcceptedEarly,
-    Client,
-    Envelope,
     Event,
     Received,
     Reply,
     SmtpCheck,
     SmtpConnect,
     SmtpReject,
-    iso_from_epoch,
 )
 from schemas.ids import new_id
 
@@ -130,7 +127,7 @@ class IngressHandler:
 
         Returns the refusal to send instead of the banner, or None to greet.
         """
-        ip, port = _peer(server.session)
+        ip, port = peer(server.session)
         ctx = CheckContext(
             session_id=new_id(),
             client_ip=ip,
@@ -275,16 +272,8 @@ class IngressHandler:
         if refusal is not None:
             return refusal
         message_id = new_id()
-        ip, port = _peer(session)
-        trace = received_header(
-            helo=ctx.helo,
-            client_ip=ip,
-            reverse_name=ctx.reverse_name,
-            by_host=self.hostname,
-            protocol=_protocol(session, envelope, ctx),
-            message_id=message_id,
-            recipients=list(envelope.rcpt_tos),
-        )
+        ip, _ = peer(session)
+        trace = trace_header(session, envelope, ctx, message_id, self.hostname)
         raw = trace + envelope.original_content
         wait = self._verdict_wait()
         # the client is answered by then: persist, the verdict wait, and the accepted-early record
@@ -295,24 +284,9 @@ class IngressHandler:
         try:
             try:
                 ref = await asyncio.wait_for(asyncio.to_thread(self.blobs.put, raw), self.settings.persist_timeout)
-                event = Received(
-                    message_id=message_id,
-                    envelope=Envelope(
-                        mail_from=_sender(envelope),
-                        rcpt_to=list(envelope.rcpt_tos),
-                        smtputf8=envelope.smtp_utf8,
-                        body="8BITMIME" if "BODY=8BITMIME" in _upper(envelope.mail_options) else "7BIT",
-                    ),
-                    client=Client(ip=ip, port=port, helo=ctx.helo, reverse_name=ctx.reverse_name,
-                                  authenticated_as=ctx.authenticated_as, tls=ctx.tls or session.ssl is not None),
-                    blob=ref,
-                    headers=summarize_headers(ctx.message_header(envelope.original_content)),
-                    session_id=ctx.session_id,
-                    listener="submission" if self.listener == "submission" else "smtp",
-                    ingress_host=self.hostname,
-                    skipped_checks=ctx.skipped_checks(),
-                    answer_by=iso_from_epoch(answer_by) if answer_by else "",
-                )
+                event = received_event(session, envelope, ctx, message_id=message_id, blob=ref,
+                                       listener="submission" if self.listener == "submission" else "smtp",
+                                       ingress_host=self.hostname, answer_by=answer_by)
                 # the sink bounds this by persist_timeout and aborts the event on failure, so it is never
                 # delivered behind a 451; the outer bound only guards against a sink that hangs
                 await asyncio.wait_for(self.events.persist(event), 2 * self.settings.persist_timeout)
@@ -436,33 +410,6 @@ async def _talks_first(server: IngressSMTP, delay: float) -> bool:
 
 def _context(server: IngressSMTP) -> CheckContext:
     if server.context is None:  # a handler used without greet (unit tests of single hooks)
-        ip, _ = _peer(server.session)
+        ip, _ = peer(server.session)
         server.context = CheckContext(session_id=new_id(), client_ip=ip)
     return server.context
-
-
-def _peer(session: Session) -> tuple[str, int]:
-    peer = session.peer or ("", 0)
-    return str(peer[0]), int(peer[1])
-
-
-def _sender(envelope: SmtpEnvelope) -> str:
-    """The envelope sender as events carry it: "" for the null sender <>."""
-    return "" if envelope.mail_from in (None, "<>") else envelope.mail_from
-
-
-def _upper(options: list[str]) -> list[str]:
-    return [o.upper() for o in options]
-
-
-def _protocol(session: Session, envelope: SmtpEnvelope, ctx: CheckContext) -> str:
-    """The `with` keyword of the Received line (RFC 3848, RFC 6531)."""
-    if envelope.smtp_utf8:
-        base = "UTF8SMTP"
-    else:
-        base = "ESMTP" if session.extended_smtp else "SMTP"
-    if ctx.tls or session.ssl is not None:
-        base += "S"
-    if ctx.authenticated:
-        base += "A"
-    return base
