@@ -41,6 +41,7 @@ def received_event(session: Session, envelope: SmtpEnvelope, ctx: CheckContext, 
         listener=listener,
         ingress_host=ingress_host,
         skipped_checks=ctx.skipped_checks(),
+        checks=ctx.check_results(),
         answer_by=iso_from_epoch(answer_by) if answer_by else "",
     )
 

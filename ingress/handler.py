@@ -354,6 +354,7 @@ class IngressHandler:
         recipient = args[0] if phase == "rcpt" else ""
         for check, result in ctx.notes.items():
             self._note(ctx, phase, check, result, recipient=recipient)
+            ctx.results[check] = (result, phase)
             if result == SKIPPED_TEMPFAIL:
                 ctx.skipped.setdefault(check, phase)
         if not outcome.refused:

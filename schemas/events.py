@@ -114,6 +114,9 @@ class Received(Event):
     # SMTP-time checks that let the message through after a temporary failure (e.g. ["dnsbl"] after a
     # DNS timeout with on_error = "skip"); the blocklist stage looks again
     skipped_checks: list[str] = field(default_factory=list)
+    # what the SMTP-time checks noted without refusing, per check: {"fcrdns": "fail", "dnsbl": "score=2",
+    # "greylist": "passed_after_retry", "relay": "authenticated"}; the spam stage weighs them
+    checks: dict[str, str] = field(default_factory=dict)
     # by when the ingress answers the client (ISO time); "" when it does not wait for the pipeline's
     # verdict. A rejection the client was not told of becomes quarantine (see consumers/sinks/verdict.py)
     answer_by: str = ""

@@ -101,6 +101,9 @@ class CheckContext:
     # checks that let the client through without an answer (on_error = "skip" after a DNS timeout),
     # with the phase they ran in; copied into the `received` event so a stage can look again
     skipped: dict[str, str] = field(default_factory=dict)
+    # every check's last note in this session (connect, helo) and transaction (mail, rcpt, data), with
+    # its phase: copied into the `received` event, where the spam stage weighs them
+    results: dict[str, tuple[str, str]] = field(default_factory=dict)
     message_caps: MessageSettings = field(default_factory=MessageSettings)  # [message], for message_header
     _header: tuple[bytes, MessageHeader] | None = field(default=None, init=False, repr=False)
 
@@ -135,6 +138,11 @@ class CheckContext:
         self.recipients = []
         self._header = None
         self.skipped = {check: phase for check, phase in self.skipped.items() if phase in ("connect", "helo")}
+        self.results = {check: kept for check, kept in self.results.items() if kept[1] in ("connect", "helo")}
+
+    def check_results(self) -> dict[str, str]:
+        """Each check's last note in this session and transaction ({"fcrdns": "fail", "greylist": ...})."""
+        return {check: result for check, (result, _) in self.results.items()}
 
     def skipped_checks(self) -> list[str]:
         """The checks skipped after a temporary failure in this session and transaction, in order."""

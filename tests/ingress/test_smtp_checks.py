@@ -217,6 +217,9 @@ async def test_checks_skipped_after_a_temporary_failure_are_named_in_the_receive
     first, second = sink.persisted
     assert first.skipped_checks == ["scripted", "mailscripted"]
     assert second.skipped_checks == ["scripted"]  # the session's skip stays, the transaction's is gone
+    # every check's note travels in the received event too, for the spam stage to weigh
+    assert first.checks == {"scripted": "skipped_tempfail", "mailscripted": "skipped_tempfail"}
+    assert second.checks == {"scripted": "skipped_tempfail"}
 
 
 async def test_no_skip_no_skipped_checks(serve):
@@ -228,6 +231,7 @@ async def test_no_skip_no_skipped_checks(serve):
     await client.cmd("DATA")
     assert (await client.cmd(b"Subject: x\r\n\r\nbody\r\n.")).startswith("250 ")
     assert sink.persisted[0].skipped_checks == []
+    assert sink.persisted[0].checks == {"scripted": "score=1"}
 
 
 # ---- limits --------------------------------------------------------------------------------------
