@@ -119,10 +119,40 @@ FROM (SELECT toDate(time) AS day, count() AS decisions,
       FROM {db}.events WHERE type = 'smtp_check' AND check_name = 'greylist' GROUP BY day)""",
 )
 
+_SPAM_VIEWS = (
+    # one row per scored message: the spam stage's result, from its stage_result, or from the
+    # quarantined / rejected event when no recipient was left to pass on (its last result)
+    """CREATE VIEW IF NOT EXISTS {db}.spam_scores AS
+SELECT message_id, min(time) AS time, any(details) AS details,
+       JSONExtractFloat(details, 'score') AS score, JSONExtractFloat(details, 'probability') AS probability,
+       arrayMap(r -> JSONExtractString(r, 'name'), JSONExtractArrayRaw(details, 'rules')) AS rules
+FROM (SELECT message_id, time,
+             if(type = 'stage_result', JSONExtractRaw(payload, 'result', 'details'),
+                JSONExtractRaw(payload, 'results', -1, 'details')) AS details
+      FROM {db}.events WHERE stage = 'spam' AND type IN ('stage_result', 'quarantined', 'rejected'))
+GROUP BY message_id""",
+    # one row per message and recipient: what the stage did for that recipient's copy
+    """CREATE VIEW IF NOT EXISTS {db}.spam_actions AS
+SELECT message_id, time, score, probability, rules,
+       JSONExtractString(entry, 'recipient') AS recipient, JSONExtractString(entry, 'action') AS action
+FROM {db}.spam_scores ARRAY JOIN JSONExtractArrayRaw(details, 'actions') AS entry""",
+    # which rules fire on what the stage judged spam (>= 50 %) and on ham: the ones that hurt show up
+    """CREATE VIEW IF NOT EXISTS {db}.spam_rules AS
+SELECT rule, countIf(probability >= 50) AS on_spam, countIf(probability < 50) AS on_ham,
+       round(100 * on_ham / count(), 1) AS ham_pct
+FROM {db}.spam_scores ARRAY JOIN rules AS rule
+GROUP BY rule""",
+    # the daily share of each action, per recipient
+    """CREATE VIEW IF NOT EXISTS {db}.spam_daily AS
+SELECT day, action, recipients, round(100 * recipients / sum(recipients) OVER (PARTITION BY day), 1) AS pct
+FROM (SELECT toDate(time) AS day, action, count() AS recipients FROM {db}.spam_actions GROUP BY day, action)""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events table", (_EVENTS_DDL,)),
     Migration(2, "analyst views", _VIEWS),
     Migration(3, "SMTP-time decisions: rejections by reason, greylisting", _SMTP_VIEWS),
+    Migration(4, "spam: scores per message, actions per recipient, rules on spam and ham, daily shares", _SPAM_VIEWS),
 )
 
 # where the applied versions are recorded (created before the first migration is looked up)
