@@ -76,7 +76,8 @@ def run_user_command(settings: Settings, args: argparse.Namespace) -> int:
         address = normalize_user(args.address)
         domain = address.rpartition("@")[2]
         if domain not in settings.ingress.local_domains:
-            raise SettingError(f"{address}: {domain} is not a local domain ({', '.join(settings.ingress.local_domains)})")
+            local = ", ".join(settings.ingress.local_domains)
+            raise SettingError(f"{address}: {domain} is not a local domain ({local})")
         changes = _changes(settings, args)
         return asyncio.run(_run(settings, args, address, changes))
     except SettingError as exc:

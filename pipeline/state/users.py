@@ -16,7 +16,8 @@ probabilities in %), `allow_senders` and `block_senders` (addresses or ``@domain
 
 A threshold from 1 or 2 is kept within `[users.limits]` (moved to the nearest limit; `explain` says
 so); `poststelle user set` refuses one outside them. A value that is not valid (a directory value
-such as ``maybe``, or a self-set value a newer release wrote) is passed over for the next source.
+such as ``maybe``, or a self-set value a newer release wrote) is passed over for the next source;
+of a directory list only the entries that are not valid are left out.
 
 With a directory (any attribute named in `[users.ldap]`) an alias resolves to its person: the
 settings of ``sekretariat@`` are anna's. `UserSettings` replays the topic and follows it (like the
@@ -154,9 +155,11 @@ def _sender(key: str, text: str) -> str:
         raise SettingError(f"{key}: {entry!r} is neither an address nor @domain: {exc}") from None
 
 
-def _senders(key: str, entries: Iterable[str], max_entries: int) -> tuple[str, ...]:
+def _senders(key: str, entries: Iterable[str], max_entries: int | None = None) -> tuple[str, ...]:
+    """Normalised entries, each once; more than `max_entries` is refused (checked when written, not when read,
+    so a site that lowers the maximum does not take lists away)."""
     found = tuple(dict.fromkeys(_sender(key, e) for e in entries))
-    if len(found) > max_entries:
+    if max_entries is not None and len(found) > max_entries:
         raise SettingError(f"{key}: {len(found)} entries, more than the site allows ({max_entries}, "
                            "users.max_list_entries)")
     return found
@@ -173,12 +176,12 @@ def _split(text: str) -> list[str]:
     return [item for item in re.split(r"[,\s]+", text) if item]
 
 
-def _own_value(key: str, value: Any, users: UsersSettings) -> Any:
+def _own_value(key: str, value: Any) -> Any:
     """A self-set value (already typed by the event's schema), validated as `user set` would."""
     if key in THRESHOLDS:
         return _percent(key, value)
     if key in LISTS:
-        return _senders(key, value, users.max_list_entries)
+        return _senders(key, value)
     if key == "digest":
         return _choice(key, value, DIGESTS)
     if key == "language":
@@ -186,11 +189,9 @@ def _own_value(key: str, value: Any, users: UsersSettings) -> Any:
     return value  # quarantine: the schema made it a bool
 
 
-def _directory_value(key: str, values: tuple[str, ...], users: UsersSettings) -> Any:
-    """A setting from its attribute's values: LDAP booleans (TRUE/FALSE), numbers, one sender (or a
-    comma-separated few) per value, and for the language RFC 2798's preferredLanguage ("de-DE, en;q=0.8")."""
-    if key in LISTS:
-        return _senders(key, [e for value in values for e in _split(value)], users.max_list_entries)
+def _directory_value(key: str, values: tuple[str, ...]) -> Any:
+    """A setting from its attribute's values: LDAP booleans (TRUE/FALSE), numbers, and for the language
+    RFC 2798's preferredLanguage ("de-DE, en;q=0.8"). The lists: `_directory_list`."""
     first = values[0]
     if key == "quarantine":
         return _boolean(key, first)
@@ -199,6 +200,19 @@ def _directory_value(key: str, values: tuple[str, ...], users: UsersSettings) ->
     if key == "language":
         return _choice(key, first.split(",")[0].split(";")[0].split("-")[0], LANGUAGES)
     return _choice(key, first, DIGESTS)
+
+
+def _directory_list(key: str, values: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+    """The entries of a list attribute (one sender, or a comma-separated few, per value) that are valid,
+    and why the others are not: one typo in the directory does not take a user's whole list away."""
+    entries: list[str] = []
+    errors: list[str] = []
+    for item in (e for value in values for e in _split(value)):
+        try:
+            entries.append(_sender(key, item))
+        except SettingError as exc:
+            errors.append(str(exc))
+    return tuple(dict.fromkeys(entries)), errors
 
 
 # ---- changes (poststelle user set|reset, the portal) ----------------------------------------------
@@ -247,7 +261,8 @@ def apply_changes(own: UserPrefValues, effective: UserPrefs, changes: Sequence[C
     values = {key: getattr(own, key) for key in USER_SETTINGS}
     for change in changes:
         if change.op in ("set", "reset"):
-            values[change.key] = list(change.value) if change.key in LISTS and change.value is not None else change.value
+            is_list = change.key in LISTS and change.value is not None
+            values[change.key] = list(change.value) if is_list else change.value
             continue
         current = list(values[change.key] if values[change.key] is not None else getattr(effective, change.key))
         if change.op == "add":
@@ -255,7 +270,7 @@ def apply_changes(own: UserPrefValues, effective: UserPrefs, changes: Sequence[C
         else:
             missing = [e for e in change.value if e not in current]
             if missing:
-                raise SettingError(f"{change.key}: {', '.join(missing)} is not on the list")
+                raise SettingError(f"{change.key}: not on the list: {', '.join(missing)}")
             current = [e for e in current if e not in change.value]
         values[change.key] = list(_senders(change.key, current, users.max_list_entries))
     return UserPrefValues(**values)
@@ -346,14 +361,18 @@ class UserSettings:
         own = getattr(last.settings, name) if last is not None else None
         if own is not None:
             try:
-                return self._clamped(name, _own_value(name, own, self.users),
-                                     Source("self", f"{last.by or 'someone'} at {last.time}"))
+                source = Source("self", f"{last.by or 'someone'} at {last.time}")
+                return self._clamped(name, _own_value(name, own), source)
             except SettingError as exc:
                 passed_over.append(f"self-set: {exc}")
         attribute = self.attributes.get(name)
+        if attribute and found.get(attribute) and name in LISTS:
+            entries, errors = _directory_list(name, found[attribute])
+            passed_over += [f"{attribute}: {error}" for error in errors]
+            return entries, Source("ldap", attribute, passed_over=tuple(passed_over))
         if attribute and found.get(attribute):
             try:
-                value = _directory_value(name, found[attribute], self.users)
+                value = _directory_value(name, found[attribute])
                 return self._clamped(name, value, Source("ldap", attribute, passed_over=tuple(passed_over)))
             except SettingError as exc:
                 passed_over.append(f"{attribute}: {exc}")

@@ -18,7 +18,8 @@ ANNA = "anna.schmidt@school.test"
 
 @pytest.fixture
 async def store(slapd: SlapdServer):
-    settings = load_config(REPO_ROOT / "deploy/local/poststelle.toml", environ={"POSTSTELLE_LDAP__PORT": str(slapd.port)})
+    settings = load_config(REPO_ROOT / "deploy/local/poststelle.toml",
+                           environ={"POSTSTELLE_LDAP__PORT": str(slapd.port)})
     memory = MemoryLog([TABLE])
     own = UserSettingsChanged(address=ANNA, settings=UserPrefValues(quarantine=True, tag_certain=65.0), by="cli:test")
     memory.records[TABLE].append((ANNA, encode_event(own)))
