@@ -113,12 +113,14 @@ async def _run(settings: Settings, args: argparse.Namespace, address: str, chang
         if explained.in_directory is False:
             raise SettingError(f"{address}: no person or group in the directory has this address")
         own = explained.last.settings if explained.last is not None else UserPrefValues()
-        if args.action == "reset" and all(getattr(own, c.key) is None for c in changes):
-            print(f"{explained.key}: nothing of its own to reset")
-            return 0
-        event = UserSettingsChanged(address=explained.key, settings=apply_changes(own, explained.prefs, changes,
-                                                                                  settings.users),
-                                    changed=list(dict.fromkeys(c.key for c in changes)), by=args.by or _who())
+        if args.action == "reset":  # only what the user had set is reset (and recorded as changed)
+            changes = [c for c in changes if getattr(own, c.key) is not None]
+            if not changes:
+                print(f"{explained.key}: nothing of its own to reset")
+                return 0
+        values = apply_changes(own, explained.prefs, changes, settings.users)
+        event = UserSettingsChanged(address=explained.key, settings=values, by=args.by or _who(),
+                                    changed=list(dict.fromkeys(c.key for c in changes)))
         assert store.transport is not None
         await write_settings(store.transport, event)
         store.apply(TABLE, event.address, encode_event(event))

@@ -130,6 +130,14 @@ def normalize_user(address: str) -> str:
         raise SettingError(str(exc)) from None
 
 
+def _primary(mail: str) -> str:
+    """A directory's primary address as the topic keys it (normalised like any address), when it can be."""
+    try:
+        return normalize_address(mail)
+    except InvalidName:
+        return mail
+
+
 def _boolean(key: str, text: str) -> bool:
     word = text.strip().lower()
     if word in _TRUE | _FALSE:
@@ -347,7 +355,7 @@ class UserSettings:
             except DirectoryUnavailable as exc:
                 raise UserSettingsUnavailable(f"the directory did not answer: {exc}") from None
             in_directory = entry is not None
-            key = entry.mail if entry is not None and entry.mail else asked
+            key = _primary(entry.mail) if entry is not None and entry.mail else asked
         last = self.own.get(key) or self.own.get(asked)
         values, sources = {}, {}
         for name in USER_SETTINGS:

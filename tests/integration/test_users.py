@@ -8,7 +8,6 @@ import orjson
 
 from pipeline.bus import Topics
 from pipeline.cli.components import load_config
-from pipeline.settings import USER_SETTINGS
 from pipeline.state.users import UserPrefs, UserSettings
 from tests.integration.conftest import Stack, read_all
 
@@ -71,7 +70,7 @@ def test_set_and_reset_reach_a_follower_in_another_process_and_analytics(stack: 
     rows = stack.wait_for(lambda: len(found := stack.sql(query)) >= 3 and found, timeout=60,
                           what="the user_settings events in analytics")
     assert rows[0] == [TOM, "quarantine,tag_probable,allow_senders", "helpdesk:ticket-4711"]
-    assert rows[2][1] == ",".join(USER_SETTINGS)
+    assert rows[2][1] == "quarantine,allow_senders"  # what was still set when all was reset
 
 
 async def _until(follower: UserSettings, address: str, expected: UserPrefs, timeout: float = 15.0) -> None:
