@@ -119,8 +119,15 @@ class Topics:
         """Compacted: the site's own allow list (`poststelle list`), keyed "<kind>:<value>"."""
         return self._t("sitelist.allow")
 
+    @property
+    def users(self) -> str:
+        """Compacted: per-user settings (`user_settings` events), keyed by the address; analytics keeps
+        every change."""
+        return self._t("users")
+
     def event_topics(self) -> list[str]:
-        """Every topic that carries events analytics records (all but the compacted state tables)."""
+        """Every topic that carries events analytics records: all but the compacted state tables, except
+        `users`, whose records are events and whose history compaction would lose."""
         return [
             self.received,
             *(self.checked(s) for s in self.stages),
@@ -131,6 +138,7 @@ class Topics:
             self.quarantine,
             self.deadletter,
             self.sessions,
+            self.users,
         ]
 
     def all_topics(self) -> list[str]:
@@ -139,7 +147,7 @@ class Topics:
 
     def compacted(self) -> set[str]:
         return {self.ledger, self.greylist_triplets, self.greylist_clients, self.sitelist_block,
-                self.sitelist_allow, self.accepted_early}
+                self.sitelist_allow, self.accepted_early, self.users}
 
     def configs(self, name: str) -> dict[str, str]:
         """Topic configuration at creation: compaction for the state tables."""

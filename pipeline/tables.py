@@ -15,7 +15,8 @@ is behind `Transport` (httpx's idea):
 `follow_tables` is the loop the followers share: open, replay up to the end offsets found at open
 (then set `caught_up`), follow new records for ever; on a failure before catching up it closes and
 tries again, afterwards it keeps the local state and reads on; either way it waits for the broker
-through the process's `BrokerWatch` (pipeline/broker.py).
+through the process's `BrokerWatch` (pipeline/broker.py). `Follower` runs that loop as a task for
+an in-memory copy (the site's lists, the per-user settings): start, ready, close.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from pipeline.bus import behind, kafka_bound, make_consumer, start_or_release, s
 from pipeline.producers import RenewingProducer
 from pipeline.settings import KafkaSettings
 
-__all__ = ["Apply", "Transport", "MemoryLog", "MemoryTransport", "KafkaTransport", "TopicMissing", "follow_tables"]
+__all__ = ["Apply", "Transport", "MemoryLog", "MemoryTransport", "KafkaTransport", "TopicMissing", "follow_tables",
+           "Follower"]
 
 log = logging.getLogger(__name__)
 
@@ -230,3 +232,53 @@ async def follow_tables(transport: Transport, apply: Apply, caught_up: asyncio.E
         on_caught_up()
     while True:
         await watch().retry(label, lambda: transport.read_new(apply), errors=(Exception,), max_pause=retry_every)
+
+
+class Follower:
+    """`follow_tables` as a task of its own, for a process's in-memory copy of some tables.
+
+    `start` waits (at most `timeout`) for the replay, `ready` says whether it finished, `close` stops
+    following and closes the transport. Without a transport (None: memory only) it is ready at once.
+    """
+
+    def __init__(self, transport: Transport | None, apply: Apply, *, label: str, retry_every: float | None = None,
+                 on_caught_up: Callable[[], None] | None = None) -> None:
+        self.transport = transport
+        self.apply = apply
+        self.label = label
+        self.retry_every = retry_every
+        self.on_caught_up = on_caught_up
+        self._caught_up = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._caught_up.is_set()
+
+    async def start(self, timeout: float = 15.0) -> bool:
+        """Replay the tables; return whether that finished within `timeout` (it goes on if not)."""
+        if self.transport is None:
+            self._caught_up.set()
+            return True
+        if self._task is None:
+            self._task = asyncio.create_task(
+                follow_tables(self.transport, self.apply, self._caught_up, label=self.label,
+                              retry_every=self.retry_every, on_caught_up=self.on_caught_up),
+                name=f"{self.label}-follow")
+        return await self.wait(timeout)
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds for the replay; whether it finished."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._caught_up.wait()), timeout)
+        except TimeoutError:
+            log.warning("%s: not replayed within %.0fs; still trying", self.label, timeout)
+        return self.ready
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+        if self.transport is not None:
+            await self.transport.close()

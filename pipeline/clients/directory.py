@@ -1,6 +1,6 @@
 """The site's LDAP directory, as the SMTP-time checks and AUTH read it.
 
-`Directory` answers four questions, each an async method:
+`Directory` answers five questions, each an async method:
 
 - `lookup(address)`: the person or group an address belongs to (`mail` or `mailLocalAddress`,
   matched case-insensitively by the server), as an `Entry`, or None.
@@ -8,6 +8,8 @@
   member of, directly or through groups that are members of groups (loops are cut).
 - `group_members(group_address)`: the primary addresses of a group's enabled members, nested
   groups expanded (loops cut); [] for an address that is not a group.
+- `attributes(address, names)`: the values of some attributes of that person or group (the
+  per-user settings a site keeps in its directory, `pipeline.state.users`).
 - `authenticate(login, password)`: an `Account` when `login` (a `uid`, or a primary `mail`) names
   an enabled person and a real LDAP simple bind as that person's DN succeeds with `password`;
   None otherwise. Passwords are never compared here, never cached, and an empty password is
@@ -29,9 +31,9 @@ after a failure. A connection that fails on reuse (e.g. slapd restarted) is retr
 fresh one. Filters are built only with ldap3's `escape_filter_chars`, so an address such as
 ``*@school.test`` matches nothing instead of everybody.
 
-Answers of `lookup`, `member_of` and `group_members` are cached for `cache_ttl` seconds, found and
-not found alike (at most `CACHE_ENTRIES` keys; 0 turns the cache off). A change in the directory
-is therefore seen after at most `cache_ttl` seconds.
+Answers of `lookup`, `member_of`, `group_members` and `attributes` are cached for `cache_ttl`
+seconds, found and not found alike (at most `CACHE_ENTRIES` keys; 0 turns the cache off). A change
+in the directory is therefore seen after at most `cache_ttl` seconds.
 
 Settings (`[ldap]`, `pipeline.settings.LdapSettings`): `host`, `port`, `base`, `timeout`, and,
 when the settings carry them, `cache_ttl` (default 60 s), `bind_dn` and `password_file` (default:
@@ -44,7 +46,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +221,15 @@ class Directory:
             return []
         return await self._cached("group_members", entry.dn.lower(), lambda _: self._members_sync(entry))
 
+    async def attributes(self, address: str, names: Sequence[str]) -> dict[str, tuple[str, ...]] | None:
+        """The values of the attributes `names` on the entry `address` belongs to (as `lookup` finds
+        it), every name present ((): no value); None when no entry has the address. Cached like `lookup`."""
+        key = address.lower()
+        wanted = tuple(sorted(set(names)))
+        if "@" not in key or not _plain(key):
+            return None
+        return await self._cached("attributes " + ",".join(wanted), key, lambda a: self._attributes_sync(a, wanted))
+
     async def authenticate(self, login: str, password: str) -> Account | None:
         if not login or not password or not _plain(login):
             return None
@@ -253,6 +264,13 @@ class Directory:
             log.warning("address %s belongs to %d entries (%s); using the first", address, len(found),
                         ", ".join(e.dn for e in found))
         return min(found, key=lambda e: e.dn.lower(), default=None)
+
+    def _attributes_sync(self, address: str, names: tuple[str, ...]) -> dict[str, tuple[str, ...]] | None:
+        found = self._search(self.base, _ADDRESS_FILTER.format(escape_filter_chars(address)), list(names) or ["1.1"])
+        if not found:
+            return None
+        item = min(found, key=lambda i: i["dn"].lower())
+        return {name: tuple(_values(item, name)) for name in names}
 
     def _groups_of_sync(self, dn: str) -> frozenset[str]:
         """cn and mail of the groups `dn` is in, through at most MAX_NESTING levels of groups."""

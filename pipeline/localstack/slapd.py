@@ -15,11 +15,12 @@ stays silent even when slapd fails to start. Layout under ``state_home``::
     ldap/data/        the mdb database; ``.loaded`` marks a completed slapadd
 
 Directory: suffix ``dc=school,dc=test``, schemas core, cosine, inetorgperson, nis and misc from
-``/etc/ldap/schema``. The rootdn ``cn=admin,dc=school,dc=test`` has the password `ROOT_PASSWORD`
-(``admin2026!``) and bypasses access control. Everyone else, anonymous included, may search and
-read every entry and attribute except ``userPassword``, which is only usable to bind; its
-owner may also change it (e.g. with the password-modify extended operation), not read it. How
-people, aliases, groups and disabled accounts are modelled is documented at the top of the LDIF.
+``/etc/ldap/schema`` and ``deploy/local/poststelle.schema`` (the per-user settings). The rootdn
+``cn=admin,dc=school,dc=test`` has the password `ROOT_PASSWORD` (``admin2026!``) and bypasses
+access control. Everyone else, anonymous included, may search and read every entry and attribute
+except ``userPassword``, which is only usable to bind; its owner may also change it (e.g. with the
+password-modify extended operation), not read it. How people, aliases, groups, disabled accounts
+and per-user settings are modelled is documented at the top of the LDIF.
 
 Runs as the invoking user, root included (no ``-u``/``-g``): the config, the data and slapd are
 all that user's. The LDIF is loaded only into an empty database; once ``.loaded`` exists the
@@ -53,6 +54,7 @@ __all__ = [
 
 _REPO = Path(__file__).resolve().parents[2]
 LDIF = _REPO / "deploy/local/directory.ldif"
+OWN_SCHEMA = _REPO / "deploy/local/poststelle.schema"  # the per-user settings (pipeline.state.users)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3389
 SUFFIX = "dc=school,dc=test"
@@ -134,7 +136,7 @@ def ssha(password: str, salt: bytes | None = None) -> str:
 
 
 def _render(*, run_dir: Path, data_dir: Path, rootpw: str) -> str:
-    includes = "\n".join(f"include {_SCHEMA_DIR / s}.schema" for s in _SCHEMAS)
+    includes = "\n".join([*(f"include {_SCHEMA_DIR / s}.schema" for s in _SCHEMAS), f"include {OWN_SCHEMA}"])
     module = ""
     if (_MODULE_DIR / "back_mdb.la").exists() or (_MODULE_DIR / "back_mdb.so").exists():
         module = f"modulepath {_MODULE_DIR}\nmoduleload back_mdb\n"

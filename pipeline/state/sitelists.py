@@ -15,7 +15,6 @@ wrong); `SiteLists` is the in-memory copy a process replays at start and keeps f
 """
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import re
@@ -200,43 +199,25 @@ class SiteLists:
 
     def __init__(self, transport: Transport | None, *, retry_every: float | None = None) -> None:
         self.transport = transport
-        self.retry_every = retry_every
         self.tables = {name: _Table() for name in LISTS}
-        self._caught_up = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._follower = tables.Follower(transport, self.apply, label="sitelists", retry_every=retry_every,
+                                         on_caught_up=self._log_replayed)
         self.ignored = 0  # records that were not entries
 
     @property
     def ready(self) -> bool:
-        return self._caught_up.is_set()
+        return self._follower.ready
 
     async def start(self, timeout: float = 15.0) -> bool:
         """Replay both topics; return whether that finished within `timeout` (it goes on if not)."""
-        if self.transport is None:
-            self._caught_up.set()
-            return True
-        if self._task is None:
-            self._task = asyncio.create_task(
-                tables.follow_tables(self.transport, self.apply, self._caught_up, label="sitelists",
-                                        retry_every=self.retry_every, on_caught_up=self._log_replayed),
-                name="sitelists-follow")
-        try:
-            await asyncio.wait_for(asyncio.shield(self._caught_up.wait()), timeout)
-        except TimeoutError:
-            log.warning("sitelists: not replayed within %.0fs; still trying", timeout)
-        return self.ready
+        return await self._follower.start(timeout)
 
     def _log_replayed(self) -> None:
         log.info("sitelists: replayed (%d block, %d allow entries)", len(self.tables[BLOCK].by_key),
                  len(self.tables[ALLOW].by_key))
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task], timeout=5)
-        if self.transport is not None:
-            await self.transport.close()
+        await self._follower.close()
 
     def apply(self, table: str, key: str, value: bytes | None) -> None:
         """Take one record from a topic: an entry, or a tombstone that removes one."""

@@ -37,6 +37,8 @@ from schemas.events import (
     SmtpCheck,
     SmtpReject,
     StageResult,
+    UserPrefValues,
+    UserSettingsChanged,
     Verdict,
     decode_event,
     encode_event,
@@ -112,6 +114,9 @@ def all_events() -> list[Event]:
                    helo="mail.ext.test", sender="alice@ext.test"),
         SmtpCheck(session_id=rec.session_id, client_ip="127.0.2.10", phase="rcpt", check="greylist",
                   result="passed_after_retry", sender="alice@good.test", recipient="bob@school.test"),
+        UserSettingsChanged(address="bob@school.test", changed=["quarantine", "allow_senders"], by="cli:root@mx1",
+                            settings=UserPrefValues(quarantine=True, tag_probable=42.5,
+                                                    allow_senders=["@partner.example", "max@ext.test"], language="en")),
     ]
 
 

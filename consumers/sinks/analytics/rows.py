@@ -37,6 +37,7 @@ from schemas.events import (
     SmtpConnect,
     SmtpReject,
     StageResult,
+    UserSettingsChanged,
     encode_event,
 )
 from schemas.ids import id_time_ms
@@ -162,6 +163,11 @@ def _smtp_check(e: SmtpCheck) -> dict[str, Any]:
     return {**_smtp_decision(e), "verdict": e.result}
 
 
+def _user_settings(e: UserSettingsChanged) -> dict[str, Any]:
+    """Whose settings changed (`recipient`) and which keys (`reason`); the values and `by` are in the payload."""
+    return {"recipient": e.address, "reason": ",".join(e.changed)}
+
+
 _FLATTEN: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
     Received: _received,
     StageResult: _stage_result,
@@ -178,6 +184,7 @@ _FLATTEN: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
     SmtpConnect: _smtp_connect,
     SmtpReject: _smtp_reject,
     SmtpCheck: _smtp_check,
+    UserSettingsChanged: _user_settings,
 }
 
 _DEFAULTS: dict[str, Any] = {

@@ -265,6 +265,27 @@ async def test_bind_dn_with_password_file(slapd: SlapdServer, tmp_path) -> None:
         Directory.from_settings(section)
 
 
+# ---- attributes -----------------------------------------------------------------------------------------
+
+
+async def test_attributes_of_the_entry_an_address_belongs_to(directory: Directory) -> None:
+    names = ["poststelleSpamQuarantine", "poststelleSpamRejectAt", "preferredLanguage", "poststelleBlockSender",
+             "poststelleSpamTagProbable"]
+    found = await directory.attributes("Eltern.Mueller@school.test", names)
+    assert found == {"poststelleSpamQuarantine": ("TRUE",), "poststelleSpamRejectAt": ("50",),
+                     "preferredLanguage": ("en",), "poststelleBlockSender": ("newsletter@shop.example",),
+                     "poststelleSpamTagProbable": ()}  # asked for, not set
+    # names as a site writes them (LDAP attribute names are case-insensitive), through an alias
+    assert await directory.attributes("sekretariat@school.test", ["CN", "mailLocalAddress"]) == {
+        "CN": ("Anna Schmidt",), "mailLocalAddress": ("sekretariat@school.test",)}
+    assert await directory.attributes("9a@school.test", ["cn"]) == {"cn": ("9a",)}
+    assert await directory.attributes("nobody@school.test", names) is None
+    assert await directory.attributes("*@school.test", names) is None  # a filter metacharacter matches nothing
+    asked = directory.requests
+    assert (await directory.attributes("eltern.mueller@school.test", list(reversed(names))))["preferredLanguage"] == ("en",)
+    assert directory.requests == asked  # cached, whatever the order of the names
+
+
 # ---- cache --------------------------------------------------------------------------------------------
 
 
