@@ -21,45 +21,17 @@ fields of those names that came from outside are removed first, so a sender cann
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Protocol
-
 from consumers.stages.spam.settings import SpamSettings
+from pipeline.state.users import UserPrefs
 from schemas.events import Edit
 from schemas.stages.spam import RecipientAction, RuleHit
 
-__all__ = ["Prefs", "probability", "action_for", "spam_edits", "sender_matches", "SITE"]
+__all__ = ["probability", "action_for", "spam_edits", "SITE"]
 
 STAGE = "spam"
 
 
-class Prefs(Protocol):
-    """What the stage needs of a recipient's settings (`pipeline.state.users.UserPrefs`)."""
-
-    quarantine: bool
-    tag_probable: float | None  # None: the site's
-    tag_certain: float | None
-    quarantine_at: float | None
-    reject_at: float | None
-    allow_senders: tuple[str, ...]
-    block_senders: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class _SitePrefs:
-    """A recipient without settings of their own: the site's thresholds, no quarantine, no lists."""
-
-    quarantine: bool = False
-    tag_probable: float | None = None
-    tag_certain: float | None = None
-    quarantine_at: float | None = None
-    reject_at: float | None = None
-    allow_senders: tuple[str, ...] = ()
-    block_senders: tuple[str, ...] = ()
-
-
-SITE = _SitePrefs()
+SITE = UserPrefs()  # a recipient with no settings of their own: the site's thresholds, no quarantine, no lists
 
 
 def probability(score: float, required_score: float) -> float:
@@ -67,38 +39,18 @@ def probability(score: float, required_score: float) -> float:
     return round(min(100.0, max(0.0, 50.0 * score / required_score)), 1)
 
 
-def sender_matches(entries: Iterable[str], senders: Iterable[str]) -> str:
-    """The first list entry (an address, or `@domain` / `domain` for everything there and below) that
-    matches one of `senders` (lower-case addresses); "" when none."""
-    senders = [s.lower() for s in senders if s]
-    for entry in entries:
-        wanted = entry.strip().lower()
-        if not wanted:
-            continue
-        if "@" in wanted and not wanted.startswith("@"):
-            if wanted in senders:
-                return entry
-            continue
-        domain = wanted.lstrip("@")
-        for sender in senders:
-            host = sender.rpartition("@")[2]
-            if host == domain or host.endswith("." + domain):
-                return entry
-    return ""
-
-
-def action_for(recipient: str, score: float, prob: float, prefs: Prefs, senders: tuple[str, ...],
+def action_for(recipient: str, score: float, prob: float, prefs: UserPrefs, senders: tuple[str, ...],
                authenticated: bool, s: SpamSettings) -> RecipientAction:
     """The one action for `recipient` (see the module docstring); `why` says which threshold or list."""
     def act(action: str, why: str = "") -> RecipientAction:
         return RecipientAction(recipient=recipient, action=action, why=why)
 
-    blocked = sender_matches(prefs.block_senders, senders)
+    blocked = next((sender for sender in senders if prefs.blocks(sender)), "")
     if blocked:
-        return act("blocked", f"sender on the recipient's block list ({blocked})")
-    allowed = sender_matches(prefs.allow_senders, senders)
+        return act("blocked", f"{blocked} is on the recipient's block list")
+    allowed = next((sender for sender in senders if prefs.allows(sender)), "")
     if allowed and authenticated:
-        return act("allowed", f"sender on the recipient's allow list ({allowed})")
+        return act("allowed", f"{allowed} is on the recipient's allow list")
     if score >= s.reject_score:
         return act("reject", f"score {score:g} >= reject_score {s.reject_score:g}")
     if prefs.reject_at is not None and prob >= prefs.reject_at:
