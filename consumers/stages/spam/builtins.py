@@ -27,6 +27,7 @@ BUILTINS: dict[str, Callable[..., bool]] = {}
 CAPS_SAMPLE_CHARS = 20_000  # of the body text counted for capitals
 WORDS_SAMPLE_CHARS = 100_000  # of the body text looked at for obfuscated words
 DATE_CHARS = 256  # of a Date value parsed
+RECEIVED_FIELDS = 3  # the topmost Received fields looked at for the time of receipt
 _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LOWER = b"abcdefghijklmnopqrstuvwxyz"
 _OPTIONS = re2.Options()
@@ -163,6 +164,16 @@ def _date(scan: Scan) -> tuple[bool, float | None]:
 
 
 def _received_at(scan: Scan) -> float:
+    """When the message was received: the date of the topmost Received field that has one (ours,
+    in the pipeline; the receiving server's, for a stored message checked later), else the time of
+    the `received` event. Never the clock, so a message scores the same whenever it is scored."""
+    for field in scan.message.header.all("Received")[:RECEIVED_FIELDS]:
+        parsed = email.utils.parsedate_tz(field.value.rpartition(";")[2][:DATE_CHARS])
+        if parsed is not None and parsed[9] is not None:
+            try:
+                return float(email.utils.mktime_tz(parsed))
+            except (OverflowError, ValueError):
+                continue
     return epoch_from_iso(scan.received.time)
 
 
