@@ -149,18 +149,24 @@ def alternative_parts_differ(scan: Scan, min_overlap: float) -> bool:
 # ---- header fields -----------------------------------------------------------------------------
 
 
+def _when(value: str) -> float | None:
+    """Seconds since the epoch of an RFC 5322 date; None when unreadable or without a zone."""
+    try:
+        moment = email.utils.parsedate_to_datetime(value[:DATE_CHARS])
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if moment is None or moment.tzinfo is None:
+        return None
+    try:
+        return moment.timestamp()
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def _date(scan: Scan) -> tuple[bool, float | None]:
     """(present, seconds since the epoch or None when unreadable or without a zone)."""
     value = scan.message.header.first("Date")
-    if not value:
-        return False, None
-    parsed = email.utils.parsedate_tz(value[:DATE_CHARS])
-    if parsed is None or parsed[9] is None:
-        return True, None
-    try:
-        return True, float(email.utils.mktime_tz(parsed))
-    except (OverflowError, ValueError):
-        return True, None
+    return (True, _when(value)) if value else (False, None)
 
 
 def _received_at(scan: Scan) -> float:
@@ -168,12 +174,9 @@ def _received_at(scan: Scan) -> float:
     in the pipeline; the receiving server's, for a stored message checked later), else the time of
     the `received` event. Never the clock, so a message scores the same whenever it is scored."""
     for field in scan.message.header.all("Received")[:RECEIVED_FIELDS]:
-        parsed = email.utils.parsedate_tz(field.value.rpartition(";")[2][:DATE_CHARS])
-        if parsed is not None and parsed[9] is not None:
-            try:
-                return float(email.utils.mktime_tz(parsed))
-            except (OverflowError, ValueError):
-                continue
+        when = _when(field.value.rpartition(";")[2])
+        if when is not None:
+            return when
     return epoch_from_iso(scan.received.time)
 
 
