@@ -11,6 +11,7 @@ in the message whatever the message. The signals of the earlier checks are in `s
 """
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 from collections.abc import Callable
 
@@ -32,14 +33,16 @@ _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LOWER = b"abcdefghijklmnopqrstuvwxyz"
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False
-# letters with digits or symbols standing in for letters: v1agra, c1alis, ca$h, v!agra (not user@host)
-_LEET_WORD = re2.compile(r"\b[A-Za-z]{1,24}(?:[013457$!]{1,2}[A-Za-z]{1,24}){1,4}\b", _OPTIONS)
-# single letters split by one repeated separator: c.a.s.i.n.o, V-I-A-G-R-A, F R E E (capitals only)
-_SPLIT_WORD = re2.compile(r"\b(?:[A-Za-z][.\-_*~+]){4,}[A-Za-z]\b|\b(?:[A-Z] ){4,}[A-Z]\b", _OPTIONS)
+# letters with digits or $ standing in for letters: v1agra, c1alis, ca$h (not user@host, not x86)
+_LEET_WORD = re2.compile(r"\b[A-Za-z]{1,14}(?:[013457$][A-Za-z]{1,14}){1,2}\b", _OPTIONS)
+# single letters split by one repeated separator: c.a.s.i.n.o, V-I-A-G-R-A
+_SPLIT_WORD = re2.compile(r"\b(?:[A-Za-z][.\-_*~+]){4,}[A-Za-z]\b", _OPTIONS)
+_VOWEL = re2.compile(r"[aeiouy]", _OPTIONS)
 _DOMAIN_TEXT = re2.compile(r"(?i)^(?:(?:https?|ftp)://)?(?:[^/@\s]+@)?((?:[a-z0-9-]+\.)+[a-z]{2,63})\.?(?:[:/?#].*)?$",
                            _OPTIONS)
 _ADDRESS = re2.compile(r"[^\s<>\"'@]+@((?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,63})", _OPTIONS)
 _IMG_TAG = re2.compile(r"(?i)<img\b", _OPTIONS)
+_HTML_TAG = re2.compile(r"(?i)<html\b", _OPTIONS)
 _ENCODED_B_WORD = re2.compile(r"=\?[^?\s]+\?[bB]\?", _OPTIONS)
 _MESSAGE_ID = re2.compile(r"^<[^<>@\s]+@[^<>@\s]+>$", _OPTIONS)
 _WORD = re2.compile(r"\w{2,}", _OPTIONS)
@@ -106,6 +109,12 @@ def html_images_little_text(scan: Scan, max_chars: int) -> bool:
     return any(_IMG_TAG.search(part.markup) for part in _html_parts(scan))
 
 
+@builtin("html_without_html_tag")
+def html_without_html_tag(scan: Scan) -> bool:
+    """A text/html part without an <html> tag: HTML made by a program, not a mail client."""
+    return any(_HTML_TAG.search(part.markup) is None for part in _html_parts(scan))
+
+
 @builtin("link_text_mismatch")
 def link_text_mismatch(scan: Scan) -> bool:
     """An HTML link whose text is itself an address (www.bank.example) of another registrable
@@ -150,13 +159,15 @@ def alternative_parts_differ(scan: Scan, min_overlap: float) -> bool:
 
 
 def _when(value: str) -> float | None:
-    """Seconds since the epoch of an RFC 5322 date; None when unreadable or without a zone."""
+    """Seconds since the epoch of an RFC 5322 date (no zone or -0000: UTC); None when unreadable."""
     try:
         moment = email.utils.parsedate_to_datetime(value[:DATE_CHARS])
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if moment is None or moment.tzinfo is None:
+    if moment is None:
         return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
     try:
         return moment.timestamp()
     except (OverflowError, ValueError, OSError):
@@ -164,7 +175,7 @@ def _when(value: str) -> float | None:
 
 
 def _date(scan: Scan) -> tuple[bool, float | None]:
-    """(present, seconds since the epoch or None when unreadable or without a zone)."""
+    """(present, seconds since the epoch or None when unreadable)."""
     value = scan.message.header.first("Date")
     return (True, _when(value)) if value else (False, None)
 
@@ -182,7 +193,7 @@ def _received_at(scan: Scan) -> float:
 
 @builtin("date_invalid")
 def date_invalid(scan: Scan) -> bool:
-    """A Date field that RFC 5322 readers cannot read (or that has no time zone)."""
+    """A Date field that RFC 5322 readers cannot read."""
     present, when = _date(scan)
     return present and when is None
 
@@ -283,8 +294,12 @@ def reply_to_other_domain(scan: Scan) -> bool:
 
 @builtin("header_malformed")
 def header_malformed(scan: Scan) -> bool:
-    """The header section has lines that are neither fields nor continuations."""
-    return bool(scan.message.header.defects)
+    """The header section has lines that are neither fields nor continuations (a leading mbox
+    "From " line, as stored messages have, does not count)."""
+    defects = scan.message.header.defects
+    if scan.message.raw.startswith(b"From "):
+        defects = tuple(d for d in defects if d != "malformed_line@0")
+    return bool(defects)
 
 
 # ---- text ----------------------------------------------------------------------------------------
@@ -319,18 +334,31 @@ def body_caps(scan: Scan, min_letters: int, ratio: float) -> bool:
 
 
 def _deleet(word: str) -> str:
-    return word.translate(str.maketrans("013457$!", "oleastsi"))
+    return word.translate(_LEET)
+
+
+_LEET = str.maketrans("013457$", "oleasts")
+
+
+def _looks_obfuscated(word: str) -> bool:
+    """A word (5 to 15 characters, one case or capitalised, a vowel) once its digits are letters:
+    v1agra is, a random identifier (Kh1XhaeR, PGP and base64 text) is not."""
+    if not 5 <= len(word) <= 15:
+        return False
+    plain = _deleet(word)
+    replaced = sum(1 for a, b in zip(word, plain) if a != b)
+    letters = plain[1:]
+    one_case = letters.islower() or letters.isupper()
+    return plain.isalpha() and one_case and replaced * 3 <= len(word) and bool(_VOWEL.search(plain.lower()))
 
 
 @builtin("obfuscated_words")
 def obfuscated_words(scan: Scan, min_count: int) -> bool:
-    """At least `min_count` distinct words spelt with digits or symbols for letters (v1agra,
-    ca$h): letters on both sides, at most a third of the word replaced."""
+    """At least `min_count` distinct words spelt with digits or $ for letters (v1agra, ca$h)."""
     text = f"{scan.message.header.subject}\n{scan.body_text[:WORDS_SAMPLE_CHARS]}"
     found: set[str] = set()
     for word in _LEET_WORD.findall(text):
-        replaced = sum(1 for c in word if not c.isalpha())
-        if len(word) >= 5 and replaced * 3 <= len(word) and _deleet(word).isalpha():
+        if _looks_obfuscated(word):
             found.add(word.lower())
             if len(found) >= min_count:
                 return True
@@ -339,7 +367,7 @@ def obfuscated_words(scan: Scan, min_count: int) -> bool:
 
 @builtin("split_words")
 def split_words(scan: Scan, min_count: int) -> bool:
-    """At least `min_count` words split into single letters (c.a.s.i.n.o, V-I-A-G-R-A, F R E E)."""
+    """At least `min_count` words split into single letters (c.a.s.i.n.o, V-I-A-G-R-A)."""
     text = f"{scan.message.header.subject}\n{scan.body_text[:WORDS_SAMPLE_CHARS]}"
     found = set()
     for word in _SPLIT_WORD.findall(text):
