@@ -25,8 +25,10 @@ from schemas.events import epoch_from_iso
 __all__ = ["BUILTINS", "builtin", "CAPS_SAMPLE_CHARS"]
 
 BUILTINS: dict[str, Callable[..., bool]] = {}
-CAPS_SAMPLE_CHARS = 20_000  # of the body text counted for capitals
+CAPS_SAMPLE_CHARS = 10_000  # of the body text counted for capitals
+ALTERNATIVE_SAMPLE_CHARS = 5_000  # of each version of a multipart/alternative compared
 WORDS_SAMPLE_CHARS = 100_000  # of the body text looked at for obfuscated words
+MAX_CANDIDATES = 500  # words looked at by the obfuscation tests
 DATE_CHARS = 256  # of a Date value parsed
 RECEIVED_FIELDS = 3  # the topmost Received fields looked at for the time of receipt
 _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -45,7 +47,6 @@ _IMG_TAG = re2.compile(r"(?i)<img\b", _OPTIONS)
 _HTML_TAG = re2.compile(r"(?i)<html\b", _OPTIONS)
 _ENCODED_B_WORD = re2.compile(r"=\?[^?\s]+\?[bB]\?", _OPTIONS)
 _MESSAGE_ID = re2.compile(r"^<[^<>@\s]+@[^<>@\s]+>$", _OPTIONS)
-_WORD = re2.compile(r"\w{2,}", _OPTIONS)
 
 
 def builtin(name: str) -> Callable[[Callable[..., bool]], Callable[..., bool]]:
@@ -80,6 +81,19 @@ def _domain_of(name: str) -> str:
         return registrable_domain(normalize_domain(name)) or ""
     except InvalidName:
         return ""
+
+
+def _words(text: str) -> set[str]:
+    """The distinct words of the start of a text, lower case (str.split, in C)."""
+    return set(text[:ALTERNATIVE_SAMPLE_CHARS].lower().split())
+
+
+def _candidates(pattern, text: str):
+    """The matches of `pattern` in `text`, at most MAX_CANDIDATES of them (each costs Python time)."""
+    for count, match in enumerate(pattern.finditer(text)):
+        if count >= MAX_CANDIDATES:
+            return
+        yield match.group(0)
 
 
 def _html_parts(scan: Scan):
@@ -148,7 +162,7 @@ def alternative_parts_differ(scan: Scan, min_overlap: float) -> bool:
         html = [t for t in children if t.is_html]
         if not plain or not html:
             continue
-        words = [set(w.lower() for w in _WORD.findall(t.text[:WORDS_SAMPLE_CHARS])) for t in (plain[0], html[0])]
+        words = [_words(t.text) for t in (plain[0], html[0])]
         union = words[0] | words[1]
         if len(union) >= 10 and len(words[0] & words[1]) / len(union) < min_overlap:
             return True
@@ -329,7 +343,7 @@ def subject_caps(scan: Scan, min_letters: int, ratio: float) -> bool:
 @builtin("body_caps")
 def body_caps(scan: Scan, min_letters: int, ratio: float) -> bool:
     """At least `min_letters` letters in the text, and at least `ratio` of them capitals."""
-    upper, letters = _capitals(scan.body_text[:CAPS_SAMPLE_CHARS])
+    upper, letters = scan.memo("body_capitals", lambda: _capitals(scan.body_text[:CAPS_SAMPLE_CHARS]))
     return letters >= min_letters and upper >= ratio * letters
 
 
@@ -357,7 +371,7 @@ def obfuscated_words(scan: Scan, min_count: int) -> bool:
     """At least `min_count` distinct words spelt with digits or $ for letters (v1agra, ca$h)."""
     text = f"{scan.message.header.subject}\n{scan.body_text[:WORDS_SAMPLE_CHARS]}"
     found: set[str] = set()
-    for word in _LEET_WORD.findall(text):
+    for word in _candidates(_LEET_WORD, text):
         if _looks_obfuscated(word):
             found.add(word.lower())
             if len(found) >= min_count:
@@ -370,7 +384,7 @@ def split_words(scan: Scan, min_count: int) -> bool:
     """At least `min_count` words split into single letters (c.a.s.i.n.o, V-I-A-G-R-A)."""
     text = f"{scan.message.header.subject}\n{scan.body_text[:WORDS_SAMPLE_CHARS]}"
     found = set()
-    for word in _SPLIT_WORD.findall(text):
+    for word in _candidates(_SPLIT_WORD, text):
         separators = {c for c in word if not c.isalpha()}
         if len(separators) == 1:
             found.add(word.lower())

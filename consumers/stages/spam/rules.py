@@ -4,8 +4,8 @@
 `RuleFileError` with file, line and reason) and compiles them: the patterns of each kind that
 matches one text per message (body, rawbody, full) or a few short ones (uri, uri_domain) go into
 one RE2::Set, which finds every rule of the kind that matches in a single pass over the text,
-whatever the number of rules; header rules are matched one by one on their (short, capped) field
-values. RE2 runs in time linear in the text, with no backtracking, so no text can make a pattern
+whatever the number of rules; so do the header rules that read the same field view (`Subject`,
+`From:addr`), on the field's (capped) value. RE2 runs in time linear in the text, with no backtracking, so no text can make a pattern
 slow; the texts are capped (`consumers.stages.spam.scan`).
 
 `RuleSet.evaluate(ctx)` answers the rules that fired with a non-zero score, meta rules included,
@@ -32,8 +32,8 @@ from consumers.stages.spam.rulefile import (
     PatternTest,
     RuleBook,
     RuleDef,
+    Regex,
     RuleFileError,
-    compile_regex,
     read_rule_files,
 )
 from consumers.stages.spam.scan import Scan
@@ -60,21 +60,20 @@ class Hit:
 
 
 class _PatternSet:
-    """The rules of one pattern kind in one RE2::Set: one pass per text finds all that match."""
+    """Patterns of one kind in one RE2::Set: one pass per text finds every one that matches."""
 
-    def __init__(self, kind: str, rules: list[RuleDef]) -> None:
+    def __init__(self, kind: str, rules: list[tuple[RuleDef, Regex]]) -> None:
         options = re2.Options()
         options.log_errors = False
         options.max_mem = SET_MAX_MEM
         self.kind = kind
         self.names: list[str] = []
         self.set = re2.Set.SearchSet(options)
-        for rule in rules:
-            assert isinstance(rule.test, PatternTest)
+        for rule, regex in rules:
             try:
-                self.set.Add(rule.test.regex.pattern(kind))
+                self.set.Add(regex.pattern(kind))
             except re2.error:
-                raise rule.where.error(f"RE2 cannot add /{rule.test.regex.source}/ to the {kind} set") from None
+                raise rule.where.error(f"RE2 cannot add /{regex.source}/ to the {kind} set") from None
             self.names.append(rule.name)
         if self.names:
             self.set.Compile()
@@ -90,6 +89,19 @@ class _PatternSet:
         return found
 
 
+class _HeaderGroup:
+    """The regex header rules that read one field view (`Subject`, `From:addr`, ...): one set."""
+
+    def __init__(self, field: str, view: str, rules: list[RuleDef]) -> None:
+        self.field, self.view = field, view
+        self.patterns = _PatternSet("header", [(r, r.test.regex) for r in rules])  # type: ignore[union-attr]
+        self.negated = {r.name for r in rules if r.test.negate}  # type: ignore[union-attr]
+
+    def fired(self, scan: Scan) -> set[str]:
+        matched = self.patterns.matching((scan.header(self.field, self.view).encode("utf-8", "surrogatepass"),))
+        return (matched - self.negated) | (self.negated - matched)
+
+
 class RuleSet:
     """Compiled rules (see the module docstring)."""
 
@@ -99,9 +111,15 @@ class RuleSet:
         counting = [r for r in book.rules if not r.sub_rule and book.score(r) != 0]
         needed = _with_dependencies(counting, by_name)
         self._counting = [(r.name, book.score(r), book.descriptions.get(r.name, "")) for r in counting]
-        self._sets = [_PatternSet(kind, [r for r in needed if r.kind == kind]) for kind in PATTERN_KINDS]
-        self._headers = [(r.name, r.test, compile_regex(r.test.regex, r.kind, r.where) if r.test.regex else None)
-                         for r in needed if isinstance(r.test, HeaderTest)]
+        self._sets = [_PatternSet(kind, [(r, r.test.regex) for r in needed if r.kind == kind])  # type: ignore[union-attr]
+                      for kind in PATTERN_KINDS]
+        headers = [r for r in needed if isinstance(r.test, HeaderTest)]
+        self._exists = [(r.name, r.test.field) for r in headers if r.test.regex is None]  # type: ignore[union-attr]
+        views: dict[tuple[str, str], list[RuleDef]] = {}
+        for rule in headers:
+            if rule.test.regex is not None:  # type: ignore[union-attr]
+                views.setdefault((rule.test.field, rule.test.view), []).append(rule)  # type: ignore[union-attr]
+        self._headers = [_HeaderGroup(field, view, group) for (field, view), group in views.items()]
         self._evals = [(r.name, BUILTINS[r.test.builtin], r.test.args) for r in needed if isinstance(r.test, EvalTest)]
         self._metas = _meta_order([r for r in needed if isinstance(r.test, MetaTest)], by_name)
 
@@ -128,8 +146,10 @@ class RuleSet:
         for pattern_set in self._sets:
             if pattern_set.names:
                 fired.update(dict.fromkeys(pattern_set.matching(texts[pattern_set.kind]()), 1.0))
-        for name, test, regex in self._headers:
-            if _header_fires(scan, test, regex):
+        for group in self._headers:
+            fired.update(dict.fromkeys(group.fired(scan), 1.0))
+        for name, field in self._exists:
+            if scan.has_field(field):
                 fired[name] = 1.0
         for name, function, args in self._evals:
             try:
@@ -144,12 +164,6 @@ class RuleSet:
             if expression.fires(fired):
                 fired[name] = 1.0
         return [Hit(name, score, description) for name, score, description in self._counting if name in fired]
-
-
-def _header_fires(scan: Scan, test: HeaderTest, regex) -> bool:
-    if regex is None:
-        return scan.has_field(test.field)
-    return (regex.search(scan.header(test.field, test.view)) is None) == test.negate
 
 
 def _with_dependencies(counting: list[RuleDef], by_name: dict[str, RuleDef]) -> list[RuleDef]:

@@ -76,6 +76,17 @@ class Scan:
     def result_of(self, stage: str) -> Result | None:
         return self.ctx.result_of(stage)
 
+    def memo(self, key: str, compute):
+        """`compute()` once per message under `key`: for what several built-in tests share."""
+        cache = self._memo
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
+
+    @cached_property
+    def _memo(self) -> dict:
+        return {}
+
     # -- bodies --------------------------------------------------------------------------------
 
     @cached_property
