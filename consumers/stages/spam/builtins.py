@@ -292,20 +292,6 @@ def from_is_recipient(scan: Scan) -> bool:
     return any(m.address.lower() in recipients for m in scan.message.authors.mailboxes)
 
 
-@builtin("reply_to_other_domain")
-def reply_to_other_domain(scan: Scan) -> bool:
-    """Reply-To goes to another registrable domain than the From: answers go elsewhere."""
-    author = scan.message.authors.domain
-    if not author:
-        return False
-    own = _domain_of(author)
-    for address in scan.header("Reply-To", "addr").split("\n"):
-        domain = _domain_of(address.rpartition("@")[2]) if "@" in address else ""
-        if domain and domain != own:
-            return True
-    return False
-
-
 @builtin("header_malformed")
 def header_malformed(scan: Scan) -> bool:
     """The header section has lines that are neither fields nor continuations (a leading mbox

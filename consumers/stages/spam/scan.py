@@ -4,10 +4,11 @@ A `Scan` wraps the `ScanContext` (it answers `message`, `received`, `history`, `
 `result_of` the same way) and adds the views the rule kinds match, each built on first use and
 kept for the other rules of the same message:
 
-- `body`: the Subject, then the rendered text of every text part (HTML rendered), one paragraph
-  per line: the lines of a paragraph are joined with a space and runs of white space collapse to
-  one, as SpamAssassin does, so a phrase wrapped across two lines still matches. Each part counts
-  with its first `BODY_PART_SCAN_SIZE` characters.
+- `body`: the Subject, then the text of every text part, one paragraph per line: in plain text
+  the lines of a paragraph are joined with a space (as SpamAssassin does, so a phrase wrapped
+  across two lines still matches); rendered HTML keeps the lines the renderer made (at blocks and
+  `<br>`). Runs of white space collapse to one. Each part counts with its first
+  `BODY_PART_SCAN_SIZE` characters.
 - `rawbody`: the decoded text of every text part with its line breaks, HTML markup kept, the first
   `RAWBODY_PART_SCAN_SIZE` characters of each.
 - `full`: the first `FULL_SCAN_SIZE` bytes of the stored message.
@@ -47,6 +48,13 @@ def paragraphs(text: str) -> list[str]:
     """The paragraphs of a text, each on one line with its white space collapsed."""
     found = (" ".join(chunk.split()) for chunk in _PARAGRAPH_BREAK.split(text))
     return [p for p in found if p]
+
+
+def lines(text: str) -> list[str]:
+    """The non-empty lines of rendered HTML (the renderer breaks lines at blocks and <br>), each
+    with its white space collapsed."""
+    found = (" ".join(line.split()) for line in text.split("\n"))
+    return [line for line in found if line]
 
 
 class Scan:
@@ -96,7 +104,11 @@ class Scan:
     @cached_property
     def body_paragraphs(self) -> tuple[str, ...]:
         """The paragraphs of the rendered text of all text parts (without the Subject)."""
-        return tuple(p for part in self.texts for p in paragraphs(part.text[:BODY_PART_SCAN_SIZE]))
+        found: list[str] = []
+        for part in self.texts:
+            text = part.text[:BODY_PART_SCAN_SIZE]
+            found += lines(text) if part.is_html else paragraphs(text)
+        return tuple(found)
 
     @cached_property
     def body_text(self) -> str:
