@@ -1,12 +1,12 @@
 """The compiled rule set: every rule of the rule files, compiled once, evaluated per message.
 
 `RuleSet.load(paths)` reads the files (`rulefile.read_rule_files`: a broken file raises
-`RuleFileError` with file, line and reason) and compiles them: the patterns of each kind that
-matches one text per message (body, rawbody, full) or a few short ones (uri, uri_domain) go into
-one RE2::Set, which finds every rule of the kind that matches in a single pass over the text,
-whatever the number of rules; so do the header rules that read the same field view (`Subject`,
-`From:addr`), on the field's (capped) value. RE2 runs in time linear in the text, with no backtracking, so no text can make a pattern
-slow; the texts are capped (`consumers.stages.spam.scan`).
+`RuleFileError` with file, line and reason) and compiles them. The patterns of each kind that
+reads one text per message (body, rawbody, full) or a few short ones (uri, uri_domain) go into one
+RE2::Set, which finds every rule of the kind that matches in a single pass over the text, whatever
+the number of rules; so do the header rules that read the same field view (`Subject`,
+`From:addr`). RE2 runs in time linear in the text, without backtracking, and the texts are capped
+(`consumers.stages.spam.scan`), so no message can make a pattern slow.
 
 `RuleSet.evaluate(ctx)` answers the rules that fired with a non-zero score, meta rules included,
 in the order of the files. Only rules that can count are evaluated: those with a score, and the
@@ -29,7 +29,6 @@ from consumers.stages.spam.rulefile import (
     EvalTest,
     HeaderTest,
     MetaTest,
-    PatternTest,
     RuleBook,
     RuleDef,
     Regex,
