@@ -203,7 +203,8 @@ def _typed(name: str, args: list[str | int | float], where: Where) -> tuple[str 
     try:
         signature.bind(None, *args)
     except TypeError as exc:
-        raise where.error(f"{name}{signature}: {exc}") from None
+        wanted = ", ".join(f"{p.name}: {p.annotation}" for p in list(signature.parameters.values())[1:])
+        raise where.error(f"{name}({wanted}): {exc}") from None
     converted: list[str | int | float] = []
     for parameter, value in zip(list(signature.parameters.values())[1:], args):
         wanted = str(parameter.annotation)

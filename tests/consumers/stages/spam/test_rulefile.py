@@ -25,7 +25,7 @@ GOOD = "body GOOD /hello/i\nscore GOOD 1.5\n"
     ("header X ALL:addr =~ /a/\n", 1, "ALL has no :addr view"),
     ("header X exists:Subject =~ /a/\n", 1, "exists:FIELD takes no view and nothing after it"),
     ("eval X no_such_test()\n", 1, "unknown built-in test 'no_such_test'"),
-    ("eval X subject_caps(10)\n", 1, "subject_caps(scan: 'Scan', min_letters: 'int', ratio: 'float')"),
+    ("eval X subject_caps(10)\n", 1, "subject_caps(min_letters: int, ratio: float): missing a required argument"),
     ("eval X subject_caps(ten, 0.5)\n", 1, "subject_caps: min_letters must be int, got 'ten'"),
     ("eval X subject_caps(10.5, 0.5)\n", 1, "subject_caps: min_letters must be int, got 10.5"),
     ("eval X html_only\n", 1, "expected builtin(arguments)"),
