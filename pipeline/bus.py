@@ -119,6 +119,11 @@ class Topics:
         """Compacted: the site's own allow list (`poststelle list`), keyed "<kind>:<value>"."""
         return self._t("sitelist.allow")
 
+    @property
+    def spam_learn(self) -> str:
+        """Compacted: what the spam stage's Bayes model learned (spam_learned events), keyed by message digest."""
+        return self._t("spam.learn")
+
     def event_topics(self) -> list[str]:
         """Every topic that carries events analytics records (all but the compacted state tables)."""
         return [
@@ -135,11 +140,12 @@ class Topics:
 
     def all_topics(self) -> list[str]:
         return [*self.event_topics(), self.outcomes, self.ledger, self.greylist_triplets,
-                self.greylist_clients, self.sitelist_block, self.sitelist_allow, self.accepted_early]
+                self.greylist_clients, self.sitelist_block, self.sitelist_allow, self.accepted_early,
+                self.spam_learn]
 
     def compacted(self) -> set[str]:
         return {self.ledger, self.greylist_triplets, self.greylist_clients, self.sitelist_block,
-                self.sitelist_allow, self.accepted_early}
+                self.sitelist_allow, self.accepted_early, self.spam_learn}
 
     def configs(self, name: str) -> dict[str, str]:
         """Topic configuration at creation: compaction for the state tables."""

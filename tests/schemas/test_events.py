@@ -36,6 +36,7 @@ from schemas.events import (
     SmtpConnect,
     SmtpCheck,
     SmtpReject,
+    SpamLearned,
     StageResult,
     Verdict,
     decode_event,
@@ -112,6 +113,8 @@ def all_events() -> list[Event]:
                    helo="mail.ext.test", sender="alice@ext.test"),
         SmtpCheck(session_id=rec.session_id, client_ip="127.0.2.10", phase="rcpt", check="greylist",
                   result="passed_after_retry", sender="alice@good.test", recipient="bob@school.test"),
+        SpamLearned(message_id=rec.message_id, digest="5e" * 32, label="spam", tokens="AQAAAAAAAAACAAAAAAAAAA==",
+                    tokenizer_version=1, source="autolearn"),
     ]
 
 
