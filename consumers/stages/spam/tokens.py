@@ -7,7 +7,7 @@ document order (header first), at most `MAX_TOKENS`:
   split into words of letters, digits and ``, @ * ! _ ' " $ . -`` (SpamAssassin's class: keeps
   "$31,000,000" and "www.example.test" whole), case folded. Words shorter than 3 bytes and a short
   stop list of grey words are left out; "..." and "--" inside words split them. A word longer than
-  `WORD_CHARS` becomes ``sk:`` and its first 7 characters, or, when it holds CJK-like characters
+  `WORD_BYTES` becomes ``sk:`` and its first 7 characters, or, when it holds CJK-like characters
   (U+0800 and up, no spaces between words), one ``u8:`` token per such character. A word with an
   address in it also gives ``U*local`` and ``D*domain`` (and every parent domain), one that looks
   like a host name ``UD:`` tokens of it and its parents; a word with punctuation also counts
@@ -58,7 +58,7 @@ TOKENIZER_VERSION = 1
 MAX_TOKENS = 3000  # distinct tokens of one message (the header's first; at most MAX_HEADER_TOKENS of them)
 MAX_HEADER_TOKENS = 1000
 PART_CHARS = 50_000  # of each text part's text (SpamAssassin's body_part_scan_size)
-WORD_CHARS = 15  # longer words are summarised (SpamAssassin's MAX_TOKEN_LENGTH)
+WORD_BYTES = 15  # longer words (in UTF-8) are summarised (SpamAssassin's MAX_TOKEN_LENGTH)
 ORIGIN_HOPS = 2  # earliest Received fields tokenized (SpamAssassin: the last two)
 
 _WORD = re.compile(r"""[\w,@*!'"$.\-]+""")
@@ -158,7 +158,7 @@ def _word_tokens(word: str, prefix: str, body: bool) -> Iterator[str]:
             yield prefix + "UD:" + word
             for parent in list(_parents(word))[1:]:
                 yield prefix + "UD:" + parent
-    if len(word) > WORD_CHARS and "*" not in word:
+    if len(word.encode("utf-8", "surrogatepass")) > WORD_BYTES and "*" not in word:
         wide = _WIDE.findall(word)
         if wide:
             yield from (prefix + "u8:" + c for c in dict.fromkeys(wide))
