@@ -78,22 +78,26 @@ class TokenTable:
         missing = np.flatnonzero(slots < 0)
         if not len(missing):
             return buckets, slots
-        for index in missing:
-            self._insert(int(buckets[index]), hashes[index])
+        self._insert(buckets[missing], hashes[missing])
         return self.find(hashes)  # an insert may have displaced a token found before it
 
-    def _insert(self, bucket: int, key: np.uint64) -> None:
-        row = self.keys[bucket]
-        free = np.flatnonzero(row == 0)
-        if len(free):
-            row[free[0]] = key
-            return
-        largest = int(row.argmax())
-        if key < row[largest]:
-            row[largest] = key
-            self.counts[bucket, largest] = 0
-        else:
-            self.refused += 1
+    def _insert(self, buckets: np.ndarray, keys: np.ndarray) -> None:
+        """Insert keys not in the table, in rounds of one key per bucket (the outcome is the same in any order)."""
+        while len(keys):
+            _, first = np.unique(buckets, return_index=True)
+            now, rows = buckets[first], self.keys[buckets[first]]
+            free = rows == 0
+            has_free = free.any(axis=1)
+            self.keys[now[has_free], free[has_free].argmax(axis=1)] = keys[first][has_free]
+            full = ~has_free
+            largest = rows[full].argmax(axis=1)
+            smaller = keys[first][full] < rows[full][np.arange(len(largest)), largest]
+            self.keys[now[full][smaller], largest[smaller]] = keys[first][full][smaller]
+            self.counts[now[full][smaller], largest[smaller]] = 0
+            self.refused += int(np.count_nonzero(~smaller))
+            rest = np.ones(len(keys), bool)
+            rest[first] = False
+            buckets, keys = buckets[rest], keys[rest]
 
     def add(self, buckets: np.ndarray, slots: np.ndarray, column: int, delta: int) -> None:
         """Add `delta` (+1 or -1, never below zero) to `column` of the entries `touch` returned."""
