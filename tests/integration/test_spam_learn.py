@@ -13,8 +13,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from consumers.stages.spam.bayes import BayesSettings
+from consumers.stages.spam.model import BayesModel, kafka_transport
 from consumers.stages.spam.tokens import token_digest, token_hashes, tokenize
 from pipeline.blobstore import FileBlobStore
+from pipeline.bus import Topics
+from pipeline.cli.components import load_config
 from pipeline.mail.message import parse_message
 from schemas.events import BlobRef
 from tests.integration.conftest import REPO, Stack, make_message, new_test_id, send
@@ -129,3 +133,41 @@ def test_the_delivered_copy_is_the_message_the_stage_scanned(stack: Stack) -> No
     assert b"Delivered-To:" in delivered and b"Delivered-To:" not in stored
     digests = {token_digest(token_hashes(tokenize(parse_message(raw)))) for raw in (stored, delivered)}
     assert len(digests) == 1
+
+
+async def test_a_snapshot_resumes_on_the_real_broker(stack: Stack, tmp_path: Path) -> None:
+    """KafkaTransport opened at a snapshot's positions: only the records after it are read, and the
+    model equals one replayed from the beginning."""
+    settings = load_config(environ=stack.env)
+    topic = Topics.from_settings(settings).spam_learn
+    seed = random.randrange(1 << 30)
+    files = [tmp_path / f"{n}.eml" for n in range(3)]
+    for n, path in enumerate(files):
+        path.write_bytes(made("ham", n, seed))
+    stack.cli("spam", "learn", "--ham", *map(str, files[:2]))
+
+    def model(directory: Path | None) -> BayesModel:
+        return BayesModel(BayesSettings(min_learned=1), kafka_transport(settings, client_id=f"snap-{new_test_id()}"),
+                          topic=topic, snapshot_dir=directory)
+
+    first = model(tmp_path / "snap")
+    assert await first.start(timeout=60)
+    assert await first.snapshot() is not None
+    await first.close()
+    stack.cli("spam", "learn", "--ham", str(files[2]))
+    stack.cli("spam", "learn", "--spam", str(files[0]))  # moved
+
+    resumed, replayed = model(tmp_path / "snap"), model(None)
+    applied = []
+    fold = resumed.apply
+    resumed.apply = lambda table, key, value: (applied.append(key), fold(table, key, value))  # type: ignore[method-assign]
+    try:
+        assert await resumed.start(timeout=60) and await replayed.start(timeout=60)
+        assert len(applied) == 2  # the two records written after the snapshot
+        assert (resumed.nspam, resumed.nham) == (replayed.nspam, replayed.nham)
+        hashes = token_hashes(tokenize(parse_message(files[1].read_bytes())))
+        assert resumed.classify(hashes) == replayed.classify(hashes)
+        assert resumed.label_of(token_digest(token_hashes(tokenize(parse_message(files[0].read_bytes()))))) == "spam"
+    finally:
+        await resumed.close()
+        await replayed.close()

@@ -29,9 +29,12 @@ Left out, because they mislead a learner or are ours: Date, list headers (a list
 spam would turn spam words into ham signs), Received fields between the client and the origin,
 Authentication-Results and ARC (the auth signals are rules of their own), every ``X-Spam-*`` field
 and the site's spam header names, headers added at delivery (Return-Path, Delivered-To,
-X-Original-To) and mailbox annotations (Status, X-UID, X-Keywords, ...). So a message scanned at
-the gateway and the same message read back from a mailbox give the same tokens, and `token_digest`
-makes them the same message.
+X-Original-To) and mailbox annotations (Status, X-UID, X-Keywords, ...). When the message carries
+our ingress's Received field (``by <host> (poststelle)``), every field above the topmost one is left
+out too: the sinks put theirs on top (`pipeline.mail.render`), and so do Dovecot and later hops. So
+a message scanned at the gateway and the same message read back from a mailbox give the same
+tokens, and `token_digest` makes them the same message; what still tells them apart is a held
+attachment (the delivered copy has a notice in its place).
 
 `token_hashes` maps tokens to distinct sorted unsigned 64-bit integers (BLAKE2b): the model never
 holds a string. `TOKENIZER_VERSION` changes whenever the tokens of some message change; the model
