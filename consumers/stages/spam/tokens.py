@@ -126,8 +126,18 @@ class TokenizerOptions:
 DEFAULT_OPTIONS = TokenizerOptions()
 
 
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(name.startswith(p[:-1]) if p.endswith("*") else name == p for p in patterns)
+class _Names:
+    """Field names (lower case) to match: exact ones, and prefixes written with a final "*"."""
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.exact = frozenset(p for p in patterns if not p.endswith("*"))
+        self.prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name in self.exact or name.startswith(self.prefixes))
+
+
+_IGNORED_NAMES, _PRESENCE_ONLY_NAMES = _Names(_IGNORED), _Names(_PRESENCE_ONLY)
 
 
 # ---- words -------------------------------------------------------------------------------------
@@ -152,7 +162,8 @@ def _address_tokens(address: str) -> Iterator[str]:
 
 def _word_tokens(word: str, prefix: str, body: bool) -> Iterator[str]:
     """The tokens of one word (lower case, trimmed), as SpamAssassin's _tokenize_line makes them."""
-    if len(word.encode("utf-8", "surrogatepass")) < 3 or word in _STOP:
+    size = len(word) if word.isascii() else len(word.encode("utf-8", "surrogatepass"))
+    if size < 3 or word in _STOP:
         return
     if body:
         if _ADDRESS_IN_WORD.search(word):
@@ -161,7 +172,7 @@ def _word_tokens(word: str, prefix: str, body: bool) -> Iterator[str]:
             yield prefix + "UD:" + word
             for parent in list(_parents(word))[1:]:
                 yield prefix + "UD:" + parent
-    if len(word.encode("utf-8", "surrogatepass")) > WORD_BYTES and "*" not in word:
+    if size > WORD_BYTES and "*" not in word:
         wide = _WIDE.findall(word)
         if wide:
             yield from (prefix + "u8:" + c for c in dict.fromkeys(wide))
@@ -240,9 +251,9 @@ def _header_tokens(fields: tuple[HeaderField, ...], options: TokenizerOptions) -
         key = item.key
         if key == "subject":
             yield from _words(_strip_tags(item.value, options.subject_tags), "Hsubject:", body=True)
-        elif key in options.own_headers or _matches(key, _IGNORED):
+        elif key in options.own_headers or key in _IGNORED_NAMES:
             continue
-        elif _matches(key, _PRESENCE_ONLY):
+        elif key in _PRESENCE_ONLY_NAMES:
             yield f"H{key}:present"
         else:
             yield from _field_tokens(key, item.value)
