@@ -21,8 +21,10 @@ import asyncio
 import datetime as dt
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import orjson
 from aiokafka.errors import KafkaError
 
@@ -127,7 +129,7 @@ class Progress:
         sys.stderr.flush()
 
 
-def _hashes(item: MailItem, options: TokenizerOptions):
+def _hashes(item: MailItem, options: TokenizerOptions) -> np.ndarray | str:
     """The token hashes of a message, or the reason it cannot be learned."""
     if item.error:
         return item.error
@@ -138,7 +140,8 @@ def _hashes(item: MailItem, options: TokenizerOptions):
     return token_hashes(tokens) if tokens else "no tokens"
 
 
-async def train(model: BayesModel, items, label: str, options: TokenizerOptions, progress: Progress) -> Tally:
+async def train(model: BayesModel, items: Iterable[MailItem], label: str, options: TokenizerOptions,
+                progress: Progress) -> Tally:
     """Write the learn (or forget) events of `items`; returns once the broker has all of them."""
     tally, pending, decided = Tally(), [], {}
     for item in items:
