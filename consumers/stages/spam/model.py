@@ -135,7 +135,8 @@ class BayesModel:
                 raise DecodeError(f"digest {event.digest[:16]}… does not fit its key or its tokens")
         except (DecodeError, TokensInvalid) as exc:
             self.invalid += 1
-            log.warning("bayes: ignoring learn record %r: %s", key[:80], exc)
+            if self.invalid <= 10 or not self.invalid % 1000:  # a log full of them says no more than a count
+                log.warning("bayes: ignoring learn record %r (%d so far): %s", key[:80], self.invalid, exc)
             return
         self.fold(event.digest, event.label, hashes)
         self.last_learned = max(self.last_learned, event.time)
