@@ -125,6 +125,11 @@ class Topics:
         every change."""
         return self._t("users")
 
+    @property
+    def spam_learn(self) -> str:
+        """Compacted: what the spam stage's Bayes model learned (spam_learned events), keyed by message digest."""
+        return self._t("spam.learn")
+
     def event_topics(self) -> list[str]:
         """Every topic that carries events analytics records: all but the compacted state tables, except
         `users`, whose records are events and whose history compaction would lose."""
@@ -143,11 +148,12 @@ class Topics:
 
     def all_topics(self) -> list[str]:
         return [*self.event_topics(), self.outcomes, self.ledger, self.greylist_triplets,
-                self.greylist_clients, self.sitelist_block, self.sitelist_allow, self.accepted_early]
+                self.greylist_clients, self.sitelist_block, self.sitelist_allow, self.accepted_early,
+                self.spam_learn]
 
     def compacted(self) -> set[str]:
         return {self.ledger, self.greylist_triplets, self.greylist_clients, self.sitelist_block,
-                self.sitelist_allow, self.accepted_early, self.users}
+                self.sitelist_allow, self.accepted_early, self.users, self.spam_learn}
 
     def configs(self, name: str) -> dict[str, str]:
         """Topic configuration at creation: compaction for the state tables."""

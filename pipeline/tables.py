@@ -17,6 +17,12 @@ is behind `Transport` (httpx's idea):
 tries again, afterwards it keeps the local state and reads on; either way it waits for the broker
 through the process's `BrokerWatch` (pipeline/broker.py). `Follower` runs that loop as a task for
 an in-memory copy (the site's lists, the per-user settings): start, ready, close.
+
+A follower that keeps a snapshot of its state (the spam stage's Bayes model) resumes instead of
+replaying: `open(start)` goes to the `Positions` the snapshot covers and says whether they fit the
+log (a position past a partition's end means the log is not the one the snapshot was taken of: it
+then reads from the beginning, and `follow_tables` calls `on_rewind` so the follower drops the
+snapshot's state); `positions()` tells where reading stands, for the next snapshot.
 """
 from __future__ import annotations
 
@@ -32,19 +38,25 @@ from pipeline.bus import behind, kafka_bound, make_consumer, start_or_release, s
 from pipeline.producers import RenewingProducer
 from pipeline.settings import KafkaSettings
 
-__all__ = ["Apply", "Transport", "MemoryLog", "MemoryTransport", "KafkaTransport", "TopicMissing", "follow_tables",
-           "Follower"]
+__all__ = ["Apply", "Positions", "Transport", "MemoryLog", "MemoryTransport", "KafkaTransport", "TopicMissing",
+           "follow_tables", "Follower"]
 
 log = logging.getLogger(__name__)
 
 Apply = Callable[[str, str, "bytes | None"], None]  # (table, key, value or None for a tombstone)
+Positions = dict[str, dict[int, int]]  # table -> partition -> offset of the next record to read
 
 
 class Transport(Protocol):
     """The shared log of some tables."""
 
-    async def open(self) -> None:
-        """Connect and go to the beginning of every table; note where they end now."""
+    async def open(self, start: Positions | None = None) -> bool:
+        """Connect and go to the beginning of every table (to `start` where it names a partition);
+        note where they end now. Returns False when `start` does not fit the log (then every table
+        is read from its beginning)."""
+
+    async def positions(self) -> Positions:
+        """Where reading stands: the offset of the next record of every partition."""
 
     async def read_to_end(self, apply: Apply) -> None:
         """Apply every record written before `open`."""
@@ -96,10 +108,17 @@ class MemoryTransport:
         if not self.memory.available:
             raise ConnectionError("memory log is unavailable")
 
-    async def open(self) -> None:
+    async def open(self, start: Positions | None = None) -> bool:
         self._require_available()
-        self._positions = {table: 0 for table in self.memory.records}
         self._ends = {table: len(records) for table, records in self.memory.records.items()}
+        start = start or {}
+        fits = all(table in self._ends and set(offsets) <= {0} and 0 <= offsets.get(0, 0) <= self._ends[table]
+                   for table, offsets in start.items())  # one partition, 0, per table
+        self._positions = {table: start.get(table, {}).get(0, 0) if fits else 0 for table in self.memory.records}
+        return fits
+
+    async def positions(self) -> Positions:
+        return {table: {0: position} for table, position in self._positions.items()}
 
     async def read_to_end(self, apply: Apply) -> None:
         self._read(apply, self._ends)
@@ -146,15 +165,33 @@ class KafkaTransport:
         self._consumer = None
         self._ends: dict[TopicPartition, int] = {}
 
-    async def open(self) -> None:
+    async def open(self, start: Positions | None = None) -> bool:
         await self.close()
         self._writer = RenewingProducer(self.kafka, f"{self.client_id}-writer")  # starts on the first write
         self._consumer = make_consumer(self.kafka, None, f"{self.client_id}-reader")
         await start_or_release(self._consumer, kafka_bound(self.kafka))
         partitions = [tp for topic in self.topics.values() for tp in await self._partitions(topic)]
         self._consumer.assign(partitions)
-        await self._consumer.seek_to_beginning(*partitions)
         self._ends = await self._consumer.end_offsets(partitions)
+        offsets = {TopicPartition(self.topics[table], p): offset
+                   for table, by_partition in (start or {}).items() for p, offset in by_partition.items()}
+        fits = set(offsets) <= set(partitions) and all(0 <= o <= self._ends[tp] for tp, o in offsets.items())
+        if not fits:
+            offsets = {}
+        rest = [tp for tp in partitions if tp not in offsets]
+        if rest:
+            await self._consumer.seek_to_beginning(*rest)
+        for tp, offset in offsets.items():
+            self._consumer.seek(tp, offset)
+        return fits
+
+    async def positions(self) -> Positions:
+        if self._consumer is None:
+            raise ConnectionError(f"{self.client_id} transport is not open")
+        found: Positions = {}
+        for tp in sorted(self._consumer.assignment()):
+            found.setdefault(self._table_of[tp.topic], {})[tp.partition] = await self._consumer.position(tp)
+        return found
 
     async def _partitions(self, topic: str) -> list[TopicPartition]:
         found = await topic_partitions(self._consumer, topic)
@@ -209,17 +246,23 @@ class KafkaTransport:
 
 
 async def follow_tables(transport: Transport, apply: Apply, caught_up: asyncio.Event, *, label: str,
-                        retry_every: float | None = None, on_caught_up: Callable[[], None] | None = None) -> None:
+                        retry_every: float | None = None, on_caught_up: Callable[[], None] | None = None,
+                        start: Positions | None = None, on_rewind: Callable[[], None] | None = None) -> None:
     """Replay the tables into `apply`, set `caught_up`, then follow them until cancelled.
 
     While the log is unreachable this waits (reported to the process's `BrokerWatch` as `label`),
     trying again after a growing pause (at most `retry_every` seconds when given); once replayed,
-    the local state is kept and used meanwhile.
+    the local state is kept and used meanwhile. With `start` the replay resumes there (a follower
+    whose state already holds everything before it); when `start` does not fit the log, `on_rewind`
+    is called and the replay starts from the beginning. A try after a failure resumes at `start`
+    again: the follower's `apply` must take records it has seen once more (a fold of the latest
+    record per key does).
     """
 
     async def replay() -> None:
         try:
-            await transport.open()
+            if not await transport.open(start) and start is not None and on_rewind is not None:
+                on_rewind()
             await transport.read_to_end(apply)
         except BaseException:
             await transport.close()

@@ -10,6 +10,7 @@
     poststelle deadletter list|show|replay   records a consumer could not handle; put one back
     poststelle list add|remove|show    the site's own block and allow lists
     poststelle user show|set|reset ADDRESS   a user's own settings (quarantine, spam thresholds, sender lists)
+    poststelle spam learn|forget|stats train the spam stage's Bayes model (--spam|--ham PATH...), show it
     poststelle config check            validate the configuration and print it
     poststelle schemas export [DIR]    write the events' JSON Schema files
 
@@ -21,12 +22,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import config, deadletter, lists, quarantine, queue, sql, stack, users
+from pipeline.cli import config, deadletter, lists, quarantine, queue, spam, sql, stack, users
 from pipeline.settings import ConfigError
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = (stack, sql, queue, quarantine, deadletter, lists, users, config)
+COMMAND_MODULES = (stack, sql, queue, quarantine, deadletter, lists, users, spam, config)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ from schemas.events import (
     SmtpConnect,
     SmtpCheck,
     SmtpReject,
+    SpamLearned,
     StageResult,
     UserPrefValues,
     UserSettingsChanged,
@@ -117,6 +118,8 @@ def all_events() -> list[Event]:
         UserSettingsChanged(address="bob@school.test", changed=["quarantine", "allow_senders"], by="cli:root@mx1",
                             settings=UserPrefValues(quarantine=True, tag_probable=42.5,
                                                     allow_senders=["@partner.example", "max@ext.test"], language="en")),
+        SpamLearned(message_id=rec.message_id, digest="5e" * 32, label="spam", tokens="AQAAAAAAAAACAAAAAAAAAA==",
+                    tokenizer_version=1, source="autolearn"),
     ]
 
 
