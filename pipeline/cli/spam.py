@@ -4,6 +4,8 @@
     poststelle spam learn --ham PATH...      learn messages as ham
     poststelle spam forget PATH...           undo the learning of these messages
     poststelle spam stats [--json]           learned messages per class, tokens, memory, model age
+    poststelle spam check [--rules-only] [--json] PATH...
+                                             score messages as the stage would, and say why
 
 Training writes learn events (`spam_learned`: the message's token hashes, never the message) to the
 compacted topic ``<prefix>.spam.learn``; every spam stage instance folds them into its model within
@@ -13,12 +15,19 @@ so a message already learned in that class is counted as "already known" and not
 learning it in the other class moves it. On a terminal a progress line shows how far it got; at the
 end a summary: learned, moved, already known, unreadable (and why, for the first few). Exit 0 when
 every event reached the broker (unreadable files are reported, not fatal), 1 when Kafka failed.
+
+`spam check` runs the stage's own scorer (consumers/stages/spam/scorer.py: the same rule files and,
+unless --rules-only or Kafka is not reachable, the same Bayes model) over messages from files: the
+score, the probability, what the site's thresholds do with it, every rule that fired. A file has no
+SMTP session and no earlier stage results, so the signals of the SMTP-time checks and of the
+blocklist and auth stages do not fire: the score is that of the content alone.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import datetime as dt
+import logging
 import sys
 import time
 from collections.abc import Iterable
@@ -28,21 +37,29 @@ import numpy as np
 import orjson
 from aiokafka.errors import KafkaError
 
+from consumers.stages.spam.actions import SITE, action_for
 from consumers.stages.spam.bayes import BayesSettings
 from consumers.stages.spam.model import BayesModel, kafka_transport, learned_event, publish
+from consumers.stages.spam.rules import RuleSet
+from consumers.stages.spam.scorer import Scored, Scorer, rule_paths
+from consumers.stages.spam.scorer import tokenizer_options as site_tokenizer_options
+from consumers.stages.spam.settings import SpamSettings
 from consumers.stages.spam.tokens import TokenizerOptions, token_digest, token_hashes, tokenize
 from pipeline.broker import BrokerUnavailable
 from pipeline.bus import Topics, ensure_topics
 from pipeline.cli.common import settings_of
 from pipeline.mail.message import parse_message
 from pipeline.mail.sources import MailItem, read_messages, total_bytes
-from pipeline.settings import Settings
+from pipeline.settings import ConfigError, Settings
+from schemas.events import Received
+from schemas.parts import BlobRef, Client, Envelope
 
-__all__ = ["add_parsers", "bayes_settings", "tokenizer_options", "rule_stats"]
+__all__ = ["add_parsers", "spam_settings", "tokenizer_options", "rule_stats"]
 
 REPLAY_TIMEOUT = 60.0
 IN_FLIGHT = 2000  # learn events handed to the producer before waiting for their acknowledgements
 SHOWN_ERRORS = 10
+CHECK_TIMEOUT = 10.0  # `spam check` waits this long for Kafka, then scores with the rules alone
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -61,21 +78,31 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     stats = actions.add_parser("stats", help="learned messages per class, tokens, memory, model age")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=cmd_stats)
+    check = actions.add_parser("check", help="score messages as the spam stage would, and say why")
+    check.add_argument("paths", nargs="+", metavar="PATH", help="message file, directory, mbox, maildir, or -")
+    check.add_argument("--rules-only", action="store_true", help="leave the Bayes model out (no Kafka needed)")
+    check.add_argument("--json", action="store_true", help="one JSON object per message")
+    check.set_defaults(func=cmd_check)
+
+
+def spam_settings(settings: Settings) -> SpamSettings:
+    """`[stages.spam]` (its defaults when the topology does not run the stage)."""
+    return settings.stages.get("spam") or SpamSettings()
 
 
 def bayes_settings(settings: Settings) -> BayesSettings:
-    """`[stages.spam.bayes]`: the spam stage's settings carry it once the stage is configured."""
-    return getattr(settings.stages.get("spam"), "bayes", None) or BayesSettings()
+    return spam_settings(settings).bayes
 
 
 def tokenizer_options(settings: Settings) -> TokenizerOptions:
     """What the tokenizer leaves out at this site: the same for the stage and for training."""
-    return TokenizerOptions.for_site(ignore_headers=bayes_settings(settings).ignore_headers)
+    return site_tokenizer_options(spam_settings(settings))
 
 
 def rule_stats(settings: Settings) -> list[tuple[str, str]]:
-    """Lines `spam stats` adds about the rules (the rule set's count, once the stage loads rules)."""
-    return []
+    """The lines `spam stats` adds about the rules: how many, from how many files."""
+    paths = rule_paths(spam_settings(settings), settings.source)
+    return [("rules", f"{len(RuleSet.load(paths))} with a score, from {len(paths)} files")]
 
 
 def _model(settings: Settings) -> BayesModel:
@@ -85,13 +112,13 @@ def _model(settings: Settings) -> BayesModel:
                       write_snapshots=False)
 
 
-async def _replayed(settings: Settings) -> BayesModel:
-    await ensure_topics(settings, timeout=REPLAY_TIMEOUT)
+async def _replayed(settings: Settings, timeout: float = REPLAY_TIMEOUT) -> BayesModel:
+    await ensure_topics(settings, timeout=timeout)
     model = _model(settings)
-    if not await model.start(REPLAY_TIMEOUT):
+    if not await model.start(timeout):
         await model.close()
         raise ConnectionError(f"could not read the learn topic from Kafka at {settings.kafka.bootstrap} "
-                              f"within {REPLAY_TIMEOUT:.0f}s")
+                              f"within {timeout:.0f}s")
     return model
 
 
@@ -237,6 +264,68 @@ async def _stats(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     return _run(_stats(settings_of(args), args))
+
+
+# ---- check ----------------------------------------------------------------------------------------
+
+
+def _file_event(raw: bytes) -> Received:
+    """A `received` event for a message from a file: no client, no recipients (see the module docstring)."""
+    first = raw.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    path = next((line[12:].strip().strip(b"<>").decode("utf-8", "replace") for line in first.splitlines()
+                 if line[:12].lower() == b"return-path:"), "")
+    return Received(envelope=Envelope(mail_from=path, rcpt_to=[]), client=Client(ip="", port=0),
+                    blob=BlobRef(sha256="", size=len(raw)))
+
+
+def _report(origin: str, scored: Scored, s: SpamSettings) -> dict:
+    action = action_for("", scored.score, scored.probability, SITE, (), False, s)
+    return {"file": origin, "score": scored.score, "probability": scored.probability, "action": action.action,
+            "why": action.why, "bayes": scored.bayes,
+            "rules": [{"name": h.name, "score": h.score, "description": h.description} for h in scored.hits]}
+
+
+def _print_report(report: dict) -> None:
+    bayes = "does not vote" if report["bayes"] is None else f"{report['bayes']:.4f}"
+    print(f"{report['file']}: score {report['score']:.1f}, probability {report['probability']:g}%, "
+          f"{report['action']}{' (' + report['why'] + ')' if report['why'] else ''}; bayes {bayes}")
+    for rule in report["rules"]:
+        print(f"  {rule['score']:7.1f}  {rule['name']:<24} {rule['description']}")
+
+
+async def _check(settings: Settings, args: argparse.Namespace) -> int:
+    s = spam_settings(settings)
+    model = None
+    if not args.rules_only and s.bayes.enabled:
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # one line below says it, not one per retry
+        try:
+            model = await _replayed(settings, CHECK_TIMEOUT)
+        except (ConnectionError, OSError, TimeoutError, KafkaError, BrokerUnavailable) as exc:
+            print(f"poststelle spam: Bayes left out (the learn topic is not readable: {exc})", file=sys.stderr)
+    try:
+        scorer = Scorer.load(s, settings.source, model)
+        unreadable = 0
+        for item in read_messages(args.paths):
+            if item.error:
+                unreadable += 1
+                print(f"poststelle spam: {item.origin}: {item.error}", file=sys.stderr)
+                continue
+            parsed = parse_message(item.raw, settings.message)
+            scored = await asyncio.to_thread(scorer.score, parsed, _file_event(item.raw))
+            report = _report(item.origin, scored, s)
+            print(orjson.dumps(report).decode()) if args.json else _print_report(report)
+    finally:
+        if model is not None:
+            await model.close()
+    return 1 if unreadable else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        return _run(_check(settings_of(args), args))
+    except ConfigError as exc:  # a broken rule file of the site: file, line and reason
+        print(f"poststelle spam: {exc}", file=sys.stderr)
+        return 2
 
 
 def _run(work) -> int:

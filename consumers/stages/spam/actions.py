@@ -21,6 +21,8 @@ fields of those names that came from outside are removed first, so a sender cann
 """
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from consumers.stages.spam.settings import SpamSettings
 from pipeline.state.users import UserPrefs
 from schemas.events import Edit
@@ -40,16 +42,19 @@ def probability(score: float, required_score: float) -> float:
 
 
 def action_for(recipient: str, score: float, prob: float, prefs: UserPrefs, senders: tuple[str, ...],
-               authenticated: bool, s: SpamSettings) -> RecipientAction:
-    """The one action for `recipient` (see the module docstring); `why` says which threshold or list."""
+               authenticated: bool | Collection[str], s: SpamSettings) -> RecipientAction:
+    """The one action for `recipient` (see the module docstring); `why` says which threshold or list.
+
+    `authenticated`: whether the senders are authenticated, or which of them are (lower case)."""
     def act(action: str, why: str = "") -> RecipientAction:
         return RecipientAction(recipient=recipient, action=action, why=why)
 
     blocked = next((sender for sender in senders if prefs.blocks(sender)), "")
     if blocked:
         return act("blocked", f"{blocked} is on the recipient's block list")
-    allowed = next((sender for sender in senders if prefs.allows(sender)), "")
-    if allowed and authenticated:
+    allowed = next((sender for sender in senders if prefs.allows(sender) and (
+        authenticated if isinstance(authenticated, bool) else sender.lower() in authenticated)), "")
+    if allowed:
         return act("allowed", f"{allowed} is on the recipient's allow list")
     if score >= s.reject_score:
         return act("reject", f"score {score:g} >= reject_score {s.reject_score:g}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from consumers.stages.spam.bayes import BayesSettings
 from pipeline.settings import ConfigError
 
 __all__ = ["SpamSettings"]
@@ -29,10 +30,8 @@ class SpamSettings:
     header_status: str = "X-Spam-Status"  # "Yes, score=7.3 required=5.0 probability=73% tests=A=2.0,B=1.3 bayes=0.99"
     header_flag: str = "X-Spam-Flag"  # "YES" on the copies of recipients for whom it is tagged as spam
     remove_forged_headers: bool = True  # drop header fields with these names that came from outside
-    bayes_min_learned: int = 200  # learned messages of each class before the classifier votes
-    autolearn: bool = False  # learn clear cases automatically (see docs/architecture.md, "The spam stage")
-    autolearn_spam_score: float = 12.0  # score without the Bayes rules from which a message is learned as spam
-    autolearn_ham_score: float = 0.1  # score without the Bayes rules below which it is learned as ham
+    # [stages.spam.bayes]: the classifier, its model (a fold of the learn topic) and autolearn
+    bayes: BayesSettings = field(default_factory=BayesSettings)
 
     def __post_init__(self) -> None:
         if self.required_score <= 0:
@@ -47,7 +46,3 @@ class SpamSettings:
             name = getattr(self, key)
             if not name or not all(33 <= ord(c) <= 126 and c != ":" for c in name):
                 raise ConfigError(f"stages.spam.{key}: not a header field name: {name!r}")
-        if self.bayes_min_learned < 1:
-            raise ConfigError("stages.spam.bayes_min_learned: must be at least 1")
-        if self.autolearn_ham_score >= self.autolearn_spam_score:
-            raise ConfigError("stages.spam.autolearn_ham_score: must be below autolearn_spam_score")
