@@ -11,7 +11,7 @@ import sys
 from pipeline.cli.components import load_config
 from pipeline.settings import REPO_ROOT, Settings
 
-__all__ = ["LOCAL_CONFIG", "settings_of", "setup_logging", "install_stop_handlers"]
+__all__ = ["LOCAL_CONFIG", "settings_of", "check_stages", "setup_logging", "install_stop_handlers"]
 
 LOCAL_CONFIG = REPO_ROOT / "deploy/local/poststelle.toml"
 
@@ -20,6 +20,17 @@ def settings_of(args: argparse.Namespace) -> Settings:
     """`--config`, else $POSTSTELLE_CONFIG, else the local stack's config (when it is there)."""
     path = args.config or os.environ.get("POSTSTELLE_CONFIG") or (LOCAL_CONFIG if LOCAL_CONFIG.exists() else None)
     return load_config(path)
+
+
+def check_stages(settings: Settings) -> None:
+    """What a stage can only check by loading it (the spam stage compiles its rule files): each stage of
+    the topology with a `check_config(settings)` class method runs it; a ConfigError stops the command."""
+    from pipeline.registry import get_stage
+
+    for name in settings.topology.stages:
+        check = getattr(get_stage(name), "check_config", None)
+        if check is not None:
+            check(settings)
 
 
 def setup_logging(component: str) -> None:

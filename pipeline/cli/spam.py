@@ -54,7 +54,7 @@ from pipeline.settings import ConfigError, Settings
 from schemas.events import Received
 from schemas.parts import BlobRef, Client, Envelope
 
-__all__ = ["add_parsers", "spam_settings", "tokenizer_options", "rule_stats"]
+__all__ = ["add_parsers", "spam_settings", "tokenizer_options", "rule_stats", "file_event", "train"]
 
 REPLAY_TIMEOUT = 60.0
 IN_FLIGHT = 2000  # learn events handed to the producer before waiting for their acknowledgements
@@ -269,7 +269,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 # ---- check ----------------------------------------------------------------------------------------
 
 
-def _file_event(raw: bytes) -> Received:
+def file_event(raw: bytes) -> Received:
     """A `received` event for a message from a file: no client, no recipients (see the module docstring)."""
     first = raw.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
     path = next((line[12:].strip().strip(b"<>").decode("utf-8", "replace") for line in first.splitlines()
@@ -311,7 +311,7 @@ async def _check(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"poststelle spam: {item.origin}: {item.error}", file=sys.stderr)
                 continue
             parsed = parse_message(item.raw, settings.message)
-            scored = await asyncio.to_thread(scorer.score, parsed, _file_event(item.raw))
+            scored = await asyncio.to_thread(scorer.score, parsed, file_event(item.raw))
             report = _report(item.origin, scored, s)
             print(orjson.dumps(report).decode()) if args.json else _print_report(report)
     finally:

@@ -10,7 +10,7 @@ import time
 
 import orjson
 
-from pipeline.cli.common import install_stop_handlers, settings_of, setup_logging
+from pipeline.cli.common import check_stages, install_stop_handlers, settings_of, setup_logging
 from pipeline.cli.components import component, pipeline_specs
 from pipeline.settings import Settings
 
@@ -37,6 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     settings = settings_of(args)
+    check_stages(settings)  # a broken rule file stops `up` here, with its file, line and reason
     from pipeline.localstack import local_services
     from pipeline.supervisor import Supervisor
 

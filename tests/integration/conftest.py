@@ -280,17 +280,22 @@ def stack() -> Stack:
     stop(stack)
 
 
+TRACE_FIELDS = (b"return-path", b"delivered-to", b"received", b"authentication-results", b"x-spam-score",
+                b"x-spam-status", b"x-spam-flag")
+
+
 def strip_trace(raw: bytes) -> tuple[list[bytes], bytes]:
     """Split a delivered message into its leading trace header fields and the rest (LF endings).
 
     Trace fields: those the ingress, Dovecot and the stages put on top (Received, Return-Path,
-    Delivered-To, and the auth stage's Authentication-Results, RFC 8601 section 5)."""
+    Delivered-To, the auth stage's Authentication-Results, RFC 8601 section 5, and the spam stage's
+    score fields)."""
     lines = raw.replace(b"\r\n", b"\n").split(b"\n")
     trace: list[bytes] = []
     i = 0
     while i < len(lines):
         name = lines[i].split(b":", 1)[0].lower()
-        if name not in (b"return-path", b"delivered-to", b"received", b"authentication-results"):
+        if name not in TRACE_FIELDS:
             break
         field_lines = [lines[i]]
         i += 1

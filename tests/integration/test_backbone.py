@@ -36,7 +36,8 @@ def test_swaks_mail_reaches_maildir_and_analytics(stack, tmp_path):
     assert rest == sent.replace(b"\r\n", b"\n"), "the body and headers must arrive unchanged"
     ours = [t for t in trace if b"(poststelle)" in t]
     assert len(ours) == 1 and message_id.encode() in ours[0]
-    assert {t.split(b":")[0].lower() for t in trace} <= {b"return-path", b"delivered-to", b"received"}
+    assert {t.split(b":")[0].lower() for t in trace} <= {b"return-path", b"delivered-to", b"received", b"x-spam-score",
+                                                             b"x-spam-status"}
 
     wanted = {"received", "stage_result", "routed", "delivered"}
 

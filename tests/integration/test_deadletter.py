@@ -16,10 +16,11 @@ from pipeline.blobstore import FileBlobStore
 from pipeline.deadletter import original_value
 from schemas.events import Client, Deadlettered, Edit, Envelope, Received, Routed, encode_event
 from schemas.ids import new_id
-from tests.integration.conftest import mail_with, new_test_id, read_all, send_data
+from tests.integration.conftest import LOCAL_STAGES, mail_with, new_test_id, read_all, send_data, with_probe
 from tests.integration.test_verdict import topics
 
 MAX = "max.mustermann@school.test"
+BEFORE_PROBE = with_probe(LOCAL_STAGES)[with_probe(LOCAL_STAGES).index("probe") - 1]  # the topic the probe reads
 
 
 def _produce(stack, topic: str, value: bytes, key: bytes) -> None:
@@ -53,7 +54,7 @@ def test_a_stage_that_raises_dead_letters_the_record_goes_on_and_replay_delivers
     assert reply.code == 250  # accepted (early: the pipeline had no verdict for it)
     (dead,) = stack.wait_for(lambda: _dead_letters(stack, lambda e: e.message_id == reply.message_id),
                              what="the stage's dead letter")
-    assert (dead.consumer, dead.reason, dead.source_topic) == ("probe", "exception", "poststelle.checked.auth")
+    assert (dead.consumer, dead.reason, dead.source_topic) == ("probe", "exception", f"poststelle.checked.{BEFORE_PROBE}")
     assert "RuntimeError: probe: told to fail" in dead.error
     stage_result = orjson.loads(original_value(dead, FileBlobStore(stack.home / "blobs")))
     assert stage_result["type"] == "stage_result" and stage_result["message_id"] == reply.message_id  # whole
@@ -66,7 +67,7 @@ def test_a_stage_that_raises_dead_letters_the_record_goes_on_and_replay_delivers
     # a person fixes the cause and replays it
     fixed.touch()
     done = stack.cli("deadletter", "replay", dead.id[:13])
-    assert done.stdout.startswith(f"replayed {dead.id} to poststelle.checked.auth[")
+    assert done.stdout.startswith(f"replayed {dead.id} to poststelle.checked.{BEFORE_PROBE}[")
     stack.wait_for(lambda: _delivered(stack, broken_id), what="the replayed message delivered")
     assert dead.id not in _listed(stack)
     again = stack.cli("deadletter", "replay", dead.id, check=False)

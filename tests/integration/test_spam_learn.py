@@ -73,6 +73,15 @@ def probes(stack: Stack, files: list[Path], count: int = 2) -> list[dict]:
     return results
 
 
+def checked(stack: Stack, files: list[Path]) -> list[dict]:
+    """`poststelle spam check --json` in a process of its own, its model voting from MIN_LEARNED on."""
+    env = {**stack.env, "POSTSTELLE_STAGES__SPAM__BAYES__MIN_LEARNED": str(MIN_LEARNED)}
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "spam", "check", "--json", *map(str, files)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [orjson.loads(line) for line in done.stdout.splitlines()]
+
+
 def test_learned_events_give_the_same_model_in_separate_processes(stack: Stack, tmp_path: Path) -> None:
     seed = random.randrange(1 << 30)  # the topic outlives one test run: new messages every run
     before = stats(stack)
@@ -96,6 +105,13 @@ def test_learned_events_give_the_same_model_in_separate_processes(stack: Stack, 
     assert first["probabilities"] == second["probabilities"]  # bit for bit
     spam_p, ham_p = first["probabilities"]
     assert spam_p > 0.9 and ham_p < 0.1
+
+    # the stage's own scorer (`poststelle spam check` runs it) in two more processes: the same Bayes vote
+    checks = checked(stack, [new_spam, new_ham]), checked(stack, [new_spam, new_ham])
+    assert checks[0] == checks[1]
+    assert [report["bayes"] for report in checks[0]] == pytest.approx([spam_p, ham_p], abs=0.05)
+    assert any(rule["name"].startswith(("BAYES_9", "BAYES_80")) for rule in checks[0][0]["rules"])
+    assert any(rule["name"] in ("BAYES_00", "BAYES_05") for rule in checks[0][1]["rules"])
 
 
 def test_learning_twice_is_known_moving_and_forgetting(stack: Stack, tmp_path: Path) -> None:

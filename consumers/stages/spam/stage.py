@@ -39,6 +39,7 @@ from consumers.stages.spam.tokens import token_digest
 from pipeline.bus import Topics
 from pipeline.mail.reader import message_reader
 from pipeline.registry import register
+from pipeline.settings import Settings
 from pipeline.stage import Outcome, StageContext, TemporaryFailure, Work
 from pipeline.state.users import UserPrefs, UserSettings, UserSettingsUnavailable
 from schemas.events import Result, Verdict
@@ -94,6 +95,11 @@ class SpamStage:
         self.scorer = Scorer.load(settings, site.source, self.model)  # a broken rule file stops start-up here
         self.users = UserSettings.from_settings(site, client_id="spam-users")
         self.local_domains = frozenset(d.lower() for d in site.ingress.local_domains)
+
+    @classmethod
+    def check_config(cls, site: Settings) -> None:
+        """Compile the rule files (`poststelle config check` and `up`): RuleFileError with file, line, reason."""
+        Scorer.load(site.stages.get(cls.name) or SpamSettings(), site.source)
 
     async def start(self) -> None:
         log.info("spam: %d rules loaded", len(self.scorer.rules))
