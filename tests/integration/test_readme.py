@@ -81,7 +81,8 @@ def test_the_readme_quick_start_has_the_commands_this_test_runs():
     assert any(t.startswith("swaks --server 127.0.0.1:2525") for t in texts)
     assert any("--tls-on-connect" in t for t in texts) and any(t.startswith(".venv/bin/poststelle sql") for t in texts)
     assert [c.expect for c in quick_start_commands() if c.expect] == [
-        "550 5.1.1 Recipient address rejected: User unknown", "554 5.7.1 Message refused by virus check: virus found: Poststelle.Test.Eicar.UNOFFICIAL"]
+        "550 5.1.1 Recipient address rejected: User unknown", "554 5.7.1 Message refused by virus check: virus found: Poststelle.Test.Eicar.UNOFFICIAL",
+        "554 5.7.1 Message refused by spam check: spam: GTUBE"]
 
 
 def _for_the_test_stack(stack, text: str, message_id: str) -> str:

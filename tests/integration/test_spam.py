@@ -121,7 +121,7 @@ def test_one_recipient_with_quarantine_on_gets_it_held_the_other_tagged_both_in_
         held = stack.wait_for(lambda: stack.sql(
             "SELECT stage, reason FROM poststelle.events WHERE type = 'quarantined' "
             f"AND message_id = '{reply.message_id}'"), what="the quarantined event")
-        assert held[0][0] == "spam" and held[0][1].startswith("spam (score ")
+        assert held[0][0] == "spam" and held[0][1].startswith("spam: ")
         assert test_id.encode() not in b"".join(stack.messages(LENA))
     finally:
         stack.cli("user", "reset", LENA, check=False)

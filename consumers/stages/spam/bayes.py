@@ -40,9 +40,9 @@ class BayesSettings:
 
     enabled: bool = True
     min_learned: int = 200  # messages of each class learned before the classifier votes
-    robinson_s: float = 1.0  # strength of the prior for rarely seen tokens
+    robinson_s: float = 0.5  # strength of the prior for rarely seen tokens (cross-validated on the training half: docs/performance.md)
     robinson_x: float = 0.5  # probability assumed for a token never seen
-    min_strength: float = 0.1  # tokens with |f(w) - 0.5| below this are left out
+    min_strength: float = 0.15  # tokens with |f(w) - 0.5| below this are left out
     max_significant: int = 150  # the strongest tokens combined
     max_tokens: int = 2_097_152  # distinct tokens the model holds (16 bytes each); see model.py for the rule past it
     snapshot_every: int = 1000  # learn events folded between two snapshots

@@ -158,16 +158,15 @@ class SpamStage:
     def _outcome(self, scored: Scored, actions: list[RecipientAction], autolearned: str) -> Outcome:
         s = self.settings
         rejected, quarantined = {}, {}
-        summary = f"score {scored.score:.1f}, probability {scored.probability:g}%"
-        if scored.top():
-            summary += f": {scored.top()}"
+        why = f"spam: {scored.top()}" if scored.top() else "spam"
+        summary = f"{why} (score {scored.score:.1f}, probability {scored.probability:g}%)"
         for action in actions:
             if action.action == "reject":
-                rejected[action.recipient] = f"spam ({summary})"
+                rejected[action.recipient] = summary
             elif action.action == "blocked":
                 rejected[action.recipient] = action.why
             elif action.action == "quarantine":
-                quarantined[action.recipient] = f"spam ({summary})"
+                quarantined[action.recipient] = summary
         hits = [RuleHit(name=h.name, score=h.score, description=h.description) for h in scored.hits]
         details = SpamDetails(score=scored.score, probability=scored.probability, required_score=s.required_score,
                               rules=hits, bayes=scored.bayes, actions=actions, autolearned=autolearned)
