@@ -60,14 +60,14 @@ def main() -> None:
     rows = fold_scores(a, b, settings, rules) + fold_scores(b, a, settings, rules)
     nspam = sum(label == "spam" for label, _, _ in rows)
     nham = len(rows) - nspam
-    low = {"00": (-6.0, -5.0, -4.0, -3.0, -1.9), "05": (-3.0, -2.0, -1.0, -0.5)}
-    high = {"80": (2.0, 3.0, 4.0), "95": (3.0, 4.0, 5.0), "99": (4.0, 5.0, 5.5), "999": (0.2, 0.5, 1.0)}
+    low = {"00": (-5.0, -4.0, -3.5, -3.0, -2.0), "05": (-2.0, -1.0, -0.5)}
+    high = {"80": (1.5, 2.0, 3.0), "95": (2.0, 3.0, 4.0), "99": (3.0, 4.0, 5.0), "999": (0.5, 1.0, 2.0)}
     found = []
     for s00, s05, s80, s95, s99, s999 in itertools.product(low["00"], low["05"], high["80"], high["95"], high["99"],
                                                            high["999"]):
         if not s80 <= s95 <= s99:
             continue
-        scores = (s00, s05, 0.0, 0.0, 0.8, 1.5, s80, s95, s99, s99 + s999)
+        scores = (s00, s05, 0.0, 0.0, 0.8, 1.2, s80, s95, s99, s99 + s999)
         caught = sum(label == "spam" and rest + scores[b] >= 5 for label, rest, b in rows)
         wrong = sum(label == "ham" and rest + scores[b] >= 5 for label, rest, b in rows)
         found.append((100 * caught / nspam, 100 * wrong / nham, (s00, s05, s80, s95, s99, s999)))

@@ -45,12 +45,15 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def spamd(home: Path, bayes: bool, children: int) -> subprocess.Popen:
+def configure(home: Path, bayes: bool) -> None:
     for pre in Path("/etc/spamassassin").glob("*.pre"):  # the plugin loads of the Debian package
         shutil.copy(pre, home / pre.name)
-    config = home / "local.cf"
-    config.write_text(f"use_bayes {int(bayes)}\nbayes_auto_learn 0\nbayes_path {home}/bayes/bayes\n"
-                      "skip_rbl_checks 1\nuse_razor2 0\nuse_pyzor 0\ndns_available no\n")
+    (home / "local.cf").write_text(f"use_bayes {int(bayes)}\nbayes_auto_learn 0\nbayes_path {home}/bayes/bayes\n"
+                                   "skip_rbl_checks 1\nuse_razor2 0\nuse_pyzor 0\ndns_available no\n")
+
+
+def spamd(home: Path, bayes: bool, children: int) -> subprocess.Popen:
+    configure(home, bayes)
     process = subprocess.Popen(["spamd", "--local", "--listen", f"127.0.0.1:{PORT}", "-m", str(children),
                                 "--min-children", str(children), "--max-spare", str(children),
                                 "--siteconfigpath", str(home), "--pidfile", str(home / "spamd.pid"),
@@ -113,6 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus")
     parser.add_argument("--children", type=int, default=2)
+    parser.add_argument("--bayes-only", action="store_true", help="skip the rules-only run")
     args = parser.parse_args()
     for tool in ("spamd", "spamc", "sa-learn"):
         if shutil.which(tool) is None:
@@ -123,7 +127,9 @@ def main() -> None:
         (home / "bayes").mkdir()
         os.chmod(home, 0o777)
         os.chmod(home / "bayes", 0o777)
-        run("rules only (--local, no Bayes)", home, False, args.children, test)
+        if not args.bayes_only:
+            run("rules only (--local, no Bayes)", home, False, args.children, test)
+        configure(home, bayes=True)
         started = time.monotonic()
         for label in ("spam", "ham"):
             folder = home / f"learn-{label}"

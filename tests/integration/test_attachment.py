@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import email.utils
 import io
 import re
 import smtplib
@@ -36,8 +37,11 @@ def _b64(data: bytes) -> bytes:
 
 
 def message(test_id: str, attachment_headers: bytes, payload: bytes) -> bytes:
+    """A mail as a real sender's program writes it (Date, a display name), so the spam stage leaves its
+    subject alone: what this module tests is the attachment stage."""
     return (
-        f"From: sender@example.org\r\nTo: {RCPT}\r\nSubject: Rechnung {test_id[:6]}\r\nX-Test-Id: {test_id}\r\n"
+        f"From: Buchhaltung <sender@example.org>\r\nTo: {RCPT}\r\nSubject: Rechnung {test_id[:6]}\r\n"
+        f"Date: {email.utils.formatdate()}\r\nX-Test-Id: {test_id}\r\n"
         f"Message-ID: <{test_id}@example.org>\r\nMIME-Version: 1.0\r\n"
         f'Content-Type: multipart/mixed; boundary="=_b{test_id}"\r\n\r\n'
         f"--=_b{test_id}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHallo Max,\r\nanbei die Rechnung.\r\n"
