@@ -6,14 +6,19 @@ on the memory transport (the Kafka one swapped out), fed the same records `posts
 """
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from consumers.stages.spam.model import LEARN, BayesModel
 from consumers.stages.spam.stage import SpamStage, authenticated_senders
 from pipeline.blobstore import FileBlobStore
 from pipeline.config import load_settings
 from pipeline.stage import StageContext, TemporaryFailure, Work
 from pipeline.state.users import TABLE, UserSettings
-from schemas.events import Client, Envelope, Received, Result, UserPrefValues, UserSettingsChanged, Verdict, encode_event
+from pipeline.tables import MemoryLog, MemoryTransport
+from schemas.events import (Client, Envelope, Received, Result, UserPrefValues, UserSettingsChanged, Verdict, decode_event,
+                            encode_event)
 from schemas.ids import new_id
 
 LENA, ANNA, OUTSIDE = "lena.mueller@school.test", "anna.schmidt@school.test", "friend@ext.test"
@@ -107,3 +112,31 @@ def test_which_senders_count_as_authenticated(details, logged_in, expected) -> N
     auth = Result(stage="auth", verdict=Verdict.PASS, details=details) if details else None
     senders = ("winner@prizes.example", "Boss@Prizes.example")
     assert authenticated_senders(senders, "winner@prizes.example", auth, logged_in) == frozenset(expected)
+
+
+async def test_autolearn_writes_learn_events_for_clear_cases_only(tmp_path) -> None:
+    settings = load_settings(None, environ={"POSTSTELLE_TOPOLOGY__STAGES": "spam,route",
+                                            "POSTSTELLE_STAGES__SPAM__BAYES__AUTOLEARN__ENABLED": "true",
+                                            "POSTSTELLE_INGRESS__LOCAL_DOMAINS": '["school.test"]'})
+    blobs = FileBlobStore(tmp_path / "blobs")
+    stage = SpamStage(settings.stage_settings("spam"), StageContext(settings=settings, blobs=blobs))
+    log = MemoryLog([LEARN])
+    stage.model = stage.scorer.model = BayesModel(settings.stage_settings("spam").bayes, MemoryTransport(log))
+    stage.users = UserSettings(None, settings.users)
+    await stage.start()
+    try:
+        heavy = SPAM.replace("This is not spam.", "This is not spam. To be removed from our mailing list, reply "
+                             "with REMOVE in the subject. Make millions of dollars, 100% guaranteed, no risk.")
+        ham = ("From: Anna Schmidt <anna.schmidt@school.test>\r\nTo: lena.mueller@school.test\r\nSubject: Mensa\r\n"
+               "Date: Thu, 03 Dec 2026 10:00:00 +0000\r\nMessage-ID: <2@school.test>\r\n\r\nBis morgen in der Mensa.\r\n")
+        results = [await stage.process(_work(blobs, raw, [LENA])) for raw in (heavy, ham, SPAM)]
+        for _ in range(200):  # the model folds what it wrote from the log, as every instance does
+            if (stage.model.nspam, stage.model.nham) == (1, 1):
+                break
+            await asyncio.sleep(0.01)
+        results.append(await stage.process(_work(blobs, heavy, [LENA])))
+        assert [r.details["autolearned"] for r in results] == ["spam", "ham", "", ""]  # the last: already learned
+        learned = [decode_event(value) for _, value in log.records[LEARN]]
+        assert [(e.label, e.source) for e in learned] == [("spam", "autolearn"), ("ham", "autolearn")]
+    finally:
+        await stage.close()
