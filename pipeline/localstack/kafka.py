@@ -83,5 +83,9 @@ def kafka_service(settings: Settings) -> ServiceSpec:
 
 
 def _new_cluster_id() -> str:
-    """KRaft wants a base64url-encoded 16-byte UUID."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """KRaft wants a base64url-encoded 16-byte UUID; not one starting with "-", which the storage
+    tool's argument parser takes for an option (one start in 64 failed that way)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id

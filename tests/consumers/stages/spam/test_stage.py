@@ -17,8 +17,17 @@ from pipeline.config import load_settings
 from pipeline.stage import StageContext, TemporaryFailure, Work
 from pipeline.state.users import TABLE, UserSettings
 from pipeline.tables import MemoryLog, MemoryTransport
-from schemas.events import (Client, Envelope, Received, Result, UserPrefValues, UserSettingsChanged, Verdict, decode_event,
-                            encode_event)
+from schemas.events import (
+    Client,
+    Envelope,
+    Received,
+    Result,
+    UserPrefValues,
+    UserSettingsChanged,
+    Verdict,
+    decode_event,
+    encode_event,
+)
 from schemas.ids import new_id
 
 LENA, ANNA, OUTSIDE = "lena.mueller@school.test", "anna.schmidt@school.test", "friend@ext.test"
