@@ -73,3 +73,39 @@ async def test_forget_writes_only_for_learned_messages(log_and_model):
     assert (model.nspam, model.nham) == (0, 0)
     assert written(memory)[-1] == ("forget", "cli")
     assert _summary("forget", tally) == "forgot 1, 1 not learned, 0 unreadable (2 messages read)"
+
+
+# ---- spam check (rules only: no broker) -----------------------------------------------------------
+
+GTUBE_MAIL = (b"From: Prize Office <winner@prizes.example>\r\nSubject: test\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\n"
+              b"Message-ID: <1@prizes.example>\r\n\r\nXJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n")
+
+
+def test_spam_check_scores_files_with_the_stages_rules(tmp_path, monkeypatch, capsys) -> None:
+    from pipeline.cli import main
+
+    monkeypatch.setenv("POSTSTELLE_CONFIG", "")
+    mbox = tmp_path / "two.mbox"
+    mbox.write_bytes(b"From x Thu Dec  3 10:00:00 2026\n" + GTUBE_MAIL.replace(b"\r\n", b"\n") +
+                     b"\nFrom x Thu Dec  3 10:00:00 2026\nFrom: Anna Schmidt <a@school.test>\nTo: max@school.test\nSubject: Mensa\n"
+                     b"Date: Thu, 03 Dec 2026 10:00:00 +0000\nMessage-ID: <2@school.test>\n\nBis morgen.\n")
+    assert main(["spam", "check", "--rules-only", "--json", str(mbox), str(tmp_path / "missing.eml")]) == 1
+    out, err = capsys.readouterr()
+    reports = [orjson.loads(line) for line in out.splitlines()]
+    assert [(r["action"], r["rules"][0]["name"] if r["rules"] else "") for r in reports] == [("reject", "GTUBE"),
+                                                                                          ("none", "")]
+    assert "missing.eml: no such file or directory" in err
+
+
+def test_spam_check_refuses_a_broken_site_rule_file(tmp_path, monkeypatch, capsys) -> None:
+    from pipeline.cli import main
+
+    rules = tmp_path / "site.cf"
+    rules.write_text("body OK /x/\nscore OK 1\nfrobnicate OK 2\n")
+    monkeypatch.setenv("POSTSTELLE_CONFIG", "")
+    monkeypatch.setenv("POSTSTELLE_STAGES__SPAM__RULE_FILES", str(rules))
+    monkeypatch.setenv("POSTSTELLE_TOPOLOGY__STAGES", "spam,route")
+    mail = tmp_path / "m.eml"
+    mail.write_bytes(GTUBE_MAIL)
+    assert main(["spam", "check", "--rules-only", str(mail)]) == 2
+    assert f"{rules}:3:" in capsys.readouterr().err
