@@ -4,7 +4,9 @@
 puts the classifier's probability into the `ScanContext` (the BAYES_* band rules read it), runs
 every rule and adds up the scores of those that fired. It is plain CPU work with no I/O: the stage
 runs it in a worker thread so the event loop keeps serving the consumer, and `poststelle spam
-check` calls it directly.
+check` calls it directly. The model is read from that thread while the event loop may fold a new
+learn event into it: a probability computed during a fold may count that one event partly, as if it
+had come a moment earlier or later; the counts themselves are only ever changed by the loop.
 
 The rule files are the shipped ones (deploy/spam/rules/*.cf, in name order), then the site's
 (`stages.spam.rule_files`, in the order given; a relative path is taken from the directory of the
