@@ -85,6 +85,15 @@ def listed_in(scan: Scan, check: str, zone: str) -> bool:
     return _listed(scan, check, zone)
 
 
+@builtin("site_allowlisted")
+def site_allowlisted(scan: Scan, source: str) -> bool:
+    """An entry of the site's own allow list (`poststelle list add allow`) matched, for `source`
+    "client_ip" (a cidr entry: the connecting address, which cannot be forged) or "sender" (an
+    address or domain entry: the envelope sender, which can)."""
+    details = _details(scan, "blocklist") or {}
+    return (details.get("allowlisted") or {}).get("source") == source
+
+
 # ---- SPF, DKIM, DMARC (the auth stage) ------------------------------------------------------------
 
 

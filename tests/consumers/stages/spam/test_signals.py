@@ -9,7 +9,7 @@ from consumers.stages.spam.builtins import BUILTINS
 from consumers.stages.spam.scan import Scan
 from schemas.stages.attachment import AttachmentDetails, HeldPartDetails
 from schemas.stages.auth import AuthDetails, DkimDetails, DmarcDetails, SpfDetails
-from schemas.stages.blocklist import BlocklistDetails, Listing
+from schemas.stages.blocklist import BlocklistDetails, Listing, SiteListHit
 from tests.consumers.stages.spam.scanning import context, message, result
 
 RAW = message()
@@ -29,6 +29,17 @@ def auth(spf="pass", dkim=("pass",), dmarc="pass", dkim_aligned=True, quarantine
                           dmarc=DmarcDetails(result=dmarc, from_domain="good.test", dkim_aligned=dkim_aligned),
                           dmarc_quarantine=quarantine)
     return (result("auth", dataclasses.asdict(details)),)
+
+
+def test_the_sites_allow_list_by_what_matched():
+    def allowed(source: str):
+        hit = SiteListHit(list="allow", kind="cidr", value="192.0.2.0/24", subject="192.0.2.7", source=source)
+        return (result("blocklist", dataclasses.asdict(BlocklistDetails(score=0, threshold=5, allowlisted=hit))),)
+
+    assert signal("site_allowlisted", "client_ip", history=allowed("client_ip"))
+    assert not signal("site_allowlisted", "sender", history=allowed("client_ip"))
+    assert signal("site_allowlisted", "sender", history=allowed("sender"))
+    assert not signal("site_allowlisted", "client_ip", history=blocklist()) and not signal("site_allowlisted", "sender")
 
 
 def test_dns_lists_from_ingress_notes_and_the_blocklist_stage():
