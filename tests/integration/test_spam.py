@@ -162,3 +162,19 @@ def test_a_hostile_message_is_scored_in_bounded_time_and_delivered(stack: Stack)
     fired = [rule["name"] for rule in details["rules"]]
     assert details["score"] < 15 and "CHARSET_UNKNOWN" in fired and "HTML_NO_HTML_TAG" in fired  # both parts read
     delivered(stack, MAX, test_id)
+
+
+def test_the_sites_allow_list_counts_against_the_score(stack: Stack) -> None:
+    test_id = new_test_id()
+    sender = f"partner-{test_id[:8]}@example.org"
+    stack.cli("list", "add", "allow", "address", sender, "--comment", "test: a partner's newsletter")
+    try:
+        time.sleep(3.0)  # the blocklist stage follows the list topic: well within this
+        reply = send_data(stack, message(test_id, [MAX], SPAM_SUBJECT, SPAM_BODY), [MAX], mail_from=sender)
+        assert reply.code == 250, reply
+        details = spam_result(stack, reply.message_id)
+        assert {"name": "SITE_ALLOWLIST_SENDER", "score": -2.5} in [
+            {k: rule[k] for k in ("name", "score")} for rule in details["rules"]]
+        assert "SITE_ALLOWLIST_SENDER=-2.5" in header(delivered(stack, MAX, test_id), "X-Spam-Status")
+    finally:
+        stack.cli("list", "remove", "allow", "address", sender, check=False)
