@@ -285,12 +285,13 @@ class Follower:
     """
 
     def __init__(self, transport: Transport | None, apply: Apply, *, label: str, retry_every: float | None = None,
-                 on_caught_up: Callable[[], None] | None = None) -> None:
+                 on_caught_up: Callable[[], None] | None = None, on_rewind: Callable[[], None] | None = None) -> None:
         self.transport = transport
         self.apply = apply
         self.label = label
         self.retry_every = retry_every
         self.on_caught_up = on_caught_up
+        self.on_rewind = on_rewind
         self._caught_up = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -298,15 +299,17 @@ class Follower:
     def ready(self) -> bool:
         return self._caught_up.is_set()
 
-    async def start(self, timeout: float = 15.0) -> bool:
-        """Replay the tables; return whether that finished within `timeout` (it goes on if not)."""
+    async def start(self, timeout: float = 15.0, positions: Positions | None = None) -> bool:
+        """Replay the tables (from `positions` when the state already holds what lies before them:
+        see `follow_tables`); return whether that finished within `timeout` (it goes on if not)."""
         if self.transport is None:
             self._caught_up.set()
             return True
         if self._task is None:
             self._task = asyncio.create_task(
                 follow_tables(self.transport, self.apply, self._caught_up, label=self.label,
-                              retry_every=self.retry_every, on_caught_up=self.on_caught_up),
+                              retry_every=self.retry_every, on_caught_up=self.on_caught_up, start=positions,
+                              on_rewind=self.on_rewind),
                 name=f"{self.label}-follow")
         return await self.wait(timeout)
 

@@ -105,8 +105,8 @@ class BayesModel:
         self.snapshot_file = snapshot_path(snapshot_dir, topic) if snapshot_dir is not None else None
         self.write_snapshots = write_snapshots and self.snapshot_file is not None
         self.retry_every = retry_every
-        self._caught_up = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._follower: tables.Follower | None = None  # made by `start`
+        self._snapshotting: asyncio.Task | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -182,7 +182,7 @@ class BayesModel:
 
     @property
     def ready(self) -> bool:
-        return self._caught_up.is_set()
+        return self._follower is not None and self._follower.ready
 
     def stats(self) -> ModelStats:
         return ModelStats(nspam=self.nspam, nham=self.nham, tokens=self.table.held(), counted=self.table.counted(),
@@ -195,21 +195,14 @@ class BayesModel:
     async def start(self, timeout: float = 15.0) -> bool:
         """Load the snapshot, replay what follows it and keep following; whether that caught up
         within `timeout` (it goes on if not: the model answers from what it has meanwhile)."""
-        if self.transport is None:
-            self._caught_up.set()
-            return True
-        if not self._tasks:
-            start = self._restore()
-            self._tasks.append(asyncio.create_task(tables.follow_tables(
-                self.transport, self.apply, self._caught_up, label="bayes", retry_every=self.retry_every,
-                start=start, on_rewind=self._rewound, on_caught_up=self._log_replayed), name="bayes-follow"))
-            if self.write_snapshots:
-                self._tasks.append(asyncio.create_task(self._snapshots(), name="bayes-snapshots"))
-        try:
-            await asyncio.wait_for(asyncio.shield(self._caught_up.wait()), timeout)
-        except TimeoutError:
-            log.warning("bayes: learn topic not replayed within %.0fs; still trying", timeout)
-        return self.ready
+        if self._follower is not None:
+            return await self._follower.wait(timeout)
+        self._follower = tables.Follower(self.transport, self.apply, label="bayes", retry_every=self.retry_every,
+                                         on_caught_up=self._log_replayed, on_rewind=self._rewound)
+        positions = self._restore() if self.transport is not None else None
+        if self.write_snapshots and self.transport is not None:
+            self._snapshotting = asyncio.create_task(self._snapshots(), name="bayes-snapshots")
+        return await self._follower.start(timeout, positions)
 
     def _restore(self) -> tables.Positions | None:
         if self.snapshot_file is None:
@@ -262,15 +255,18 @@ class BayesModel:
         return self.snapshot_file
 
     async def close(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
+        """Stop the periodic snapshots, write a last one (the snapshot copies the state after taking
+        the positions, so the follower may still fold meanwhile), then stop following."""
+        task, self._snapshotting = self._snapshotting, None
+        if task is not None:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+            await asyncio.wait([task], timeout=5)
         if self.write_snapshots and self.unsaved and self.ready:
             try:
                 await self.snapshot()
             except (OSError, ConnectionError) as exc:
                 log.warning("bayes: last snapshot not written: %s", exc)
-        if self.transport is not None:
+        if self._follower is not None:
+            await self._follower.close()
+        elif self.transport is not None:
             await self.transport.close()
