@@ -12,40 +12,17 @@ go into deploy/spam/rules/60_bayes.cf by hand; bench/spam_accuracy.py then score
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.spam_accuracy import trained_model  # noqa: E402
 from bench.spam_corpus import corpus_dir, load, split  # noqa: E402
+from bench.spam_fit_scores import collect  # noqa: E402
 from consumers.stages.spam.rules import RuleSet  # noqa: E402
-from consumers.stages.spam.scorer import Scorer, rule_paths  # noqa: E402
+from consumers.stages.spam.scorer import rule_paths  # noqa: E402
 from consumers.stages.spam.settings import SpamSettings  # noqa: E402
-from pipeline.cli.spam import file_event  # noqa: E402
-from pipeline.mail.message import parse_message  # noqa: E402
-
-BANDS = ((0.0, 0.01), (0.01, 0.05), (0.05, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 0.95), (0.95, 0.99),
-         (0.99, 0.999), (0.999, 1.01))
-
-
-def band(p: float) -> int:
-    return next(i for i, (low, high) in enumerate(BANDS) if low <= p < high)
-
-
-def fold_scores(train, held, settings: SpamSettings, rules: RuleSet) -> list[tuple[str, float, int]]:
-    """(label, the score without BAYES_*, the Bayes band) of each held-out message."""
-    model = asyncio.run(trained_model(train, settings))
-    scorer = Scorer(settings, rules, model)
-    found = []
-    for sample in held:
-        scored = scorer.score(parse_message(sample.raw), file_event(sample.raw))
-        rest = scored.score - sum(h.score for h in scored.hits if h.name.startswith("BAYES_"))
-        found.append((sample.label, rest, band(scored.bayes if scored.bayes is not None else 0.5)))
-    return found
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -53,11 +30,10 @@ def main() -> None:
     parser.add_argument("--max-fp", type=float, default=0.4, help="false positives allowed at 5 points, in %")
     args = parser.parse_args()
     training, _ = split(load(corpus_dir(args.corpus)))
-    a = [s for s in training if s.sha256[1] in "01234567"]
-    b = [s for s in training if s.sha256[1] not in "01234567"]
     settings = SpamSettings()
-    rules = RuleSet.load(rule_paths(settings))
-    rows = fold_scores(a, b, settings, rules) + fold_scores(b, a, settings, rules)
+    # the score without BAYES_*, and the band of BAYES_00 ... BAYES_99 and BAYES_999 (index 9)
+    rows = [("spam" if spam else "ham", rest, b + top)
+            for _, spam, _, rest, b, top in collect(training, settings, RuleSet.load(rule_paths(settings)))]
     nspam = sum(label == "spam" for label, _, _ in rows)
     nham = len(rows) - nspam
     low = {"00": (-5.0, -4.0, -3.5, -3.0, -2.0), "05": (-2.0, -1.0, -0.5)}

@@ -52,17 +52,19 @@ def band(p: float | None) -> int:
     return int(np.searchsorted(EDGES, p, side="right"))
 
 
-def collect(training, settings: SpamSettings, rules: RuleSet) -> list[tuple[int, int, set[str], int, bool]]:
-    """(fold, spam?, rules that fired, Bayes band, Bayes >= 0.999) per message of the training half."""
+def collect(training, settings: SpamSettings, rules: RuleSet) -> list[tuple[int, int, set[str], float, int, bool]]:
+    """(fold, spam?, rules that fired, their score without BAYES_*, Bayes band, Bayes >= 0.999) per message
+    of the training half, Bayes from a model trained on the other fold."""
     folds = [[s for s in training if (s.sha256[1] in "01234567") == (k == 0)] for k in (0, 1)]
     found = []
     for k in (0, 1):
         scorer = Scorer(settings, rules, asyncio.run(trained_model(folds[1 - k], settings)))
         for sample in folds[k]:
             scored = scorer.score(parse_message(sample.raw), file_event(sample.raw))
-            names = {h.name for h in scored.hits if not h.name.startswith("BAYES_")}
+            hits = [h for h in scored.hits if not h.name.startswith("BAYES_")]
             bayes = scored.bayes if scored.bayes is not None else 0.5
-            found.append((k, int(sample.label == "spam"), names, band(bayes), bayes >= 0.999))
+            found.append((k, int(sample.label == "spam"), {h.name for h in hits}, sum(h.score for h in hits),
+                          band(bayes), bayes >= 0.999))
     return found
 
 
@@ -73,7 +75,7 @@ def design(rows, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = np.zeros((2 * len(rows), width))
     y = np.zeros(2 * len(rows))
     fold = np.zeros(2 * len(rows), int)
-    for i, (k, spam, fired, b, top) in enumerate(rows):
+    for i, (k, spam, fired, _, b, top) in enumerate(rows):
         for row in (2 * i, 2 * i + 1):
             for name in fired & index.keys():
                 x[row, index[name]] = 1
@@ -141,7 +143,7 @@ def main() -> None:
     settings = SpamSettings()
     rules = RuleSet.load(rule_paths(settings))
     rows = collect(training, settings, rules)
-    names = sorted({n for _, _, fired, _, _ in rows for n in fired} - set(KEEP))
+    names = sorted({n for _, _, fired, _, _, _ in rows for n in fired} - set(KEEP))
     x, y, fold = design(rows, names)
     shipped = shipped_scores()
     signs = np.array([np.sign(shipped.get(n, 0.0)) for n in names] + [0.0] * (len(BANDS) + 1))

@@ -21,7 +21,7 @@ depends only on the set of tokens touched, so it keeps the fold order-free). Rec
 tokenizer version are skipped (`other_version`): after a tokenizer change, learn again.
 
 `BayesModel.start` loads the newest snapshot (`snapshot.py`) and replays only what follows it, then
-follows the topic (`pipeline.tables.follow_tables`); it writes a snapshot every `snapshot_every`
+follows the topic (`pipeline.tables.Follower`); it writes a snapshot every `snapshot_every`
 learn events or `snapshot_seconds`, and at `close`. `classify(hashes)` is the classifier
 (`bayes.classify`) over the model's counts: a lookup in fixed arrays, no network.
 """
