@@ -193,3 +193,31 @@ def test_categories_and_search(tmp_path):
     assert {e.category for e in state.entries.values() if e.needs_approval} == {"virus", "dmarc"}
     assert [e.category for e in state.search(text="late")] == ["rejected"]
     assert len(state.search(recipient="LENA@school.test", status="open")) == 4
+
+
+async def test_release_with_allow_and_learn_writes_all_in_one_transaction(setup):
+    from pipeline.state.users import UserSettings
+    from schemas.events import SpamLearned, UserSettingsChanged
+    blobs, view, _, recorder = setup
+    users = UserSettings(None, SETTINGS.users)
+    await users.start(1)
+    learned_from = []
+
+    def learn(raw: bytes, message_id: str) -> SpamLearned:
+        learned_from.append((raw, message_id))
+        return SpamLearned(message_id=message_id, digest="ab" * 32, label="ham", tokens="", tokenizer_version=1)
+
+    producer = TransactionalProducer(SETTINGS.kafka, "t2", make=lambda *_: recorder)
+    actions = QuarantineActions(SETTINGS, view, producer, blobs, users=users, learn_ham=learn)
+    event = _spam(blobs)
+    view.state.apply_event(event)
+    action = await actions.release(entry_id(event.id, "lena@school.test"), "link:lena@school.test",
+                                   learn_ham=True, allow_sender=True, token="t1")
+    assert action.learn_ham and action.allow_sender and action.token == "t1"
+    [transaction] = recorder.committed
+    assert [t for t, _, _ in transaction] == ["poststelle.checked.spam", "poststelle.quarantine",
+                                              "poststelle.spam.learn", "poststelle.users"]
+    assert learned_from == [(RAW, "m1")]
+    change = decode_event(transaction[3][2])
+    assert isinstance(change, UserSettingsChanged) and change.settings.allow_senders == ["eve@spam.test"]
+    assert (await users.prefs("lena@school.test")).allows("eve@spam.test")  # known at once, locally
