@@ -18,6 +18,7 @@ from consumers.services.portal.preview import entry_timeline, preview_of
 from consumers.services.portal.views import redirect, render
 from pipeline.quarantine_settings import CATEGORIES
 from pipeline.state.quarantine import Entry, QuarantineState
+from pipeline.state.quarantine_actions import ActionRefused
 
 __all__ = ["QuarantineSize", "quarantine_size", "admin_page", "admin_entry", "admin_action", "bulk_action"]
 
@@ -75,8 +76,6 @@ async def admin_entry(request: Request) -> Response:
 
 async def _act(request: Request, entry: Entry, action: str, by: str) -> Done:
     actions = portal_of(request).actions
-    from pipeline.state.quarantine_actions import ActionRefused
-
     try:
         if action == "approve":
             await actions.approve(entry.id, by)

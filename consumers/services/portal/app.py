@@ -38,7 +38,15 @@ from consumers.services.portal.auth import DirectoryAccounts
 from consumers.services.portal.core import Portal
 from consumers.services.portal.security import BodyLimit, SecurityHeaders, session_key
 from consumers.services.portal.views import http_error, internal_error
+from pipeline.blobstore import FileBlobStore
+from pipeline.bus import ensure_topics
+from pipeline.clients.directory import Directory
+from pipeline.links import link_key
+from pipeline.producers import TransactionalProducer
 from pipeline.settings import Settings, parse_duration
+from pipeline.state.quarantine import QuarantineView
+from pipeline.state.quarantine_actions import HamLearner, QuarantineActions
+from pipeline.state.users import UserSettings
 from pipeline.web import serving
 
 __all__ = ["create_app", "run_portal", "SESSION_COOKIE"]
@@ -85,25 +93,20 @@ def create_app(portal: Portal) -> Starlette:
 
 
 async def run_portal(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None,
-                     instance: str = "0", *, learn_ham: Callable | None = None) -> None:
+                     instance: str = "0", *, learn_ham: HamLearner | None = None) -> None:
     """The `web` component: follow the quarantine and the user settings, serve the portal until `stop`.
 
     `learn_ham` (raw message → its ham `spam_learned` event) comes from the composition root, which
     may import the spam stage; this service may not."""
-    from pipeline.blobstore import FileBlobStore
-    from pipeline.clients.directory import Directory
-    from pipeline.links import link_key
-    from pipeline.state.quarantine import QuarantineView
-    from pipeline.state.quarantine_actions import QuarantineActions
-    from pipeline.state.users import UserSettings
-
     client = f"web-{instance}"
     view = QuarantineView(settings, client)
     users = UserSettings.from_settings(settings, client_id=f"{client}-users")
     directory = Directory.from_settings(settings.ldap)
     blobs = FileBlobStore(settings.home / "blobs")
-    actions = await QuarantineActions.start(settings, view, blobs, learn_ham=learn_ham, client_id=client)
+    producer = TransactionalProducer(settings.kafka, f"{settings.kafka.topic_prefix}-{client}")
+    actions = QuarantineActions(settings, view, producer, blobs, users=users, learn_ham=learn_ham)
     try:
+        await ensure_topics(settings, timeout=START_TIMEOUT)
         await view.start(START_TIMEOUT)
         await users.start(START_TIMEOUT)
         portal = Portal(web=settings.web, quarantine=settings.quarantine, view=view, actions=actions,
@@ -114,8 +117,7 @@ async def run_portal(settings: Settings, stop: asyncio.Event, on_ready: Callable
                 on_ready()
             await stop.wait()
     finally:
-        await actions.close()
+        await producer.stop()
         await users.close()
         await view.close()
         await directory.close()
-

@@ -7,8 +7,11 @@ it). An entry the viewer may not see is a 404 (`core.own_entry`).
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
+
+from aiokafka.errors import KafkaError
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -18,15 +21,18 @@ from consumers.services.portal.auth import sign_in, sign_out, viewer_of
 from consumers.services.portal.core import own_entry, portal_of, posted_form, require_viewer
 from consumers.services.portal.preview import entry_timeline, preview_of
 from consumers.services.portal.security import client_address
-from consumers.services.portal.usersettings import add_to_list, change_settings, form_changes
+from consumers.services.portal.usersettings import block_sender, change_settings, form_changes
 from consumers.services.portal.views import error_page, redirect, render
 from pipeline.clients.directory import DirectoryUnavailable
 from pipeline.quarantine_settings import CATEGORIES
 from pipeline.state.quarantine import Entry
+from pipeline.state.quarantine_actions import ActionRefused
 from pipeline.state.users import SettingError, UserSettingsUnavailable
 
 __all__ = ["home", "login_page", "login", "logout", "my_quarantine", "entry_page", "entry_action",
            "settings_page", "save_settings", "filter_entries", "perform", "Done", "STATUSES", "SORTS"]
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("open", "held", "requested", "released", "deleted", "expired", "all")
 SORTS = {"date": lambda e: e.time, "score": lambda e: (e.score is not None, e.score or 0.0),
@@ -129,8 +135,6 @@ class Done:
 async def perform(request: Request, entry: Entry, action: str, by: str, *, admin: bool = False,
                   token: str = "") -> Done:
     """Do `action` on `entry` (ActionRefused's reason when it is refused)."""
-    from pipeline.state.quarantine_actions import ActionRefused
-
     portal = portal_of(request)
     actions = portal.actions
     try:
@@ -147,24 +151,27 @@ async def perform(request: Request, entry: Entry, action: str, by: str, *, admin
         if action == "delete":
             await actions.delete(entry.id, by)
             return Done(True, "Deleted.")
-        if action in ("allow_sender", "block_sender"):
-            return await _sender_list(request, entry, action, by)
+        if action == "allow_sender":
+            change = await actions.allow_sender(entry.id, by, token=token)
+            return Done(True, f"{entry.sender} is on the list of allowed senders of {change.address}.")
+        if action == "block_sender":
+            return await _block_sender(request, entry, by)
     except ActionRefused as exc:
         return Done(False, f"Not done: {exc.reason}")
+    except (SettingError, UserSettingsUnavailable) as exc:
+        return Done(False, f"Not done: {exc}")
+    except (KafkaError, OSError, TimeoutError) as exc:
+        log.warning("quarantine %s: %s by %s failed: %r", entry.id, action, by, exc)
+        return Done(False, "Not done: the mail system did not answer. Try again in a minute.")
     raise HTTPException(404)
 
 
-async def _sender_list(request: Request, entry: Entry, action: str, by: str) -> Done:
-    sender = entry.sender
+async def _block_sender(request: Request, entry: Entry, by: str) -> Done:
+    sender = entry.sender.lower()
     if not sender:
         return Done(False, "Not done: this message has no sender address (it is a bounce).")
-    key = "allow_senders" if action == "allow_sender" else "block_senders"
-    try:
-        added = await add_to_list(portal_of(request).users, entry.recipient, key, sender, by)
-    except (SettingError, UserSettingsUnavailable) as exc:
-        return Done(False, f"Not done: {exc}")
-    which = "allowed" if key == "allow_senders" else "blocked"
-    return Done(True, f"{sender} is {'now' if added else 'already'} on the list of {which} senders of {entry.recipient}.")
+    added = await block_sender(portal_of(request).users, entry.recipient, sender, by)
+    return Done(True, f"{sender} is {'now' if added else 'already'} on the list of blocked senders.")
 
 
 async def entry_action(request: Request) -> Response:

@@ -22,7 +22,7 @@ from pipeline.state.users import (
 )
 from schemas.events import UserPrefValues, UserSettingsChanged, encode_event
 
-__all__ = ["FORM_KEYS", "form_changes", "change_settings", "add_to_list"]
+__all__ = ["FORM_KEYS", "form_changes", "change_settings", "block_sender"]
 
 FORM_KEYS = ("quarantine", "digest", "allow_senders", "block_senders")
 
@@ -64,14 +64,14 @@ async def change_settings(store: UserSettings, address: str, changes: list[Chang
     return event
 
 
-async def add_to_list(store: UserSettings, address: str, key: str, sender: str, by: str) -> bool:
-    """Put `sender` on the user's allow or block list (and off the other); False when it was there."""
+async def block_sender(store: UserSettings, address: str, sender: str, by: str) -> bool:
+    """Put `sender` on the user's block list (and off the allow list); False when it was there already.
+    (Allowing a sender is `QuarantineActions.allow_sender`: a release may do it in the same transaction.)"""
     prefs = (await store.explain(address)).prefs
-    other = "block_senders" if key == "allow_senders" else "allow_senders"
-    entry = parse_change(f"{key}+={sender}", store.users).value[0]
-    changes = [] if entry in getattr(prefs, key) else [Change(key, "add", (entry,))]
-    if entry in getattr(prefs, other):
-        changes.append(Change(other, "remove", (entry,)))
+    entry = parse_change(f"block_senders+={sender}", store.users).value[0]
+    changes = [] if entry in prefs.block_senders else [Change("block_senders", "add", (entry,))]
+    if entry in prefs.allow_senders:
+        changes.append(Change("allow_senders", "remove", (entry,)))
     if not changes:
         return False
     await change_settings(store, address, changes, by)
