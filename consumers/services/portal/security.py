@@ -23,12 +23,13 @@ import hmac
 import ipaddress
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pipeline.failures import FailureWindow
 
 __all__ = ["SecurityHeaders", "BodyLimit", "LoginLimiter", "csrf_token", "check_csrf", "client_address",
            "session_key", "CSP", "MAX_BODY"]
@@ -44,7 +45,6 @@ _HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 CSRF_FIELD = "csrf"
-MAX_TRACKED = 100_000  # logins and addresses with recent failures kept; the oldest go first beyond
 
 
 class SecurityHeaders:
@@ -148,41 +148,19 @@ class LoginLimiter:
     """Wrong passwords per login and per client address within a sliding window."""
 
     def __init__(self, attempts: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.attempts = attempts
-        self.window = window
-        self.clock = clock
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._failures.get(key)
-        if times is None:
-            return deque()
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-        return times
+        self.failures = FailureWindow(attempts, window, clock)
 
     def blocked(self, login: str, address: str) -> float:
-        """0 when a login attempt may go ahead; else the seconds until it may."""
-        now = self.clock()
-        waits = [times[0] + self.window - now for key in _keys(login, address)
-                 if len(times := self._recent(key, now)) >= self.attempts]
-        return max(waits, default=0.0)
+        """0 when a sign-in may go ahead; else the seconds until it may."""
+        return max(self.failures.retry_after(key) for key in _keys(login, address))
 
     def failed(self, login: str, address: str) -> None:
-        now = self.clock()
         for key in _keys(login, address):
-            times = self._recent(key, now)
-            if key not in self._failures:
-                if len(self._failures) >= MAX_TRACKED:
-                    del self._failures[next(iter(self._failures))]
-                self._failures[key] = times
-            times.append(now)
+            self.failures.record(key)
 
     def succeeded(self, login: str) -> None:
         """A right password clears that login's failures (not the address's)."""
-        self._failures.pop(_keys(login, "")[0], None)
+        self.failures.clear(_keys(login, "")[0])
 
 
 def _keys(login: str, address: str) -> list[str]:
