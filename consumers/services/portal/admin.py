@@ -13,12 +13,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from consumers.services.portal.core import any_entry, portal_of, posted_form, require_admin
-from consumers.services.portal.pages import STATUSES, Done, perform
+from consumers.services.portal.acting import Done, perform
+from consumers.services.portal.pages import STATUSES
 from consumers.services.portal.preview import entry_timeline, preview_of
 from consumers.services.portal.views import redirect, render
 from pipeline.quarantine_settings import CATEGORIES
 from pipeline.state.quarantine import Entry, QuarantineState
-from pipeline.state.quarantine_actions import ActionRefused
 
 __all__ = ["QuarantineSize", "quarantine_size", "admin_page", "admin_entry", "admin_action", "bulk_action"]
 
@@ -75,18 +75,8 @@ async def admin_entry(request: Request) -> Response:
 
 
 async def _act(request: Request, entry: Entry, action: str, by: str) -> Done:
-    actions = portal_of(request).actions
-    try:
-        if action == "approve":
-            await actions.approve(entry.id, by)
-            return Done(True, f"Approved: the message is on its way to {entry.recipient}.")
-        if action == "deny":
-            await actions.deny(entry.id, by)
-            return Done(True, "Request denied: the message stays in the quarantine.")
-    except ActionRefused as exc:
-        return Done(False, f"Not done: {exc.reason}")
     if action == "release" and entry.needs_approval:
-        return await _act(request, entry, "approve", by)
+        action = "approve"  # an admin's release of such an entry is the approval
     return await perform(request, entry, action, by, admin=True)
 
 

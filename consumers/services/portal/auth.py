@@ -16,6 +16,7 @@ from typing import Protocol
 from starlette.requests import Request
 
 from pipeline.clients.directory import Account, Directory
+from pipeline.settings import ConfigError
 
 __all__ = ["Viewer", "Accounts", "DirectoryAccounts", "viewer_of", "sign_in", "sign_out"]
 
@@ -57,7 +58,7 @@ class DirectoryAccounts:
         self.directory = directory
         attribute, value = _rdn_value(admin_group) if admin_group else ("", "")
         if admin_group and (attribute != "cn" or not value):
-            raise ValueError(f"web.admin_group: expected the DN of a group (cn=...,...), got {admin_group!r}")
+            raise ConfigError(f"web.admin_group: expected the DN of a group (cn=...,...), got {admin_group!r}")
         self._admin_cn = value
 
     async def authenticate(self, login: str, password: str) -> Account | None:

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from consumers.services.portal.core import portal_of, posted_form
-from consumers.services.portal.pages import perform
+from consumers.services.portal.acting import perform
 from consumers.services.portal.preview import preview_of
 from consumers.services.portal.views import render
 from pipeline.links import LinkError, LinkToken, read_link_token

@@ -7,37 +7,30 @@ it). An entry the viewer may not see is a 404 (`core.own_entry`).
 """
 from __future__ import annotations
 
-import logging
 import re
-from dataclasses import dataclass
-
-from aiokafka.errors import KafkaError
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from consumers.services.portal.acting import perform
 from consumers.services.portal.auth import sign_in, sign_out, viewer_of
 from consumers.services.portal.core import own_entry, portal_of, posted_form, require_viewer
 from consumers.services.portal.preview import entry_timeline, preview_of
 from consumers.services.portal.security import client_address
-from consumers.services.portal.usersettings import block_sender, change_settings, form_changes
+from consumers.services.portal.usersettings import change_settings, form_changes
 from consumers.services.portal.views import error_page, redirect, render
 from pipeline.clients.directory import DirectoryUnavailable
 from pipeline.quarantine_settings import CATEGORIES
 from pipeline.state.quarantine import Entry
-from pipeline.state.quarantine_actions import ActionRefused
 from pipeline.state.users import SettingError, UserSettingsUnavailable
 
 __all__ = ["home", "login_page", "login", "logout", "my_quarantine", "entry_page", "entry_action",
-           "settings_page", "save_settings", "filter_entries", "perform", "Done", "STATUSES", "SORTS"]
-
-log = logging.getLogger(__name__)
+           "settings_page", "save_settings", "filter_entries", "STATUSES", "SORTS"]
 
 STATUSES = ("open", "held", "requested", "released", "deleted", "expired", "all")
 SORTS = {"date": lambda e: e.time, "score": lambda e: (e.score is not None, e.score or 0.0),
          "sender": lambda e: (e.header_from or e.sender).lower()}
-REQUESTED = "Release requested: an administrator decides whether this message is delivered."
 ENTRY_ACTIONS = ("release", "release_learn", "request", "delete", "allow_sender", "block_sender")
 
 
@@ -122,56 +115,6 @@ async def entry_page(request: Request) -> Response:
     entry = own_entry(request, viewer, request.path_params["entry"])
     return render(request, "entry.html", {"entry": entry, "preview": preview_of(portal.blobs, entry, portal.message_caps),
                                           "timeline": entry_timeline(entry), "admin_view": False})
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """What became of an action: done or refused, and a sentence for the person."""
-
-    ok: bool
-    text: str
-
-
-async def perform(request: Request, entry: Entry, action: str, by: str, *, admin: bool = False,
-                  token: str = "") -> Done:
-    """Do `action` on `entry` (ActionRefused's reason when it is refused)."""
-    portal = portal_of(request)
-    actions = portal.actions
-    try:
-        if action in ("release", "release_learn"):
-            if entry.needs_approval and not admin:
-                await actions.request_release(entry.id, by)
-                return Done(True, REQUESTED)
-            await actions.release(entry.id, by, learn_ham=action == "release_learn", token=token, admin=admin)
-            learned = " and learned as not spam" if action == "release_learn" else ""
-            return Done(True, f"Released{learned}: the message is on its way to {entry.recipient}.")
-        if action == "request":
-            await actions.request_release(entry.id, by)
-            return Done(True, REQUESTED)
-        if action == "delete":
-            await actions.delete(entry.id, by)
-            return Done(True, "Deleted.")
-        if action == "allow_sender":
-            change = await actions.allow_sender(entry.id, by, token=token)
-            return Done(True, f"{entry.sender} is on the list of allowed senders of {change.address}.")
-        if action == "block_sender":
-            return await _block_sender(request, entry, by)
-    except ActionRefused as exc:
-        return Done(False, f"Not done: {exc.reason}")
-    except (SettingError, UserSettingsUnavailable) as exc:
-        return Done(False, f"Not done: {exc}")
-    except (KafkaError, OSError, TimeoutError) as exc:
-        log.warning("quarantine %s: %s by %s failed: %r", entry.id, action, by, exc)
-        return Done(False, "Not done: the mail system did not answer. Try again in a minute.")
-    raise HTTPException(404)
-
-
-async def _block_sender(request: Request, entry: Entry, by: str) -> Done:
-    sender = entry.sender.lower()
-    if not sender:
-        return Done(False, "Not done: this message has no sender address (it is a bounce).")
-    added = await block_sender(portal_of(request).users, entry.recipient, sender, by)
-    return Done(True, f"{sender} is {'now' if added else 'already'} on the list of blocked senders.")
 
 
 async def entry_action(request: Request) -> Response:

@@ -181,3 +181,33 @@ async def test_bodies_are_bounded_and_sign_out_ends_the_session(portal):
     assert big.status_code == 413
     await portal.post("/logout")
     assert (await portal.client.get("/quarantine")).status_code == 303
+
+
+async def test_an_admin_denies_a_request_and_the_entry_stays_held(portal):
+    held = portal.exe()
+    await portal.sign_in("max.mustermann")
+    await portal.post(f"/quarantine/{held}/request")
+    await portal.sign_in("it.admin")
+    reply = await portal.post(f"/admin/entry/{held}/deny", page="/admin")
+    assert "Request denied" in (await portal.client.get(reply.headers["location"])).text
+    entry = portal.state.entries[held]
+    assert entry.status == "held" and [a.action for a in entry.actions] == ["request_release", "deny"]
+    assert entry.actions[-1].by == f"admin:{ADMIN}"
+
+
+async def test_kafka_not_answering_is_said_and_nothing_changes(portal):
+    from aiokafka.errors import KafkaTimeoutError
+
+    class Gone:  # the producer is abandoned after a failed transaction: what aiokafka's has for that
+        async def close(self) -> None: ...
+
+    async def fail() -> None:
+        raise KafkaTimeoutError()
+
+    ids = portal.spam()
+    await portal.sign_in("lena.mueller")
+    portal.recorder.commit_transaction = fail
+    portal.recorder._sender, portal.recorder.client = None, Gone()
+    reply = await portal.post(f"/quarantine/{ids[LENA]}/release")
+    assert "the mail system did not answer" in (await portal.client.get(reply.headers["location"])).text
+    assert portal.state.entries[ids[LENA]].status == "held" and portal.recorder.committed == []
