@@ -211,3 +211,24 @@ async def test_kafka_not_answering_is_said_and_nothing_changes(portal):
     reply = await portal.post(f"/quarantine/{ids[LENA]}/release")
     assert "the mail system did not answer" in (await portal.client.get(reply.headers["location"])).text
     assert portal.state.entries[ids[LENA]].status == "held" and portal.recorder.committed == []
+
+
+async def test_sign_in_goes_back_only_to_a_path_of_the_portal(portal):
+    for wanted, landed in (("/settings", "/settings"), ("//evil.example/x", "/quarantine"),
+                           ("https://evil.example/", "/quarantine")):
+        token = await portal.csrf(f"/login?next={wanted}")
+        reply = await portal.client.post("/login", data={"csrf": token, "login": "lena.mueller", "next": wanted,
+                                                         "password": PASSWORDS["lena.mueller"]})
+        assert reply.headers["location"] == landed
+
+
+async def test_a_directory_that_does_not_answer_is_a_503_not_a_wrong_password(portal):
+    from pipeline.clients.directory import DirectoryUnavailable
+
+    async def down(login: str, password: str):
+        raise DirectoryUnavailable("ldap://127.0.0.1:1: no answer")
+
+    portal.accounts.authenticate = down
+    for _ in range(6):
+        reply = await portal.sign_in("lena.mueller")
+        assert reply.status_code == 503 and "does not answer" in reply.text  # and never counted as a failure
