@@ -60,6 +60,8 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import safe_dn
 
+from pipeline.clients.ttlcache import TtlCache
+
 __all__ = [
     "Account",
     "Directory",
@@ -126,43 +128,6 @@ class Account:
     addresses: frozenset[str]  # mail and aliases, lower case
 
 
-class _TtlCache:
-    """Answers (None included) kept for `ttl` seconds; the oldest go first when full."""
-
-    _MISSING = object()
-
-    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float]) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self.clock = clock
-        self._items: dict[tuple[str, str], tuple[float, Any]] = {}
-
-    def get(self, key: tuple[str, str]) -> Any:
-        item = self._items.get(key)
-        if item is None:
-            return self._MISSING
-        expires, value = item
-        if self.clock() >= expires:
-            del self._items[key]
-            return self._MISSING
-        return value
-
-    def put(self, key: tuple[str, str], value: Any) -> None:
-        if self.ttl <= 0:
-            return
-        self._items.pop(key, None)
-        if len(self._items) >= self.max_entries:
-            self._drop_expired()
-        while len(self._items) >= self.max_entries:
-            del self._items[next(iter(self._items))]  # insertion order: the oldest answer
-        self._items[key] = (self.clock() + self.ttl, value)
-
-    def _drop_expired(self) -> None:
-        now = self.clock()
-        for key in [k for k, (expires, _) in self._items.items() if now >= expires]:
-            del self._items[key]
-
-
 class Directory:
     """Read-only LDAP access with a thread pool, a per-thread connection and a TTL cache."""
 
@@ -179,7 +144,7 @@ class Directory:
         self._attributes = [*_ATTRIBUTES, *([member_address_attribute] if member_address_attribute else [])]
         self._bind_password = bind_password
         self._threads = threads
-        self._cache = _TtlCache(cache_ttl, CACHE_ENTRIES, clock)
+        self._cache = TtlCache(cache_ttl, CACHE_ENTRIES, clock)
         self._executor: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -256,26 +221,22 @@ class Directory:
     # ---- async plumbing ---------------------------------------------------------------------------
 
     async def _cached(self, kind: str, key: str, fetch: Callable[[str], T]) -> T:
-        hit = self._cache.get((kind, key))
-        if hit is not _TtlCache._MISSING:
-            return hit
-        value = await self._run(fetch, key)
-        self._cache.put((kind, key), value)
-        return value
+        return (await self._cached_many(kind, [key], lambda keys: {keys[0]: fetch(keys[0])}))[key]
 
     async def _cached_many(self, kind: str, keys: Sequence[str],
                            fetch: Callable[[list[str]], dict[str, T]]) -> dict[str, T]:
-        """Like `_cached` for a batch: the keys not cached are fetched in one call in the pool."""
+        """The answers for `keys`; those not cached are fetched in one call in the pool (keys as given:
+        `uid` matches case-exactly)."""
         found: dict[str, T] = {}
         for key in dict.fromkeys(keys):
-            hit = self._cache.get((kind, key.lower()))
-            if hit is not _TtlCache._MISSING:
+            hit = self._cache.get((kind, key))
+            if hit is not TtlCache.MISSING:
                 found[key] = hit
         missing = [k for k in dict.fromkeys(keys) if k not in found]
         if missing:
             fetched = await self._run(fetch, missing)
             for key in missing:
-                self._cache.put((kind, key.lower()), fetched[key])
+                self._cache.put((kind, key), fetched[key])
                 found[key] = fetched[key]
         return found
 
