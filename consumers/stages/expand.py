@@ -26,7 +26,8 @@ Member bounces: with ``bounces_to = "owner"``, the copies for a group's members 
 `envelope_sender` edit with the group owner's address (its `owner` DN's `mail`): the delivery sink
 sends them with that MAIL FROM, so a full mailbox of one student bounces to the class teacher, not
 to every parent who wrote to the class. Members who were recipients in their own right keep the
-original sender; a group without an owner keeps it too. ``"sender"`` (default): the original sender.
+original sender; a group without an owner, and mail from the null sender (a DSN, which must never
+be bounced), keep it too. ``"sender"`` (default): the original sender.
 """
 from __future__ import annotations
 
@@ -154,5 +155,6 @@ class ExpandStage:
                                            reason=f"group {found.name or recipient}: {len(found.into)} member(s)"))
         in_play_before = set(work.recipients)
         members = [m for m in found.into if m not in in_play_before]
-        if bounces_to and members:
+        null_sender = work.message.envelope.mail_from.strip() in ("", "<>")  # a bounce itself: never bounced
+        if bounces_to and members and not null_sender:
             decided.edits.append(Edit(stage=self.name, kind="envelope_sender", value=bounces_to, recipients=members))

@@ -29,8 +29,8 @@ def _stage(home: Path, slapd: SlapdServer, **expand: str) -> ExpandStage:
     return ExpandStage(settings.stage_settings("expand"), StageContext(settings=settings, blobs=FileBlobStore(home)))
 
 
-def _work(*rcpt: str) -> Work:
-    return Work(message=Received(message_id=new_id(), envelope=Envelope(mail_from=SENDER, rcpt_to=list(rcpt)),
+def _work(*rcpt: str, mail_from: str = SENDER) -> Work:
+    return Work(message=Received(message_id=new_id(), envelope=Envelope(mail_from=mail_from, rcpt_to=list(rcpt)),
                                  client=Client(ip="192.0.2.7", port=40000, helo="mail.example.org"),
                                  blob=BlobRef(sha256="0" * 64, size=0)))
 
@@ -86,6 +86,11 @@ async def test_bounces_to_the_owner_for_the_members_copies(tmp_path, slapd) -> N
     assert envelope_sender_of(routed) == ANNA
     assert envelope_sender_of(dataclasses.replace(routed, edits=[])) == SENDER
     assert render(b"Subject: x\r\n\r\nHallo\r\n", by_copy[(LENA,)]) == b"Subject: x\r\n\r\nHallo\r\n"
+
+
+async def test_a_bounce_to_a_group_keeps_the_null_sender(tmp_path, slapd) -> None:
+    outcome = await _process(_stage(tmp_path, slapd, bounces_to="owner"), _work("9a@school.test", mail_from=""))
+    assert [r.recipient for r in outcome.replace] == ["9a@school.test"] and outcome.edits == []
 
 
 async def test_over_the_limit_waits_or_is_refused(tmp_path, slapd) -> None:
