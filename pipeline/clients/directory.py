@@ -7,7 +7,7 @@
 - `member_of(address)`: the groups (their `cn` and `mail`, lower case) the address's entry is a
   member of, directly or through groups that are members of groups (loops are cut).
 - `entries(dns)` and `people_by_uid(uids)`: the entries at some DNs, the people with some logins,
-  each batch in one trip to the pool (what `pipeline.clients.groups` expands groups with).
+  read `BATCH` at a time in the pool (what `pipeline.clients.groups` expands groups with).
 - `attributes(address, names)`: the values of some attributes of that person or group (the
   per-user settings a site keeps in its directory, `pipeline.state.users`).
 - `authenticate(login, password)`: an `Account` when `login` (a `uid`, or a primary `mail`) names
@@ -58,7 +58,7 @@ from typing import Any, Literal, TypeVar
 import ldap3
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import safe_dn
+from ldap3.utils.dn import parse_dn, safe_dn
 
 from pipeline.clients.ttlcache import TtlCache
 
@@ -89,6 +89,7 @@ _ATTRIBUTES = ["objectClass", "uid", "cn", "mail", "mailLocalAddress", "shadowEx
                "memberUid", "owner"]
 _UNIQUE_ID = re.compile(r"#'[01]*'B$")  # the optional unique identifier after a uniqueMember DN
 UID_BATCH = 100  # logins asked for in one search
+BATCH = 200  # DNs or logins read in one call in the pool (each call is bounded by `timeout`)
 _INVALID_CREDENTIALS = 49
 _GROUP_CLASSES_LOWER = frozenset(c.lower() for c in GROUP_CLASSES)
 
@@ -198,7 +199,7 @@ class Directory:
 
     async def entries(self, dns: Sequence[str]) -> dict[str, Entry | None]:
         """The person or group at each DN (None: no such entry, or neither), keyed as given."""
-        return await self._cached_many("entry", dns, lambda missing: {dn: self._read(dn) for dn in missing})
+        return await self._cached_many("entry", dns, self._read_many)
 
     async def people_by_uid(self, uids: Sequence[str]) -> dict[str, Entry | None]:
         """The person whose `uid` is each login (None: nobody, or several), keyed as given."""
@@ -225,20 +226,26 @@ class Directory:
 
     async def _cached_many(self, kind: str, keys: Sequence[str],
                            fetch: Callable[[list[str]], dict[str, T]]) -> dict[str, T]:
-        """The answers for `keys`; those not cached are fetched in one call in the pool (keys as given:
-        `uid` matches case-exactly)."""
+        """The answers for `keys`; those not cached are fetched in the pool, `BATCH` keys a call (keys as
+        given: `uid` matches case-exactly)."""
         found: dict[str, T] = {}
         for key in dict.fromkeys(keys):
             hit = self._cache.get((kind, key))
             if hit is not TtlCache.MISSING:
                 found[key] = hit
         missing = [k for k in dict.fromkeys(keys) if k not in found]
-        if missing:
-            fetched = await self._run(fetch, missing)
-            for key in missing:
-                self._cache.put((kind, key), fetched[key])
-                found[key] = fetched[key]
-        return found
+        chunks = [missing[i:i + BATCH] for i in range(0, len(missing), BATCH)]  # each within `timeout`
+        slots = asyncio.Semaphore(self._threads)  # a chunk's time bound starts when a thread is free for it
+
+        async def one(chunk: list[str]) -> dict[str, T]:
+            async with slots:
+                return await self._run(fetch, chunk)
+
+        for fetched in await asyncio.gather(*(one(chunk) for chunk in chunks)):
+            for key, value in fetched.items():
+                self._cache.put((kind, key), value)
+                found[key] = value
+        return {key: found[key] for key in dict.fromkeys(keys)}
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in the pool, awaited at most `timeout` seconds."""
@@ -304,6 +311,33 @@ class Directory:
             return None
         found = self._search(dn, f"(|{_PERSON}{_GROUP})", self._attributes, scope=ldap3.BASE, missing_ok=True)
         return self._entry(found[0]) if found else None
+
+    def _read_many(self, dns: list[str]) -> dict[str, Entry | None]:
+        """The entries at `dns`: one one-level search per parent and naming attribute (`uid=a,P`,
+        `uid=b,P` → `(|(uid=a)(uid=b))` under P), a base read for a DN that does not fit that."""
+        buckets: dict[tuple[str, str], dict[str, str]] = {}  # (parent, attribute) -> value lower -> dn
+        found: dict[str, Entry | None] = {}
+        for dn in dns:
+            try:
+                rdns = parse_dn(safe_dn(dn))
+            except LDAPException:
+                rdns = []
+            if len(rdns) < 2 or rdns[0][2] == "+" or "\\" in rdns[0][1]:  # no parent, multi-valued, escapes
+                found[dn] = self._read(dn)
+                continue
+            parent = ",".join(f"{a}={v}" for a, v, _ in rdns[1:])
+            buckets.setdefault((parent, rdns[0][0]), {})[rdns[0][1].lower()] = dn
+        for (parent, attribute), wanted in buckets.items():
+            terms = "".join(f"({attribute}={escape_filter_chars(v)})" for v in wanted)
+            by_value: dict[str, list[Entry]] = {}
+            for item in self._search(parent, f"(&(|{_PERSON}{_GROUP})(|{terms}))", [*self._attributes, attribute],
+                                     scope=ldap3.LEVEL, missing_ok=True):
+                for value in _values(item, attribute):
+                    by_value.setdefault(value.lower(), []).append(self._entry(item))
+            for value, dn in wanted.items():
+                matches = by_value.get(value, [])
+                found[dn] = matches[0] if len(matches) == 1 else (self._read(dn) if matches else None)
+        return found
 
     def _people_by_uid_sync(self, uids: list[str]) -> dict[str, Entry | None]:
         people: dict[str, list[Entry]] = {}

@@ -132,3 +132,22 @@ async def test_modifying_a_group_is_seen_after_the_cache(own_slapd: SlapdServer)
         assert sorted((await _expander(directory).expand("9b@school.test")).into) == [LENA, TOM]
     finally:
         await directory.close()
+
+
+async def test_members_are_read_in_batches_not_one_by_one(own_slapd: SlapdServer) -> None:
+    conn = admin(own_slapd)
+    people = [f"uid=kind{i},{PEOPLE}" for i in range(450)]
+    for i, dn in enumerate(people):
+        assert conn.add(dn, ["inetOrgPerson"], {"uid": f"kind{i}", "cn": "k", "sn": "k",
+                                                "mail": f"kind{i}@school.test"}), conn.result
+    odd = "UID=Max.Mustermann, ou=People,dc=school,dc=test"  # another spelling of max's DN
+    assert conn.add(f"cn=gross,{GROUPS}", ["groupOfNames", "extensibleObject"],
+                    {"cn": "gross", "mail": "gross@school.test", "member": [*people, odd]}), conn.result
+    conn.unbind()
+    directory = own_slapd.directory()
+    try:
+        found = await _expander(directory).expand("gross@school.test")
+        assert len(found.into) == 451 and MAX in found.into
+        assert directory.requests <= 6  # the lookup, then one search per 200 DNs (BATCH): not 451 reads
+    finally:
+        await directory.close()
