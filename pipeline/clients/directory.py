@@ -20,8 +20,9 @@ of ``deploy/local/directory.ldif``: a person is an ``inetOrgPerson`` with one `m
 and aliases in `mailLocalAddress`; a group is a ``groupOfNames`` (`member` DNs), a
 ``groupOfUniqueNames`` (`uniqueMember` DNs), a ``posixGroup`` (`memberUid` logins) or a
 ``nisMailAlias``, each with its list address in `mail` (through ``extensibleObject``) and plain
-member addresses in `member_address_attribute` (``rfc822MailMember``); a person is disabled when `shadowExpire` is present, not -1 and not after today
-(days since 1970-01-01 UTC). slapd does not enforce `shadowExpire`; this module does.
+member addresses in `member_address_attribute` (``rfc822MailMember``); a person is disabled when
+`shadowExpire` is present, not -1 and not after today (days since 1970-01-01 UTC). slapd does not
+enforce `shadowExpire`; this module does.
 
 Failures: the server down, refusing, timing out or answering with an error raises
 `DirectoryUnavailable`, which is never "not found" and never cached. Every operation is bounded by
@@ -33,8 +34,8 @@ after a failure. A connection that fails on reuse (e.g. slapd restarted) is retr
 fresh one. Filters are built only with ldap3's `escape_filter_chars`, so an address such as
 ``*@school.test`` matches nothing instead of everybody.
 
-Answers of `lookup`, `member_of`, `entries`, `people_by_uid` and `attributes` are cached for `cache_ttl`
-seconds, found and not found alike (at most `CACHE_ENTRIES` keys; 0 turns the cache off). A change
+Answers of `lookup`, `member_of`, `entries`, `people_by_uid` and `attributes` are cached for
+`cache_ttl` seconds, found and not found alike (at most `CACHE_ENTRIES` keys; 0 turns the cache off). A change
 in the directory is therefore seen after at most `cache_ttl` seconds.
 
 Settings (`[ldap]`, `pipeline.settings.LdapSettings`): `host`, `port`, `base`, `timeout`, and,
@@ -81,8 +82,8 @@ MAX_NESTING = 8  # group-in-group levels followed by member_of
 POOL_THREADS = 4
 
 _PERSON = "(objectClass=inetOrgPerson)"
-GROUP_CLASSES = ("groupOfNames", "groupOfUniqueNames", "posixGroup", "nisMailAlias")
-_GROUP = "(|" + "".join(f"(objectClass={c})" for c in GROUP_CLASSES) + ")"
+_GROUP_CLASSES = ("groupOfNames", "groupOfUniqueNames", "posixGroup", "nisMailAlias")
+_GROUP = "(|" + "".join(f"(objectClass={c})" for c in _GROUP_CLASSES) + ")"
 # an address: a person's mailbox or alias, or a group's list address
 _ADDRESS_FILTER = "(&(|" + _PERSON + _GROUP + ")(|(mail={0})(mailLocalAddress={0})))"
 _ATTRIBUTES = ["objectClass", "uid", "cn", "mail", "mailLocalAddress", "shadowExpire", "member", "uniqueMember",
@@ -91,7 +92,7 @@ _UNIQUE_ID = re.compile(r"#'[01]*'B$")  # the optional unique identifier after a
 UID_BATCH = 100  # logins asked for in one search
 BATCH = 200  # DNs or logins read in one call in the pool (each call is bounded by `timeout`)
 _INVALID_CREDENTIALS = 49
-_GROUP_CLASSES_LOWER = frozenset(c.lower() for c in GROUP_CLASSES)
+_GROUP_CLASSES_LOWER = frozenset(c.lower() for c in _GROUP_CLASSES)
 
 
 class DirectoryUnavailable(Exception):

@@ -82,7 +82,8 @@ def _quiet(seconds: float = 3.0) -> None:
 def test_anna_to_9a_reaches_max_and_lena_once_and_no_dsn(stack):
     test_id = new_test_id()
     message_id = _from_anna(stack, test_id, ["9a@school.test"])
-    stack.wait_for(lambda: _copies(stack, MAX, test_id) and _copies(stack, LENA, test_id), what="max's and lena's copies")
+    stack.wait_for(lambda: _copies(stack, MAX, test_id) and _copies(stack, LENA, test_id),
+                   what="max's and lena's copies")
     result = _expand_result(stack, message_id)
     assert [(r["stage"], r["recipient"], sorted(r["into"])) for r in result["replacements"]] == [
         ("expand", "9a@school.test", [LENA, MAX])]
