@@ -47,20 +47,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import ldap3
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn, safe_dn
 
+from pipeline.clients.directory_entries import GROUP_CLASSES, Account, Entry, entry_from, values
 from pipeline.clients.ttlcache import TtlCache
 
 __all__ = [
@@ -82,52 +81,18 @@ MAX_NESTING = 8  # group-in-group levels followed by member_of
 POOL_THREADS = 4
 
 _PERSON = "(objectClass=inetOrgPerson)"
-_GROUP_CLASSES = ("groupOfNames", "groupOfUniqueNames", "posixGroup", "nisMailAlias")
-_GROUP = "(|" + "".join(f"(objectClass={c})" for c in _GROUP_CLASSES) + ")"
+_GROUP = "(|" + "".join(f"(objectClass={c})" for c in GROUP_CLASSES) + ")"
 # an address: a person's mailbox or alias, or a group's list address
 _ADDRESS_FILTER = "(&(|" + _PERSON + _GROUP + ")(|(mail={0})(mailLocalAddress={0})))"
 _ATTRIBUTES = ["objectClass", "uid", "cn", "mail", "mailLocalAddress", "shadowExpire", "member", "uniqueMember",
                "memberUid", "owner"]
-_UNIQUE_ID = re.compile(r"#'[01]*'B$")  # the optional unique identifier after a uniqueMember DN
 UID_BATCH = 100  # logins asked for in one search
 BATCH = 200  # DNs or logins read in one call in the pool (each call is bounded by `timeout`)
 _INVALID_CREDENTIALS = 49
-_GROUP_CLASSES_LOWER = frozenset(c.lower() for c in _GROUP_CLASSES)
 
 
 class DirectoryUnavailable(Exception):
     """The directory did not answer (down, timeout, server error): try again later."""
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A person or a group found by one of its addresses; addresses are lower case."""
-
-    kind: Literal["person", "group"]
-    dn: str
-    mail: str  # the primary address: a person's mailbox, a group's list address
-    aliases: tuple[str, ...] = ()  # mailLocalAddress values
-    disabled: bool = False  # shadowExpire reached (people only)
-    uid: str = ""
-    cn: str = ""
-    members: tuple[str, ...] = ()  # member and uniqueMember DNs (groups only)
-    member_uids: tuple[str, ...] = ()  # memberUid logins (posixGroup)
-    member_addresses: tuple[str, ...] = ()  # plain addresses (member_address_attribute), lower case
-    owner: str = ""  # the first owner DN (groups)
-
-    @property
-    def addresses(self) -> frozenset[str]:
-        return frozenset({self.mail, *self.aliases} - {""})
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    """An authenticated person: who logged in and the addresses they may send as."""
-
-    uid: str
-    dn: str
-    mail: str
-    addresses: frozenset[str]  # mail and aliases, lower case
 
 
 class Directory:
@@ -273,7 +238,7 @@ class Directory:
         if not found:
             return None
         item = min(found, key=lambda i: i["dn"].lower())
-        return {name: tuple(_values(item, name)) for name in names}
+        return {name: tuple(values(item, name)) for name in names}
 
     def _groups_of_sync(self, entry: Entry) -> frozenset[str]:
         """cn and mail of the groups `entry` is in (by DN, its login for posixGroups, its addresses
@@ -289,7 +254,7 @@ class Directory:
                     continue
                 seen.add(item["dn"].lower())
                 frontier.append(self._entry(item))
-                names.update(v.lower() for v in _values(item, "cn") + _values(item, "mail"))
+                names.update(v.lower() for v in values(item, "cn") + values(item, "mail"))
             if not frontier:
                 break
         return frozenset(names)
@@ -333,7 +298,7 @@ class Directory:
             by_value: dict[str, list[Entry]] = {}
             for item in self._search(parent, f"(&(|{_PERSON}{_GROUP})(|{terms}))", [*self._attributes, attribute],
                                      scope=ldap3.LEVEL, missing_ok=True):
-                for value in _values(item, attribute):
+                for value in values(item, attribute):
                     by_value.setdefault(value.lower(), []).append(self._entry(item))
             for value, dn in wanted.items():
                 matches = by_value.get(value, [])
@@ -356,7 +321,7 @@ class Directory:
         return found
 
     def _entry(self, item: dict[str, Any]) -> Entry:
-        return _entry(item, self.member_address_attribute)
+        return entry_from(item, self.member_address_attribute)
 
     def _authenticate_sync(self, login: str, password: str) -> Account | None:
         attribute = "mail" if "@" in login else "uid"
@@ -450,43 +415,6 @@ class Directory:
 def _plain(text: str) -> bool:
     """No spaces or control characters: LDAP matching would ignore some (e.g. a trailing NUL)."""
     return all(c.isprintable() and not c.isspace() for c in text)
-
-
-def _values(item: dict[str, Any], name: str) -> list[str]:
-    return [str(v) for v in item["attributes"].get(name) or []]
-
-
-def _entry(item: dict[str, Any], member_address_attribute: str) -> Entry:
-    classes = {c.lower() for c in _values(item, "objectClass")}
-    mails = [m.lower() for m in _values(item, "mail")]
-    if len(mails) > 1:
-        log.warning("%s has %d mail values; the first is taken as primary", item["dn"], len(mails))
-    return Entry(
-        kind="group" if classes & _GROUP_CLASSES_LOWER else "person",
-        dn=item["dn"],
-        mail=mails[0] if mails else "",
-        aliases=tuple(a.lower() for a in _values(item, "mailLocalAddress")),
-        disabled=_expired(_values(item, "shadowExpire")),
-        uid=next(iter(_values(item, "uid")), ""),
-        cn=next(iter(_values(item, "cn")), ""),
-        members=tuple([*_values(item, "member"), *(_UNIQUE_ID.sub("", v) for v in _values(item, "uniqueMember"))]),
-        member_uids=tuple(_values(item, "memberUid")),
-        member_addresses=tuple(a.lower() for a in _values(item, member_address_attribute))
-        if member_address_attribute else (),
-        owner=next(iter(_values(item, "owner")), ""),
-    )
-
-
-def _expired(shadow_expire: list[str]) -> bool:
-    """shadow(5): expired when the day number is present, not -1 and not after today."""
-    if not shadow_expire:
-        return False
-    try:
-        day = int(shadow_expire[0])
-    except ValueError:
-        log.warning("shadowExpire %r is not a day number; the account is treated as disabled", shadow_expire[0])
-        return True
-    return day != -1 and day <= int(time.time() // 86400)
 
 
 def _unbind_quietly(conn: ldap3.Connection) -> None:
