@@ -13,7 +13,9 @@ message and orders them into steps (`timeline_words` says what each one means):
   `bounced`, `rejected`, `quarantined`, `held`, dead letters;
 - its **quarantine entries**' actions (`quarantine_action`: requested, approved, released, deleted,
   expired, and by whom), the digests that listed them (`digest_sent`), and, followed through
-  `released_as`, the steps of the released copy up to its delivery.
+  `released_as`, the steps of the released copy up to its delivery. The `stage_result` a release
+  writes to send the copy on is shown as that, right after the release (not as the holding stage
+  deciding again).
 
 Steps are ordered by event time, then by id: ids made in one process sort in creation order even
 within one millisecond (`schemas.ids.new_id`), and across processes each hop comes after the one
@@ -27,8 +29,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.state.quarantine import entry_id
-from pipeline.state.timeline_words import describe
-from schemas.events import Event, Held, Quarantined, Received, SmtpCheck, SmtpConnect, SmtpReject
+from pipeline.state.timeline_words import Words, describe, plain
+from schemas.events import (
+    Event,
+    Held,
+    Quarantined,
+    Received,
+    SmtpCheck,
+    SmtpConnect,
+    SmtpReject,
+    StageResult,
+    epoch_from_iso,
+)
 from schemas.quarantine import DigestSent, QuarantineAction
 
 __all__ = ["Step", "Timeline", "Leads", "leads_of", "build_timeline", "GREYLIST_PASSES", "SESSION_PHASES"]
@@ -130,8 +142,33 @@ def _greylist_attempts(received: Received, pool: list[Event]) -> list[Event]:
     return chosen
 
 
-def _order(event: Event) -> tuple[str, str]:
-    return event.time, event.id
+RELEASE_ACTIONS = ("release", "approve")
+COPY_WINDOW = 60.0  # seconds: a release writes its copy and its action in one transaction
+
+
+def _released_copies(events: list[Event]) -> dict[str, QuarantineAction]:
+    """The `stage_result` each release wrote to send its copy on (event id → the release action).
+
+    The copy is made just before its action (so its id sorts first); it is shown after it, as what
+    the release did, not as the holding stage deciding again."""
+    copies: dict[str, QuarantineAction] = {}
+    for action in events:
+        if not isinstance(action, QuarantineAction) or action.action not in RELEASE_ACTIONS:
+            continue
+        stage = action.topic.rpartition(".checked.")[2] if ".checked." in action.topic else ""
+        for e in events:
+            if (isinstance(e, StageResult) and e.message_id == action.released_as and e.result.stage == stage
+                    and e.recipients == [action.recipient] and e.id not in copies
+                    and abs(epoch_from_iso(e.time) - epoch_from_iso(action.time)) <= COPY_WINDOW):
+                copies[e.id] = action
+                break
+    return copies
+
+
+def _copy_words(e: StageResult, action: QuarantineAction) -> Words:
+    return Words(e.result.stage, f"The released copy for {action.recipient} goes on after the {e.result.stage} check",
+                 {"released_by": action.by, "entry": action.entry, "recipients": list(e.recipients),
+                  "edits": plain(e.edits)})
 
 
 def build_timeline(message_id: str, pool: Iterable[Event]) -> Timeline:
@@ -156,9 +193,15 @@ def build_timeline(message_id: str, pool: Iterable[Event]) -> Timeline:
         for copy in sorted(leads.released_as - seen):
             copies.append(copy)
             todo.append(copy)
+    copies_of = _released_copies(list(chosen.values()))
+
+    def order(e: Event) -> tuple[str, str, str]:
+        action = copies_of.get(e.id)
+        return (action.time, action.id, e.id) if action else (e.time, e.id, "")
+
     steps = []
-    for e in sorted(chosen.values(), key=_order):
-        words = describe(e)
+    for e in sorted(chosen.values(), key=order):
+        words = _copy_words(e, copies_of[e.id]) if e.id in copies_of else describe(e)  # type: ignore[arg-type]
         if words is not None:
             steps.append(Step(e.time, words.component, words.summary, words.details, e.type,  # type: ignore[attr-defined]
                               e.message_id, e.id))

@@ -22,7 +22,17 @@ from pipeline.clients.analytics import sql_string as _lit
 from pipeline.settings import Settings
 from pipeline.state.timeline import Leads, Timeline, build_timeline, leads_of
 from schemas.codec import DecodeError
-from schemas.events import Event, Held, Quarantined, Received, Rejected, decode_event, epoch_from_iso, iso_from_epoch
+from schemas.events import (
+    Event,
+    Held,
+    QuarantineAction,
+    Quarantined,
+    Received,
+    Rejected,
+    decode_event,
+    epoch_from_iso,
+    iso_from_epoch,
+)
 
 __all__ = ["TraceRequest", "EventSource", "AnalyticsSource", "LogSource", "trace", "Query",
            "GREYLIST_LOOKBACK", "MAX_MESSAGES"]
@@ -97,7 +107,13 @@ class AnalyticsSource:
                        f"{_lit(address)}))")
         _, rows = self._query(f"SELECT message_id FROM {self._db}.events WHERE {where} AND message_id != '' "
                               f"GROUP BY message_id ORDER BY min(time) LIMIT {MAX_MESSAGES}")
-        return [row[0] for row in rows]
+        found = [row[0] for row in rows]
+        if not found:
+            return []
+        _, rows = self._query(f"SELECT JSONExtractString(payload, 'released_as') AS copy, any(message_id) "
+                              f"FROM {self._db}.events WHERE type = 'quarantine_action' AND copy IN {_list(found)} "
+                              f"AND copy != message_id GROUP BY copy")
+        return _originals(found, {row[0]: row[1] for row in rows})
 
     def pool(self, message_id: str) -> list[Event]:
         events: dict[str, Event] = {}
@@ -156,10 +172,17 @@ class LogSource:
                 found[e.message_id] = e.time
             elif request.recipient and e.type in _FOUND_BY and _matches(e, request):  # type: ignore[attr-defined]
                 found[e.message_id] = e.time
-        return list(found)[:MAX_MESSAGES]
+        copies = {e.released_as: e.message_id for e in self.events
+                  if isinstance(e, QuarantineAction) and e.released_as and e.released_as != e.message_id}
+        return _originals(list(found)[:MAX_MESSAGES], copies)
 
     def pool(self, message_id: str) -> list[Event]:
         return self.events
+
+
+def _originals(found: list[str], original_of: dict[str, str]) -> list[str]:
+    """The messages found, a released copy replaced by the message it is a copy of (its timeline has both)."""
+    return list(dict.fromkeys(original_of.get(mid, mid) for mid in found))
 
 
 def _matches(e: Event, request: TraceRequest) -> bool:

@@ -85,7 +85,7 @@ def _connect(e: SmtpConnect) -> Words:
 
 def _check(e: SmtpCheck) -> Words:
     summary = _GREYLIST_NOTES.get(e.result) if e.check == "greylist" else None
-    summary = summary or f"{e.check} check ({e.phase}): {e.result}"
+    summary = summary or f"SMTP check {e.check} at {e.phase}: {e.result}"
     return Words("ingress", summary[0].upper() + summary[1:],
                  {"session": e.session_id, "check": e.check, "phase": e.phase, "result": e.result,
                   "sender": e.sender, "recipient": e.recipient})
@@ -147,7 +147,8 @@ def _stage_result(e: StageResult) -> Words:
     edits = [x for x in e.edits if x.stage == stage]
     replaced = [r for r in e.replacements if r.stage == stage]
     extra = [_edit_words(x) for x in edits] + [_replacement_words(r) for r in replaced]
-    summary = _result_words(e.result) + (f"; {'; '.join(extra)}" if extra else "")
+    first = "Routing decided" if stage == "route" else _result_words(e.result)
+    summary = first + (f"; {'; '.join(extra)}" if extra else "")
     return Words(stage, summary, {**result_details(e.result), "recipients": list(e.recipients),
                                   "edits": plain(edits), "replacements": plain(replaced)})
 
