@@ -185,7 +185,7 @@ def _stage_of(results: list[Result], stage: str) -> Result | None:
 
 def _decision(e: Quarantined | Rejected) -> Words:
     result = _stage_of(e.results, e.stage)
-    score = f" (score {result.score:g})" if result and result.score else ""
+    score = f" (score {result.score:g})" if result and result.score and "score" not in e.reason else ""
     what = "Held in quarantine" if isinstance(e, Quarantined) else "Rejected"
     details: dict[str, Any] = {"reason": e.reason, "recipients": list(e.recipients)}
     if result is not None:
