@@ -119,7 +119,7 @@ def test_trace_of_a_greylisted_spam_held_and_released_shows_every_step_in_order(
         assert order == sorted(order), "\n".join(summaries)
         assert [k for k in kinds if k[1] == "smtp_reject"] == [("ingress", "smtp_reject")]  # refused once
         held = steps[order[5]]
-        assert held["summary"].startswith(f"Held in quarantine by the spam check for {LENA} (score ")
+        assert held["summary"].startswith(f"Held in quarantine by the spam check for {LENA}: spam: ")
         assert held["details"]["result"]["score"] >= 5 and held["details"]["result"]["duration_ms"] > 0
         release = steps[order[6]]
         assert release["summary"].startswith(f"Released for {LENA} by cli:")

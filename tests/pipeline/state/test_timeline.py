@@ -58,13 +58,22 @@ def test_the_steps_come_in_the_order_they_happened_from_the_greylisted_attempt_t
     assert summaries[4].startswith("Accepted from 127.0.2.20: from <winner@ext.test> to lena.mueller@school.test, "
                                    'subject "EARN MONEY FROM HOME TODAY"')
     assert summaries[6] == "The virus check passed"
-    assert summaries[7] == f"Held in quarantine by the spam check for {LENA} (score 9.1): spam: score 9.1"
+    assert summaries[7] == (f"Held in quarantine by the spam check for {LENA}: "
+                            "spam: WORK_FROM_HOME, LINK_TO_IP (score 9.1, probability 91%)")
     assert summaries[8] == f"Listed in the quarantine digest mailed to {LENA}"
     assert summaries[9] == f"Released for {LENA} by cli:root@mx1"
     assert summaries[10] == f"The released copy for {LENA} goes on after the spam check"
     assert summaries[-1] == f"Delivered to {LENA} (250 2.0.0 Saved)"
     assert (timeline.subject, timeline.sender, timeline.recipients) == ("EARN MONEY FROM HOME TODAY",
                                                                        "winner@ext.test", [LENA])
+
+
+def test_a_reason_without_the_score_gets_it_from_the_stage_result() -> None:
+    s = scenario()
+    held = next(e for e in s.events if e.type == "quarantined")
+    events = [replace(e, reason="spam") if e is held else e for e in s.events]
+    [step] = [x for x in build_timeline(MID, events).steps if x.type == "quarantined"]
+    assert step.summary == f"Held in quarantine by the spam check for {LENA} (score 9.1): spam"
 
 
 def test_the_details_carry_what_an_admin_needs() -> None:

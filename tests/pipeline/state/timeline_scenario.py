@@ -91,7 +91,7 @@ def scenario() -> Scenario:
                       details={"score": 9.1, "actions": [{"recipient": LENA, "action": "quarantine"}]})]
     stages = [StageResult(message_id=MID, time=at(5.2 + i / 10), result=r, message=received, recipients=[LENA],
                           history=results[:i]) for i, r in enumerate(results[:2])]
-    held = Quarantined(message_id=MID, time=at(5.5), stage="spam", reason="spam: score 9.1", recipients=[LENA],
+    held = Quarantined(message_id=MID, time=at(5.5), stage="spam", reason="spam: WORK_FROM_HOME, LINK_TO_IP (score 9.1, probability 91%)", recipients=[LENA],
                        message=received, results=results)
     outcome = MessageOutcome(message_id=MID, time=at(5.5), stage="spam", disposition="quarantined",
                              recipients=[LENA])
