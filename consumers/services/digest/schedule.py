@@ -1,0 +1,57 @@
+"""When the digest goes out: once a day at `digest.time` (local time), weekly users on `digest.weekday`.
+
+The times are wall-clock times of the machine's time zone. A naive local datetime is what
+`datetime.now()` gives; `seconds_until` turns one into a wait through POSIX timestamps, so a day
+with a daylight-saving change still sends at 07:00 on the clock, not an hour off.
+"""
+from __future__ import annotations
+
+import re
+import time as clock
+from datetime import date, datetime, time, timedelta
+
+from pipeline.settings import ConfigError
+
+__all__ = ["WEEKDAYS", "FREQUENCIES", "parse_time_of_day", "parse_weekday", "next_run", "is_due",
+           "seconds_until"]
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # date.weekday() order
+FREQUENCIES = ("daily", "weekly", "off")  # the per-user setting `digest`
+
+
+def parse_time_of_day(text: str) -> time:
+    """"07:00" (or "7:00", "07:00:30") as a time of day; ConfigError naming `digest.time` otherwise."""
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2}))?", text.strip())
+    if match:
+        hour, minute, second = int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+        if hour < 24 and minute < 60 and second < 60:
+            return time(hour, minute, second)
+    raise ConfigError(f"digest.time: expected a time of day such as 07:00, got {text!r}")
+
+
+def parse_weekday(text: str) -> int:
+    """"mon" … "sun" (or the full English name) as date.weekday() counts them."""
+    word = text.strip().lower()[:3]
+    if word not in WEEKDAYS:
+        raise ConfigError(f"digest.weekday: expected one of {', '.join(WEEKDAYS)}, got {text!r}")
+    return WEEKDAYS.index(word)
+
+
+def next_run(now: datetime, at: time) -> datetime:
+    """The first local time `at` strictly after `now` (both naive local times)."""
+    today = datetime.combine(now.date(), at)
+    return today if today > now else datetime.combine(now.date() + timedelta(days=1), at)
+
+
+def is_due(frequency: str, day: date, weekday: int) -> bool:
+    """Whether a user with this digest frequency gets a digest in the scheduled run of `day`."""
+    if frequency == "daily":
+        return True
+    if frequency == "weekly":
+        return day.weekday() == weekday
+    return False  # "off", or anything newer this release does not know
+
+
+def seconds_until(when: datetime, now: float | None = None) -> float:
+    """Seconds from `now` (a POSIX time, default the present) until the naive local time `when`."""
+    return max(0.0, when.timestamp() - (clock.time() if now is None else now))
