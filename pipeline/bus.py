@@ -34,11 +34,14 @@ class Topics:
     stages: tuple[str, ...]
     destinations: tuple[str, ...] = DESTINATIONS
     retry_delays: tuple[str, ...] = ()
+    quarantine_days: int = 37  # kept on the quarantine topic: the entries' lifetime and a week
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Topics":
         delays = tuple(dict.fromkeys(settings.delivery.retry_schedule))
-        return cls(settings.kafka.topic_prefix, tuple(settings.topology.stages), retry_delays=delays)
+        days = int(settings.quarantine.lifetime_seconds // 86_400) + 7
+        return cls(settings.kafka.topic_prefix, tuple(settings.topology.stages), retry_delays=delays,
+                   quarantine_days=days)
 
     def _t(self, name: str) -> str:
         return f"{self.prefix}.{name}"
@@ -159,6 +162,8 @@ class Topics:
         """Topic configuration at creation: compaction for the state tables."""
         if name == self.accepted_early:  # needed only until the verdict service looked: a week
             return {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 86_400_000)}
+        if name == self.quarantine:  # the entries and what happened to them, for their whole lifetime
+            return {"retention.ms": str(self.quarantine_days * 86_400_000)}
         return {"cleanup.policy": "compact"} if name in self.compacted() else {}
 
 

@@ -141,7 +141,7 @@ class StageRunner(TransactionalHop):
         for reason, recipients in fan.quarantined.items():
             outputs.append(Output(self.topics.quarantine, self._key(work), Quarantined(
                 message_id=message.message_id, stage=name, reason=reason, recipients=recipients, message=message,
-                results=results, replacements=replacements)))
+                results=results, replacements=replacements, edits=fan.edits)))
             outputs.append(self._outcome(work, "quarantined", recipients, reason))
         return outputs
 

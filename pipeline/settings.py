@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.quarantine_settings import DigestSettings, QuarantineSettings, WebSettings
+from pipeline.settings_base import ConfigError, parse_duration
+
 __all__ = [
     "ConfigError",
     "PathSettings",
@@ -50,23 +53,12 @@ SINKS = ("lmtp", "smarthost", "analytics")
 # the default order of the SMTP-time checks (ingress/checks/)
 MX_CHECKS = ("dnsbl", "fcrdns", "sender_domain", "rhsbl", "relay", "recipient", "group_policy", "greylist")
 SUBMISSION_CHECKS = ("sender_login", "relay", "recipient", "group_policy")
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # per-user settings ([users], pipeline.state.users): their names, the thresholds among them, the choices
 USER_SETTINGS = ("quarantine", "tag_probable", "tag_certain", "quarantine_at", "reject_at", "allow_senders",
                  "block_senders", "digest", "language")
 THRESHOLDS = ("tag_probable", "tag_certain", "quarantine_at", "reject_at")
 DIGESTS = ("daily", "weekly", "off")
 LANGUAGES = ("de", "en")
-
-
-def parse_duration(key: str, text: str) -> float:
-    """Seconds in "90s", "5m", "4h", "7d" (a bare number is seconds)."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text)  # no spaces: it names a retry topic
-    if not match or float(match.group(1)) <= 0:
-        raise ConfigError(f"{key}: expected a duration such as 30s, 5m, 4h or 7d, got {text!r}")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
-class ConfigError(ValueError):
-    """A configuration key is unknown or its value has the wrong form."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,6 +382,9 @@ class Settings:
     message: MessageSettings = field(default_factory=MessageSettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     local: LocalStackSettings = field(default_factory=LocalStackSettings)
+    quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    digest: DigestSettings = field(default_factory=DigestSettings)
     # [stages.<name>] sections, each validated against the stage's own settings dataclass
     stages: Mapping[str, Any] = field(default_factory=dict)
     # [checks.<name>] sections, each validated against the check's own settings dataclass

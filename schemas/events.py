@@ -29,8 +29,8 @@ from typing import Literal
 
 import orjson
 
+from schemas.base import Event
 from schemas.codec import DecodeError, from_dict, to_json
-from schemas.ids import new_id
 from schemas.parts import (
     BlobRef,
     Client,
@@ -45,6 +45,7 @@ from schemas.parts import (
     iso_from_epoch,
     now_iso,
 )
+from schemas.quarantine import DigestSent, QuarantineAction
 from schemas.upgrades import UPGRADES
 
 __all__ = [
@@ -78,6 +79,8 @@ __all__ = [
     "SmtpReject",
     "SmtpCheck",
     "SpamLearned",
+    "QuarantineAction",
+    "DigestSent",
     "EVENT_TYPES",
     "UPGRADES",
     "event_type_name",
@@ -91,12 +94,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
-    message_id: str = ""
-    id: str = field(default_factory=new_id)
-    time: str = field(default_factory=now_iso)
-    schema_version: int = 1  # event types whose meaning changed override this default
 
 
 # ---- message events ------------------------------------------------------------------------
@@ -219,6 +216,7 @@ class Quarantined(Event):
     message: Received
     results: list[Result] = field(default_factory=list)
     replacements: list[Replacement] = field(default_factory=list)
+    edits: list[Edit] = field(default_factory=list)  # the edits so far: a released copy carries its headers
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,6 +236,7 @@ class Held(Event):
     reasons: list[str]
     recipients: list[str]
     message: Received
+    results: list[Result] = field(default_factory=list)  # the stages so far (a released copy goes on from here)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -454,6 +453,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SmtpReject,
         SmtpCheck,
         SpamLearned,
+        QuarantineAction,
+        DigestSent,
     )
 }
 

@@ -46,7 +46,7 @@ from pipeline.mail.zipdir import ZIP_MAGIC, BrokenZip, ZipEntry, list_zip
 from pipeline.registry import register
 from pipeline.settings import ConfigError
 from pipeline.stage import Outcome, PoisonMessage, StageContext, TemporaryFailure, Work
-from schemas.events import Edit, Held, Received, Verdict, epoch_from_iso
+from schemas.events import Edit, Held, Received, Result, Verdict, epoch_from_iso
 from schemas.ids import derived_id
 from schemas.stages.attachment import AttachmentDetails, HeldPartDetails
 
@@ -356,7 +356,7 @@ class AttachmentStage:
                                           for f in inspection.findings])
         if not inspection.findings:
             return Outcome(verdict=Verdict.PASS, details=dataclasses.asdict(details))
-        held = [self._held(message, f, work.recipients) for f in inspection.findings]
+        held = [self._held(message, f, work.recipients, work.history) for f in inspection.findings]
         edits = [Edit(stage=self.name, kind="replace_part", part=f.part.path, sha256=f.sha256,
                       value=part_notice(f, message.message_id, self.contact)) for f in inspection.findings]
         notices = await self._notices(message, inspection.findings, work.recipients) if self.settings.notify else []
@@ -371,11 +371,11 @@ class AttachmentStage:
         details = AttachmentDetails(limit=limit)
         return Outcome(verdict=Verdict.FAIL, details=dataclasses.asdict(details), quarantine=f"{reason}: {cap.detail}")
 
-    def _held(self, message: Received, finding: Finding, recipients: list[str]) -> Held:
+    def _held(self, message: Received, finding: Finding, recipients: list[str], history: list[Result]) -> Held:
         return Held(id=derived_id(message.message_id, f"held:{finding.part.path}"), message_id=message.message_id,
                     stage=self.name, part=finding.part.path, sha256=finding.sha256, filename=finding.filename,
                     content_type=finding.part.content_type, reasons=finding.reasons,
-                    recipients=list(recipients), message=message)
+                    recipients=list(recipients), message=message, results=list(history))
 
     async def _notices(self, message: Received, findings: list[Finding], recipients: list[str]) -> list[Received]:
         def build() -> list[Received]:

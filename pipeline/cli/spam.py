@@ -30,7 +30,7 @@ import datetime as dt
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -51,10 +51,10 @@ from pipeline.cli.common import settings_of
 from pipeline.mail.message import parse_message
 from pipeline.mail.sources import MailItem, read_messages, total_bytes
 from pipeline.settings import ConfigError, Settings
-from schemas.events import Received
+from schemas.events import Received, SpamLearned
 from schemas.parts import BlobRef, Client, Envelope
 
-__all__ = ["add_parsers", "spam_settings", "tokenizer_options", "rule_stats", "file_event", "train"]
+__all__ = ["add_parsers", "ham_learner", "spam_settings", "tokenizer_options", "rule_stats", "file_event", "train"]
 
 REPLAY_TIMEOUT = 60.0
 IN_FLIGHT = 2000  # learn events handed to the producer before waiting for their acknowledgements
@@ -197,6 +197,20 @@ async def train(model: BayesModel, items: Iterable[MailItem], label: str, option
     await asyncio.gather(*pending)
     progress.show(tally, final=True)
     return tally
+
+
+def ham_learner(settings: Settings) -> Callable[[bytes, str], SpamLearned | None]:
+    """For the quarantine's "release and learn as ham": raw message → its `spam_learned` ham event
+    (None when it has no tokens). Built here, in the composition root, because the portal and the
+    digest service are services and never import the spam stage."""
+    options = tokenizer_options(settings)
+
+    def learn(raw: bytes, message_id: str) -> SpamLearned | None:
+        hashes = _hashes(MailItem(origin=message_id, raw=raw), options)
+        return None if isinstance(hashes, str) else learned_event(hashes, "ham", source="portal",
+                                                                  message_id=message_id)
+
+    return learn
 
 
 def _summary(label: str, tally: Tally) -> str:

@@ -21,13 +21,15 @@ from typing import Any
 from consumers.sinks.analytics.schema import EVENT_COLUMNS
 from schemas.events import (
     Bounced,
-    DeadletterReplayed,
     Deadlettered,
+    DeadletterReplayed,
     Deferred,
     Delivered,
     DeliveryAttempt,
+    DigestSent,
     Event,
     Held,
+    QuarantineAction,
     Quarantined,
     Received,
     Rejected,
@@ -168,6 +170,15 @@ def _user_settings(e: UserSettingsChanged) -> dict[str, Any]:
     return {"recipient": e.address, "reason": ",".join(e.changed)}
 
 
+def _quarantine_action(e: QuarantineAction) -> dict[str, Any]:
+    """Which entry (`reason`: the action and who), for whom; the rest is in the payload."""
+    return {"recipient": e.recipient, "reason": f"{e.action} by {e.by}"}
+
+
+def _digest_sent(e: DigestSent) -> dict[str, Any]:
+    return {"recipient": e.user, "reason": f"digest of {len(e.entries)} entries"}
+
+
 _FLATTEN: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
     Received: _received,
     StageResult: _stage_result,
@@ -185,6 +196,8 @@ _FLATTEN: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
     SmtpReject: _smtp_reject,
     SmtpCheck: _smtp_check,
     UserSettingsChanged: _user_settings,
+    QuarantineAction: _quarantine_action,
+    DigestSent: _digest_sent,
 }
 
 _DEFAULTS: dict[str, Any] = {
