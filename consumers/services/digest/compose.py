@@ -83,9 +83,9 @@ class DigestMail:
 
 
 def shown(value: str, limit: int = MAX_SHOWN) -> str:
-    """A value from a held message, fit to show: control, format (bidi) and line characters replaced, cut."""
-    cleaned = "".join("\ufffd" if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in value)
-    cleaned = " ".join(cleaned.split())
+    """A value from a held message, fit to show: on one line, control and format (bidi) characters replaced, cut."""
+    cleaned = " ".join(value.split())  # tabs, line breaks (also U+2028) and runs of spaces: one space
+    cleaned = "".join("\ufffd" if unicodedata.category(c) in ("Cc", "Cf") else c for c in cleaned)
     return cleaned if len(cleaned) <= limit else cleaned[:limit - 1] + "…"
 
 
@@ -117,8 +117,9 @@ def _rows(entry: Entry, texts: dict[str, str]) -> list[tuple[str, str]]:
             (texts["subject"], shown(entry.subject) if entry.subject.strip() else texts["no_subject"])]
     if entry.kind == "part" and entry.filename:
         rows.append((texts["attachment"], shown(entry.filename)))
-    why = shown(entry.reason, 300)
-    rows.append((texts["why"], f"{why} ({texts['score']} {entry.score:.1f})" if entry.score is not None else why))
+    rows.append((texts["why"], shown(entry.reason, 300)))
+    if entry.score is not None:
+        rows.append((texts["score"], f"{entry.score:.1f}"))
     rows.append((texts["expires"], _when(entry.expires, texts)))
     return rows
 
@@ -178,9 +179,9 @@ def compose_digest(user: str, entries: Sequence[Entry], *, language: str, key: b
     message_id = make_msgid("digest", domain=hostname)
     message["Message-ID"] = message_id
     message["Auto-Submitted"] = "auto-generated"
-    message["Content-Language"] = language
     message.set_content(_plain(user, ordered, links, sign_in, texts), subtype="plain", charset="utf-8",
                         cte="quoted-printable")
     message.add_alternative(_html(user, ordered, links, sign_in, texts, language), subtype="html",
                             charset="utf-8", cte="quoted-printable")
+    message["Content-Language"] = language  # after the parts: set_content moves Content-* fields into them
     return DigestMail(raw=message.as_bytes(), message_id_header=message_id.strip("<>"))

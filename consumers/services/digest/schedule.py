@@ -10,28 +10,23 @@ import re
 import time as clock
 from datetime import date, datetime, time, timedelta
 
+from pipeline.quarantine_settings import WEEKDAYS  # date.weekday() order
 from pipeline.settings import ConfigError
 
-__all__ = ["WEEKDAYS", "FREQUENCIES", "parse_time_of_day", "parse_weekday", "next_run", "is_due",
-           "seconds_until"]
-
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # date.weekday() order
-FREQUENCIES = ("daily", "weekly", "off")  # the per-user setting `digest`
+__all__ = ["parse_time_of_day", "parse_weekday", "next_run", "is_due", "seconds_until"]
 
 
 def parse_time_of_day(text: str) -> time:
-    """"07:00" (or "7:00", "07:00:30") as a time of day; ConfigError naming `digest.time` otherwise."""
-    match = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2}))?", text.strip())
-    if match:
-        hour, minute, second = int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
-        if hour < 24 and minute < 60 and second < 60:
-            return time(hour, minute, second)
+    """"07:00" (or "7:00") as a time of day; ConfigError naming `digest.time` otherwise."""
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
+    if match and int(match.group(1)) < 24 and int(match.group(2)) < 60:
+        return time(int(match.group(1)), int(match.group(2)))
     raise ConfigError(f"digest.time: expected a time of day such as 07:00, got {text!r}")
 
 
 def parse_weekday(text: str) -> int:
-    """"mon" … "sun" (or the full English name) as date.weekday() counts them."""
-    word = text.strip().lower()[:3]
+    """"mon" … "sun" as date.weekday() counts them."""
+    word = text.strip().lower()
     if word not in WEEKDAYS:
         raise ConfigError(f"digest.weekday: expected one of {', '.join(WEEKDAYS)}, got {text!r}")
     return WEEKDAYS.index(word)
