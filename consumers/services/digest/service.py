@@ -191,29 +191,39 @@ class Cleanup:
 
 
 class DigestService:
-    """The schedule: digests at `digest.time`, the cleanup every `quarantine.cleanup_every`."""
+    """The schedule: digests at `digest.time`, the cleanup every `quarantine.cleanup_every`.
 
-    def __init__(self, settings: Settings, sender: DigestSender, cleanup: Cleanup) -> None:
+    `clock` (POSIX seconds) and `pause` (wait so long; False when stopped meanwhile) are the real
+    ones unless a test runs the schedule through days in an instant."""
+
+    def __init__(self, settings: Settings, sender: DigestSender, cleanup: Cleanup, *,
+                 clock: Callable[[], float] = time.time,
+                 pause: Callable[[asyncio.Event, float], Awaitable[bool]] | None = None) -> None:
         self.at = parse_time_of_day(settings.digest.time)
         self.cleanup_every = settings.quarantine.cleanup_seconds
         self.sender = sender
         self.cleanup = cleanup
+        self.clock = clock
+        self.pause = pause or (lambda stop, seconds: _until_stopped(stop, asyncio.sleep(seconds)))
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock())
 
     async def loop(self, stop: asyncio.Event) -> None:
-        due = next_run(datetime.now(), self.at)
+        due = next_run(self._now(), self.at)
         day = due.date()  # the day of the slot decides who is due (weekly users), also when retried later
-        cleanup_at = time.time()  # one cleanup right at start
+        cleanup_at = self.clock()  # one cleanup right at start
         while not stop.is_set():
-            if time.time() >= cleanup_at:
-                cleanup_at = time.time() + (self.cleanup_every if await self._cleanup() else RETRY_AFTER)
-            if datetime.now() >= due:
+            if self.clock() >= cleanup_at:
+                cleanup_at = self.clock() + (self.cleanup_every if await self._cleanup() else RETRY_AFTER)
+            if self._now() >= due:
                 if await self._digests(day):
-                    due = next_run(datetime.now(), self.at)
+                    due = next_run(self._now(), self.at)
                     day = due.date()
                 else:  # the users not reached wait for the retry, not for tomorrow
-                    due = datetime.now() + timedelta(seconds=RETRY_AFTER)
-            wait = min(cleanup_at - time.time(), seconds_until(due))
-            if await _until_stopped(stop, asyncio.sleep(max(wait, 0.5))) is False:
+                    due = self._now() + timedelta(seconds=RETRY_AFTER)
+            wait = min(cleanup_at - self.clock(), seconds_until(due, self.clock()))
+            if not await self.pause(stop, max(wait, 0.5)):
                 return
 
     async def _digests(self, day: date) -> bool:
@@ -227,7 +237,7 @@ class DigestService:
 
     async def _cleanup(self) -> bool:
         try:
-            stats = await self.cleanup.run()
+            stats = await self.cleanup.run(self.clock())
         except Exception as exc:
             log.warning("quarantine cleanup failed, tried again in %.0fs: %s", RETRY_AFTER, describe(exc))
             return False

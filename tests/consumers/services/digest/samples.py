@@ -18,8 +18,8 @@ RAW = b"From: eve@spam.test\r\nSubject: x\r\n\r\nbuy\r\n"
 def quarantined(blobs: FileBlobStore, rcpts: list[str], *, subject: str = "cheap pills", stage: str = "spam",
                 score: float = 9.5, sender: str = "eve@spam.test", raw: bytes = RAW,
                 time: str = "2026-12-03T10:00:00.000Z") -> Quarantined:
-    message = Received(message_id=new_id(), envelope=Envelope(mail_from=sender, rcpt_to=rcpts), client=Client(ip="192.0.2.1", port=1),
-                       blob=blobs.put(raw), headers=HeaderSummary(subject=subject, header_from=f"Eve <{sender}>"))
+    message = Received(message_id=new_id(), envelope=Envelope(mail_from=sender, rcpt_to=rcpts),
+                       client=Client(ip="192.0.2.1", port=1), blob=blobs.put(raw), headers=HeaderSummary(subject=subject, header_from=f"Eve <{sender}>"))
     result = Result(stage=stage, verdict=Verdict.FAIL, score=score)
     return Quarantined(message_id=message.message_id, stage=stage, reason=f"{stage}: LOTS_OF_MONEY (score {score})",
                        recipients=rcpts, message=message, results=[result], time=time)

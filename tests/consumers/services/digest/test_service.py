@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import email
-from datetime import date
+from datetime import date, datetime
 from email.policy import default
 
 import pytest
 
-from consumers.services.digest.service import Cleanup, DigestSender, digest_sender_address
+from consumers.services.digest.service import Cleanup, CleanupStats, DigestSender, DigestService, digest_sender_address
 from pipeline.blobstore import BlobNotFound, FileBlobStore
 from pipeline.bus import Topics
 from pipeline.producers import TransactionalProducer
@@ -202,3 +202,51 @@ async def test_a_blob_stays_while_a_delivery_of_it_is_deferred_or_another_entry_
     stats = await run.run(now=AFTER_EXPIRY)
     assert len(stats.expired) == 2 and stats.blobs_deleted == 0 and stats.blobs_kept == 1
     assert blobs.get(deferred.message.blob) and blobs.get(shared.message.blob)
+
+
+# ---- the schedule, run through days on a clock of its own ---------------------------------------
+
+
+class Calls:
+    """Stands in for the sender and the cleanup: when each ran (and the sender can fail once)."""
+
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.digests: list[tuple[datetime, date]] = []
+        self.cleanups: list[datetime] = []
+        self.fail_next = False
+
+    async def run(self, now: float | None = None, *, day: date | None = None):
+        if now is not None:  # the cleanup's signature
+            self.cleanups.append(datetime.fromtimestamp(now))
+            return CleanupStats()
+        self.digests.append((datetime.fromtimestamp(self.clock[0]), day))
+        if self.fail_next:
+            self.fail_next = False
+            return [], 1
+        return [], 0
+
+
+async def test_the_schedule_sends_at_seven_each_day_retries_a_failed_run_and_cleans_up_hourly() -> None:
+    clock = [datetime(2026, 12, 6, 22, 30).timestamp()]  # a Sunday evening, local time
+    calls = Calls(clock)
+    stop = asyncio.Event()
+
+    async def pause(_stop, seconds: float) -> bool:
+        clock[0] += seconds
+        if clock[0] >= datetime(2026, 12, 9, 12, 0).timestamp():
+            stop.set()
+        return not stop.is_set()
+
+    calls.fail_next = True  # Monday's run fails once (the broker away): tried again 5 minutes later
+    service = DigestService(SETTINGS, calls, calls, clock=lambda: clock[0], pause=pause)
+    await service.loop(stop)
+    assert calls.digests == [
+        (datetime(2026, 12, 7, 7, 0), MONDAY),
+        (datetime(2026, 12, 7, 7, 5), MONDAY),  # the retry still counts as Monday's run (weekly users)
+        (datetime(2026, 12, 8, 7, 0), TUESDAY),
+        (datetime(2026, 12, 9, 7, 0), date(2026, 12, 9)),
+    ]
+    assert calls.cleanups[0] == datetime(2026, 12, 6, 22, 30)  # at start, then hourly
+    assert all((b - a).total_seconds() == 3600 for a, b in zip(calls.cleanups, calls.cleanups[1:]))
+    assert len(calls.cleanups) == 62
