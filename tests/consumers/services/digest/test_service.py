@@ -23,8 +23,8 @@ from pipeline.state.quarantine_actions import QuarantineActions
 from pipeline.state.users import TABLE, UserSettings
 from pipeline.tables import MemoryLog, MemoryTransport
 from schemas.events import (
-    DigestSent,
     Deferred,
+    DigestSent,
     QuarantineAction,
     Received,
     Reply,
@@ -34,6 +34,7 @@ from schemas.events import (
     decode_event,
     encode_event,
     epoch_from_iso,
+    iso_from_epoch,
 )
 from tests.consumers.services.digest.samples import ANNA, KEY, LENA, SETTINGS, quarantined
 
@@ -250,3 +251,16 @@ async def test_the_schedule_sends_at_seven_each_day_retries_a_failed_run_and_cle
     assert calls.cleanups[0] == datetime(2026, 12, 6, 22, 30)  # at start, then hourly
     assert all((b - a).total_seconds() == 3600 for a, b in zip(calls.cleanups, calls.cleanups[1:]))
     assert len(calls.cleanups) == 62
+
+
+async def test_a_blob_stays_for_an_hour_after_a_release_of_it(world, cleanup) -> None:
+    blobs, view, _, _ = world
+    run, _ = cleanup
+    held = _hold(blobs, view, [LENA, ANNA])
+    lena = entry_id(held.id, LENA)
+    view.state.apply_event(QuarantineAction(message_id=held.message_id, entry=lena, recipient=LENA, action="release",
+                                            by="portal:lena", released_as=held.message_id,
+                                            time=iso_from_epoch(AFTER_EXPIRY - 60)))  # its copy may be in a stage
+    stats = await run.run(now=AFTER_EXPIRY)
+    assert stats.expired == [entry_id(held.id, ANNA)] and (stats.blobs_deleted, stats.blobs_kept) == (0, 1)
+    assert (await run.run(now=AFTER_EXPIRY + 3600)).blobs_deleted == 1
