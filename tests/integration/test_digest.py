@@ -20,7 +20,6 @@ import time
 from email.message import EmailMessage
 from email.policy import default
 
-import orjson
 import pytest
 
 from pipeline.blobstore import FileBlobStore
@@ -30,16 +29,10 @@ from pipeline.producers import TransactionalProducer
 from pipeline.state.quarantine import QuarantineView, read_quarantine_state
 from pipeline.state.quarantine_actions import ActionRefused, QuarantineActions
 from tests.integration.conftest import Stack, new_test_id, send_data
+from tests.integration.test_quarantine_release import quarantine_on
 from tests.integration.test_spam import LENA, SPAM_BODY, SPAM_SUBJECT, delivered, message
 
 pytestmark = pytest.mark.integration
-
-
-def _quarantine_on(stack: Stack, address: str) -> None:
-    stack.cli("user", "set", address, "quarantine=on")
-    stack.wait_for(lambda: orjson.loads(stack.cli("user", "show", address, "--json").stdout)["settings"]["quarantine"],
-                   what=f"{address}'s quarantine setting")
-    time.sleep(3.0)  # the spam stage follows the users topic: well within this
 
 
 def _entry_of(stack: Stack, message_id: str) -> str:
@@ -92,7 +85,7 @@ async def _follow(stack: Stack, token: str) -> str:
 
 
 def test_a_held_spam_is_listed_in_one_digest_and_its_release_link_delivers_it_once(stack: Stack) -> None:
-    _quarantine_on(stack, LENA)
+    quarantine_on(stack, LENA)
     try:
         test_id = new_test_id()
         reply = send_data(stack, message(test_id, [LENA], SPAM_SUBJECT, SPAM_BODY), [LENA])

@@ -13,7 +13,13 @@ from email.policy import default
 
 import pytest
 
-from consumers.services.digest.service import Cleanup, CleanupStats, DigestSender, DigestService, digest_sender_address
+from consumers.services.digest.service import (
+    Cleanup,
+    CleanupStats,
+    DigestSender,
+    DigestService,
+    digest_sender_address,
+)
 from pipeline.blobstore import BlobNotFound, FileBlobStore
 from pipeline.bus import Topics
 from pipeline.producers import TransactionalProducer
@@ -37,39 +43,27 @@ from schemas.events import (
     iso_from_epoch,
 )
 from tests.consumers.services.digest.samples import ANNA, KEY, LENA, SETTINGS, quarantined
+from tests.pipeline.state.test_quarantine_state import Recorder as QuarantineRecorder
 
 TOPICS = Topics.from_settings(SETTINGS)
-MAX, ELTERN = "max.mustermann@school.test", "eltern.mueller@school.test"
+MAX = "max.mustermann@school.test"
 MONDAY, TUESDAY = date(2026, 12, 7), date(2026, 12, 8)
 AFTER_EXPIRY = epoch_from_iso("2027-01-10T00:00:00.000Z")
 
 
-class Recorder:
-    """Stands in for AIOKafkaProducer: the records of every committed transaction; `fail_commit` fails them."""
+class Recorder(QuarantineRecorder):
+    """The quarantine tests' producer stand-in, whose commit fails while `fail_commit` is set."""
 
     def __init__(self) -> None:
-        self.committed: list[list[tuple[str, bytes, bytes]]] = []
+        super().__init__()
         self.fail_commit = False
-        self._open: list[tuple[str, bytes, bytes]] = []
-        self.client = None
+        self.client = FakeClient()  # a failed transaction abandons the producer: it closes its client
         self._sender = None
-
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-
-    async def begin_transaction(self) -> None:
-        self._open = []
-
-    async def send(self, topic, value, key=None):
-        self._open.append((topic, key, value))
-        done = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
 
     async def commit_transaction(self) -> None:
         if self.fail_commit:
             raise ConnectionError("the broker went away during the commit")
-        self.committed.append(self._open)
+        await super().commit_transaction()
 
 
 class FakeClient:
@@ -91,7 +85,6 @@ async def world(tmp_path):
     view = QuarantineView(SETTINGS, "test", transport=MemoryTransport(MemoryLog(["quarantine"])))
     await view.start(1)
     recorder = Recorder()
-    recorder.client = FakeClient()
     producer = TransactionalProducer(SETTINGS.kafka, "t", make=lambda *_: recorder)
     users = await _users(**{ANNA: {"digest": "weekly", "language": "en"}, MAX: {"digest": "off"}})
     sender = DigestSender(SETTINGS, view.state, users, producer, blobs, KEY)
