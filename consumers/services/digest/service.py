@@ -86,7 +86,10 @@ class DigestSender:
         """The digests due: of the run of `day` (None: now, by hand, for every user whose digest is not
         off), or for the user `only` whatever their setting. A user whose settings cannot be read now
         is left for the next run (their entries wait)."""
-        wanted = {e.recipient.lower() for e in self.state.entries.values() if e.open}
+        local = {d.lower() for d in self.settings.ingress.local_domains}
+        # only the site's own users: a part held from mail leaving the site is no business of its recipient
+        wanted = {e.recipient.lower() for e in self.state.entries.values()
+                  if e.open and e.recipient.rpartition("@")[2].lower() in local}
         if only is not None:
             wanted &= {only.lower()}
         weekday = parse_weekday(self.settings.digest.weekday)

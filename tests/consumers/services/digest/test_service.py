@@ -100,7 +100,7 @@ def _hold(blobs, view, rcpts, **kwargs):
 
 async def test_who_gets_a_digest_on_which_day(world) -> None:
     blobs, view, sender, _ = world
-    _hold(blobs, view, [LENA, ANNA, MAX])
+    _hold(blobs, view, [LENA, ANNA, MAX, "friend@ext.test"])  # the friend outside the site gets none
     monday = {p.user: (p.frequency, p.language) for p in await sender.plan(day=MONDAY)}
     assert monday == {LENA: ("daily", "de"), ANNA: ("weekly", "en")}  # max: off
     assert [p.user for p in await sender.plan(day=TUESDAY)] == [LENA]  # anna waits for her Monday
