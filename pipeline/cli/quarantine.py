@@ -141,7 +141,7 @@ def _entry_fields(entry: Entry) -> dict[str, Any]:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from pipeline.cli.trace import analytics_source, format_timeline
-    from pipeline.state.timeline import build_timeline
+    from pipeline.state.timeline_source import message_timeline
 
     settings = settings_of(args)
     try:
@@ -151,7 +151,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 1
     fields = _entry_fields(entry)
     try:
-        timeline = build_timeline(entry.message_id, analytics_source(settings).pool(entry.message_id))
+        timeline = message_timeline(analytics_source(settings), entry.message_id)
     except (QueryError, OSError, RuntimeError) as exc:  # the entry is worth showing without its timeline
         print(f"poststelle quarantine show: no timeline: {exc}", file=sys.stderr)
         timeline = None

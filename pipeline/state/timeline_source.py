@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pipeline.bus import Topics, read_topic
+from pipeline.clients.analytics import query_analytics
 from pipeline.clients.analytics import sql_string as _lit
 from pipeline.settings import Settings
 from pipeline.state.timeline import Leads, Timeline, build_timeline, leads_of
@@ -34,7 +35,7 @@ from schemas.events import (
     iso_from_epoch,
 )
 
-__all__ = ["TraceRequest", "EventSource", "AnalyticsSource", "LogSource", "trace", "Query",
+__all__ = ["TraceRequest", "EventSource", "AnalyticsSource", "LogSource", "trace", "message_timeline", "Query",
            "GREYLIST_LOOKBACK", "MAX_MESSAGES"]
 
 Query = Callable[[str], tuple[list[str], list[list]]]
@@ -88,6 +89,13 @@ class AnalyticsSource:
     def __init__(self, query: Query, database: str = "poststelle") -> None:
         self._query = query
         self._db = database
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "AnalyticsSource":
+        """On the configured store through `query_analytics` (a server, or the running sink's endpoint;
+        never the files): what a service such as the portal uses. Blocking: from asyncio, call `find`
+        and `pool` in a thread (`asyncio.to_thread`)."""
+        return cls(lambda sql: query_analytics(settings, sql), settings.sinks.analytics.database)
 
     def _payloads(self, where: str) -> list[Event]:
         _, rows = self._query(f"SELECT payload FROM {self._db}.events WHERE {where} ORDER BY time, id")
@@ -198,11 +206,16 @@ def _matches(e: Event, request: TraceRequest) -> bool:
     return getattr(e, "recipient", "").lower() == address
 
 
+def message_timeline(source: EventSource, message_id: str) -> Timeline:
+    """One message's timeline (a quarantine entry's: its `message_id`)."""
+    return build_timeline(message_id, source.pool(message_id))
+
+
 def trace(source: EventSource, request: TraceRequest) -> list[Timeline]:
     """The timelines of the messages `request` means, oldest first ([] when it means none)."""
     timelines = []
     for message_id in source.find(request):
-        timeline = build_timeline(message_id, source.pool(message_id))
+        timeline = message_timeline(source, message_id)
         if timeline.steps:
             timelines.append(timeline)
     return timelines

@@ -7,15 +7,19 @@ store's queries give must be the one the plain list gives.
 """
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import orjson
 import pytest
 
-from consumers.sinks.analytics.store import AnalyticsStore
+from consumers.sinks.analytics.server import query_app
+from consumers.sinks.analytics.store import AnalyticsStore, AsyncAnalyticsStore
+from pipeline.clients.analytics import AnalyticsUnavailable
 from pipeline.cli import main
 from pipeline.state.timeline import build_timeline
-from pipeline.state.timeline_source import AnalyticsSource, TraceRequest, trace
+from pipeline.state.timeline_source import AnalyticsSource, TraceRequest, message_timeline, trace
+from pipeline.web import serving
 from schemas.events import epoch_from_iso
 from tests.consumers.sinks.analytics.samples import make_settings
 from tests.pipeline.state.timeline_scenario import ANNA, HEADER, LENA, MID, OTHER_MID, at, held_part_scenario, scenario
@@ -55,6 +59,22 @@ def test_the_store_finds_by_header_and_by_recipient_and_follows_a_released_copy(
     assert source.find(TraceRequest(recipient=LENA, since=since, until=epoch_from_iso(at(4)))) == []
     [timeline] = trace(source, TraceRequest(message_id=OTHER_MID))
     assert timeline.copies == [copy_id] and timeline.steps[-1].type == "delivered"
+
+
+async def test_a_service_reaches_the_store_through_the_running_sink_and_never_opens_the_files(home: Path) -> None:
+    settings = make_settings(home)
+    with pytest.raises(AnalyticsUnavailable):  # nothing listens yet: a service gets told, it does not open the files
+        await asyncio.to_thread(AnalyticsSource.from_settings(settings).pool, MID)
+    events = scenario().events
+    astore = await AsyncAnalyticsStore.open(settings)
+    try:
+        await astore.insert(events)
+        async with serving(query_app(astore), "127.0.0.1", settings.sinks.analytics.query_port, name="test"):
+            source = AnalyticsSource.from_settings(settings)
+            timeline = await asyncio.to_thread(message_timeline, source, MID)
+    finally:
+        await astore.close()
+    assert [s.as_dict() for s in timeline.steps] == [s.as_dict() for s in build_timeline(MID, events).steps]
 
 
 def _config(tmp_path: Path, settings) -> str:
