@@ -103,6 +103,8 @@ RETRY = Component("retry", "sends deferred deliveries back to their sink when th
                   "consumers.services.retry:run_retry_service")
 BOUNCE = Component("bounce", "turns bounced deliveries into DSNs to their senders",
                    "consumers.services.bounce:run_bounce_service")
+DIGEST = Component("digest", "mails each user the new entries of their quarantine; removes expired entries",
+                   "consumers.services.digest:run_digest_service")
 
 
 def stage_component(name: str) -> Component:
@@ -114,7 +116,7 @@ def stage_component(name: str) -> Component:
 def known_components(settings: Settings) -> dict[str, Component]:
     """Every component these settings can run by hand (`poststelle run`), by name."""
     found = [INGRESS, *(stage_component(n) for n in settings.topology.stages), *SINKS.values(), VERDICT, RETRY,
-             BOUNCE]
+             BOUNCE, DIGEST]
     return {c.name: c for c in found}
 
 
@@ -128,8 +130,8 @@ def components(settings: Settings) -> list[Component]:
         chosen.extend(stage_component(name) for name in settings.topology.stages)
         chosen.append(VERDICT)  # turns rejections the sender was not told of into quarantine
     chosen.extend(SINKS[name] for name in s.sinks)
-    if {"lmtp", "smarthost"} & set(s.sinks):  # deferred deliveries and DSNs belong with the delivery sinks
-        chosen.extend([RETRY, BOUNCE])
+    if {"lmtp", "smarthost"} & set(s.sinks):  # deferred deliveries, DSNs and digests belong with the delivery sinks
+        chosen.extend([RETRY, BOUNCE, DIGEST])
     return chosen
 
 
