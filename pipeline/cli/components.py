@@ -31,6 +31,7 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "consumers.stages.virus",
     "consumers.stages.attachment",
     "consumers.stages.auth",
+    "consumers.stages.expand",
     "consumers.stages.spam.stage",
 )
 BUILTIN_CHECK_MODULES: tuple[str, ...] = (

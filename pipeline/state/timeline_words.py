@@ -123,6 +123,8 @@ def _edit_words(edit: Edit) -> str:
         return f"added the header {edit.name}"
     if edit.kind == "remove_header":
         return f"removed {edit.name} header fields"
+    if edit.kind == "envelope_sender":
+        return f"bounces for {_who(edit.recipients)} go to {edit.value}"
     return f"replaced part {edit.part} by a notice"
 
 
