@@ -28,6 +28,10 @@ class BlobStore:
     def get(self, ref: BlobRef) -> bytes:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def delete(self, ref: BlobRef) -> bool:  # pragma: no cover - interface
+        """Remove a blob; True if it was there. A blob already gone is not an error (cleanups repeat)."""
+        raise NotImplementedError
+
 
 class FileBlobStore(BlobStore):
     def __init__(self, root: Path) -> None:
@@ -60,6 +64,15 @@ class FileBlobStore(BlobStore):
         if len(data) != ref.size:
             raise BlobNotFound(f"{ref.sha256}: size {len(data)} != {ref.size}")
         return data
+
+    def delete(self, ref: BlobRef) -> bool:
+        path = self.path_of(ref.sha256)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(path.parent)
+        return True
 
 
 def _fsync_dir(path: Path) -> None:

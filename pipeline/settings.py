@@ -249,6 +249,13 @@ class LdapSettings:
     cache_ttl: float = 60.0  # seconds found and not-found lookups are reused; 0: off (failures never)
     bind_dn: str = ""  # DN to search as; empty: anonymous read
     password_file: str = ""  # file holding the bind password (required with bind_dn)
+    # the group attribute holding plain member addresses (misc.schema's rfc822MailMember); "": none
+    member_address_attribute: str = "rfc822MailMember"
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"([A-Za-z][A-Za-z0-9-]*)?", self.member_address_attribute):
+            raise ConfigError(f"ldap.member_address_attribute: expected an LDAP attribute name, "
+                              f"got {self.member_address_attribute!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,10 +107,10 @@ class Edit:
     """A change a stage asks the delivery sink to apply when rendering; the blob is never changed."""
 
     stage: str
-    kind: Literal["add_header", "subject_tag", "remove_header", "replace_part"]
+    kind: Literal["add_header", "subject_tag", "remove_header", "replace_part", "envelope_sender"]
     name: str = ""  # header name for add_header and remove_header
     # header value, or the tag text; remove_header: only fields whose first word is this;
-    # replace_part: the notice text put in the part's place
+    # replace_part: the notice text put in the part's place; envelope_sender: the MAIL FROM address
     value: str = ""
     part: str = ""  # replace_part: the MIME part number (IMAP style, e.g. "2" or "1.3")
     sha256: str = ""  # replace_part: sha256 of the part's raw (still encoded) body bytes

@@ -26,7 +26,7 @@ from pipeline.blobstore import BlobNotFound, BlobStore
 from pipeline.bus import Topics
 from pipeline.deadletter import deadletter_event
 from pipeline.exactly_once import ExactlyOnceLoop
-from pipeline.mail.render import PartNotFound, render
+from pipeline.mail.render import PartNotFound, envelope_sender_of, render
 from pipeline.settings import Settings
 from pipeline.state.ledger import Ledger
 from schemas.events import (
@@ -112,7 +112,7 @@ class DeliverySink:
             log.error("message %s: blob %s missing", routed.message_id, routed.message.blob.sha256)
             return dict.fromkeys(recipients, MISSING_BLOB)
         envelope = routed.message.envelope
-        delivery = Delivery(mail_from=envelope.mail_from, recipients=recipients,
+        delivery = Delivery(mail_from=envelope_sender_of(routed), recipients=recipients,
                             data=render(raw, routed.edits), smtputf8=envelope.smtputf8,
                             body_8bit=envelope.body == "8BITMIME")
         try:
@@ -132,11 +132,11 @@ class DeliverySink:
             event = Delivered(**common, received_time=routed.message.time)
             self.stats.delivered += 1
         elif 500 <= reply.code < 600:
-            event = Bounced(**common, reason="permanent", mail_from=routed.message.envelope.mail_from,
+            event = Bounced(**common, reason="permanent", mail_from=envelope_sender_of(routed),
                             routed=single)
             self.stats.bounced += 1
         elif self._expired(routed):
-            event = Bounced(**common, reason="expired", mail_from=routed.message.envelope.mail_from,
+            event = Bounced(**common, reason="expired", mail_from=envelope_sender_of(routed),
                             routed=single)
             self.stats.bounced += 1
         else:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pipeline.mail.headers import CapHit
-from pipeline.mail.inject import inject_message
+from pipeline.mail.inject import NOTICE_LISTENER, inject_message
 from pipeline.mail.message import ParsedMessage
 from pipeline.mail.mime import Part, decode_body
 from pipeline.mail.reader import message_reader
@@ -75,7 +75,6 @@ ARCHIVE_EXTENSIONS = ["zip", "gz", "tgz", "bz2", "xz", "7z", "rar", "tar"]
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip")
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 MAX_REASONS = 20  # per part, the rest summarized
-NOTICE_LISTENER = "notice"
 _TRAILING = re.compile(r"[\s.]+$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 

@@ -8,7 +8,7 @@ already claims that authserv-id (forged upstream, RFC 8601 section 5).
 Policy: DMARC `fail` with disposition reject → the message is rejected (or quarantined, with
 `dmarc_reject = "quarantine"`); disposition quarantine → `dmarc_quarantine: true` in the details
 for the spam stage, and the message goes on. Mail from an authenticated session or a trusted
-network gets the header but no enforcement. DNS temporary failures are `temperror` results: they
+network, and mail the gateway writes itself (DSNs, notices, digests), gets the header but no enforcement. DNS temporary failures are `temperror` results: they
 are recorded, never enforced, and the message goes on (checks/modules in consumers/stages/authn/).
 
 The From domain DMARC evaluates is the author domain of the parsed message every stage shares
@@ -29,6 +29,7 @@ from consumers.stages.authn.header import HEADER_NAME, authentication_results
 from consumers.stages.authn.spf import SpfOutcome, check_host
 from pipeline.clients.dns import Resolver, normalize_ip
 from pipeline.mail.headers import Authors
+from pipeline.mail.inject import sent_by_gateway
 from pipeline.mail.reader import message_reader
 from pipeline.registry import register
 from pipeline.settings import ConfigError
@@ -89,6 +90,8 @@ class AuthStage:
         await self.resolver.close()
 
     def _not_enforced_because(self, work: Work) -> str:
+        if sent_by_gateway(work.message):  # from 127.0.0.1 in our own domain's name: SPF cannot pass
+            return f"written by the gateway itself ({work.message.listener})"
         client = work.message.client
         if client.authenticated_as:
             return f"authenticated as {client.authenticated_as}"

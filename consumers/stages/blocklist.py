@@ -9,7 +9,8 @@ this order:
    entries), the envelope sender (address, or its domain), the header From domains, the link hosts
    of the text and HTML parts (domain entries match a name and everything under it) and the SHA-256
    of every attachment. The first hit rejects the message for all recipients, reason
-   ``site block list: <what> <entry> (<matched>): <comment>`` — a terminal `rejected` event.
+   ``site block list: <what> <entry> (<matched>): <comment>`` — a terminal `rejected` event. Not for
+   mail the gateway writes itself (`pipeline.mail.inject.sent_by_gateway`): a digest quotes held spam.
 2. **The site's allow list**: the client IP (cidr) or the envelope sender (address or domain). A hit
    skips the DNS lookups below; the verdict is `pass` with `allowlisted` in the details.
 3. **DNS lists**, all at once: the registrable domains of the links (of the first `max_domains`
@@ -43,6 +44,7 @@ from typing import ClassVar
 from pipeline.clients.dns import Answer, Resolver, normalize_ip
 from pipeline.clients.dnslists import ListSite, Lookup, evaluate, validate_list_settings
 from pipeline.mail.domains import InvalidName, normalize_address
+from pipeline.mail.inject import sent_by_gateway
 from pipeline.mail.message import ParsedMessage
 from pipeline.mail.reader import message_reader
 from pipeline.registry import register
@@ -175,7 +177,8 @@ class BlocklistStage:
         details = BlocklistDetails(threshold=self.settings.threshold, url_domains=facts.url_domains,
                                    from_domains=facts.from_domains, attachments=len(facts.attachment_sha256),
                                    truncated=facts.truncated)
-        blocked = self.site_block(message.client.ip, sender, facts)
+        # mail the gateway writes itself (a digest quotes held spam) is looked up, never refused
+        blocked = None if sent_by_gateway(message) else self.site_block(message.client.ip, sender, facts)
         if blocked is not None:
             details = dataclasses.replace(details, site_block=blocked)
             return Outcome(verdict=Verdict.FAIL, details=dataclasses.asdict(details), reject=_reject_reason(blocked))

@@ -6,7 +6,9 @@
     poststelle run COMPONENT           one process (see pipeline.cli.components)
     poststelle sql "SELECT ..."        query the analytics store, print a table
     poststelle queue [retry ID|--all]  deferred deliveries; try them now (postqueue -p / -f)
-    poststelle quarantine list|get     held parts and quarantined messages; extract one (get ID [PART] -o FILE)
+    poststelle quarantine list|show|release|delete|approve|get   the quarantine's entries; act on one
+    poststelle trace ID|--recipient A  a message's timeline: SMTP checks, stages, delivery, quarantine, release
+    poststelle digest send [--user ADDRESS] [--dry-run]   mail the quarantine digests now
     poststelle deadletter list|show|replay   records a consumer could not handle; put one back
     poststelle list add|remove|show    the site's own block and allow lists
     poststelle user show|set|reset ADDRESS   a user's own settings (quarantine, spam thresholds, sender lists)
@@ -22,12 +24,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import config, deadletter, lists, quarantine, queue, spam, sql, stack, users
+from pipeline.cli import config, deadletter, digest, lists, quarantine, queue, spam, sql, stack, trace, users
 from pipeline.settings import ConfigError
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = (stack, sql, queue, quarantine, deadletter, lists, users, spam, config)
+COMMAND_MODULES = (stack, sql, queue, quarantine, trace, digest, deadletter, lists, users, spam, config)
 
 
 def build_parser() -> argparse.ArgumentParser:

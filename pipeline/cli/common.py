@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
 import signal
+import socket
 import sys
 
 from pipeline.cli.components import load_config
 from pipeline.settings import REPO_ROOT, Settings
 
-__all__ = ["LOCAL_CONFIG", "settings_of", "check_stages", "setup_logging", "install_stop_handlers"]
+__all__ = ["LOCAL_CONFIG", "settings_of", "check_stages", "setup_logging", "install_stop_handlers", "cli_actor"]
 
 LOCAL_CONFIG = REPO_ROOT / "deploy/local/poststelle.toml"
 
@@ -47,3 +49,12 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+
+def cli_actor() -> str:
+    """Who acts, as events record it: ``cli:<login>@<host>``."""
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):
+        login = "unknown"
+    return f"cli:{login}@{socket.gethostname()}"

@@ -31,6 +31,7 @@ BUILTIN_STAGE_MODULES: tuple[str, ...] = (
     "consumers.stages.virus",
     "consumers.stages.attachment",
     "consumers.stages.auth",
+    "consumers.stages.expand",
     "consumers.stages.spam.stage",
 )
 BUILTIN_CHECK_MODULES: tuple[str, ...] = (
@@ -102,6 +103,8 @@ RETRY = Component("retry", "sends deferred deliveries back to their sink when th
                   "consumers.services.retry:run_retry_service")
 BOUNCE = Component("bounce", "turns bounced deliveries into DSNs to their senders",
                    "consumers.services.bounce:run_bounce_service")
+DIGEST = Component("digest", "mails each user the new entries of their quarantine; removes expired entries",
+                   "consumers.services.digest:run_digest_service")
 WEB = Component("web", "the quarantine portal: users release their held mail, admins approve requests",
                 "pipeline.cli.components:run_web")
 
@@ -124,7 +127,7 @@ def stage_component(name: str) -> Component:
 def known_components(settings: Settings) -> dict[str, Component]:
     """Every component these settings can run by hand (`poststelle run`), by name."""
     found = [INGRESS, *(stage_component(n) for n in settings.topology.stages), *SINKS.values(), VERDICT, RETRY,
-             BOUNCE, WEB]
+             BOUNCE, DIGEST, WEB]
     return {c.name: c for c in found}
 
 
@@ -139,8 +142,8 @@ def components(settings: Settings) -> list[Component]:
         chosen.append(VERDICT)  # turns rejections the sender was not told of into quarantine
         chosen.append(WEB)  # the quarantine portal
     chosen.extend(SINKS[name] for name in s.sinks)
-    if {"lmtp", "smarthost"} & set(s.sinks):  # deferred deliveries and DSNs belong with the delivery sinks
-        chosen.extend([RETRY, BOUNCE])
+    if {"lmtp", "smarthost"} & set(s.sinks):  # deferred deliveries, DSNs and digests belong with the delivery sinks
+        chosen.extend([RETRY, BOUNCE, DIGEST])
     return chosen
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
-import socket
 import sys
 from typing import Any
 
@@ -26,7 +24,7 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from pipeline.bus import ensure_topics
-from pipeline.cli.common import settings_of
+from pipeline.cli.common import cli_actor, settings_of
 from pipeline.cli.table import format_table
 from pipeline.settings import THRESHOLDS, USER_SETTINGS, Settings
 from pipeline.state.users import (
@@ -119,7 +117,7 @@ async def _run(settings: Settings, args: argparse.Namespace, address: str, chang
                 print(f"{explained.key}: nothing of its own to reset")
                 return 0
         values = apply_changes(own, explained.prefs, changes, settings.users)
-        event = UserSettingsChanged(address=explained.key, settings=values, by=args.by or _who(),
+        event = UserSettingsChanged(address=explained.key, settings=values, by=args.by or cli_actor(),
                                     changed=list(dict.fromkeys(c.key for c in changes)))
         assert store.transport is not None
         await write_settings(store.transport, event)
@@ -129,14 +127,6 @@ async def _run(settings: Settings, args: argparse.Namespace, address: str, chang
         return 0
     finally:
         await store.close()
-
-
-def _who() -> str:
-    try:
-        login = getpass.getuser()
-    except (KeyError, OSError):
-        login = "unknown"
-    return f"cli:{login}@{socket.gethostname()}"
 
 
 # ---- output -------------------------------------------------------------------------------------

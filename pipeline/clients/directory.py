@@ -1,13 +1,13 @@
 """The site's LDAP directory, as the SMTP-time checks and AUTH read it.
 
-`Directory` answers five questions, each an async method:
+`Directory` answers these questions, each an async method:
 
 - `lookup(address)`: the person or group an address belongs to (`mail` or `mailLocalAddress`,
   matched case-insensitively by the server), as an `Entry`, or None.
 - `member_of(address)`: the groups (their `cn` and `mail`, lower case) the address's entry is a
   member of, directly or through groups that are members of groups (loops are cut).
-- `group_members(group_address)`: the primary addresses of a group's enabled members, nested
-  groups expanded (loops cut); [] for an address that is not a group.
+- `entries(dns)` and `people_by_uid(uids)`: the entries at some DNs, the people with some logins,
+  read `BATCH` at a time in the pool (what `pipeline.clients.groups` expands groups with).
 - `attributes(address, names)`: the values of some attributes of that person or group (the
   per-user settings a site keeps in its directory, `pipeline.state.users`).
 - `authenticate(login, password)`: an `Account` when `login` (a `uid`, or a primary `mail`) names
@@ -17,9 +17,12 @@
 
 How the directory models people, aliases, groups and disabled accounts is documented at the top
 of ``deploy/local/directory.ldif``: a person is an ``inetOrgPerson`` with one `mail` (the mailbox)
-and aliases in `mailLocalAddress`; a group is a ``groupOfNames`` with its list address in `mail`
-and `member` DNs; a person is disabled when `shadowExpire` is present, not -1 and not after today
-(days since 1970-01-01 UTC). slapd does not enforce `shadowExpire`; this module does.
+and aliases in `mailLocalAddress`; a group is a ``groupOfNames`` (`member` DNs), a
+``groupOfUniqueNames`` (`uniqueMember` DNs), a ``posixGroup`` (`memberUid` logins) or a
+``nisMailAlias``, each with its list address in `mail` (through ``extensibleObject``) and plain
+member addresses in `member_address_attribute` (``rfc822MailMember``); a person is disabled when
+`shadowExpire` is present, not -1 and not after today (days since 1970-01-01 UTC). slapd does not
+enforce `shadowExpire`; this module does.
 
 Failures: the server down, refusing, timing out or answering with an error raises
 `DirectoryUnavailable`, which is never "not found" and never cached. Every operation is bounded by
@@ -31,13 +34,13 @@ after a failure. A connection that fails on reuse (e.g. slapd restarted) is retr
 fresh one. Filters are built only with ldap3's `escape_filter_chars`, so an address such as
 ``*@school.test`` matches nothing instead of everybody.
 
-Answers of `lookup`, `member_of`, `group_members` and `attributes` are cached for `cache_ttl`
-seconds, found and not found alike (at most `CACHE_ENTRIES` keys; 0 turns the cache off). A change
+Answers of `lookup`, `member_of`, `entries`, `people_by_uid` and `attributes` are cached for
+`cache_ttl` seconds, found and not found alike (at most `CACHE_ENTRIES` keys; 0 turns the cache off). A change
 in the directory is therefore seen after at most `cache_ttl` seconds.
 
 Settings (`[ldap]`, `pipeline.settings.LdapSettings`): `host`, `port`, `base`, `timeout`, and,
 when the settings carry them, `cache_ttl` (default 60 s), `bind_dn` and `password_file` (default:
-anonymous read access).
+anonymous read access) and `member_address_attribute`.
 """
 from __future__ import annotations
 
@@ -48,13 +51,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import ldap3
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.dn import parse_dn, safe_dn
+
+from pipeline.clients.directory_entries import GROUP_CLASSES, Account, Entry, entry_from, values
+from pipeline.clients.ttlcache import TtlCache
 
 __all__ = [
     "Account",
@@ -71,14 +77,17 @@ T = TypeVar("T")
 
 DEFAULT_CACHE_TTL = 60.0
 CACHE_ENTRIES = 10_000  # most cached answers; an RCPT flood of made-up addresses cannot grow it further
-MAX_NESTING = 8  # group-in-group levels followed by member_of and group_members
+MAX_NESTING = 8  # group-in-group levels followed by member_of
 POOL_THREADS = 4
 
 _PERSON = "(objectClass=inetOrgPerson)"
-_GROUP = "(objectClass=groupOfNames)"
+_GROUP = "(|" + "".join(f"(objectClass={c})" for c in GROUP_CLASSES) + ")"
 # an address: a person's mailbox or alias, or a group's list address
 _ADDRESS_FILTER = "(&(|" + _PERSON + _GROUP + ")(|(mail={0})(mailLocalAddress={0})))"
-_ATTRIBUTES = ["objectClass", "uid", "cn", "mail", "mailLocalAddress", "shadowExpire", "member"]
+_ATTRIBUTES = ["objectClass", "uid", "cn", "mail", "mailLocalAddress", "shadowExpire", "member", "uniqueMember",
+               "memberUid", "owner"]
+UID_BATCH = 100  # logins asked for in one search
+BATCH = 200  # DNs or logins read in one call in the pool (each call is bounded by `timeout`)
 _INVALID_CREDENTIALS = 49
 
 
@@ -86,85 +95,23 @@ class DirectoryUnavailable(Exception):
     """The directory did not answer (down, timeout, server error): try again later."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A person or a group found by one of its addresses; addresses are lower case."""
-
-    kind: Literal["person", "group"]
-    dn: str
-    mail: str  # the primary address: a person's mailbox, a group's list address
-    aliases: tuple[str, ...] = ()  # mailLocalAddress values
-    disabled: bool = False  # shadowExpire reached (people only)
-    uid: str = ""
-    cn: str = ""
-    members: tuple[str, ...] = ()  # member DNs (groups only)
-
-    @property
-    def addresses(self) -> frozenset[str]:
-        return frozenset({self.mail, *self.aliases} - {""})
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    """An authenticated person: who logged in and the addresses they may send as."""
-
-    uid: str
-    dn: str
-    mail: str
-    addresses: frozenset[str]  # mail and aliases, lower case
-
-
-class _TtlCache:
-    """Answers (None included) kept for `ttl` seconds; the oldest go first when full."""
-
-    _MISSING = object()
-
-    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float]) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self.clock = clock
-        self._items: dict[tuple[str, str], tuple[float, Any]] = {}
-
-    def get(self, key: tuple[str, str]) -> Any:
-        item = self._items.get(key)
-        if item is None:
-            return self._MISSING
-        expires, value = item
-        if self.clock() >= expires:
-            del self._items[key]
-            return self._MISSING
-        return value
-
-    def put(self, key: tuple[str, str], value: Any) -> None:
-        if self.ttl <= 0:
-            return
-        self._items.pop(key, None)
-        if len(self._items) >= self.max_entries:
-            self._drop_expired()
-        while len(self._items) >= self.max_entries:
-            del self._items[next(iter(self._items))]  # insertion order: the oldest answer
-        self._items[key] = (self.clock() + self.ttl, value)
-
-    def _drop_expired(self) -> None:
-        now = self.clock()
-        for key in [k for k, (expires, _) in self._items.items() if now >= expires]:
-            del self._items[key]
-
-
 class Directory:
     """Read-only LDAP access with a thread pool, a per-thread connection and a TTL cache."""
 
     def __init__(self, host: str, port: int, base: str, timeout: float, *,
                  cache_ttl: float = DEFAULT_CACHE_TTL, bind_dn: str = "", bind_password: str = "",
-                 threads: int = POOL_THREADS, clock: Callable[[], float] = time.monotonic) -> None:
+                 threads: int = POOL_THREADS, clock: Callable[[], float] = time.monotonic,
+                 member_address_attribute: str = "rfc822MailMember") -> None:
         self.host = host
         self.port = port
         self.base = base
         self.timeout = timeout
         self.bind_dn = bind_dn
+        self.member_address_attribute = member_address_attribute
+        self._attributes = [*_ATTRIBUTES, *([member_address_attribute] if member_address_attribute else [])]
         self._bind_password = bind_password
         self._threads = threads
-        self._cache = _TtlCache(cache_ttl, CACHE_ENTRIES, clock)
+        self._cache = TtlCache(cache_ttl, CACHE_ENTRIES, clock)
         self._executor: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -185,7 +132,8 @@ class Directory:
                 raise ValueError(f"ldap.password_file: cannot read {password_file}: {exc.strerror}") from None
         return cls(ldap.host, ldap.port, ldap.base, ldap.timeout,
                    cache_ttl=getattr(ldap, "cache_ttl", DEFAULT_CACHE_TTL),
-                   bind_dn=bind_dn, bind_password=password, **kwargs)
+                   bind_dn=bind_dn, bind_password=password,
+                   member_address_attribute=getattr(ldap, "member_address_attribute", "rfc822MailMember"), **kwargs)
 
     async def start(self) -> None:
         """Create the thread pool; connections open on first use (the server may be down now)."""
@@ -213,13 +161,15 @@ class Directory:
         entry = await self.lookup(address)
         if entry is None:
             return frozenset()
-        return await self._cached("member_of", entry.dn.lower(), lambda _: self._groups_of_sync(entry.dn))
+        return await self._cached("member_of", entry.dn.lower(), lambda _: self._groups_of_sync(entry))
 
-    async def group_members(self, group_address: str) -> list[str]:
-        entry = await self.lookup(group_address)
-        if entry is None or entry.kind != "group":
-            return []
-        return await self._cached("group_members", entry.dn.lower(), lambda _: self._members_sync(entry))
+    async def entries(self, dns: Sequence[str]) -> dict[str, Entry | None]:
+        """The person or group at each DN (None: no such entry, or neither), keyed as given."""
+        return await self._cached_many("entry", dns, self._read_many)
+
+    async def people_by_uid(self, uids: Sequence[str]) -> dict[str, Entry | None]:
+        """The person whose `uid` is each login (None: nobody, or several), keyed as given."""
+        return await self._cached_many("uid", uids, self._people_by_uid_sync)
 
     async def attributes(self, address: str, names: Sequence[str]) -> dict[str, tuple[str, ...]] | None:
         """The values of the attributes `names` on the entry `address` belongs to (as `lookup` finds
@@ -238,12 +188,30 @@ class Directory:
     # ---- async plumbing ---------------------------------------------------------------------------
 
     async def _cached(self, kind: str, key: str, fetch: Callable[[str], T]) -> T:
-        hit = self._cache.get((kind, key))
-        if hit is not _TtlCache._MISSING:
-            return hit
-        value = await self._run(fetch, key)
-        self._cache.put((kind, key), value)
-        return value
+        return (await self._cached_many(kind, [key], lambda keys: {keys[0]: fetch(keys[0])}))[key]
+
+    async def _cached_many(self, kind: str, keys: Sequence[str],
+                           fetch: Callable[[list[str]], dict[str, T]]) -> dict[str, T]:
+        """The answers for `keys`; those not cached are fetched in the pool, `BATCH` keys a call (keys as
+        given: `uid` matches case-exactly)."""
+        found: dict[str, T] = {}
+        for key in dict.fromkeys(keys):
+            hit = self._cache.get((kind, key))
+            if hit is not TtlCache.MISSING:
+                found[key] = hit
+        missing = [k for k in dict.fromkeys(keys) if k not in found]
+        chunks = [missing[i:i + BATCH] for i in range(0, len(missing), BATCH)]  # each within `timeout`
+        slots = asyncio.Semaphore(self._threads)  # a chunk's time bound starts when a thread is free for it
+
+        async def one(chunk: list[str]) -> dict[str, T]:
+            async with slots:
+                return await self._run(fetch, chunk)
+
+        for fetched in await asyncio.gather(*(one(chunk) for chunk in chunks)):
+            for key, value in fetched.items():
+                self._cache.put((kind, key), value)
+                found[key] = value
+        return {key: found[key] for key in dict.fromkeys(keys)}
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in the pool, awaited at most `timeout` seconds."""
@@ -259,7 +227,7 @@ class Directory:
 
     def _lookup_sync(self, address: str) -> Entry | None:
         flt = _ADDRESS_FILTER.format(escape_filter_chars(address))
-        found = [_entry(item) for item in self._search(self.base, flt, _ATTRIBUTES)]
+        found = [self._entry(item) for item in self._search(self.base, flt, self._attributes)]
         if len(found) > 1:
             log.warning("address %s belongs to %d entries (%s); using the first", address, len(found),
                         ", ".join(e.dn for e in found))
@@ -270,54 +238,95 @@ class Directory:
         if not found:
             return None
         item = min(found, key=lambda i: i["dn"].lower())
-        return {name: tuple(_values(item, name)) for name in names}
+        return {name: tuple(values(item, name)) for name in names}
 
-    def _groups_of_sync(self, dn: str) -> frozenset[str]:
-        """cn and mail of the groups `dn` is in, through at most MAX_NESTING levels of groups."""
+    def _groups_of_sync(self, entry: Entry) -> frozenset[str]:
+        """cn and mail of the groups `entry` is in (by DN, its login for posixGroups, its addresses
+        for plain member addresses), through at most MAX_NESTING levels of groups."""
         names: set[str] = set()
-        seen = {dn.lower()}
-        frontier = [dn]
+        seen = {entry.dn.lower()}
+        frontier = [entry]
         for _ in range(MAX_NESTING):
-            members = "".join(f"(member={escape_filter_chars(d)})" for d in frontier)
+            flt = "".join(self._membership_filters(e) for e in frontier)
             frontier = []
-            for item in self._search(self.base, f"(&{_GROUP}(|{members}))", ["cn", "mail"]):
+            for item in self._search(self.base, f"(&{_GROUP}(|{flt}))", self._attributes):
                 if item["dn"].lower() in seen:
                     continue
                 seen.add(item["dn"].lower())
-                frontier.append(item["dn"])
-                names.update(v.lower() for v in _values(item, "cn") + _values(item, "mail"))
+                frontier.append(self._entry(item))
+                names.update(v.lower() for v in values(item, "cn") + values(item, "mail"))
             if not frontier:
                 break
         return frozenset(names)
 
-    def _members_sync(self, group: Entry) -> list[str]:
-        """Primary addresses of the enabled people in `group` and the groups inside it."""
-        addresses: set[str] = set()
-        seen = {group.dn.lower()}
-        pending = [(dn, 1) for dn in group.members]
-        while pending:
-            dn, depth = pending.pop()
-            if dn.lower() in seen:
-                continue
-            seen.add(dn.lower())
-            member = self._read(dn)
-            if member is None:
-                log.warning("group %s lists %s, which is no person or group", group.dn, dn)
-            elif member.kind == "person" and not member.disabled and member.mail:
-                addresses.add(member.mail)
-            elif member.kind == "group" and depth < MAX_NESTING:
-                pending.extend((d, depth + 1) for d in member.members)
-        return sorted(addresses)
+    def _membership_filters(self, entry: Entry) -> str:
+        """The filter terms a group listing `entry` matches."""
+        dn = escape_filter_chars(entry.dn)
+        terms = [f"(member={dn})", f"(uniqueMember={dn})"]
+        if entry.kind == "person" and entry.uid:
+            terms.append(f"(memberUid={escape_filter_chars(entry.uid)})")
+        if self.member_address_attribute:
+            terms += [f"({self.member_address_attribute}={escape_filter_chars(a)})" for a in sorted(entry.addresses)]
+        return "".join(terms)
 
     def _read(self, dn: str) -> Entry | None:
         """The person or group at `dn`, or None when there is no such entry (or it is neither)."""
-        found = self._search(dn, f"(|{_PERSON}{_GROUP})", _ATTRIBUTES, scope=ldap3.BASE, missing_ok=True)
-        return _entry(found[0]) if found else None
+        try:
+            safe_dn(dn)
+        except LDAPException:  # not a DN at all (a broken member value): no such entry
+            return None
+        found = self._search(dn, f"(|{_PERSON}{_GROUP})", self._attributes, scope=ldap3.BASE, missing_ok=True)
+        return self._entry(found[0]) if found else None
+
+    def _read_many(self, dns: list[str]) -> dict[str, Entry | None]:
+        """The entries at `dns`: one one-level search per parent and naming attribute (`uid=a,P`,
+        `uid=b,P` → `(|(uid=a)(uid=b))` under P), a base read for a DN that does not fit that."""
+        buckets: dict[tuple[str, str], dict[str, str]] = {}  # (parent, attribute) -> value lower -> dn
+        found: dict[str, Entry | None] = {}
+        for dn in dns:
+            try:
+                rdns = parse_dn(safe_dn(dn))
+            except LDAPException:
+                rdns = []
+            if len(rdns) < 2 or rdns[0][2] == "+" or "\\" in rdns[0][1]:  # no parent, multi-valued, escapes
+                found[dn] = self._read(dn)
+                continue
+            parent = ",".join(f"{a}={v}" for a, v, _ in rdns[1:])
+            buckets.setdefault((parent, rdns[0][0]), {})[rdns[0][1].lower()] = dn
+        for (parent, attribute), wanted in buckets.items():
+            terms = "".join(f"({attribute}={escape_filter_chars(v)})" for v in wanted)
+            by_value: dict[str, list[Entry]] = {}
+            for item in self._search(parent, f"(&(|{_PERSON}{_GROUP})(|{terms}))", [*self._attributes, attribute],
+                                     scope=ldap3.LEVEL, missing_ok=True):
+                for value in values(item, attribute):
+                    by_value.setdefault(value.lower(), []).append(self._entry(item))
+            for value, dn in wanted.items():
+                matches = by_value.get(value, [])
+                found[dn] = matches[0] if len(matches) == 1 else (self._read(dn) if matches else None)
+        return found
+
+    def _people_by_uid_sync(self, uids: list[str]) -> dict[str, Entry | None]:
+        people: dict[str, list[Entry]] = {}
+        for start in range(0, len(uids), UID_BATCH):
+            terms = "".join(f"(uid={escape_filter_chars(u)})" for u in uids[start:start + UID_BATCH])
+            for item in self._search(self.base, f"(&{_PERSON}(|{terms}))", self._attributes):
+                person = self._entry(item)
+                people.setdefault(person.uid, []).append(person)
+        found: dict[str, Entry | None] = {}
+        for uid in uids:
+            matches = people.get(uid, [])  # memberUid matches uid exactly (caseExactIA5Match)
+            if len(matches) > 1:
+                log.warning("login %r names %d people; none is taken", uid, len(matches))
+            found[uid] = matches[0] if len(matches) == 1 else None
+        return found
+
+    def _entry(self, item: dict[str, Any]) -> Entry:
+        return entry_from(item, self.member_address_attribute)
 
     def _authenticate_sync(self, login: str, password: str) -> Account | None:
         attribute = "mail" if "@" in login else "uid"
         flt = f"(&{_PERSON}({attribute}={escape_filter_chars(login)}))"
-        found = [_entry(item) for item in self._search(self.base, flt, _ATTRIBUTES)]
+        found = [self._entry(item) for item in self._search(self.base, flt, self._attributes)]
         if len(found) != 1:
             if found:
                 log.warning("login %r names %d entries; refused", login, len(found))
@@ -362,7 +371,7 @@ class Directory:
                     continue
                 raise DirectoryUnavailable(f"search on {self.host}:{self.port}: {exc}") from None
             code = conn.result.get("result")
-            if code == 0 or (missing_ok and code == 32):  # 32: noSuchObject
+            if code == 0 or (missing_ok and code in (32, 34)):  # noSuchObject, invalidDNSyntax
                 return [item for item in conn.response or () if item.get("type") == "searchResEntry"]
             raise DirectoryUnavailable(f"search {flt} under {base}: {conn.result.get('description')} "
                                        f"{conn.result.get('message', '')}".rstrip())
@@ -406,39 +415,6 @@ class Directory:
 def _plain(text: str) -> bool:
     """No spaces or control characters: LDAP matching would ignore some (e.g. a trailing NUL)."""
     return all(c.isprintable() and not c.isspace() for c in text)
-
-
-def _values(item: dict[str, Any], name: str) -> list[str]:
-    return [str(v) for v in item["attributes"].get(name) or []]
-
-
-def _entry(item: dict[str, Any]) -> Entry:
-    classes = {c.lower() for c in _values(item, "objectClass")}
-    mails = [m.lower() for m in _values(item, "mail")]
-    if len(mails) > 1:
-        log.warning("%s has %d mail values; the first is taken as primary", item["dn"], len(mails))
-    return Entry(
-        kind="group" if "groupofnames" in classes else "person",
-        dn=item["dn"],
-        mail=mails[0] if mails else "",
-        aliases=tuple(a.lower() for a in _values(item, "mailLocalAddress")),
-        disabled=_expired(_values(item, "shadowExpire")),
-        uid=next(iter(_values(item, "uid")), ""),
-        cn=next(iter(_values(item, "cn")), ""),
-        members=tuple(_values(item, "member")),
-    )
-
-
-def _expired(shadow_expire: list[str]) -> bool:
-    """shadow(5): expired when the day number is present, not -1 and not after today."""
-    if not shadow_expire:
-        return False
-    try:
-        day = int(shadow_expire[0])
-    except ValueError:
-        log.warning("shadowExpire %r is not a day number; the account is treated as disabled", shadow_expire[0])
-        return True
-    return day != -1 and day <= int(time.time() // 86400)
 
 
 def _unbind_quietly(conn: ldap3.Connection) -> None:

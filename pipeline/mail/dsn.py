@@ -24,6 +24,7 @@ import uuid
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from pipeline.mail.render import envelope_sender_of
 from schemas.events import Bounced, Verdict
 from schemas.ids import derived_id
 
@@ -64,9 +65,10 @@ def dsn_event_id(bounced: Bounced) -> str:
 
 
 def envelope_sender(bounced: Bounced) -> str:
-    """The original envelope sender: the message's own envelope when the event carries it."""
+    """Where the DSN goes: the copy's envelope sender (`envelope_sender_of`: the message's, or the
+    group owner an `envelope_sender` edit names) when the event carries the copy."""
     if bounced.routed is not None:
-        return bounced.routed.message.envelope.mail_from
+        return envelope_sender_of(bounced.routed)
     return bounced.mail_from
 
 

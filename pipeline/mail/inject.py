@@ -6,10 +6,23 @@ from pipeline.mail.headers import parse_header
 from pipeline.mail.trace import summarize_headers
 from schemas.events import Client, Envelope, Received
 
-__all__ = ["inject_message", "LOCAL_CLIENT_IP", "DSN_LISTENER"]
+__all__ = ["inject_message", "sent_by_gateway", "LOCAL_CLIENT_IP", "DSN_LISTENER", "NOTICE_LISTENER",
+           "DIGEST_LISTENER", "GATEWAY_LISTENERS"]
 
 LOCAL_CLIENT_IP = "127.0.0.1"
 DSN_LISTENER = "dsn"  # the listener of a DSN's `received` event
+NOTICE_LISTENER = "notice"  # an attachment stage's notice of a held part
+DIGEST_LISTENER = "digest"  # a quarantine digest (consumers.services.digest)
+# messages the gateway writes itself: no outside client can set a `received` event's listener, so
+# the stages may trust it. A digest quotes spam subjects and senders; scored, tagged, held or refused
+# like outside mail, it would never reach the user it is for.
+GATEWAY_LISTENERS = frozenset({DSN_LISTENER, NOTICE_LISTENER, DIGEST_LISTENER})
+
+
+def sent_by_gateway(received: Received) -> bool:
+    """Whether the gateway itself wrote this message (a DSN, a notice, a digest): the spam stage does not
+    hold or tag it, the blocklist stage does not refuse it, the auth stage does not enforce DMARC on it."""
+    return received.listener in GATEWAY_LISTENERS
 
 
 def inject_message(blobs: BlobStore, raw: bytes, *, message_id: str, event_id: str, mail_from: str,

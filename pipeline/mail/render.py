@@ -13,6 +13,10 @@ by its part number and checked by the sha256 of its raw body); every other byte 
 part that is the body of a (possibly encapsulated) message keeps that message's header fields, only
 its Content-* fields are replaced. When the part cannot be found the edit fails loudly rather than
 deliver the part it was meant to hold back.
+
+`envelope_sender` changes no byte: it names the MAIL FROM of the copy (`envelope_sender_of`: the
+expand stage's group owner for member bounces); the sinks send with it, the bounce service sends
+the DSN to it. The first such edit of a copy counts.
 """
 from __future__ import annotations
 
@@ -21,9 +25,9 @@ import hashlib
 import re
 
 from pipeline.mail.mime import Part, leaf_at, walk
-from schemas.events import Edit
+from schemas.events import Edit, Routed
 
-__all__ = ["render", "notice_part", "PartNotFound"]
+__all__ = ["render", "notice_part", "PartNotFound", "envelope_sender_of"]
 
 # generous: the stage that asked for the edit has walked the message with its own (lower) caps
 RENDER_MAX_DEPTH = 64
@@ -82,7 +86,14 @@ def _apply(raw: bytes, edit: Edit) -> bytes:
         return _remove_header(raw, edit.name, edit.value)
     if edit.kind == "replace_part":
         return _replace_part(raw, edit)
+    if edit.kind == "envelope_sender":
+        return raw  # the envelope, not the content: see envelope_sender_of
     raise ValueError(f"unknown edit kind {edit.kind!r}")
+
+
+def envelope_sender_of(routed: Routed) -> str:
+    """The MAIL FROM of a routed copy: its first `envelope_sender` edit's address, else the message's."""
+    return next((e.value for e in routed.edits if e.kind == "envelope_sender"), routed.message.envelope.mail_from)
 
 
 def notice_part(text: str) -> tuple[bytes, bytes]:

@@ -25,7 +25,7 @@ from schemas.codec import DecodeError
 from schemas.events import DigestSent, Held, QuarantineAction, Quarantined, decode_event, epoch_from_iso, iso_from_epoch
 
 __all__ = ["QuarantineError", "Entry", "QuarantineState", "QuarantineView", "entry_id", "category_of",
-           "read_quarantine_state", "read_quarantine", "quarantine_rows", "find_entry", "extract"]
+           "read_quarantine_state", "read_quarantine", "find_entry", "extract"]
 
 log = logging.getLogger(__name__)
 
@@ -241,18 +241,6 @@ async def read_quarantine(settings: Settings) -> list[QuarantineEntry]:
     state = await read_quarantine_state(settings)
     events = {e.event.id: e.event for e in state.entries.values()}
     return sorted(events.values(), key=lambda e: e.time)
-
-
-def quarantine_rows(entries: list[QuarantineEntry]) -> tuple[list[str], list[list]]:
-    columns = ["time", "message_id", "type", "stage", "part", "filename", "reason", "recipients"]
-    rows = []
-    for e in entries:
-        if isinstance(e, Held):
-            rows.append([e.time, e.message_id, e.type, e.stage, e.part, e.filename, "; ".join(e.reasons),
-                         ", ".join(e.recipients)])
-        else:
-            rows.append([e.time, e.message_id, e.type, e.stage, "", "", e.reason, ", ".join(e.recipients)])
-    return columns, rows
 
 
 def find_entry(entries: list[QuarantineEntry], message_id: str, part: str = "") -> QuarantineEntry:

@@ -129,7 +129,7 @@ def test_the_ready_line_and_the_components_are_what_up_prints(stack):
     assert running == [s.name for s in local_services(settings)] + [c.name for c in components(settings)]
 
 
-@pytest.mark.parametrize("name", ["run", "status", "deadletter", "quarantine", "queue", "list", "spam", "sql"])
+@pytest.mark.parametrize("name", ["run", "status", "deadletter", "quarantine", "trace", "queue", "list", "spam", "sql"])
 def test_every_command_in_the_readme_table_exists(name):
     assert f"`poststelle {name}" in README
     done = subprocess.run([str(REPO / ".venv/bin/poststelle"), name, "--help"], capture_output=True, text=True)

@@ -9,8 +9,11 @@ One module per job:
 - `sink`: the consumer group over every event topic, batching and committing after the insert
   (`run_analytics_sink`, the ``sink:analytics`` component);
 - `server`: the loopback query endpoint the sink serves while it holds the embedded engine;
-- `wire`: what that endpoint and its client agree on (paths, limits, JSON shapes);
 - `client`: `run_sql`, for `poststelle sql`: the server, the running sink, or the files.
+
+What the endpoint and its clients agree on (paths, limits, JSON shapes) is
+`pipeline.clients.analytics_wire`; the read-only client any layer may use (the portal, `poststelle
+trace`) is `pipeline.clients.analytics`.
 """
 from consumers.sinks.analytics.client import run_sql
 from consumers.sinks.analytics.sink import run_analytics_sink

@@ -1,59 +1,36 @@
 """The `poststelle sql` side: ad-hoc SQL on the server, through the running sink, or on the files.
 
+The first two paths are `pipeline.clients.analytics` (which services use too); opening the files is
+the command line's alone, so it lives here, next to the store.
+
 With a ClickHouse server configured, the query goes straight to it. With the embedded engine, only
 one process may open the files, and while the sink runs that is the sink: so the query is posted to
 its endpoint (`server`), and the files are opened here only when nothing listens there. If the files
 are held and nobody answers (the sink is starting, or another process holds them), that is a
 `StoreBusyError` saying so, not ClickHouse's lock message.
 
-Rows come back JSON-shaped (`wire.dumps_result`) on every path, so a script sees the same values
+Rows come back JSON-shaped (`analytics_wire.dumps_result`) on every path, so a script sees the same values
 whichever path answered.
 """
 from __future__ import annotations
 
 import logging
 
-import httpx
 import orjson
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 
-from consumers.sinks.analytics.store import AnalyticsStore, QueryError, store_target
-from consumers.sinks.analytics.wire import MAX_QUERY_BYTES, QUERY_PATH, dumps_result
+from consumers.sinks.analytics.store import AnalyticsStore, store_target
+from pipeline.clients.analytics import HTTP_CLIENT_TIMEOUT, QueryError, post_query
+from pipeline.clients.analytics_wire import dumps_result
 from pipeline.settings import Settings
 
-__all__ = ["StoreBusyError", "run_sql", "post_query", "HTTP_CLIENT_TIMEOUT"]
+__all__ = ["StoreBusyError", "QueryError", "run_sql", "post_query", "HTTP_CLIENT_TIMEOUT"]
 
 log = logging.getLogger(__name__)
-
-HTTP_CLIENT_TIMEOUT = 120.0  # longer than the queries' own limit (store.QUERY_LIMITS)
 
 
 class StoreBusyError(RuntimeError):
     """The embedded store is held by another process and no query endpoint answers for it."""
-
-
-def post_query(host: str, port: int, sql: str, timeout: float = HTTP_CLIENT_TIMEOUT) -> tuple[list[str], list[list]]:
-    """Ask a running sink's query endpoint; `ConnectionRefusedError` when nothing listens there."""
-    body = sql.encode("utf-8")
-    if len(body) > MAX_QUERY_BYTES:
-        raise QueryError(f"query larger than {MAX_QUERY_BYTES} bytes")
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}{QUERY_PATH}"
-    try:
-        # plain HTTP on loopback: no proxy from the environment, and no TLS, so no CA bundle to load
-        # (loading it took 15 ms per call, ten times the query's round trip)
-        with httpx.Client(trust_env=False, verify=False, timeout=timeout) as http:
-            response = http.post(url, content=body, headers={"Content-Type": "text/plain; charset=utf-8"})
-    except httpx.ConnectError as exc:
-        raise ConnectionRefusedError(f"nothing answers on {host}:{port} ({exc})") from None
-    except httpx.TimeoutException:
-        raise QueryError(f"the analytics sink did not answer within {timeout:g} s") from None
-    try:
-        data = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise QueryError(f"the query endpoint answered {response.status_code}: {response.text[:200]!r}") from None
-    if response.status_code != 200:
-        raise QueryError(str(data.get("error", f"the query endpoint answered {response.status_code}")))
-    return data["columns"], data["rows"]
 
 
 def _query_directly(settings: Settings, sql: str) -> tuple[list[str], list[list]]:

@@ -3,13 +3,13 @@
 chDB lets exactly one process open a data directory, and the analytics sink holds it for as long as
 it runs. So the sink also answers ad-hoc SQL, on loopback, through this Starlette application
 (served in the sink's own loop by `pipeline.web.serving`); `client.run_sql` asks it first. The
-paths and JSON shapes are in `wire`.
+paths and JSON shapes are in `pipeline.clients.analytics_wire`.
 
 What it promises, and why:
 
 - **Read-only, bounded queries.** The store runs them under `store.QUERY_LIMITS` on a session of
   their own; a refused query is ``400 {"error": "<ClickHouse's message>"}``, never a traceback.
-- **Bounded requests.** A body over `wire.MAX_QUERY_BYTES` is ``413`` (refused on its declared
+- **Bounded requests.** A body over `analytics_wire.MAX_QUERY_BYTES` is ``413`` (refused on its declared
   length before it is read, and counted while it streams in); a body not received within
   `REQUEST_TIMEOUT` is ``408``; a body that is not UTF-8 is ``400``.
 - **A busy store says so.** The store answers one call at a time (on its worker thread, shared with
@@ -36,8 +36,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from consumers.sinks.analytics.store import QueryError
-from consumers.sinks.analytics.wire import MAX_QUERY_BYTES, QUERY_PATH, STATS_PATH, dumps_error, dumps_result
+from pipeline.clients.analytics import QueryError
+from pipeline.clients.analytics_wire import MAX_QUERY_BYTES, QUERY_PATH, STATS_PATH, dumps_error, dumps_result
 
 __all__ = ["QueryStore", "query_app", "loopback_names", "MAX_WAITING_QUERIES", "REQUEST_TIMEOUT"]
 

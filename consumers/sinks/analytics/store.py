@@ -30,6 +30,7 @@ from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 
 from consumers.sinks.analytics.rows import EPOCH, Origin, event_row
 from consumers.sinks.analytics.schema import EVENT_COLUMNS, MIGRATIONS, MIGRATIONS_DDL, Migration
+from pipeline.clients.analytics import QUERY_LIMITS, QueryError
 from pipeline.settings import Settings
 from schemas.events import Event
 
@@ -39,21 +40,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# ad-hoc SQL: read-only (settings may change, except readonly), bounded in time and result size
-QUERY_LIMITS: dict[str, Any] = {
-    "readonly": 2,
-    "max_execution_time": 60,
-    "max_result_rows": 100_000,
-    "result_overflow_mode": "throw",
-}
 ID_LOOKUP_CHUNK = 5_000  # ids per "already stored?" query
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SET_STATEMENT = re.compile(r"^\s*SET\s", re.IGNORECASE)
-
-
-class QueryError(Exception):
-    """ClickHouse refused an ad-hoc query; the message is ClickHouse's own."""
 
 
 def store_target(settings: Settings) -> str:

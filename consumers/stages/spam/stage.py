@@ -15,6 +15,10 @@ lists) or the site's:
 - every copy gets `X-Spam-Score` and `X-Spam-Status`, after fields of those names from outside are
   removed.
 
+Messages the gateway writes itself (DSNs, attachment notices, quarantine digests:
+`pipeline.mail.inject.sent_by_gateway`) are scored for the headers, but every recipient's action is
+`none`: a digest quotes the subjects of held spam and must reach its user.
+
 Recipients outside the local domains (mail of the site's users going out) are only refused at
 `reject_score`; they are never tagged or held (they have no settings here, and a tag would reach
 someone who did not ask for it).
@@ -37,6 +41,7 @@ from consumers.stages.spam.scorer import Scored, Scorer
 from consumers.stages.spam.settings import SpamSettings
 from consumers.stages.spam.tokens import token_digest
 from pipeline.bus import Topics
+from pipeline.mail.inject import sent_by_gateway
 from pipeline.mail.reader import message_reader
 from pipeline.registry import register
 from pipeline.settings import Settings
@@ -131,6 +136,10 @@ class SpamStage:
         senders = tuple(dict.fromkeys(a for a in (message.envelope.mail_from, *parsed.authors.addresses) if a))
         confirmed = authenticated_senders(senders, message.envelope.mail_from, work.result_of("auth"),
                                           bool(message.client.authenticated_as))
+        if sent_by_gateway(message):  # a DSN, a notice, a digest quoting spam subjects: scored, never acted on
+            why = f"written by the gateway itself ({message.listener})"
+            actions = [RecipientAction(recipient=r, action="none", why=why) for r in work.recipients]
+            return self._outcome(scored, actions, "", gateway=True)
         actions = []
         for recipient, prefs in zip(work.recipients, await self._prefs(work.recipients)):
             action = action_for(recipient, scored.score, scored.probability, prefs, senders, confirmed, self.settings)
@@ -155,7 +164,8 @@ class SpamStage:
             await delivery  # a learn event is idempotent (keyed by the digest): a retry writes the same again
         return label
 
-    def _outcome(self, scored: Scored, actions: list[RecipientAction], autolearned: str) -> Outcome:
+    def _outcome(self, scored: Scored, actions: list[RecipientAction], autolearned: str, gateway: bool = False
+                 ) -> Outcome:
         s = self.settings
         rejected, quarantined = {}, {}
         why = f"spam: {scored.top()}" if scored.top() else "spam"
@@ -170,7 +180,7 @@ class SpamStage:
         hits = [RuleHit(name=h.name, score=h.score, description=h.description) for h in scored.hits]
         details = SpamDetails(score=scored.score, probability=scored.probability, required_score=s.required_score,
                               rules=hits, bayes=scored.bayes, actions=actions, autolearned=autolearned)
-        verdict = Verdict.FAIL if scored.probability >= s.tag_probable else Verdict.PASS
+        verdict = Verdict.FAIL if scored.probability >= s.tag_probable and not gateway else Verdict.PASS
         return Outcome(verdict=verdict, score=scored.score, details=dataclasses.asdict(details),
                        edits=spam_edits(scored.score, scored.probability, hits, scored.bayes, actions, s),
                        rejected=rejected, quarantined=quarantined)

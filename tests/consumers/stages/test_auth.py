@@ -31,10 +31,10 @@ def make_stage(nsd, tmp_path):
 
 
 def work_for(blobs: FileBlobStore, raw: bytes, ip: str = "127.0.2.10", mail_from: str = "lehrer@good.test",
-             authenticated_as: str = "") -> Work:
+             authenticated_as: str = "", listener: str = "smtp") -> Work:
     received = Received(envelope=Envelope(mail_from=mail_from, rcpt_to=["max.mustermann@school.test"]),
                         client=Client(ip=ip, port=40000, helo="mx.good.test", authenticated_as=authenticated_as),
-                        blob=blobs.put(raw), message_id="01J0000000000000000000TEST")
+                        blob=blobs.put(raw), message_id="01J0000000000000000000TEST", listener=listener)
     return Work(message=received)
 
 
@@ -93,6 +93,13 @@ async def test_authenticated_and_trusted_clients_are_labelled_not_enforced(make_
     (header,) = results_header(raw, outcome)
     assert "dmarc=fail" in header
     assert (f"auth=pass smtp.auth={user};" in header) == bool(user)
+
+
+@pytest.mark.parametrize("listener", ["digest", "dsn"])
+async def test_mail_the_gateway_writes_itself_is_labelled_not_enforced(make_stage, listener):
+    outcome = await make_stage().process(work_for(make_stage.blobs, message(), ip="127.0.2.20", listener=listener))
+    assert (outcome.reject, outcome.quarantine) == ("", "") and outcome.details["dmarc"]["result"] == "fail"
+    assert outcome.details["not_enforced_because"] == f"written by the gateway itself ({listener})"
 
 
 async def test_forged_results_with_our_authserv_id_are_removed_others_kept(make_stage):

@@ -52,10 +52,10 @@ class Harness:
         self.lists.put(parse_entry("allow", kind, value))
 
     async def run(self, raw: bytes, *, ip: str = GOOD_IP, mail_from: str = "max@good.test",
-                  skipped: list[str] | None = None):
+                  skipped: list[str] | None = None, listener: str = "smtp"):
         ref = self.blobs.put(raw)
         message = Received(envelope=Envelope(mail_from=mail_from, rcpt_to=["a@school.test"]),
-                           client=Client(ip=ip, port=25), blob=ref, skipped_checks=skipped or [])
+                           client=Client(ip=ip, port=25), blob=ref, skipped_checks=skipped or [], listener=listener)
         return await self.stage.process(Work(message=message))
 
 
@@ -160,6 +160,15 @@ async def test_site_block_list_hits_reject(harness: Harness, kind: str, value: s
     assert outcome.reject == reason
     assert outcome.verdict == Verdict.FAIL
     assert outcome.details["site_block"]["value"] == parse_entry("block", kind, value).value
+
+
+async def test_a_digest_quoting_a_blocked_link_is_not_refused(harness: Harness) -> None:
+    harness.block("domain", "phish.test", "campaign")
+    raw = mail("Quarantine: 1 new message\n  Subject: visit www.phish.test/login")
+    assert (await harness.run(raw, mail_from="")).reject  # from outside: refused
+    outcome = await harness.run(raw, mail_from="", ip="127.0.0.1", listener="digest")
+    assert outcome.reject == "" and outcome.details["site_block"] is None
+    assert outcome.details["url_domains"] == ["phish.test"]  # still looked at
 
 
 async def test_allow_list_skips_the_dns_lookups(tmp_path: Path, dead_resolver) -> None:

@@ -44,6 +44,10 @@ def unreachable_directory() -> Directory:
     "sekretariat@school.test",  # an alias of anna
     "9a@school.test",  # a group
     "parents@school.test",
+    "jahrgang9@school.test",  # a group of groups
+    "verwaltung@school.test",  # groupOfUniqueNames
+    "informatik-ag@school.test",  # posixGroup
+    "elternbeirat@school.test",  # plain member addresses (nisMailAlias)
     "anna.schmidt@school.test.",  # a trailing dot on the domain
 ])
 async def test_existing_recipients_pass(directory: Directory, recipient: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.blobstore import FileBlobStore
 from pipeline.mail.mime import leaf_at, walk
-from pipeline.state.quarantine import QuarantineError, extract, find_entry, quarantine_rows
+from pipeline.state.quarantine import QuarantineError, extract, find_entry
 from schemas.events import Client, Envelope, Held, Quarantined, Received
 
 PAYLOAD = b"MZ\x90\x00 the held program"
@@ -49,11 +49,3 @@ def test_unknown_messages_and_parts_are_errors(tmp_path):
     tampered = dataclasses.replace(held, sha256="0" * 64)
     with pytest.raises(QuarantineError, match="not the part that was held"):
         extract(blobs, tampered, "2")
-
-
-def test_rows_show_held_parts_and_whole_messages(tmp_path):
-    held, whole = _entries(FileBlobStore(tmp_path))
-    columns, rows = quarantine_rows([held, whole])
-    assert columns[1:6] == ["message_id", "type", "stage", "part", "filename"]
-    assert rows[0][1:7] == ["m1", "held", "attachment", "2", "a.exe", "blocked_extension: .exe"]
-    assert rows[1][1:7] == ["m2", "quarantined", "attachment", "", "", "mime_too_deep: nested deeper than 20 levels"]

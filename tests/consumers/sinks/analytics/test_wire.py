@@ -8,7 +8,7 @@ import uuid
 
 import orjson
 
-from consumers.sinks.analytics.wire import dumps_error, dumps_result
+from pipeline.clients.analytics_wire import dumps_error, dumps_result
 
 
 def test_result_values_become_json_the_same_way_everywhere() -> None:

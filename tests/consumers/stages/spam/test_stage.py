@@ -7,6 +7,7 @@ on the memory transport (the Kafka one swapped out), fed the same records `posts
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -149,3 +150,19 @@ async def test_autolearn_writes_learn_events_for_clear_cases_only(tmp_path) -> N
         assert [(e.label, e.source) for e in learned] == [("spam", "autolearn"), ("ham", "autolearn")]
     finally:
         await stage.close()
+
+
+@pytest.mark.parametrize("listener", ["digest", "dsn", "notice"])
+async def test_mail_the_gateway_writes_itself_is_scored_but_never_held_tagged_or_refused(tmp_path, listener) -> None:
+    stage, blobs = await _stage(tmp_path, **{LENA: {"quarantine": True}})
+    work = _work(blobs, SPAM.replace("Work from home", GTUBE), [LENA, ANNA], mail_from="")
+    work = Work(message=dataclasses.replace(work.message, listener=listener))  # a digest quoting a spam
+    outcome = await stage.process(work)
+    assert outcome.details["score"] >= 1000  # scored as it is ...
+    assert not outcome.rejected and not outcome.quarantined and outcome.verdict == Verdict.PASS  # ... and let through
+    assert {a["action"] for a in outcome.details["actions"]} == {"none"}
+    assert all("written by the gateway" in a["why"] for a in outcome.details["actions"])
+    assert not any(e.kind == "subject_tag" or e.name == "X-Spam-Flag" and e.kind == "add_header"
+                   for e in outcome.edits)
+    smtp = await stage.process(_work(blobs, SPAM.replace("Work from home", GTUBE), [LENA]))  # the same from outside
+    assert smtp.details["score"] == outcome.details["score"] and set(smtp.rejected) == {LENA}

@@ -1,4 +1,7 @@
-"""What the query endpoint and its client agree on: paths, the size limit, and the JSON shapes.
+"""What the analytics sink's query endpoint and its clients agree on: paths, the size limit, JSON shapes.
+
+The endpoint is served by `consumers.sinks.analytics.server`; its clients are `pipeline.clients.analytics`
+(for services such as the portal, and `poststelle sql` / `poststelle trace`).
 
 - ``POST /query`` with one SQL statement as the (UTF-8) body, at most `MAX_QUERY_BYTES`
   → ``200 {"columns": [...], "rows": [[...]]}``, or an error status with ``{"error": "<message>"}``
