@@ -15,7 +15,8 @@ from starlette.responses import Response
 from consumers.services.portal.core import any_entry, portal_of, posted_form, require_admin
 from consumers.services.portal.acting import Done, perform
 from consumers.services.portal.pages import STATUSES
-from consumers.services.portal.preview import entry_timeline, preview_of
+from consumers.services.portal.history import timeline_of
+from consumers.services.portal.preview import preview_of
 from consumers.services.portal.views import redirect, render
 from pipeline.quarantine_settings import CATEGORIES
 from pipeline.state.quarantine import Entry, QuarantineState
@@ -67,11 +68,12 @@ async def admin_page(request: Request) -> Response:
 
 
 async def admin_entry(request: Request) -> Response:
-    require_admin(request)
+    viewer = require_admin(request)
     portal = portal_of(request)
     entry = any_entry(request, request.path_params["entry"])
+    timeline, note = await timeline_of(portal.events, entry, viewer.addresses, admin=True)
     return render(request, "entry.html", {"entry": entry, "preview": preview_of(portal.blobs, entry, portal.message_caps),
-                                          "timeline": entry_timeline(entry), "admin_view": True})
+                                          "timeline": timeline, "timeline_note": note, "admin_view": True})
 
 
 async def _act(request: Request, entry: Entry, action: str, by: str) -> Done:

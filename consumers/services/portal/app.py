@@ -46,6 +46,7 @@ from pipeline.producers import TransactionalProducer
 from pipeline.settings import Settings, parse_duration
 from pipeline.state.quarantine import QuarantineView
 from pipeline.state.quarantine_actions import HamLearner, QuarantineActions
+from pipeline.state.timeline_source import AnalyticsSource
 from pipeline.state.users import UserSettings
 from pipeline.web import serving
 
@@ -92,6 +93,12 @@ def create_app(portal: Portal) -> Starlette:
     return app
 
 
+def _event_log(settings: Settings) -> AnalyticsSource | None:
+    """Where entry timelines come from: the analytics store, when this site has one."""
+    analytics = settings.sinks.analytics
+    return AnalyticsSource.from_settings(settings) if analytics.url or "analytics" in settings.supervisor.sinks else None
+
+
 async def run_portal(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None,
                      instance: str = "0", *, learn_ham: HamLearner | None = None) -> None:
     """The `web` component: follow the quarantine and the user settings, serve the portal until `stop`.
@@ -111,7 +118,7 @@ async def run_portal(settings: Settings, stop: asyncio.Event, on_ready: Callable
         await users.start(START_TIMEOUT)
         portal = Portal(web=settings.web, quarantine=settings.quarantine, view=view, actions=actions,
                         accounts=DirectoryAccounts(directory, settings.web.admin_group), users=users, blobs=blobs,
-                        link_key=link_key(settings), message_caps=settings.message)
+                        link_key=link_key(settings), message_caps=settings.message, events=_event_log(settings))
         async with serving(create_app(portal), settings.web.host, settings.web.port, name="portal"):
             if on_ready is not None:
                 on_ready()

@@ -21,6 +21,7 @@ from pipeline.blobstore import BlobStore
 from pipeline.quarantine_settings import QuarantineSettings, WebSettings
 from pipeline.settings import MessageSettings, parse_duration
 from pipeline.state.quarantine import Entry, QuarantineState
+from pipeline.state.timeline_source import EventSource
 from pipeline.state.users import UserSettings
 
 __all__ = ["Portal", "StateView", "portal_of", "require_viewer", "require_admin", "own_entry", "any_entry",
@@ -53,6 +54,7 @@ class Portal:
     message_caps: MessageSettings = field(default_factory=MessageSettings)
     clock: Callable[[], float] = time.time
     limiter: LoginLimiter | None = None
+    events: EventSource | None = None  # the event log for entry timelines (None: the quarantine's own record)
 
     def __post_init__(self) -> None:
         if self.limiter is None:

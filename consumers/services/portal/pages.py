@@ -16,7 +16,8 @@ from starlette.responses import Response
 from consumers.services.portal.acting import perform
 from consumers.services.portal.auth import sign_in, sign_out, viewer_of
 from consumers.services.portal.core import own_entry, portal_of, posted_form, require_viewer
-from consumers.services.portal.preview import entry_timeline, preview_of
+from consumers.services.portal.history import timeline_of
+from consumers.services.portal.preview import preview_of
 from consumers.services.portal.security import client_address
 from consumers.services.portal.usersettings import change_settings, form_changes
 from consumers.services.portal.views import error_page, redirect, render
@@ -113,8 +114,9 @@ async def entry_page(request: Request) -> Response:
     viewer = require_viewer(request)
     portal = portal_of(request)
     entry = own_entry(request, viewer, request.path_params["entry"])
+    timeline, note = await timeline_of(portal.events, entry, viewer.addresses, admin=False)
     return render(request, "entry.html", {"entry": entry, "preview": preview_of(portal.blobs, entry, portal.message_caps),
-                                          "timeline": entry_timeline(entry), "admin_view": False})
+                                          "timeline": timeline, "timeline_note": note, "admin_view": False})
 
 
 async def entry_action(request: Request) -> Response:

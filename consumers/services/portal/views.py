@@ -32,6 +32,14 @@ def _when(iso: str) -> str:
         return iso
 
 
+def _moment(iso: str) -> str:
+    """A step of a timeline, to the second: '2026-12-03 10:15:02'."""
+    try:
+        return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return iso
+
+
 def _size(size: int) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
@@ -42,6 +50,7 @@ def _size(size: int) -> str:
 
 _ENV.filters["when"] = _when
 _ENV.filters["size"] = _size
+_ENV.filters["moment"] = _moment
 
 
 def render(request: Request, name: str, context: dict[str, Any] | None = None, status: int = 200) -> HTMLResponse:
