@@ -26,11 +26,12 @@ from ingress.accepted import peer, received_event, trace_header
 from ingress.addresses import AddressError, parse_address, resolve_route
 from ingress.checks import CheckChain, CheckContext, CheckServices, Networks, Phase
 from ingress.checks.relay import RelayCheck, RelaySettings
-from ingress.limits import TOO_MANY_AUTH_FAILURES, AuthFailures, ConnectionLimits
+from ingress.limits import TOO_MANY_AUTH_FAILURES, ConnectionLimits
 from ingress.replies import Replies
 from ingress.smtp import IngressSMTP
 from ingress.verdicts import OutcomeFollower, Pending, refusal_text
 from pipeline.blobstore import BlobStore
+from pipeline.failures import FailureWindow
 from pipeline.settings import IngressSettings, MessageSettings, SubmissionSettings
 from schemas.events import (
     AcceptedEarly,
@@ -104,7 +105,7 @@ class IngressHandler:
         self.limits = limits or ConnectionLimits(settings.max_connections, settings.max_connections_per_ip)
         self.authenticator = authenticator
         sub = submission or SubmissionSettings()
-        self.failed_auth = AuthFailures(sub.max_auth_failures, sub.auth_failure_window)
+        self.failed_auth = FailureWindow(sub.max_auth_failures, sub.auth_failure_window)
         self.verdicts = verdicts
         self.message_caps = message or MessageSettings()  # how the DATA bytes are parsed ([message])
         self._persisting = 0

@@ -1,15 +1,14 @@
-"""Per-client limits of the ingress: concurrent connections and failed AUTH attempts.
+"""Per-client limits of the ingress: concurrent connections, and the replies of the limits.
 
-Both are counted in the process (each ingress instance counts its own connections, like Postfix's
-anvil per host). Neither needs to survive a restart.
+Counted in the process (each ingress instance counts its own connections, like Postfix's anvil per
+host); nothing needs to survive a restart. Failed AUTH attempts per client are counted by
+`pipeline.failures.FailureWindow` (the portal's sign-in uses the same).
 """
 from __future__ import annotations
 
-import time
-from collections import Counter, deque
-from collections.abc import Callable
+from collections import Counter
 
-__all__ = ["ConnectionLimits", "AuthFailures", "TOO_MANY_CONNECTIONS", "TOO_MANY_FROM_CLIENT",
+__all__ = ["ConnectionLimits", "TOO_MANY_CONNECTIONS", "TOO_MANY_FROM_CLIENT",
            "TOO_MANY_AUTH_FAILURES"]
 
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
@@ -43,31 +42,3 @@ class ConnectionLimits:
         self.by_ip[ip] -= 1
         if self.by_ip[ip] == 0:
             del self.by_ip[ip]
-
-
-class AuthFailures:
-    """Failed AUTH attempts per client IP in a sliding window: over the limit, AUTH is refused."""
-
-    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self.window = window
-        self.clock = clock
-        self.failures: dict[str, deque[float]] = {}
-
-    def _recent(self, ip: str) -> deque[float]:
-        times = self.failures.get(ip)
-        if times is None:
-            return deque()
-        horizon = self.clock() - self.window
-        while times and times[0] <= horizon:
-            times.popleft()
-        if not times:
-            del self.failures[ip]
-        return times
-
-    def blocked(self, ip: str) -> bool:
-        return len(self._recent(ip)) >= self.limit
-
-    def record(self, ip: str) -> None:
-        self._recent(ip)
-        self.failures.setdefault(ip, deque()).append(self.clock())

@@ -19,6 +19,8 @@ PACKAGES=(
   ldap-utils             # ldapsearch, ldapwhoami, ... for looking into it
   clamav-daemon          # clamd, the virus scanner (project signatures only: deploy/local/clamav/)
   clamav                 # clamscan, sigtool: for checking signatures by hand
+  chromium               # the headless browser of the quarantine portal's test (tests/integration/test_portal.py)
+  chromium-driver        # chromedriver, which Selenium drives it with
 )
 
 missing=()

@@ -105,6 +105,17 @@ BOUNCE = Component("bounce", "turns bounced deliveries into DSNs to their sender
                    "consumers.services.bounce:run_bounce_service")
 DIGEST = Component("digest", "mails each user the new entries of their quarantine; removes expired entries",
                    "consumers.services.digest:run_digest_service")
+WEB = Component("web", "the quarantine portal: users release their held mail, admins approve requests",
+                "pipeline.cli.components:run_web")
+
+
+async def run_web(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None,
+                  instance: str = "0") -> None:
+    """The portal with the spam stage's ham learner, built here: a service never imports a stage."""
+    from consumers.services.portal.app import run_portal
+    from pipeline.cli.spam import ham_learner
+
+    await run_portal(settings, stop, on_ready, instance, learn_ham=ham_learner(settings))
 
 
 def stage_component(name: str) -> Component:
@@ -116,7 +127,7 @@ def stage_component(name: str) -> Component:
 def known_components(settings: Settings) -> dict[str, Component]:
     """Every component these settings can run by hand (`poststelle run`), by name."""
     found = [INGRESS, *(stage_component(n) for n in settings.topology.stages), *SINKS.values(), VERDICT, RETRY,
-             BOUNCE, DIGEST]
+             BOUNCE, DIGEST, WEB]
     return {c.name: c for c in found}
 
 
@@ -129,6 +140,7 @@ def components(settings: Settings) -> list[Component]:
     if s.run_stages:
         chosen.extend(stage_component(name) for name in settings.topology.stages)
         chosen.append(VERDICT)  # turns rejections the sender was not told of into quarantine
+        chosen.append(WEB)  # the quarantine portal
     chosen.extend(SINKS[name] for name in s.sinks)
     if {"lmtp", "smarthost"} & set(s.sinks):  # deferred deliveries, DSNs and digests belong with the delivery sinks
         chosen.extend([RETRY, BOUNCE, DIGEST])

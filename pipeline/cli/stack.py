@@ -80,6 +80,8 @@ def ready_line(settings: Settings) -> str:
         parts.append(f"clamd {settings.local.clamd_host}:{settings.local.clamd_port}")
     if "analytics" in settings.supervisor.sinks and not a.url:
         parts.append(f"analytics {a.query_host}:{a.query_port}")
+    if settings.supervisor.run_stages:  # the quarantine portal runs with the stages
+        parts.append(f"portal {settings.web.url}")
     return f"poststelle ready: {', '.join(parts)} (state in {settings.home})"
 
 

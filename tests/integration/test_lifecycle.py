@@ -36,7 +36,7 @@ def test_up_status_and_ctrl_c_leave_no_process_behind():
         status = stack.status()["components"]
         assert set(status) == {"kafka", "dovecot", "smarthost", "slapd", "nsd", "clamd", "ingress",
                                *(f"stage:{s}" for s in load_config(environ=stack.env).topology.stages),
-                               "sink:lmtp", "sink:smarthost", "sink:analytics", "retry", "bounce", "verdict"}
+                               "sink:lmtp", "sink:smarthost", "sink:analytics", "retry", "bounce", "digest", "verdict", "web"}
         assert all(c["state"] == "ready" for c in status.values())
         stack.wait_for(lambda: f"poststelle ready: smtp 127.0.0.1:{SESSION_BASE + 102}" in (stack.home / "up.log").read_text(),
                        timeout=10, what="the ready line")
