@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBS   := var/.debian-packages
 
-.PHONY: run test unit integration deps venv kafka-jars schemas clean
+.PHONY: run test unit integration screenshots deps venv kafka-jars schemas clean
 
 run: deps venv kafka-jars
 	$(BIN)/poststelle up
@@ -19,6 +19,10 @@ unit: venv
 
 integration: deps venv kafka-jars
 	$(BIN)/python -m pytest -q -m integration
+
+# the portal's pages as docs/operations.md shows them, taken by the browser test (make test keeps them in var/)
+screenshots: deps venv kafka-jars
+	POSTSTELLE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q -m integration tests/integration/test_portal.py
 
 deps: $(DEBS)
 $(DEBS): deploy/local/install-debian-packages.sh
