@@ -112,6 +112,7 @@ def test_every_quick_start_command_works_on_the_running_stack(stack):
                                what="the first mail in max's maildir")
     finally:
         stack.cli("list", "remove", "block", "domain", "spam.example", check=False)
+        stack.cli("user", "reset", "lena.mueller@school.test", check=False)  # the quarantine example turned hers on
     assert message_id
 
 
