@@ -28,7 +28,7 @@ from pipeline.cli.common import settings_of
 from pipeline.clients.analytics import QueryError
 from pipeline.settings import ConfigError, Settings, parse_duration
 from pipeline.state.timeline import Timeline
-from pipeline.state.timeline_source import AnalyticsSource, EventSource, LogSource, TraceRequest, trace
+from pipeline.state.timeline_source import MAX_MESSAGES, AnalyticsSource, EventSource, LogSource, TraceRequest, trace
 
 __all__ = ["add_parsers", "analytics_source", "format_timeline", "parse_time"]
 
@@ -132,6 +132,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
         print(orjson.dumps({"timelines": [t.as_dict() for t in timelines]}).decode())
     elif timelines:
         print("\n\n".join(format_timeline(t, args.details) for t in timelines))
+    if len(timelines) >= MAX_MESSAGES and not request.message_id:
+        print(f"poststelle trace: only the newest {MAX_MESSAGES} messages found are shown; narrow --since/--until",
+              file=sys.stderr)
     if not timelines:
         print("poststelle trace: nothing found (the analytics store lags the log by about a second)", file=sys.stderr)
     return 0 if timelines else 1

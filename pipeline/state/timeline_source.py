@@ -40,7 +40,7 @@ __all__ = ["TraceRequest", "EventSource", "AnalyticsSource", "LogSource", "trace
 
 Query = Callable[[str], tuple[list[str], list[list]]]
 GREYLIST_LOOKBACK = 2 * 86_400.0  # seconds before acceptance searched for greylisted attempts (> retry window)
-MAX_MESSAGES = 50  # messages one request may trace
+MAX_MESSAGES = 50  # messages one request may trace: the newest of those found
 _COPY_ROUNDS = 5  # released copies of released copies: a bound, not an expectation
 _FOUND_BY = ("received", "delivered", "deferred", "bounced", "quarantined", "held", "rejected")
 
@@ -115,8 +115,8 @@ class AnalyticsSource:
                      + f" AND (lower(recipient) = {_lit(address)} OR has(arrayMap(x -> lower(x), recipients), "
                        f"{_lit(address)}))")
         _, rows = self._query(f"SELECT message_id FROM {self._db}.events WHERE {where} AND message_id != '' "
-                              f"GROUP BY message_id ORDER BY min(time) LIMIT {MAX_MESSAGES}")
-        found = [row[0] for row in rows]
+                              f"GROUP BY message_id ORDER BY min(time) DESC LIMIT {MAX_MESSAGES}")
+        found = [row[0] for row in reversed(rows)]  # the newest MAX_MESSAGES, oldest first
         if not found:
             return []
         _, rows = self._query(f"SELECT JSONExtractString(payload, 'released_as') AS copy, any(message_id) "
@@ -183,7 +183,7 @@ class LogSource:
                 found[e.message_id] = e.time
         copies = {e.released_as: e.message_id for e in self.events
                   if isinstance(e, QuarantineAction) and e.released_as and e.released_as != e.message_id}
-        return _originals(list(found)[:MAX_MESSAGES], copies)
+        return _originals(list(found)[-MAX_MESSAGES:], copies)  # the newest MAX_MESSAGES, oldest first
 
     def pool(self, message_id: str) -> list[Event]:
         return self.events

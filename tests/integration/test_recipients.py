@@ -42,7 +42,8 @@ def test_one_recipient_quarantined_the_other_delivered(stack):
         ("quarantined", [LENA], "probe", "probe: quarantined for test")]
     assert _delivered_copies(stack, LENA, test_id) == []
     listed = orjson.loads(stack.cli("quarantine", "list", "--json").stdout)
-    assert [row[-1] for row in listed["rows"] if row[1] == message_id] == [LENA]
+    at = {name: i for i, name in enumerate(listed["columns"])}
+    assert [row[at["recipient"]] for row in listed["rows"] if row[at["message_id"]] == message_id] == [LENA]
 
     def both_in_analytics():
         events = _events(stack, message_id)

@@ -136,3 +136,14 @@ def test_the_log_source_finds_messages_by_header_and_by_recipient_in_a_time_rang
     assert source.find(TraceRequest(recipient=LENA, since=epoch_from_iso(at(50)))) == [MID]  # delivered then
     timelines = trace(source, TraceRequest(header=HEADER))
     assert [t.message_id for t in timelines] == [MID]
+
+
+def test_more_messages_than_one_request_traces_gives_the_newest() -> None:
+    from pipeline.state.timeline_source import MAX_MESSAGES
+    from schemas.events import Client, Envelope, Received
+    from schemas.parts import BlobRef
+    events = [Received(message_id=f"m{i:03d}", time=at(i), envelope=Envelope(mail_from="a@ext.test", rcpt_to=[LENA]),
+                       client=Client(ip="192.0.2.1", port=1), blob=BlobRef(sha256="0" * 64, size=1))
+              for i in range(MAX_MESSAGES + 10)]
+    found = LogSource(shuffled(events)).find(TraceRequest(recipient=LENA, since=epoch_from_iso(at(0))))
+    assert found == [f"m{i:03d}" for i in range(10, MAX_MESSAGES + 10)]
