@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.outbound_settings import DkimSettings, MxSinkSettings
 from pipeline.quarantine_settings import DigestSettings, QuarantineSettings, WebSettings
 from pipeline.settings_base import ConfigError, parse_duration
 
@@ -47,9 +48,11 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# destinations the route stage may choose (each has a `routed.<name>` topic) and the sinks
-DESTINATIONS = ("lmtp", "smarthost")
-SINKS = ("lmtp", "smarthost", "analytics")
+# destinations the route stage may choose (each has a `routed.<name>` topic) and the sinks.
+# `mx` (direct delivery to the recipient domains' MX hosts, consumers/sinks/mx.py) is a fixed name
+# until destinations become data ([destinations.<name>] with a kind): then it is the kind "mx".
+DESTINATIONS = ("lmtp", "smarthost", "mx")
+SINKS = ("lmtp", "smarthost", "mx", "analytics")
 # the default order of the SMTP-time checks (ingress/checks/)
 MX_CHECKS = ("dnsbl", "fcrdns", "sender_domain", "rhsbl", "relay", "recipient", "group_policy", "greylist")
 SUBMISSION_CHECKS = ("sender_login", "relay", "recipient", "group_policy")
@@ -216,6 +219,7 @@ class AnalyticsSinkSettings:
 class SinkSettings:
     lmtp: LmtpSinkSettings = field(default_factory=LmtpSinkSettings)
     smarthost: SmarthostSinkSettings = field(default_factory=SmarthostSinkSettings)
+    mx: MxSinkSettings = field(default_factory=MxSinkSettings)  # the `mx` destination
     analytics: AnalyticsSinkSettings = field(default_factory=AnalyticsSinkSettings)
 
 
@@ -366,6 +370,8 @@ class LocalStackSettings:
     dovecot: bool = True
     dovecot_users: str = "deploy/local/dovecot/users"
     smarthost: bool = True  # Postfix's smtp-sink as the smarthost, on sinks.smarthost host:port
+    # test MX hosts: smtp-sink on each of these addresses, on sinks.mx.port (the test zone's MX hosts)
+    mx_hosts: list[str] = field(default_factory=list)
     slapd: bool = True  # OpenLDAP with deploy/local/directory.ldif, on ldap host:port
     nsd: bool = True  # NSD with the zones in deploy/local/dns/, on dns nameserver:port
     clamd: bool = True  # clamd with the signatures in deploy/local/clamav/, on clamd_host:clamd_port
@@ -383,6 +389,7 @@ class Settings:
     runner: RunnerSettings = field(default_factory=RunnerSettings)
     sinks: SinkSettings = field(default_factory=SinkSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
     ldap: LdapSettings = field(default_factory=LdapSettings)
     users: UsersSettings = field(default_factory=UsersSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)

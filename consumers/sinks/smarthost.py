@@ -3,7 +3,8 @@
 SMTP answers once after DATA for every accepted recipient, unlike LMTP; a refusal at RCPT still
 applies to its recipient only. TLS (`sinks.smarthost.tls`), certificate checks and AUTH are the
 transport's (`consumers.sinks.transport.SmtpClientTransport`); the delivery logic (ledger, events,
-transactions) is `consumers.sinks.delivery.DeliverySink`.
+transactions) is `consumers.sinks.delivery.DeliverySink`. Mail from the site's own domains is
+DKIM-signed (`[dkim]`, `pipeline.mail.dkim_sign`) as it leaves.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from consumers.sinks.delivery import DeliverySink
 from consumers.sinks.transport import SmtpClientTransport, client_ssl_context
 from pipeline.blobstore import FileBlobStore
+from pipeline.mail.dkim_sign import DkimSigner
 from pipeline.settings import REPO_ROOT, ConfigError, Settings, SmarthostSinkSettings
 
 __all__ = ["run_smarthost_sink", "smarthost_transport", "read_password"]
@@ -56,6 +58,6 @@ async def run_smarthost_sink(settings: Settings, stop: asyncio.Event, on_ready: 
                              instance: str = "0") -> DeliverySink:
     s = settings.sinks.smarthost
     sink = DeliverySink(settings, DESTINATION, smarthost_transport(s), FileBlobStore(settings.home / "blobs"),
-                        inflight=s.inflight, instance=instance)
+                        inflight=s.inflight, instance=instance, signer=DkimSigner.from_settings(settings.dkim))
     await sink.run(stop, on_ready)
     return sink

@@ -94,6 +94,9 @@ SINKS: dict[str, Component] = {c.name.removeprefix("sink:"): c for c in (
               "consumers.sinks.lmtp:run_lmtp_sink"),
     Component("sink:smarthost", "delivers routed.smarthost to the smarthost over SMTP",
               "consumers.sinks.smarthost:run_smarthost_sink"),
+    # the `mx` destination (fixed name until destinations are data: then the kind "mx")
+    Component("sink:mx", "delivers routed.mx straight to the recipient domains' MX hosts over SMTP",
+              "consumers.sinks.mx:run_mx_sink"),
     Component("sink:analytics", "writes every event to ClickHouse and answers `poststelle sql`",
               "consumers.sinks.analytics:run_analytics_sink"),
 )}
@@ -142,7 +145,7 @@ def components(settings: Settings) -> list[Component]:
         chosen.append(VERDICT)  # turns rejections the sender was not told of into quarantine
         chosen.append(WEB)  # the quarantine portal
     chosen.extend(SINKS[name] for name in s.sinks)
-    if {"lmtp", "smarthost"} & set(s.sinks):  # deferred deliveries, DSNs and digests belong with the delivery sinks
+    if {"lmtp", "smarthost", "mx"} & set(s.sinks):  # deferred deliveries, DSNs and digests belong with the delivery sinks
         chosen.extend([RETRY, BOUNCE, DIGEST])
     return chosen
 

@@ -52,6 +52,10 @@ def local_services(settings: Settings) -> list[ServiceSpec]:
         from pipeline.localstack.smarthost import smarthost_service
 
         specs.append(smarthost_service(settings))
+    if settings.local.mx_hosts:
+        from pipeline.localstack.smarthost import test_mx_services
+
+        specs.extend(test_mx_services(settings))
     if settings.local.slapd:
         from pipeline.localstack.slapd import LDIF, slapd_service
 

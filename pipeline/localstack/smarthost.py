@@ -38,7 +38,8 @@ from pipeline.localstack import ServiceSpec
 from pipeline.localstack.dovecot import _require_access
 from pipeline.settings import Settings
 
-__all__ = ["smarthost_service", "smarthost_dump_dir", "smtp_sink_argv", "prepare_dump_dir", "sink_user"]
+__all__ = ["smarthost_service", "smarthost_dump_dir", "smtp_sink_argv", "prepare_dump_dir", "sink_user",
+           "test_mx_services", "test_mx_dump_dir"]
 
 HOSTNAME = "smarthost.test"  # in smtp-sink's greeting and EHLO reply
 _BACKLOG = "64"
@@ -93,6 +94,21 @@ def smarthost_service(settings: Settings) -> ServiceSpec:
     dump_dir = prepare_dump_dir(smarthost_dump_dir(settings.home))
     return ServiceSpec(name="smarthost", argv=smtp_sink_argv(s.host, s.port, dump_dir),
                        ready_port=(s.host, s.port), stop_timeout=3.0)
+
+
+def test_mx_dump_dir(home: Path, address: str) -> Path:
+    """Where the test MX host on `address` keeps what it received: <home>/mx/<address>/."""
+    return Path(os.path.abspath(home)) / "mx" / address
+
+
+def test_mx_services(settings: Settings) -> list[ServiceSpec]:
+    """smtp-sink on each `local.mx_hosts` address, on `sinks.mx.port`: the test MX hosts the test zone's
+    MX and A records point at (deploy/local/dns/test.zone), so the MX sink has somewhere to deliver."""
+    port = settings.sinks.mx.port
+    return [ServiceSpec(name=f"mx-{address}", argv=smtp_sink_argv(address, port, prepare_dump_dir(
+                            test_mx_dump_dir(settings.home, address))),
+                        ready_port=(address, port), stop_timeout=3.0)
+            for address in settings.local.mx_hosts]
 
 
 def _binary() -> str:
