@@ -92,6 +92,11 @@ class DkimSigner:
             return data
 
     def _sign(self, data: bytes, key: SigningKey) -> bytes:
-        return dkimpy.sign(data, key.selector.encode("ascii"), key.domain.encode("ascii"), key.private_key,
-                           canonicalize=CANONICALIZATION, signature_algorithm=key.algorithm.encode("ascii"),
-                           include_headers=self.headers)
+        """The DKIM-Signature field. From is always in h= (RFC 6376 5.4), also when the message has none:
+        the signature then covers its absence, so no From can be added later."""
+        message = dkimpy.DKIM(data, signature_algorithm=key.algorithm.encode("ascii"))
+        include = list(self.headers or message.default_sign_headers())
+        if b"from" not in include:
+            include.append(b"from")
+        return message.sign(key.selector.encode("ascii"), key.domain.encode("ascii"), key.private_key,
+                            canonicalize=CANONICALIZATION, include_headers=include)
