@@ -53,9 +53,9 @@ def local_services(settings: Settings) -> list[ServiceSpec]:
 
         specs.append(smarthost_service(settings))
     if settings.local.mx_hosts:
-        from pipeline.localstack.smarthost import test_mx_services
+        from pipeline.localstack.smarthost import mx_host_services
 
-        specs.extend(test_mx_services(settings))
+        specs.extend(mx_host_services(settings))
     if settings.local.slapd:
         from pipeline.localstack.slapd import LDIF, slapd_service
 

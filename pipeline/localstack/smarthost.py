@@ -39,7 +39,7 @@ from pipeline.localstack.dovecot import _require_access
 from pipeline.settings import Settings
 
 __all__ = ["smarthost_service", "smarthost_dump_dir", "smtp_sink_argv", "prepare_dump_dir", "sink_user",
-           "test_mx_services", "test_mx_dump_dir"]
+           "mx_host_services", "mx_host_dump_dir"]
 
 HOSTNAME = "smarthost.test"  # in smtp-sink's greeting and EHLO reply
 _BACKLOG = "64"
@@ -96,17 +96,17 @@ def smarthost_service(settings: Settings) -> ServiceSpec:
                        ready_port=(s.host, s.port), stop_timeout=3.0)
 
 
-def test_mx_dump_dir(home: Path, address: str) -> Path:
+def mx_host_dump_dir(home: Path, address: str) -> Path:
     """Where the test MX host on `address` keeps what it received: <home>/mx/<address>/."""
     return Path(os.path.abspath(home)) / "mx" / address
 
 
-def test_mx_services(settings: Settings) -> list[ServiceSpec]:
+def mx_host_services(settings: Settings) -> list[ServiceSpec]:
     """smtp-sink on each `local.mx_hosts` address, on `sinks.mx.port`: the test MX hosts the test zone's
     MX and A records point at (deploy/local/dns/test.zone), so the MX sink has somewhere to deliver."""
     port = settings.sinks.mx.port
     return [ServiceSpec(name=f"mx-{address}", argv=smtp_sink_argv(address, port, prepare_dump_dir(
-                            test_mx_dump_dir(settings.home, address))),
+                            mx_host_dump_dir(settings.home, address))),
                         ready_port=(address, port), stop_timeout=3.0)
             for address in settings.local.mx_hosts]
 
