@@ -1,7 +1,8 @@
 """route: decide where each recipient's copy goes (the last stage of every topology).
 
 Each recipient still in play goes to a destination: those in a local domain to the local mailbox
-destination (LMTP), all others to the remote destination (the smarthost sink). The runner makes one
+destination (LMTP), all others to the remote destination (the smarthost sink, or with
+`remote_destination = "mx"` the MX sink, which delivers to the recipient domains' MX hosts). The runner makes one
 `routed` event per destination and set of edits (recipients whose edits differ get their own copy).
 """
 from __future__ import annotations
