@@ -22,8 +22,9 @@ address reachable is a 4xx (deferred).
 
 TLS (`sinks.mx.tls`): "opportunistic" uses STARTTLS when offered and accepts any certificate
 (RFC 7435: encryption against passive listeners; most MX certificates do not name the MX host);
-"verify" requires STARTTLS and a certificate naming the MX host (else the delivery is deferred);
-"none" never starts TLS. At most `sinks.mx.connections_per_domain` connections go to one
+a handshake that fails is tried again at once in plain text, as Postfix does (a receiver with
+broken TLS would otherwise never get mail); "verify" requires STARTTLS and a certificate naming
+the MX host (else the delivery is deferred); "none" never starts TLS. At most `sinks.mx.connections_per_domain` connections go to one
 recipient domain at a time, so a burst to one provider does not look like an attack there.
 
 Until destinations are data (`[destinations.<name>]` with a kind), `mx` is a fixed destination name
@@ -40,7 +41,13 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from consumers.sinks.delivery import DeliverySink
-from consumers.sinks.transport import Delivery, DeliveryTransport, SmtpClientTransport, client_ssl_context
+from consumers.sinks.transport import (
+    Delivery,
+    DeliveryTransport,
+    SmtpClientTransport,
+    client_ssl_context,
+    tls_handshake_failed,
+)
 from pipeline.blobstore import FileBlobStore
 from pipeline.clients.dns import Answer, Resolver, is_null_mx, mx_hosts
 from pipeline.mail.dkim_sign import DkimSigner
@@ -144,8 +151,8 @@ class _DomainLimits:
                 self._held[domain] = (semaphore, users - 1)
 
 
-# the SMTP client for one (host name, address): tests swap it, as they swap a sink's transport
-Connector = Callable[[str, str], DeliveryTransport]
+# the SMTP client for one (host name, address, plain text?): tests swap it, as they swap a sink's transport
+Connector = Callable[[str, str, bool], DeliveryTransport]
 
 
 class MxTransport:
@@ -166,9 +173,9 @@ class MxTransport:
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"sinks.mx.ca_file: {exc}") from None
 
-    def _smtp_client(self, host: str, address: str) -> DeliveryTransport:
+    def _smtp_client(self, host: str, address: str, plain: bool = False) -> DeliveryTransport:
         s = self.settings
-        tls = {"none": "none", "opportunistic": "opportunistic", "verify": "required"}[s.tls]
+        tls = "none" if plain else {"none": "none", "opportunistic": "opportunistic", "verify": "required"}[s.tls]
         return SmtpClientTransport(address, s.port, lmtp=False, helo_name=s.helo_name, timeout=s.timeout, tls=tls,
                                    ssl_context=self._context, server_name=host, peer=f"MX host {host}")
 
@@ -191,7 +198,11 @@ class MxTransport:
         tried: list[str] = []
         for host, address in route.targets:
             try:
-                return await self.connect(host, address).deliver(delivery)
+                replies = await self.connect(host, address, False).deliver(delivery)
+                if s.tls == "opportunistic" and tls_handshake_failed(replies):
+                    log.info("mx %s: TLS with %s[%s] failed, again in plain text", domain, host, address)
+                    replies = await self.connect(host, address, True).deliver(delivery)
+                return replies
             except (OSError, asyncio.TimeoutError) as exc:
                 log.info("mx %s: %s[%s] unreachable: %s", domain, host, address, exc or type(exc).__name__)
                 tried.append(f"{host}[{address}]")

@@ -30,6 +30,7 @@ __all__ = [
     "client_ssl_context",
     "parse_extensions",
     "parse_reply_text",
+    "tls_handshake_failed",
 ]
 
 # none: plain; opportunistic: STARTTLS when offered; required: STARTTLS or defer; implicit: TLS first
@@ -90,6 +91,15 @@ def client_ssl_context(verify: bool, ca_file: str = "") -> ssl.SSLContext:
 
 def _defer(why: str) -> Reply:
     return Reply(code=454, enhanced="4.7.0", text=why)
+
+
+_HANDSHAKE_FAILED = "TLS handshake with "
+
+
+def tls_handshake_failed(replies: dict[str, Reply]) -> bool:
+    """Whether these replies are the transport's own for a failed TLS handshake (nothing was sent)."""
+    return bool(replies) and all(r.code == 454 and r.enhanced == "4.7.0" and r.text.startswith(_HANDSHAKE_FAILED)
+                                 for r in replies.values())
 
 
 def _said(reply: Reply) -> str:
@@ -192,7 +202,7 @@ class SmtpClientTransport:
         try:
             session = await self._connect()
         except ssl.SSLError as exc:  # implicit TLS: the handshake is part of connecting
-            return dict.fromkeys(delivery.recipients, _defer(f"TLS handshake with {self.peer} failed: {exc}"))
+            return dict.fromkeys(delivery.recipients, _defer(f"{_HANDSHAKE_FAILED}{self.peer} failed: {exc}"))
         try:
             return await self._transaction(session, delivery)
         except _Refused as refused:
@@ -248,7 +258,7 @@ class SmtpClientTransport:
         try:
             await s.start_tls(self.ssl_context, self.server_name)
         except ssl.SSLError as exc:
-            raise _Refused(_defer(f"TLS handshake with {self.peer} failed: {exc}"), quit=False) from None
+            raise _Refused(_defer(f"{_HANDSHAKE_FAILED}{self.peer} failed: {exc}"), quit=False) from None
         return await self._hello(s)
 
     async def _authenticate(self, s: _Session, extensions: dict[str, str]) -> None:

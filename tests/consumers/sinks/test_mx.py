@@ -18,24 +18,30 @@ OK = Reply(code=250, enhanced="2.0.0", text="queued")
 class Hosts:
     """A connector whose hosts accept everything, except the addresses in `down` (connection refused)."""
 
-    def __init__(self, down: tuple[str, ...] = (), pause: float = 0.0) -> None:
-        self.down, self.pause = down, pause
+    def __init__(self, down: tuple[str, ...] = (), pause: float = 0.0, broken_tls: tuple[str, ...] = ()) -> None:
+        self.down, self.pause, self.broken_tls = down, pause, broken_tls
         self.tried: list[tuple[str, str]] = []
+        self.plain: list[str] = []  # addresses connected to in plain text
         self.delivered: list[tuple[str, list[str]]] = []  # (address, recipients)
         self.open = self.most_open = 0
 
-    def __call__(self, host: str, address: str):
+    def __call__(self, host: str, address: str, plain: bool = False):
         self.tried.append((host, address))
-        return _Client(self, address)
+        if plain:
+            self.plain.append(address)
+        return _Client(self, address, plain)
 
 
 class _Client:
-    def __init__(self, hosts: Hosts, address: str) -> None:
-        self.hosts, self.address = hosts, address
+    def __init__(self, hosts: Hosts, address: str, plain: bool) -> None:
+        self.hosts, self.address, self.plain = hosts, address, plain
 
     async def deliver(self, delivery: Delivery) -> dict[str, Reply]:
         if self.address in self.hosts.down:
             raise ConnectionRefusedError(111, "Connection refused")
+        if self.address in self.hosts.broken_tls and not self.plain:  # what SmtpClientTransport answers
+            return dict.fromkeys(delivery.recipients, Reply(code=454, enhanced="4.7.0",
+                                                            text="TLS handshake with MX host x failed: bad record"))
         self.hosts.open += 1
         self.hosts.most_open = max(self.hosts.most_open, self.hosts.open)
         await asyncio.sleep(self.hosts.pause)
@@ -110,6 +116,16 @@ async def test_connections_to_one_domain_stay_within_the_limit(resolver):
     await asyncio.gather(*(transport.deliver(_delivery(f"r{i}@aonly.test")) for i in range(6)))
     assert len(hosts.delivered) == 6 and hosts.most_open == 2
     assert not transport.limits._held  # nothing kept for domains no longer in use
+
+
+async def test_a_failed_opportunistic_handshake_is_tried_again_in_plain_text(resolver):
+    hosts = Hosts(broken_tls=("127.0.3.26",))
+    replies = await MxTransport(resolver, MxSinkSettings(), connect=hosts).deliver(_delivery("a@aonly.test"))
+    assert replies == {"a@aonly.test": OK} and hosts.plain == ["127.0.3.26"]
+    hosts = Hosts(broken_tls=("127.0.3.26",))  # verified TLS is never given up for plain text
+    reply = (await MxTransport(resolver, MxSinkSettings(tls="verify"), connect=hosts).deliver(
+        _delivery("a@aonly.test")))["a@aonly.test"]
+    assert (reply.code, reply.enhanced) == (454, "4.7.0") and hosts.plain == []
 
 
 def test_the_smtp_client_connects_to_the_address_and_checks_the_host_name(resolver):
