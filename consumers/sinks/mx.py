@@ -24,8 +24,9 @@ TLS (`sinks.mx.tls`): "opportunistic" uses STARTTLS when offered and accepts any
 (RFC 7435: encryption against passive listeners; most MX certificates do not name the MX host);
 a handshake that fails is tried again at once in plain text, as Postfix does (a receiver with
 broken TLS would otherwise never get mail); "verify" requires STARTTLS and a certificate naming
-the MX host (else the delivery is deferred); "none" never starts TLS. At most `sinks.mx.connections_per_domain` connections go to one
-recipient domain at a time, so a burst to one provider does not look like an attack there.
+the MX host (else the delivery is deferred); "none" never starts TLS. At most
+`sinks.mx.connections_per_domain` connections go to one recipient domain at a time, so a burst to
+one provider does not look like an attack there.
 
 Until destinations are data (`[destinations.<name>]` with a kind), `mx` is a fixed destination name
 (`pipeline.settings.DESTINATIONS`); this module is that kind's transport.

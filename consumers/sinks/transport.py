@@ -214,7 +214,8 @@ class SmtpClientTransport:
 
     async def _connect(self) -> _Session:
         context = self.ssl_context if self.tls == "implicit" else None
-        tls_args = dict(ssl=context, server_hostname=self.server_name, ssl_handshake_timeout=self.timeout) if context else {}
+        tls_args = dict(ssl=context, server_hostname=self.server_name,
+                        ssl_handshake_timeout=self.timeout) if context else {}
         reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port, **tls_args),
                                                 self.timeout)
         return _Session(reader, writer, self.timeout, encrypted=context is not None)

@@ -145,7 +145,7 @@ def components(settings: Settings) -> list[Component]:
         chosen.append(VERDICT)  # turns rejections the sender was not told of into quarantine
         chosen.append(WEB)  # the quarantine portal
     chosen.extend(SINKS[name] for name in s.sinks)
-    if {"lmtp", "smarthost", "mx"} & set(s.sinks):  # deferred deliveries, DSNs and digests belong with the delivery sinks
+    if {"lmtp", "smarthost", "mx"} & set(s.sinks):  # deferred deliveries, DSNs, digests: with the delivery sinks
         chosen.extend([RETRY, BOUNCE, DIGEST])
     return chosen
 
