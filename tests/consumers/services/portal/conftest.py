@@ -3,6 +3,7 @@ Kafka is a `MemoryTransport` (reads) and a recording producer (writes), the dire
 demo accounts. Requests go through httpx's ASGITransport, cookies and all."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pipeline.blobstore import FileBlobStore
 from pipeline.clients.directory import Account
 from pipeline.producers import TransactionalProducer
 from pipeline.quarantine_settings import QuarantineSettings, WebSettings
-from pipeline.settings import KafkaSettings, Settings, TopologySettings
+from pipeline.settings import KafkaSettings, Settings, TopologySettings, UsersSettings
 from pipeline.state.quarantine import QuarantineView, entry_id
 from pipeline.state.quarantine_actions import QuarantineActions
 from pipeline.state.users import UserSettings
@@ -35,8 +36,9 @@ from tests.pipeline.state.test_quarantine_state import Recorder
 
 LENA, MAX, ADMIN = "lena.mueller@school.test", "max.mustermann@school.test", "it.admin@school.test"
 PASSWORDS = {"lena.mueller": "Lena2026!", "max.mustermann": "Max2026!", "it.admin": "Admin2026!"}
+# The site's language is English here, so the page tests read English; test_language.py tests both.
 SETTINGS = Settings(topology=TopologySettings(stages=["virus", "attachment", "spam", "route"]),
-                    kafka=KafkaSettings(request_timeout_ms=200))
+                    kafka=KafkaSettings(request_timeout_ms=200), users=UsersSettings(language="en"))
 KEY = b"k" * 32
 SPAM_RAW = (b"From: Prize Office <winner@example.org>\r\nTo: lena.mueller@school.test\r\n"
             b"Subject: EARN MONEY <b>now</b>\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\n"
@@ -123,10 +125,12 @@ class Harness:
         return [[topic for topic, _, _ in t] for t in self.recorder.committed]
 
 
-def make_harness(tmp_path, web: WebSettings | None = None, clock=time.time) -> tuple[Harness, list]:
+def make_harness(tmp_path, web: WebSettings | None = None, clock=time.time, language: str = "en"
+                 ) -> tuple[Harness, list]:
+    """`language`: the site's `[users] language` (what a user who set none gets)."""
     blobs = FileBlobStore(tmp_path / "blobs")
     view = QuarantineView(SETTINGS, "test", transport=MemoryTransport(MemoryLog(["quarantine"])))
-    users = UserSettings(MemoryTransport(MemoryLog(["users"])), SETTINGS.users)
+    users = UserSettings(MemoryTransport(MemoryLog(["users"])), dataclasses.replace(SETTINGS.users, language=language))
     recorder = Recorder()
     learned: list = []
 
