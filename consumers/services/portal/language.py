@@ -32,7 +32,7 @@ __all__ = ["ChooseLanguage", "switch_language", "SESSION_LANGUAGE"]
 log = logging.getLogger(__name__)
 
 SESSION_LANGUAGE = "lang"
-_BACK = re.compile(r"/(?!/)[A-Za-z0-9/_\-.~]*(\?[A-Za-z0-9_\-.~=&%+@]*)?")  # a path (and query) of this site
+_BACK = re.compile(r"/(?!/)[A-Za-z0-9/_\-.~]*(\?[A-Za-z0-9_\-.~=&%+@/]*)?")  # a path (and query) of this site
 
 
 class ChooseLanguage:
