@@ -42,7 +42,7 @@ class ChooseLanguage:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and not scope["path"].startswith("/static/"):  # a style sheet has no words
             request = Request(scope)
             scope.setdefault("state", {})["lang"] = await _decide(request)
         await self.app(scope, receive, send)
