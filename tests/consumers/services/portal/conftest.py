@@ -3,9 +3,11 @@ Kafka is a `MemoryTransport` (reads) and a recording producer (writes), the dire
 demo accounts. Requests go through httpx's ASGITransport, cookies and all."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -148,12 +150,21 @@ def make_harness(tmp_path, web: WebSettings | None = None, clock=time.time, lang
     return Harness(portal, client, recorder, blobs, accounts, learned), [view, users, client]
 
 
+@contextlib.asynccontextmanager
+async def running_portal(tmp_path, **harness) -> AsyncIterator[Harness]:
+    """A started harness (`make_harness`'s arguments), closed after."""
+    h, closing = make_harness(tmp_path, **harness)
+    await h.portal.view.start(1)
+    await h.portal.users.start(1)
+    try:
+        yield h
+    finally:
+        await closing[2].aclose()
+        await closing[1].close()
+        await closing[0].close()
+
+
 @pytest.fixture
 async def portal(tmp_path):
-    harness, closing = make_harness(tmp_path)
-    await harness.portal.view.start(1)
-    await harness.portal.users.start(1)
-    yield harness
-    await closing[2].aclose()
-    await closing[1].close()
-    await closing[0].close()
+    async with running_portal(tmp_path) as harness:
+        yield harness

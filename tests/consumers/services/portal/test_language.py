@@ -18,7 +18,7 @@ from consumers.services.portal.views import _TITLED
 from pipeline.links import make_link_token
 from pipeline.quarantine_settings import CATEGORIES
 from pipeline.settings import LANGUAGES
-from tests.consumers.services.portal.conftest import ADMIN, KEY, LENA, MAX, make_harness
+from tests.consumers.services.portal.conftest import ADMIN, KEY, LENA, MAX, running_portal
 
 PORTAL = Path(acting.__file__).parent
 _CALL = re.compile(r"""\bt\(\s*["']([a-z_]+\.[a-z_.]+)["']""")  # t("key" ...) in templates and modules
@@ -92,10 +92,7 @@ async def _pages(h) -> dict[str, int]:
 @pytest.mark.parametrize("lang", LANGUAGES)
 async def test_every_page_renders_in_both_languages(tmp_path, lang):
     other = next(x for x in LANGUAGES if x != lang)
-    h, closing = make_harness(tmp_path, language=lang)
-    await h.portal.view.start(1)
-    await h.portal.users.start(1)
-    try:
+    async with running_portal(tmp_path, language=lang) as h:
         pages = await _pages(h)
         await h.sign_in("lena.mueller")
         for path, status in pages.items():
@@ -120,21 +117,12 @@ async def test_every_page_renders_in_both_languages(tmp_path, lang):
         forged = [p for p in pages if p.endswith("AAAA")][0]
         assert t("why.forged", lang) in (await h.client.get(forged)).text
         assert str(escape(t("error.csrf", lang))) in (await h.client.post("/logout", data={"csrf": "x"})).text
-    finally:
-        await closing[2].aclose()
-        await closing[1].close()
-        await closing[0].close()
 
 
 @pytest.fixture
 async def german_site(tmp_path):
-    h, closing = make_harness(tmp_path, language="de")
-    await h.portal.view.start(1)
-    await h.portal.users.start(1)
-    yield h
-    await closing[2].aclose()
-    await closing[1].close()
-    await closing[0].close()
+    async with running_portal(tmp_path, language="de") as h:
+        yield h
 
 
 async def test_before_sign_in_the_browser_decides_then_the_site(german_site):
