@@ -110,10 +110,12 @@ class Portal:
         self.stack.wait_for(lambda: f"/{entry}" in self.get(path), timeout=30, what=f"entry {entry} on {path}")
 
     def post_as_browser(self, path: str, page: str) -> httpx.Response:
-        """A POST with the browser's session and a CSRF token from `page` (what a crafted form would send)."""
+        """A POST with the browser's session and a CSRF token from `page` (what a crafted form would send),
+        asking for English as the browser does."""
         token = re.search(r'name="csrf" value="([^"]+)"', self.get(page)).group(1)
         cookies = {c["name"]: c["value"] for c in self.driver.get_cookies()}
-        return httpx.post(self.url + path, data={"csrf": token}, cookies=cookies, follow_redirects=False)
+        return httpx.post(self.url + path, data={"csrf": token}, cookies=cookies, follow_redirects=False,
+                          headers={"Accept-Language": "en"})
 
 
 def entries_of(stack: Stack, message_id: str) -> list:
