@@ -49,8 +49,8 @@ _GERMAN_REASONS = [
     (re.compile(r"its release was requested already; an administrator decides"),
      "die Freigabe ist schon angefordert; die Verwaltung entscheidet"),
     (re.compile(r"nobody asked for its release"), "niemand hat die Freigabe angefordert"),
-    (re.compile(r"this message was (\w+) already"), lambda m: f"diese Nachricht wurde schon "
-                                                             f"{t('status.' + m[1], 'de') if m[1] in _STATUSES else m[1]}"),
+    (re.compile(r"this message was (\w+) already"),
+     lambda m: f"diese Nachricht wurde schon {t('status.' + m[1], 'de') if m[1] in _STATUSES else m[1]}"),
     (re.compile(r"the stored message is gone; it cannot be released"),
      "die gespeicherte Nachricht ist nicht mehr da; sie kann nicht zugestellt werden"),
     (re.compile(r"the message has no sender address to allow"), "die Nachricht hat keine Absenderadresse zum Erlauben"),

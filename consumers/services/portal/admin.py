@@ -72,7 +72,8 @@ async def admin_entry(request: Request) -> Response:
     viewer = require_admin(request)
     portal = portal_of(request)
     entry = any_entry(request, request.path_params["entry"])
-    timeline, note = await timeline_of(portal.events, entry, viewer.addresses, admin=True, lang=language_of(request))
+    timeline, note = await timeline_of(portal.events, entry, viewer.addresses, admin=True,
+                                       lang=language_of(request))
     return render(request, "entry.html", {"entry": entry, "preview": preview_of(portal.blobs, entry, portal.message_caps),
                                           "timeline": timeline, "timeline_note": note, "admin_view": True})
 
@@ -112,5 +113,6 @@ async def bulk_action(request: Request) -> Response:
     lang = language_of(request)
     summary = t(f"admin.bulk_{'released' if action == 'release' else 'deleted'}", lang, done=done, total=len(ids))
     if refused:
-        summary += f" {t('admin.bulk_refused', lang)} " + "; ".join(refused[:10]) + (" ..." if len(refused) > 10 else "")
+        more = " ..." if len(refused) > 10 else ""
+        summary += f" {t('admin.bulk_refused', lang)} " + "; ".join(refused[:10]) + more
     return redirect(request, "/admin", summary)

@@ -167,4 +167,5 @@ async def save_settings(request: Request) -> Response:
     if "language" in keys:  # the saved language shows from now on, not the session's switch
         request.session.pop(SESSION_LANGUAGE, None)
         lang = next(c.value for c in changes if c.key == "language")
-    return redirect(request, "/settings", t("settings.saved", lang, keys=", ".join(t(f"setting.{k}", lang) for k in keys)))
+    names = ", ".join(t(f"setting.{k}", lang) for k in keys)
+    return redirect(request, "/settings", t("settings.saved", lang, keys=names))
