@@ -91,7 +91,7 @@ class Portal:
         self.driver.delete_all_cookies()
         self.get("/login")
         if lang:
-            self.css(f"#lang-{lang}").click()
+            self.click(f"#lang-{lang}")
         self.css("#login").send_keys(address)
         self.css("#password").send_keys(PASSWORDS[address])
         if shot:
@@ -100,7 +100,12 @@ class Portal:
         assert address in self.css("header .who").text
 
     def click(self, selector: str) -> str:
+        """Press a button that sends a form, and wait for the page it leads to (the old one going stale)."""
+        from selenium.webdriver.support.expected_conditions import staleness_of
+        from selenium.webdriver.support.wait import WebDriverWait
+        old = self.css("html")
         self.css(selector).click()
+        WebDriverWait(self.driver, 10).until(staleness_of(old))
         return self.driver.page_source
 
     def flash(self) -> str:
