@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.destination_settings import DEFAULT_DESTINATIONS, DestinationSettings
 from pipeline.quarantine_settings import DigestSettings, QuarantineSettings, WebSettings
 from pipeline.settings_base import ConfigError, parse_duration
 
@@ -43,13 +44,16 @@ __all__ = [
     "UserLdapAttributes",
     "DnsSettings",
     "SmarthostSinkSettings",
+    "DestinationSettings",
     "parse_duration",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# destinations the route stage may choose (each has a `routed.<name>` topic) and the sinks
-DESTINATIONS = ("lmtp", "smarthost")
-SINKS = ("lmtp", "smarthost", "analytics")
+# the destinations every site has (each destination has a `routed.<name>` topic and a sink; a site
+# adds its own in [destinations.<name>], see pipeline.destination_settings) and the sinks that are not
+# destinations
+DESTINATIONS = DEFAULT_DESTINATIONS
+SINKS = ("analytics",)
 # the default order of the SMTP-time checks (ingress/checks/)
 MX_CHECKS = ("dnsbl", "fcrdns", "sender_domain", "rhsbl", "relay", "recipient", "group_policy", "greylist")
 SUBMISSION_CHECKS = ("sender_login", "relay", "recipient", "group_policy")
@@ -235,6 +239,7 @@ class SupervisorSettings:
     # which pipeline processes to run, in addition to the infrastructure
     run_ingress: bool = True
     run_stages: bool = True
+    # the sinks to run: destination names and "analytics"; not set: every destination and analytics
     sinks: list[str] = field(default_factory=lambda: ["lmtp", "smarthost", "analytics"])
 
 
@@ -392,6 +397,8 @@ class Settings:
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
     web: WebSettings = field(default_factory=WebSettings)
     digest: DigestSettings = field(default_factory=DigestSettings)
+    # [destinations.<name>]: the next hops, with the defaults lmtp and smarthost (see `destinations_from`)
+    destinations: Mapping[str, DestinationSettings] = field(default_factory=dict)
     # [stages.<name>] sections, each validated against the stage's own settings dataclass
     stages: Mapping[str, Any] = field(default_factory=dict)
     # [checks.<name>] sections, each validated against the check's own settings dataclass
@@ -405,6 +412,19 @@ class Settings:
         home = Path(self.paths.home)
         return home if home.is_absolute() else (REPO_ROOT / home)
 
+    def destination(self, name: str) -> DestinationSettings:
+        """The destination `name`: its section, or for lmtp and smarthost the default built from [sinks]."""
+        if name in self.destinations:
+            return self.destinations[name]
+        if name in DEFAULT_DESTINATIONS:
+            return default_destination(self, name)
+        raise ConfigError(f"unknown destination {name!r} (known: {', '.join(self.destination_names)})")
+
+    @property
+    def destination_names(self) -> tuple[str, ...]:
+        """Every destination: the defaults first, then the site's own, in config order."""
+        return tuple(dict.fromkeys([*DEFAULT_DESTINATIONS, *self.destinations]))
+
     def stage_settings(self, name: str) -> Any:
         return self.stages[name]
 
@@ -414,3 +434,17 @@ class Settings:
 
     def check_settings(self, name: str) -> Any:
         return self.checks[name]
+
+
+def default_destination(settings: Settings, name: str) -> DestinationSettings:
+    """lmtp and smarthost without a [destinations.<name>] section: their [sinks.<name>] settings."""
+    if name == "lmtp":
+        lmtp = settings.sinks.lmtp
+        return DestinationSettings(kind="lmtp", host=lmtp.host, port=lmtp.port, tls="none", helo_name=lmtp.lhlo_name,
+                                   inflight=lmtp.inflight, timeout=lmtp.timeout,
+                                   description="the local mailbox server")
+    smart = settings.sinks.smarthost
+    return DestinationSettings(kind="smtp", host=smart.host, port=smart.port, tls=smart.tls, verify=smart.verify,
+                               ca_file=smart.ca_file, username=smart.username, password_file=smart.password_file,
+                               helo_name=smart.helo_name, inflight=smart.inflight, timeout=smart.timeout,
+                               description="the smarthost: the next hop for everything else")
