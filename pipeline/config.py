@@ -277,6 +277,10 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError("sinks.analytics.database: expected a plain identifier (letters, digits, _)")
     if not _is_loopback(settings.sinks.analytics.query_host):  # the query endpoint has no login
         raise ConfigError("sinks.analytics.query_host: expected a loopback address (127.0.0.1, ::1 or localhost)")
+    for key, kind in (("dovecot_destinations", "lmtp"), ("smtp_sink_destinations", "smtp")):
+        for name in getattr(settings.local, key):
+            if name not in settings.destinations or settings.destinations[name].kind != kind:
+                raise ConfigError(f"local.{key}: {name!r} is not a destination of kind {kind}")
     k, r = settings.kafka, settings.runner
     if k.max_partition_fetch_bytes < k.max_request_size:
         raise ConfigError("kafka.max_partition_fetch_bytes: must be at least kafka.max_request_size "

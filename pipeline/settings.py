@@ -371,6 +371,10 @@ class LocalStackSettings:
     dovecot: bool = True
     dovecot_users: str = "deploy/local/dovecot/users"
     smarthost: bool = True  # Postfix's smtp-sink as the smarthost, on sinks.smarthost host:port
+    # lmtp destinations the local Dovecot serves on their own port (a second mailbox store)
+    dovecot_destinations: list[str] = field(default_factory=list)
+    # smtp destinations played by an smtp-sink of their own (a list host, a department's server)
+    smtp_sink_destinations: list[str] = field(default_factory=list)
     slapd: bool = True  # OpenLDAP with deploy/local/directory.ldif, on ldap host:port
     nsd: bool = True  # NSD with the zones in deploy/local/dns/, on dns nameserver:port
     clamd: bool = True  # clamd with the signatures in deploy/local/clamav/, on clamd_host:clamd_port
