@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.destination_settings import DEFAULT_DESTINATIONS, DestinationSettings
+from pipeline.srs_settings import SrsSettings
 from pipeline.quarantine_settings import DigestSettings, QuarantineSettings, WebSettings
 from pipeline.settings_base import ConfigError, parse_duration
 
@@ -401,6 +402,7 @@ class Settings:
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
     web: WebSettings = field(default_factory=WebSettings)
     digest: DigestSettings = field(default_factory=DigestSettings)
+    srs: SrsSettings = field(default_factory=SrsSettings)
     # [destinations.<name>]: the next hops, with the defaults lmtp and smarthost (see `destinations_from`)
     destinations: Mapping[str, DestinationSettings] = field(default_factory=dict)
     # [stages.<name>] sections, each validated against the stage's own settings dataclass

@@ -27,6 +27,15 @@ Destinations are data (`[destinations.<name>]`, `pipeline.destination_settings`)
    ``match = ".physik.school.test"`` (every name under it, not the name itself); the longest match wins;
 4. the defaults: a local domain to `local_destination` (LMTP), anything else to `remote_destination`.
 
+**Forwarding with SRS** (``[srs] enabled``, `pipeline.mail.srs`): a copy whose recipient the
+directory rewrote to an address outside the local domains (a forward: the alumni address) leaves
+with an SRS0 envelope sender (an `envelope_sender` edit for that copy), so SPF at the next hop checks
+this site; the null sender and senders in a local domain are kept. A recipient that is an SRS address
+of the SRS domain (a bounce of such a copy) is reversed: replaced by the original sender, who is then
+routed like any address (the DSN reaches them). A forged or expired one is refused for that recipient
+(the ingress's `srs` check refuses it at RCPT already; this is the same check for what did not come
+through it, and for keys rotated in between).
+
 The directory down or too slow is a `TemporaryFailure` (the message waits, nothing is misrouted).
 The runner makes one `routed` event per destination and set of edits.
 """
@@ -38,10 +47,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.clients.directory import Directory, DirectoryUnavailable
+from pipeline.mail.srs import SrsError, is_srs, srs_signer
 from pipeline.registry import register
 from pipeline.settings import ConfigError
 from pipeline.stage import Outcome, StageContext, TemporaryFailure, Work
-from schemas.events import Replacement, Verdict
+from schemas.events import Edit, Replacement, Verdict
 from schemas.stages.route import RouteDetails
 
 __all__ = ["RouteStage", "RouteSettings", "SiteRoute"]
@@ -91,6 +101,7 @@ class _Decisions:
     replace: list[Replacement] = field(default_factory=list)
     rewritten: dict[str, str] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+    edits: list[Edit] = field(default_factory=list)
 
     def route(self, recipient: str, destination: str, reason: str) -> None:
         if any(recipient in routed for routed in self.routes.values()):
@@ -117,6 +128,7 @@ class RouteStage:
         for name in context.settings.destination_names:
             for host in context.settings.destination(name).mail_hosts:
                 self.hosts.setdefault(host.lower(), name)
+        self.srs = srs_signer(context.settings)
         self.directory = None
         if settings.directory:
             self.directory = directory or Directory.from_settings(context.settings.ldap)
@@ -150,14 +162,46 @@ class RouteStage:
     async def process(self, work: Work) -> Outcome:
         decided = _Decisions()
         for recipient in work.recipients:
+            if self.srs is not None and self._srs_address(recipient):
+                self._reverse(recipient, decided)
+                continue
             if recipient.lower() in self.addresses or self.directory is None or not self._local(recipient):
                 decided.route(recipient, *self.destination_of(recipient))
                 continue
             await self._by_directory(recipient, decided)
+        self._sign_forwards(work, decided)
         details = RouteDetails(routes=decided.routes, reasons=decided.reasons, rewritten=decided.rewritten,
                                refused=decided.refused)
         return Outcome(verdict=Verdict.PASS, details=dataclasses.asdict(details), routes=decided.routes,
-                       replace=decided.replace, rejected=decided.refused)
+                       replace=decided.replace, rejected=decided.refused, edits=decided.edits)
+
+    def _srs_address(self, recipient: str) -> bool:
+        assert self.srs is not None
+        return recipient.rpartition("@")[2].lower() == self.srs.domain and is_srs(recipient)
+
+    def _reverse(self, recipient: str, decided: _Decisions) -> None:
+        """A bounce to one of our SRS addresses goes to the original sender (or the previous forwarder)."""
+        assert self.srs is not None
+        try:
+            original = self.srs.reverse(recipient)
+        except SrsError as exc:
+            decided.refused[recipient] = str(exc)
+            return
+        decided.replace.append(Replacement(recipient=recipient, into=[original], reason="SRS: to the original sender"))
+        decided.rewritten[recipient] = original
+        destination, _ = self.destination_of(original)
+        decided.route(original, destination, "SRS reversed")
+
+    def _sign_forwards(self, work: Work, decided: _Decisions) -> None:
+        """Forwarded copies (rewritten to an outside address) leave with an SRS envelope sender."""
+        sender = work.message.envelope.mail_from.strip()
+        if self.srs is None or sender in ("", "<>") or self._local(sender):
+            return
+        forwarded = [new for old, new in decided.rewritten.items()
+                     if not self._local(new) and not self._srs_address(old)]
+        if forwarded:
+            decided.edits.append(Edit(stage=self.name, kind="envelope_sender", value=self.srs.forward(sender),
+                                      recipients=forwarded))
 
     def _local(self, recipient: str) -> bool:
         return recipient.rpartition("@")[2].lower() in self.local_domains

@@ -44,6 +44,7 @@ BUILTIN_CHECK_MODULES: tuple[str, ...] = (
     "ingress.checks.group_policy",
     "ingress.checks.greylist",
     "ingress.checks.sender_login",
+    "ingress.checks.srs",
 )
 
 def load_builtins(extra_modules: tuple[str, ...] | list[str] = ()) -> None:

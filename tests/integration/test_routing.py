@@ -8,12 +8,17 @@ alumni forward ex.schueler -> ex.schueler@alumni.test (a mailRoutingAddress, to 
 """
 from __future__ import annotations
 
+import re
+import smtplib
 from pathlib import Path
 
+import orjson
+
 from pipeline.localstack.smarthost import destination_dump_dir, smarthost_dump_dir
+from tests.integration.conftest import SMTP_HOST, SMTP_PORT, make_message, new_test_id, send
+from tests.integration.test_delivery import _own_smarthost, _restore_smarthost
 from tests.integration.test_expand import ANNA, MAX, _copies, _from_anna
 from tests.integration.test_recipients import _events
-from tests.integration.conftest import new_test_id
 
 PAUL = "paul.wagner@school.test"
 ALUMNI = "ex.schueler@school.test"
@@ -51,14 +56,13 @@ def test_store2_alumni_forward_and_sub_domain_route_each_reach_their_destination
 
     # the alumni address was rewritten: the smarthost got the outside address, not the school one
     [forward] = stack.wait_for(lambda: _dumps_with(smarthost_dump_dir(stack.home), test_id), what="the forward")
-    assert f"X-Rcpt-Args: <{ALUMNI_OUTSIDE}>" in forward and ALUMNI not in forward.split("\n\n", 1)[0]
+    assert re.findall(r"^X-Rcpt-Args: <(.*)>$", forward, re.M) == [ALUMNI_OUTSIDE]
 
     # the physics server got one transaction with both of its recipients
     [physik] = stack.wait_for(lambda: _dumps_with(destination_dump_dir(stack.home, "physik"), test_id),
                               what="the physics server's copy")
-    head = physik.split("\n\n", 1)[0]
-    assert f"X-Rcpt-Args: <{PHYSIK}>" in head and f"X-Rcpt-Args: <{LAB}>" in head
-    assert f"X-Mail-Args: <{ANNA}>" in head
+    assert sorted(re.findall(r"^X-Rcpt-Args: <(.*)>$", physik, re.M)) == sorted([PHYSIK, LAB])
+    assert f"X-Mail-Args: <{ANNA}>" in physik
 
     # the history shows the rewrite and why each recipient went where it went
     events = _events(stack, message_id)
@@ -69,3 +73,65 @@ def test_store2_alumni_forward_and_sub_domain_route_each_reach_their_destination
     assert details["reasons"][LAB] == "domain route .physik.school.test"
     routed = {e["destination"] for e in events if e["type"] == "routed"}
     assert routed == {"store2", "smarthost", "physik", "lmtp"}
+
+
+# ---- forwarding with SRS ([srs] in the local config) ----------------------------------------------
+
+OUTSIDE_SENDER = "vater@example.org"
+
+
+def _signer(stack):
+    from pipeline.cli.components import load_config
+    from pipeline.mail.srs import srs_signer
+
+    return srs_signer(load_config(stack.env["POSTSTELLE_CONFIG"], environ=stack.env))
+
+
+def _forward_from_outside(stack, test_id: str) -> str:
+    send(make_message(test_id, to=ALUMNI), [ALUMNI], mail_from=OUTSIDE_SENDER)
+    return test_id
+
+
+def test_the_alumni_forward_leaves_with_an_srs_sender_that_verifies(stack):
+    test_id = _forward_from_outside(stack, new_test_id())
+    [forward] = stack.wait_for(lambda: _dumps_with(smarthost_dump_dir(stack.home), test_id), what="the forward")
+    assert re.findall(r"^X-Rcpt-Args: <(.*)>$", forward, re.M) == [ALUMNI_OUTSIDE]
+    [sender] = re.findall(r"^X-Mail-Args: <(.*)>$", forward, re.M)
+    assert sender.startswith("SRS0=") and sender.endswith("=example.org=vater@school.test")
+    assert _signer(stack).reverse(sender) == OUTSIDE_SENDER
+
+
+def test_a_forged_srs_address_is_refused_at_rcpt(stack):
+    valid = _signer(stack).forward(OUTSIDE_SENDER)
+    forged = valid.replace("=vater@", "=mallory@")
+    with smtplib.SMTP(SMTP_HOST, SMTP_PORT, timeout=30) as client:
+        assert client.mail("")[0] == 250
+        code, text = client.rcpt(forged)
+        assert (code, text.decode()) == (550, "5.7.1 Recipient address rejected: forged SRS address")
+        assert client.rcpt(valid)[0] == 250  # a real one is accepted (no directory entry needed)
+
+
+def test_a_5xx_for_the_forward_gives_a_dsn_routed_back_to_the_original_sender(stack):
+    own = _own_smarthost(stack, ["-f", "RCPT"])  # the outside host refuses the forwarded copy
+    try:
+        test_id = _forward_from_outside(stack, new_test_id())
+        [[message_id]] = stack.wait_for(lambda: stack.sql(
+            "SELECT message_id FROM poststelle.events WHERE type = 'received' "
+            f"AND position(payload, '{test_id}') > 0"), what="the forwarded message in analytics")
+        bounced = stack.wait_for(lambda: [e for e in _events(stack, message_id) if e["type"] == "bounced"],
+                                 timeout=90, what="the bounce of the forward")
+    finally:
+        _restore_smarthost(stack, own)
+    assert bounced[0]["recipient"] == ALUMNI_OUTSIDE and bounced[0]["reply"]["code"] // 100 == 5
+    srs_sender = bounced[0]["mail_from"]
+    assert srs_sender.startswith("SRS0=")  # the bounce goes to the SRS address the copy left with ...
+
+    def dsn_route():  # ... the DSN to it enters the pipeline, and the route stage reverses it
+        rows = stack.sql("SELECT payload FROM poststelle.events WHERE type = 'stage_result' "
+                         f"AND position(payload, '{srs_sender}') > 0")
+        details = [orjson.loads(p)["result"]["details"] for (p,) in rows]
+        return [d for d in details if d.get("rewritten")]
+
+    [route] = stack.wait_for(dsn_route, timeout=90, what="the DSN routed back")
+    assert route["rewritten"] == {srs_sender: OUTSIDE_SENDER}
+    assert route["routes"] == {"smarthost": [OUTSIDE_SENDER]}

@@ -190,3 +190,63 @@ def test_a_route_to_an_unknown_destination_is_refused_at_load(tmp_path) -> None:
     settings = load_settings(path, environ={})
     assert settings.destination("lists").kind == "smtp" and settings.supervisor.sinks == [
         "lmtp", "smarthost", "lists", "analytics"]
+
+
+# ---- SRS ------------------------------------------------------------------------------------------
+
+
+def _srs_env(tmp_path: Path) -> dict[str, str]:
+    keys = tmp_path / "srs.keys"
+    keys.write_text("route-test-key\n")
+    return {"POSTSTELLE_SRS__ENABLED": "true", "POSTSTELLE_SRS__KEY_FILE": str(keys)}
+
+
+def _from(sender: str, *rcpt: str) -> Work:
+    work = _work(*rcpt)
+    envelope = Envelope(mail_from=sender, rcpt_to=list(rcpt))
+    return Work(message=Received(message_id=work.message.message_id, envelope=envelope, client=work.message.client,
+                                 blob=work.message.blob))
+
+
+async def test_a_forwarded_copy_gets_an_srs_sender_that_reverses_to_the_original(tmp_path) -> None:
+    from pipeline.mail.render import envelope_sender_of
+    from pipeline.mail.srs import srs_signer
+    from pipeline.recipients import copies
+    from schemas.events import Routed
+
+    env = _srs_env(tmp_path)
+    entries = {"fwd@school.test": {"mailRoutingAddress": ("fwd@alumni.test",)},
+               "inside@school.test": {"mailRoutingAddress": ("box@school.test",)}}
+    stage = _stage(tmp_path, directory=DictDirectory(entries), **env)
+    work = _from("Vater@Example.ORG", "fwd@school.test", "inside@school.test", ANNA)
+    outcome = await _process(stage, work)
+    fan = apply_outcome(work, outcome, "route")
+    by_copy = {tuple(r): e for r, e in copies(fan.routed["smarthost"], fan.edits)}
+    [edits] = by_copy.values()
+    routed = Routed(message_id=work.message.message_id, destination="smarthost", recipients=["fwd@alumni.test"],
+                    message=work.message, edits=edits)
+    sender = envelope_sender_of(routed)
+    assert sender.startswith("SRS0=") and sender.endswith("=Example.ORG=Vater@school.test")
+    assert srs_signer(_settings(tmp_path, **env)).reverse(sender) == "Vater@Example.ORG"
+    # the local rewrite and the untouched recipient keep the original sender
+    assert [e.recipients for e in fan.edits if e.kind == "envelope_sender"] == [["fwd@alumni.test"]]
+    # the null sender and a local sender are never rewritten
+    for sender in ("", ANNA):
+        out = await _process(_stage(tmp_path, directory=DictDirectory(entries), **env), _from(sender, "fwd@school.test"))
+        assert out.edits == [] and out.replace[0].into == ["fwd@alumni.test"]
+
+
+async def test_a_bounce_to_an_srs_address_goes_to_the_original_sender_forged_ones_are_refused(tmp_path) -> None:
+    from pipeline.mail.srs import srs_signer
+
+    env = _srs_env(tmp_path)
+    signer = srs_signer(_settings(tmp_path, **env))
+    valid = signer.forward("vater@example.org")
+    forged = valid.replace("=vater@", "=mallory@")
+    work = _from("", valid, forged, ANNA)
+    outcome = await _process(_stage(tmp_path, directory=DictDirectory({}), **env), work)
+    fan = apply_outcome(work, outcome, "route")
+    assert fan.routed == {"smarthost": ["vater@example.org"], "lmtp": [ANNA]}
+    assert [(r.recipient, r.into) for r in fan.replacements] == [(valid, ["vater@example.org"])]
+    assert "the SRS hash does not verify" in outcome.rejected[forged]
+    assert outcome.edits == []  # a bounce keeps the null sender
