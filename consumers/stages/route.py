@@ -22,7 +22,10 @@ Destinations are data (`[destinations.<name>]`, `pipeline.destination_settings`)
    "This gateway" is a name in `local_hosts` (default: `ingress.hostname`); "another host" is a name in
    some destination's `mail_hosts`. A mailHost no destination serves refuses the recipient (the sender
    gets a DSN saying so), with an error in the log: a directory entry, not the message, is wrong.
-   A rewrite is a replacement (`Outcome.replace`), so the history shows both addresses;
+   A rewrite is a replacement (`Outcome.replace`), so the history shows both addresses.
+   **Per-user forwards** (``forward_attribute``, e.g. ``poststelleForwardAddress``): the mail also
+   goes to each address there, with a copy to the mailbox unless ``keep_copy_attribute`` says FALSE
+   (a forward-only address); a replacement of the recipient by the mailbox and the forwards;
 3. the site routing table by **domain**: ``match = "lists.school.test"`` (that domain) or
    ``match = ".physik.school.test"`` (every name under it, not the name itself); the longest match wins;
 4. the defaults: a local domain to `local_destination` (LMTP), anything else to `remote_destination`.
@@ -83,6 +86,8 @@ class RouteSettings:
     directory: bool = False  # read mailHost and mailRoutingAddress of local recipients (LDAP)
     local_hosts: list[str] = field(default_factory=list)  # mailHost names meaning this gateway; empty: ingress.hostname
     routes: list[SiteRoute] = field(default_factory=list)  # the site routing table
+    forward_attribute: str = ""  # directory attribute with per-user forward addresses; "": none
+    keep_copy_attribute: str = ""  # boolean attribute: FALSE = forward only; absent: keep a copy
 
     def check_against(self, settings: Any) -> None:
         """Every destination named here exists (called by the loader with the whole config)."""
@@ -101,6 +106,7 @@ class _Decisions:
     replace: list[Replacement] = field(default_factory=list)
     rewritten: dict[str, str] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+    forwarded: dict[str, list[str]] = field(default_factory=dict)
     edits: list[Edit] = field(default_factory=list)
 
     def route(self, recipient: str, destination: str, reason: str) -> None:
@@ -171,7 +177,7 @@ class RouteStage:
             await self._by_directory(recipient, decided)
         self._sign_forwards(work, decided)
         details = RouteDetails(routes=decided.routes, reasons=decided.reasons, rewritten=decided.rewritten,
-                               refused=decided.refused)
+                               forwarded=decided.forwarded, refused=decided.refused)
         return Outcome(verdict=Verdict.PASS, details=dataclasses.asdict(details), routes=decided.routes,
                        replace=decided.replace, rejected=decided.refused, edits=decided.edits)
 
@@ -197,8 +203,9 @@ class RouteStage:
         sender = work.message.envelope.mail_from.strip()
         if self.srs is None or sender in ("", "<>") or self._local(sender):
             return
-        forwarded = [new for old, new in decided.rewritten.items()
-                     if not self._local(new) and not self._srs_address(old)]
+        targets = [new for old, new in decided.rewritten.items() if not self._srs_address(old)]
+        targets += [f for forwards in decided.forwarded.values() for f in forwards]
+        forwarded = [a for a in dict.fromkeys(targets) if not self._local(a)]
         if forwarded:
             decided.edits.append(Edit(stage=self.name, kind="envelope_sender", value=self.srs.forward(sender),
                                       recipients=forwarded))
@@ -208,25 +215,37 @@ class RouteStage:
 
     async def _by_directory(self, recipient: str, decided: _Decisions) -> None:
         assert self.directory is not None
+        wanted = [*ROUTING_ATTRIBUTES, *(a for a in (self.settings.forward_attribute,
+                                                     self.settings.keep_copy_attribute) if a)]
         try:
-            found = await self.directory.attributes(recipient, ROUTING_ATTRIBUTES)
+            found = await self.directory.attributes(recipient, wanted) or {}
         except DirectoryUnavailable as exc:
             raise TemporaryFailure(f"directory: {exc}") from None
-        host = next(iter((found or {}).get("mailHost", ())), "").strip().lower()
-        routing = next(iter((found or {}).get("mailRoutingAddress", ())), "").strip()
-        address = recipient
-        if routing and routing.lower() != recipient.lower():
-            address = routing
-            decided.replace.append(Replacement(recipient=recipient, into=[routing], reason="mailRoutingAddress"))
-            decided.rewritten[recipient] = routing
-        if not host:  # rewritten or not: the table and the defaults
-            decided.route(address, *self.destination_of(address))
-            return
-        if host not in self.hosts:
+        host = next(iter(found.get("mailHost", ())), "").strip().lower()
+        routing = next(iter(found.get("mailRoutingAddress", ())), "").strip()
+        forwards = [a.strip() for a in found.get(self.settings.forward_attribute, ()) if a.strip()]
+        keep = next(iter(found.get(self.settings.keep_copy_attribute, ())), "TRUE").upper() != "FALSE"
+        if host and host not in self.hosts:
             reason = f"the directory routes {recipient} to mailHost {host}, which no destination serves"
             log.error("%s; add it to a destination's mail_hosts or fix the entry", reason)
             decided.refused[recipient] = reason
-            decided.replace = [r for r in decided.replace if r.recipient != recipient]
-            decided.rewritten.pop(recipient, None)
             return
-        decided.route(address, self.hosts[host], f"mailHost {host}")
+        address = routing if routing and routing.lower() != recipient.lower() else recipient
+        mailbox = [address] if keep or not forwards else []
+        forwards = [f for f in dict.fromkeys(forwards) if f.lower() != address.lower()]
+        into = mailbox + forwards
+        if into != [recipient]:
+            why = "mailRoutingAddress" if not forwards else ("forward" if not mailbox else "forward, keeping a copy")
+            decided.replace.append(Replacement(recipient=recipient, into=into, reason=why))
+        if address != recipient:
+            decided.rewritten[recipient] = address
+        if forwards:
+            decided.forwarded[recipient] = forwards
+        for forward in forwards:
+            decided.route(forward, self.destination_of(forward)[0], f"forward of {recipient}")
+        if not mailbox:
+            return
+        if host:
+            decided.route(address, self.hosts[host], f"mailHost {host}")
+        else:
+            decided.route(address, *self.destination_of(address))

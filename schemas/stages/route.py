@@ -14,5 +14,7 @@ class RouteDetails:
     reasons: dict[str, str] = field(default_factory=dict)
     # recipient -> the address it was rewritten to (the directory's mailRoutingAddress)
     rewritten: dict[str, str] = field(default_factory=dict)
+    # recipient -> the addresses its mail is forwarded to (a per-user forward of the directory)
+    forwarded: dict[str, list[str]] = field(default_factory=dict)
     # recipient -> why it could not be routed (a mailHost no destination serves)
     refused: dict[str, str] = field(default_factory=dict)

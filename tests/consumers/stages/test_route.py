@@ -155,13 +155,14 @@ async def test_directory_down_is_a_temporary_failure_and_the_table_asks_it_nothi
     assert directory.asked == [ANNA]  # only the local, not table-routed recipient was looked up
 
 
-async def test_demo_directory_store2_and_the_alumni_forward(tmp_path, slapd: SlapdServer) -> None:
-    work = _work(PAUL, EX, ANNA, "Sekretariat@school.test")
+async def test_demo_directory_store2_the_alumni_forward_and_lisas_forward(tmp_path, slapd: SlapdServer) -> None:
+    work = _work(PAUL, EX, ANNA, "Sekretariat@school.test", "lisa.koch@school.test")
     outcome = await _process(_stage(tmp_path, slapd.port), work)
     fan = apply_outcome(work, outcome, "route")
-    assert fan.routed == {"store2": [PAUL], "smarthost": ["ex.schueler@alumni.test"],
-                          "lmtp": [ANNA, "Sekretariat@school.test"]}
-    assert [(r.recipient, r.into) for r in fan.replacements] == [(EX, ["ex.schueler@alumni.test"])]
+    assert fan.routed == {"store2": [PAUL], "smarthost": ["ex.schueler@alumni.test", "lisa.koch@privat.test"],
+                          "lmtp": [ANNA, "Sekretariat@school.test", "lisa.koch@school.test"]}
+    assert [(r.recipient, r.into) for r in fan.replacements] == [
+        (EX, ["ex.schueler@alumni.test"]), ("lisa.koch@school.test", ["lisa.koch@school.test", "lisa.koch@privat.test"])]
     assert outcome.details["rewritten"] == {EX: "ex.schueler@alumni.test"}
 
 
@@ -250,3 +251,26 @@ async def test_a_bounce_to_an_srs_address_goes_to_the_original_sender_forged_one
     assert [(r.recipient, r.into) for r in fan.replacements] == [(valid, ["vater@example.org"])]
     assert "the SRS hash does not verify" in outcome.rejected[forged]
     assert outcome.edits == []  # a bounce keeps the null sender
+
+
+async def test_per_user_forwards_with_and_without_a_copy_and_srs_for_the_outside_ones(tmp_path) -> None:
+    env = {**_srs_env(tmp_path), "POSTSTELLE_STAGES__ROUTE__FORWARD_ATTRIBUTE": "fwd",
+           "POSTSTELLE_STAGES__ROUTE__KEEP_COPY_ATTRIBUTE": "keep"}
+    entries = {"both@school.test": {"fwd": ("both@privat.test", "max.mustermann@school.test")},
+               "gone@school.test": {"fwd": ("gone@privat.test",), "keep": ("FALSE",)},
+               "there@school.test": {"mailHost": ("store2.school.test",), "fwd": ("there@privat.test",),
+                                     "keep": ("TRUE",)}}
+    work = _from("vater@example.org", "both@school.test", "gone@school.test", "there@school.test")
+    outcome = await _process(_stage(tmp_path, directory=DictDirectory(entries), **env), work)
+    fan = apply_outcome(work, outcome, "route")
+    assert fan.routed == {"smarthost": ["both@privat.test", "gone@privat.test", "there@privat.test"],
+                          "lmtp": ["max.mustermann@school.test", "both@school.test"], "store2": ["there@school.test"]}
+    assert {r.recipient: (r.into, r.reason) for r in fan.replacements} == {
+        "both@school.test": (["both@school.test", "both@privat.test", "max.mustermann@school.test"],
+                             "forward, keeping a copy"),
+        "gone@school.test": (["gone@privat.test"], "forward"),
+        "there@school.test": (["there@school.test", "there@privat.test"], "forward, keeping a copy")}
+    [srs] = [e for e in fan.edits if e.kind == "envelope_sender"]
+    assert sorted(srs.recipients) == ["both@privat.test", "gone@privat.test", "there@privat.test"]
+    assert srs.value.startswith("SRS0=") and srs.value.endswith("=example.org=vater@school.test")
+    assert outcome.details["forwarded"]["gone@school.test"] == ["gone@privat.test"]
