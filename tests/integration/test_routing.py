@@ -75,6 +75,17 @@ def test_store2_alumni_forward_and_sub_domain_route_each_reach_their_destination
     assert routed == {"store2", "smarthost", "physik", "lmtp"}
 
 
+def test_a_per_user_forward_keeps_a_copy_in_the_mailbox(stack):
+    lisa, private = "lisa.koch@school.test", "lisa.koch@privat.test"
+    test_id = new_test_id()
+    message_id = _from_anna(stack, test_id, [lisa])
+    assert _delivered(stack, message_id, 2) == {lisa: "lmtp", private: "smarthost"}
+    assert _copies(stack, lisa, test_id) == 1
+    [forward] = stack.wait_for(lambda: _dumps_with(smarthost_dump_dir(stack.home), test_id), what="the forward")
+    assert re.findall(r"^X-Rcpt-Args: <(.*)>$", forward, re.M) == [private]
+    assert f"X-Mail-Args: <{ANNA}>" in forward  # a local sender needs no SRS
+
+
 # ---- forwarding with SRS ([srs] in the local config) ----------------------------------------------
 
 OUTSIDE_SENDER = "vater@example.org"
