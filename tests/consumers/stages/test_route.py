@@ -162,7 +162,8 @@ async def test_demo_directory_store2_the_alumni_forward_and_lisas_forward(tmp_pa
     assert fan.routed == {"store2": [PAUL], "smarthost": ["ex.schueler@alumni.test", "lisa.koch@privat.test"],
                           "lmtp": [ANNA, "Sekretariat@school.test", "lisa.koch@school.test"]}
     assert [(r.recipient, r.into) for r in fan.replacements] == [
-        (EX, ["ex.schueler@alumni.test"]), ("lisa.koch@school.test", ["lisa.koch@school.test", "lisa.koch@privat.test"])]
+        (EX, ["ex.schueler@alumni.test"]),
+        ("lisa.koch@school.test", ["lisa.koch@school.test", "lisa.koch@privat.test"])]
     assert outcome.details["rewritten"] == {EX: "ex.schueler@alumni.test"}
 
 
@@ -233,7 +234,8 @@ async def test_a_forwarded_copy_gets_an_srs_sender_that_reverses_to_the_original
     assert [e.recipients for e in fan.edits if e.kind == "envelope_sender"] == [["fwd@alumni.test"]]
     # the null sender and a local sender are never rewritten
     for sender in ("", ANNA):
-        out = await _process(_stage(tmp_path, directory=DictDirectory(entries), **env), _from(sender, "fwd@school.test"))
+        stage = _stage(tmp_path, directory=DictDirectory(entries), **env)
+        out = await _process(stage, _from(sender, "fwd@school.test"))
         assert out.edits == [] and out.replace[0].into == ["fwd@alumni.test"]
 
 

@@ -3,6 +3,7 @@ precise reply; valid ones and every other recipient pass; the recipient check le
 to it (against the real slapd, which knows no SRS address)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,12 @@ async def test_forged_expired_and_malformed_are_refused_valid_ones_pass(tmp_path
 
 
 def signer_now() -> float:
-    import time
-
     return time.time()
 
 
 async def test_the_check_needs_srs_enabled(tmp_path) -> None:
-    check = SrsCheck(SrsCheckSettings(), CheckServices(settings=_settings(tmp_path, enabled=False), local_domains=LOCAL))
+    services = CheckServices(settings=_settings(tmp_path, enabled=False), local_domains=LOCAL)
+    check = SrsCheck(SrsCheckSettings(), services)
     with pytest.raises(RuntimeError, match=r"\[srs\]"):
         await check.start()
 
