@@ -86,6 +86,18 @@ def test_a_per_user_forward_keeps_a_copy_in_the_mailbox(stack):
     assert f"X-Mail-Args: <{ANNA}>" in forward  # a local sender needs no SRS
 
 
+def test_mail_from_outside_for_the_relayed_sub_domain_reaches_its_server(stack):
+    test_id = new_test_id()
+    send(make_message(test_id, to=LAB), [LAB], mail_from="kollege@example.org")  # the MX: relay_domains
+    [copy] = stack.wait_for(lambda: _dumps_with(destination_dump_dir(stack.home, "physik"), test_id),
+                            what="the physics server's copy")
+    assert re.findall(r"^X-Rcpt-Args: <(.*)>$", copy, re.M) == [LAB]
+    with smtplib.SMTP(SMTP_HOST, SMTP_PORT, timeout=30) as client:  # a sibling sub-domain is not relayed
+        client.ehlo("mta.example.org")
+        assert client.mail("kollege@example.org")[0] == 250
+        assert client.rcpt("x@chemie.school.test")[0] == 554
+
+
 # ---- forwarding with SRS ([srs] in the local config) ----------------------------------------------
 
 OUTSIDE_SENDER = "vater@example.org"
