@@ -27,8 +27,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.destination_settings import DEFAULT_DESTINATIONS, DestinationSettings, check_destination_name
-from pipeline.settings import SINKS, ConfigError, Settings, default_destination, parse_duration
+from pipeline.destination_settings import (
+    DEFAULT_DESTINATIONS,
+    DestinationSettings,
+    check_destination_name,
+    default_destination,
+)
+from pipeline.settings import SINKS, ConfigError, Settings, parse_duration
 
 __all__ = ["load_settings", "raw_config", "parse_section", "ENV_PREFIX"]
 

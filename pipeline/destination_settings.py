@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.settings_base import ConfigError
 
-__all__ = ["DestinationSettings", "DESTINATION_KINDS", "DEFAULT_DESTINATIONS", "check_destination_name"]
+__all__ = ["DestinationSettings", "DESTINATION_KINDS", "DEFAULT_DESTINATIONS", "check_destination_name",
+           "default_destination"]
 
 # lmtp: LMTP (RFC 2033) to a mailbox server; smtp: SMTP to one fixed next hop (smarthost, Exchange, list host)
 DESTINATION_KINDS = ("lmtp", "smtp")
@@ -75,3 +77,17 @@ class DestinationSettings:
             raise ConfigError(f"{key}: inflight must be at least 1 and timeout above 0")
         if self.username and not self.password_file:
             raise ConfigError(f"{key}.password_file: required when {key}.username is set")
+
+
+def default_destination(settings: Any, name: str) -> DestinationSettings:
+    """lmtp and smarthost without a [destinations.<name>] section: their [sinks.<name>] settings."""
+    if name == "lmtp":
+        lmtp = settings.sinks.lmtp
+        return DestinationSettings(kind="lmtp", host=lmtp.host, port=lmtp.port, tls="none", helo_name=lmtp.lhlo_name,
+                                   inflight=lmtp.inflight, timeout=lmtp.timeout,
+                                   description="the local mailbox server")
+    smart = settings.sinks.smarthost
+    return DestinationSettings(kind="smtp", host=smart.host, port=smart.port, tls=smart.tls, verify=smart.verify,
+                               ca_file=smart.ca_file, username=smart.username, password_file=smart.password_file,
+                               helo_name=smart.helo_name, inflight=smart.inflight, timeout=smart.timeout,
+                               description="the smarthost: the next hop for everything else")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.destination_settings import DEFAULT_DESTINATIONS, DestinationSettings
+from pipeline.destination_settings import DEFAULT_DESTINATIONS, DestinationSettings, default_destination
 from pipeline.srs_settings import SrsSettings
 from pipeline.quarantine_settings import DigestSettings, QuarantineSettings, WebSettings
 from pipeline.settings_base import ConfigError, parse_duration
@@ -441,16 +441,3 @@ class Settings:
     def check_settings(self, name: str) -> Any:
         return self.checks[name]
 
-
-def default_destination(settings: Settings, name: str) -> DestinationSettings:
-    """lmtp and smarthost without a [destinations.<name>] section: their [sinks.<name>] settings."""
-    if name == "lmtp":
-        lmtp = settings.sinks.lmtp
-        return DestinationSettings(kind="lmtp", host=lmtp.host, port=lmtp.port, tls="none", helo_name=lmtp.lhlo_name,
-                                   inflight=lmtp.inflight, timeout=lmtp.timeout,
-                                   description="the local mailbox server")
-    smart = settings.sinks.smarthost
-    return DestinationSettings(kind="smtp", host=smart.host, port=smart.port, tls=smart.tls, verify=smart.verify,
-                               ca_file=smart.ca_file, username=smart.username, password_file=smart.password_file,
-                               helo_name=smart.helo_name, inflight=smart.inflight, timeout=smart.timeout,
-                               description="the smarthost: the next hop for everything else")
