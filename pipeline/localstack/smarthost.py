@@ -38,7 +38,7 @@ from pipeline.localstack import ServiceSpec
 from pipeline.localstack.dovecot import _require_access
 from pipeline.settings import Settings
 
-__all__ = ["smarthost_service", "smarthost_dump_dir", "smtp_sink_argv", "prepare_dump_dir", "sink_user"]
+__all__ = ["smarthost_service", "smarthost_dump_dir", "destination_sink_service", "destination_dump_dir", "smtp_sink_argv", "prepare_dump_dir", "sink_user"]
 
 HOSTNAME = "smarthost.test"  # in smtp-sink's greeting and EHLO reply
 _BACKLOG = "64"
@@ -93,6 +93,20 @@ def smarthost_service(settings: Settings) -> ServiceSpec:
     dump_dir = prepare_dump_dir(smarthost_dump_dir(settings.home))
     return ServiceSpec(name="smarthost", argv=smtp_sink_argv(s.host, s.port, dump_dir),
                        ready_port=(s.host, s.port), stop_timeout=3.0)
+
+
+def destination_dump_dir(home: Path, destination: str) -> Path:
+    """Where the smtp-sink playing the SMTP destination `destination` keeps its transactions."""
+    return Path(os.path.abspath(home)) / "smtp-sink" / destination
+
+
+def destination_sink_service(settings: Settings, destination: str) -> ServiceSpec:
+    """smtp-sink as the next hop of an SMTP destination ([local] smtp_sink_destinations): a list
+    host or a department's server in the local stack, on the destination's host:port."""
+    d = settings.destination(destination)
+    dump_dir = prepare_dump_dir(destination_dump_dir(settings.home, destination))
+    return ServiceSpec(name=f"smtp-sink:{destination}", argv=smtp_sink_argv(d.host, d.port, dump_dir),
+                       ready_port=(d.host, d.port), stop_timeout=3.0)
 
 
 def _binary() -> str:
