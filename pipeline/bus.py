@@ -40,8 +40,8 @@ class Topics:
     def from_settings(cls, settings: Settings) -> "Topics":
         delays = tuple(dict.fromkeys(settings.delivery.retry_schedule))
         days = int(settings.quarantine.lifetime_seconds // 86_400) + 7
-        return cls(settings.kafka.topic_prefix, tuple(settings.topology.stages), retry_delays=delays,
-                   quarantine_days=days)
+        return cls(settings.kafka.topic_prefix, tuple(settings.topology.stages),
+                   destinations=settings.destination_names, retry_delays=delays, quarantine_days=days)
 
     def _t(self, name: str) -> str:
         return f"{self.prefix}.{name}"

@@ -27,6 +27,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.destination_settings import (
+    DEFAULT_DESTINATIONS,
+    DestinationSettings,
+    check_destination_name,
+    default_destination,
+)
 from pipeline.settings import SINKS, ConfigError, Settings, parse_duration
 
 __all__ = ["load_settings", "raw_config", "parse_section", "ENV_PREFIX"]
@@ -34,7 +40,7 @@ __all__ = ["load_settings", "raw_config", "parse_section", "ENV_PREFIX"]
 ENV_PREFIX = "POSTSTELLE_"
 # environment variables with the prefix that are not config keys
 _ENV_NOT_KEYS = {"POSTSTELLE_HOME", "POSTSTELLE_CONFIG", "POSTSTELLE_INSTANCE", "POSTSTELLE_LOG_LEVEL",
-                 "POSTSTELLE_TEST_BASE"}
+                 "POSTSTELLE_TEST_BASE", "POSTSTELLE_SCREENSHOTS"}
 
 
 def _type_name(tp: Any) -> str:
@@ -80,7 +86,7 @@ def parse_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         raise ConfigError(f"{prefix}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     # `stages` is parsed by the caller against the stage registry; `source` is not a key
-    handled_elsewhere = {"stages", "checks"} if cls is Settings else set()
+    handled_elsewhere = {"stages", "checks", "destinations"} if cls is Settings else set()
     fields = {f.name for f in dataclasses.fields(cls)} - {"source", "stage_timeouts"}
     moved: Mapping[str, str] = getattr(cls, "MOVED_KEYS", {})  # keys a section no longer has, and where they went
     values: dict[str, Any] = {}
@@ -196,8 +202,15 @@ def load_settings(
     for name, section in overrides.get("checks", {}).items():
         if name in check_types and isinstance(section, dict):
             _fix_list_strings(check_types[name], section)
+    for section in overrides.get("destinations", {}).values():
+        if isinstance(section, dict):
+            _fix_list_strings(DestinationSettings, section)
     data = _merge(data, overrides)
     settings = parse_section(Settings, data, "")
+    settings = dataclasses.replace(settings, destinations=_destinations(settings, data.get("destinations", {})))
+    if "sinks" not in data.get("supervisor", {}):  # not chosen: every destination's sink, and analytics
+        supervisor = dataclasses.replace(settings.supervisor, sinks=[*settings.destinations, *SINKS])
+        settings = dataclasses.replace(settings, supervisor=supervisor)
     stage_sections, stage_timeouts = _stage_timeouts(data.get("stages", {}))
     stages = _parse_named_sections("stages", "stage", stage_sections, stage_types)
     checks = _parse_named_sections("checks", "check", data.get("checks", {}), check_types)
@@ -219,8 +232,26 @@ def load_settings(
     if len(set(settings.topology.stages)) != len(settings.topology.stages):
         raise ConfigError("topology.stages: a stage is named twice")
     _check_consistency(settings)
-    return dataclasses.replace(settings, stages=stages, checks=checks, stage_timeouts=stage_timeouts,
-                               source=str(path or ""))
+    settings = dataclasses.replace(settings, stages=stages, checks=checks, stage_timeouts=stage_timeouts,
+                                   source=str(path or ""))
+    for section in stages.values():  # rules of a stage's section that need the rest of the config
+        check = getattr(section, "check_against", None)
+        if check is not None:
+            check(settings)
+    return settings
+
+
+def _destinations(settings: Settings, data: Any) -> dict[str, DestinationSettings]:
+    """[destinations.<name>] sections, after the defaults lmtp and smarthost (built from [sinks])."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"destinations: expected a table, got {data!r}")
+    found = {name: default_destination(settings, name) for name in DEFAULT_DESTINATIONS}
+    for name, section in data.items():
+        check_destination_name(name)
+        destination = parse_section(DestinationSettings, section, f"destinations.{name}")
+        destination.check(name)
+        found[name] = destination
+    return found
 
 
 def _stage_timeouts(sections: Any) -> tuple[Any, dict[str, float]]:
@@ -243,13 +274,18 @@ def _stage_timeouts(sections: Any) -> tuple[Any, dict[str, float]]:
 
 def _check_consistency(settings: Settings) -> None:
     """Rules that span keys: size limits that fit together, names that exist."""
-    unknown = sorted(set(settings.supervisor.sinks) - set(SINKS))
+    known_sinks = [*settings.destinations, *SINKS]
+    unknown = sorted(set(settings.supervisor.sinks) - set(known_sinks))
     if unknown:
-        raise ConfigError(f"supervisor.sinks: unknown sink {unknown[0]!r} (known: {', '.join(SINKS)})")
+        raise ConfigError(f"supervisor.sinks: unknown sink {unknown[0]!r} (known: {', '.join(known_sinks)})")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", settings.sinks.analytics.database):
         raise ConfigError("sinks.analytics.database: expected a plain identifier (letters, digits, _)")
     if not _is_loopback(settings.sinks.analytics.query_host):  # the query endpoint has no login
         raise ConfigError("sinks.analytics.query_host: expected a loopback address (127.0.0.1, ::1 or localhost)")
+    for key, kind in (("dovecot_destinations", "lmtp"), ("smtp_sink_destinations", "smtp")):
+        for name in getattr(settings.local, key):
+            if name not in settings.destinations or settings.destinations[name].kind != kind:
+                raise ConfigError(f"local.{key}: {name!r} is not a destination of kind {kind}")
     k, r = settings.kafka, settings.runner
     if k.max_partition_fetch_bytes < k.max_request_size:
         raise ConfigError("kafka.max_partition_fetch_bytes: must be at least kafka.max_request_size "

@@ -1,4 +1,5 @@
-"""Settings of outbound mail: DKIM signing (`[dkim]`) and direct MX delivery (`[sinks.mx]`).
+"""Settings of outbound mail: DKIM signing (`[dkim]`). (Direct MX delivery is a destination of kind
+``mx``: its keys are in `pipeline.destination_settings`.)
 
 Kept apart from `pipeline.settings` (which embeds them) so that module stays readable.
 """
@@ -8,11 +9,7 @@ from dataclasses import dataclass, field
 
 from pipeline.settings_base import ConfigError
 
-__all__ = ["DkimKey", "DkimSettings", "MxSinkSettings", "MX_TLS_MODES"]
-
-# none: plain SMTP; opportunistic: STARTTLS when offered, any certificate (RFC 7435);
-# verify: STARTTLS required and the certificate must name the MX host (else the delivery is deferred)
-MX_TLS_MODES = ("none", "opportunistic", "verify")
+__all__ = ["DkimKey", "DkimSettings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +32,7 @@ class DkimKey:
 
 @dataclass(frozen=True, slots=True)
 class DkimSettings:
-    """DKIM signing in the outbound sinks (smarthost, mx): relaxed/relaxed, after every edit."""
+    """DKIM signing in the sinks of the smtp and mx destinations: relaxed/relaxed, after every edit."""
 
     keys: list[DkimKey] = field(default_factory=list)
     # header fields to sign; empty: dkimpy's recommended set (From, To, Subject, Date, Message-ID, ...)
@@ -45,26 +42,3 @@ class DkimSettings:
         domains = [k.domain.lower() for k in self.keys]
         if len(set(domains)) != len(domains):
             raise ConfigError("dkim.keys: a domain has two keys (one key per domain; rotate by replacing it)")
-
-
-@dataclass(frozen=True, slots=True)
-class MxSinkSettings:
-    """Direct delivery to each recipient domain's MX hosts (the `mx` destination)."""
-
-    port: int = 25  # the port of every MX host; only a test stack sets another
-    tls: str = "opportunistic"  # see MX_TLS_MODES
-    ca_file: str = ""  # extra CA bundle (PEM) for tls = "verify"; empty: the system's
-    helo_name: str = "mx.school.test"
-    ipv6: bool = True  # also try AAAA addresses (after the A addresses of the same host)
-    max_addresses: int = 5  # addresses tried per domain and attempt, over all MX hosts (Postfix: smtp_mx_address_limit)
-    connections_per_domain: int = 10  # concurrent connections to one recipient domain
-    inflight: int = 16
-    timeout: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.tls not in MX_TLS_MODES:
-            raise ConfigError(f"sinks.mx.tls: expected one of {', '.join(MX_TLS_MODES)}, got {self.tls!r}")
-        if not 1 <= self.port <= 65535:
-            raise ConfigError(f"sinks.mx.port: expected 1..65535, got {self.port}")
-        if self.max_addresses < 1 or self.connections_per_domain < 1:
-            raise ConfigError("sinks.mx.max_addresses and connections_per_domain: expected at least 1")

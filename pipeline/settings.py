@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.outbound_settings import DkimSettings, MxSinkSettings
+from pipeline.destination_settings import DEFAULT_DESTINATIONS, DestinationSettings, default_destination
+from pipeline.outbound_settings import DkimSettings
+from pipeline.srs_settings import SrsSettings
 from pipeline.quarantine_settings import DigestSettings, QuarantineSettings, WebSettings
 from pipeline.settings_base import ConfigError, parse_duration
 
@@ -44,15 +46,16 @@ __all__ = [
     "UserLdapAttributes",
     "DnsSettings",
     "SmarthostSinkSettings",
+    "DestinationSettings",
     "parse_duration",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# destinations the route stage may choose (each has a `routed.<name>` topic) and the sinks.
-# `mx` (direct delivery to the recipient domains' MX hosts, consumers/sinks/mx.py) is a fixed name
-# until destinations become data ([destinations.<name>] with a kind): then it is the kind "mx".
-DESTINATIONS = ("lmtp", "smarthost", "mx")
-SINKS = ("lmtp", "smarthost", "mx", "analytics")
+# the destinations every site has (each destination has a `routed.<name>` topic and a sink; a site
+# adds its own in [destinations.<name>], see pipeline.destination_settings) and the sinks that are not
+# destinations
+DESTINATIONS = DEFAULT_DESTINATIONS
+SINKS = ("analytics",)
 # the default order of the SMTP-time checks (ingress/checks/)
 MX_CHECKS = ("dnsbl", "fcrdns", "sender_domain", "rhsbl", "relay", "recipient", "group_policy", "greylist")
 SUBMISSION_CHECKS = ("sender_login", "relay", "recipient", "group_policy")
@@ -219,7 +222,6 @@ class AnalyticsSinkSettings:
 class SinkSettings:
     lmtp: LmtpSinkSettings = field(default_factory=LmtpSinkSettings)
     smarthost: SmarthostSinkSettings = field(default_factory=SmarthostSinkSettings)
-    mx: MxSinkSettings = field(default_factory=MxSinkSettings)  # the `mx` destination
     analytics: AnalyticsSinkSettings = field(default_factory=AnalyticsSinkSettings)
 
 
@@ -239,6 +241,7 @@ class SupervisorSettings:
     # which pipeline processes to run, in addition to the infrastructure
     run_ingress: bool = True
     run_stages: bool = True
+    # the sinks to run: destination names and "analytics"; not set: every destination and analytics
     sinks: list[str] = field(default_factory=lambda: ["lmtp", "smarthost", "analytics"])
 
 
@@ -370,8 +373,13 @@ class LocalStackSettings:
     dovecot: bool = True
     dovecot_users: str = "deploy/local/dovecot/users"
     smarthost: bool = True  # Postfix's smtp-sink as the smarthost, on sinks.smarthost host:port
-    # test MX hosts: smtp-sink on each of these addresses, on sinks.mx.port (the test zone's MX hosts)
+    # test MX hosts: smtp-sink on each of these addresses, on the port of the destinations of kind mx
+    # (the test zone's MX hosts)
     mx_hosts: list[str] = field(default_factory=list)
+    # lmtp destinations the local Dovecot serves on their own port (a second mailbox store)
+    dovecot_destinations: list[str] = field(default_factory=list)
+    # smtp destinations played by an smtp-sink of their own (a list host, a department's server)
+    smtp_sink_destinations: list[str] = field(default_factory=list)
     slapd: bool = True  # OpenLDAP with deploy/local/directory.ldif, on ldap host:port
     nsd: bool = True  # NSD with the zones in deploy/local/dns/, on dns nameserver:port
     clamd: bool = True  # clamd with the signatures in deploy/local/clamav/, on clamd_host:clamd_port
@@ -399,6 +407,9 @@ class Settings:
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
     web: WebSettings = field(default_factory=WebSettings)
     digest: DigestSettings = field(default_factory=DigestSettings)
+    srs: SrsSettings = field(default_factory=SrsSettings)
+    # [destinations.<name>]: the next hops, with the defaults lmtp and smarthost (see `destinations_from`)
+    destinations: Mapping[str, DestinationSettings] = field(default_factory=dict)
     # [stages.<name>] sections, each validated against the stage's own settings dataclass
     stages: Mapping[str, Any] = field(default_factory=dict)
     # [checks.<name>] sections, each validated against the check's own settings dataclass
@@ -412,6 +423,19 @@ class Settings:
         home = Path(self.paths.home)
         return home if home.is_absolute() else (REPO_ROOT / home)
 
+    def destination(self, name: str) -> DestinationSettings:
+        """The destination `name`: its section, or for lmtp and smarthost the default built from [sinks]."""
+        if name in self.destinations:
+            return self.destinations[name]
+        if name in DEFAULT_DESTINATIONS:
+            return default_destination(self, name)
+        raise ConfigError(f"unknown destination {name!r} (known: {', '.join(self.destination_names)})")
+
+    @property
+    def destination_names(self) -> tuple[str, ...]:
+        """Every destination: the defaults first, then the site's own, in config order."""
+        return tuple(dict.fromkeys([*DEFAULT_DESTINATIONS, *self.destinations]))
+
     def stage_settings(self, name: str) -> Any:
         return self.stages[name]
 
@@ -421,3 +445,4 @@ class Settings:
 
     def check_settings(self, name: str) -> Any:
         return self.checks[name]
+

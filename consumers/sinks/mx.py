@@ -1,14 +1,14 @@
-"""MX sink: delivers `routed.mx` straight to each recipient domain's mail servers (no smarthost).
+"""The transport of destinations of kind ``mx``: straight to each recipient domain's mail servers.
 
-The `mx` destination is the alternative to the smarthost for a site that sends its own mail. The
-delivery logic (ledger, events, retries, DSNs, DKIM signing) is `consumers.sinks.delivery.DeliverySink`,
-exactly as for the smarthost; only the transport differs: `MxTransport` finds the next hop per
-recipient domain through `pipeline.clients.dns.Resolver` (the resolver every other lookup uses) and
-talks SMTP to it with `consumers.sinks.transport.SmtpClientTransport`.
+A destination of kind mx (``[destinations.mx] kind = "mx"``) is the alternative to the smarthost for a
+site that sends its own mail. The delivery logic (ledger, events, retries, DSNs, DKIM signing) is
+`consumers.sinks.delivery.DeliverySink`, exactly as for the smarthost; only the transport differs:
+`MxTransport` finds the next hop per recipient domain through `pipeline.clients.dns.Resolver` (the
+resolver every other lookup uses) and talks SMTP to it with `consumers.sinks.transport.SmtpClientTransport`.
 
 Finding the hosts (RFC 5321 5.1, RFC 7505), `mx_route`:
 - the MX records, lowest preference first (equal preferences in random order), each host's A and
-  then AAAA addresses (`sinks.mx.ipv6`), at most `sinks.mx.max_addresses` addresses in all;
+  then AAAA addresses (the destination's `ipv6`), at most its `max_addresses` addresses in all;
 - no MX record (the name exists, NODATA): the domain's own A/AAAA records (the implicit MX);
 - a null MX (`0 .`): the domain accepts no mail, a permanent 556 5.1.10: the sender gets a DSN;
 - a domain that does not exist, or no address for any host: permanent (550 5.1.2 / 550 5.4.4);
@@ -20,16 +20,16 @@ out, reset) moves on to the next one. The first SMTP server that answers decides
 the recipients' replies (4xx: deferred and retried, 5xx: bounced), as for the smarthost. No
 address reachable is a 4xx (deferred).
 
-TLS (`sinks.mx.tls`): "opportunistic" uses STARTTLS when offered and accepts any certificate
-(RFC 7435: encryption against passive listeners; most MX certificates do not name the MX host);
-a handshake that fails is tried again at once in plain text, as Postfix does (a receiver with
-broken TLS would otherwise never get mail); "verify" requires STARTTLS and a certificate naming
-the MX host (else the delivery is deferred); "none" never starts TLS. At most
-`sinks.mx.connections_per_domain` connections go to one recipient domain at a time, so a burst to
-one provider does not look like an attack there.
+TLS (the destination's `tls`, default "opportunistic"): "opportunistic" uses STARTTLS when offered and
+accepts any certificate (RFC 7435: encryption against passive listeners; most MX certificates do not
+name the MX host); a handshake that fails is tried again at once in plain text, as Postfix does (a
+receiver with broken TLS would otherwise never get mail); "verify" requires STARTTLS and a certificate
+naming the MX host (else the delivery is deferred); "none" never starts TLS. At most
+`connections_per_domain` connections go to one recipient domain at a time, so a burst to one provider
+does not look like an attack there.
 
-Until destinations are data (`[destinations.<name>]` with a kind), `mx` is a fixed destination name
-(`pipeline.settings.DESTINATIONS`); this module is that kind's transport.
+The sink itself is the one every destination has (`consumers.sinks.destination`, which builds this
+transport for the kind ``mx`` in its `TRANSPORTS` table and signs with DKIM).
 """
 from __future__ import annotations
 
@@ -41,7 +41,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
 
-from consumers.sinks.delivery import DeliverySink
 from consumers.sinks.transport import (
     Delivery,
     DeliveryTransport,
@@ -49,18 +48,15 @@ from consumers.sinks.transport import (
     client_ssl_context,
     tls_handshake_failed,
 )
-from pipeline.blobstore import FileBlobStore
 from pipeline.clients.dns import Answer, Resolver, is_null_mx, mx_hosts
-from pipeline.mail.dkim_sign import DkimSigner
-from pipeline.outbound_settings import MxSinkSettings
-from pipeline.settings import REPO_ROOT, ConfigError, Settings
+from pipeline.destination_settings import DestinationSettings
+from pipeline.settings import REPO_ROOT, ConfigError
 from schemas.events import Reply
 
-__all__ = ["MxTransport", "MxRoute", "mx_route", "run_mx_sink", "DESTINATION"]
+__all__ = ["MxTransport", "MxRoute", "mx_route"]
 
 log = logging.getLogger(__name__)
 
-DESTINATION = "mx"
 NULL_MX = Reply(code=556, enhanced="5.1.10", text="recipient domain accepts no mail (null MX, RFC 7505)")
 NO_DOMAIN = Reply(code=550, enhanced="5.1.2", text="recipient domain does not exist")
 NO_HOST = Reply(code=550, enhanced="5.4.4", text="recipient domain has no mail host with an address")
@@ -159,24 +155,26 @@ Connector = Callable[[str, str, bool], DeliveryTransport]
 class MxTransport:
     """Delivers each recipient domain's share of a delivery to that domain's MX hosts."""
 
-    def __init__(self, resolver: Resolver, settings: MxSinkSettings, connect: Connector | None = None) -> None:
+    def __init__(self, resolver: Resolver, settings: DestinationSettings, connect: Connector | None = None,
+                 key: str = "destinations.mx") -> None:
         self.resolver = resolver
         self.settings = settings
+        self.tls = settings.tls or "opportunistic"  # none | opportunistic | verify
         self.connect = connect or self._smtp_client
         self.limits = _DomainLimits(settings.connections_per_domain)
         self._context = None
-        if settings.tls != "none":
+        if self.tls != "none":
             ca_file = settings.ca_file
             if ca_file and not ca_file.startswith("/"):
                 ca_file = str(REPO_ROOT / ca_file)
             try:
-                self._context = client_ssl_context(settings.tls == "verify", ca_file)
+                self._context = client_ssl_context(self.tls == "verify", ca_file)
             except (OSError, ValueError) as exc:
-                raise ConfigError(f"sinks.mx.ca_file: {exc}") from None
+                raise ConfigError(f"{key}.ca_file: {exc}") from None
 
     def _smtp_client(self, host: str, address: str, plain: bool = False) -> DeliveryTransport:
         s = self.settings
-        tls = "none" if plain else {"none": "none", "opportunistic": "opportunistic", "verify": "required"}[s.tls]
+        tls = "none" if plain else {"none": "none", "opportunistic": "opportunistic", "verify": "required"}[self.tls]
         return SmtpClientTransport(address, s.port, lmtp=False, helo_name=s.helo_name, timeout=s.timeout, tls=tls,
                                    ssl_context=self._context, server_name=host, peer=f"MX host {host}")
 
@@ -200,7 +198,7 @@ class MxTransport:
         for host, address in route.targets:
             try:
                 replies = await self.connect(host, address, False).deliver(delivery)
-                if s.tls == "opportunistic" and tls_handshake_failed(replies):
+                if self.tls == "opportunistic" and tls_handshake_failed(replies):
                     log.info("mx %s: TLS with %s[%s] failed, again in plain text", domain, host, address)
                     replies = await self.connect(host, address, True).deliver(delivery)
                 return replies
@@ -209,16 +207,3 @@ class MxTransport:
                 tried.append(f"{host}[{address}]")
         return dict.fromkeys(delivery.recipients, Reply(code=451, enhanced="4.4.1",
                                                         text=f"no MX host of {domain} reachable: {', '.join(tried)}"))
-
-
-async def run_mx_sink(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None,
-                      instance: str = "0") -> DeliverySink:
-    s = settings.sinks.mx
-    resolver = Resolver.from_settings(settings.dns)
-    sink = DeliverySink(settings, DESTINATION, MxTransport(resolver, s), FileBlobStore(settings.home / "blobs"),
-                        inflight=s.inflight, instance=instance, signer=DkimSigner.from_settings(settings.dkim))
-    try:
-        await sink.run(stop, on_ready)
-    finally:
-        await resolver.close()
-    return sink

@@ -19,6 +19,9 @@ names, see ``deploy/local/dovecot/users``.) A local address that another MTA wou
 route (``a%b@``, ``a!b@``, quoted local parts: refused by `relay` before this check) is refused
 as unknown.
 
+With ``[srs] enabled``, an SRS address of the SRS domain (``SRS0=...@school.test``, a bounce of a
+forwarded copy) is not looked up: no entry has it; the `srs` check verifies it.
+
 Settings (``[checks.recipient]``):
 
 - ``always_accept`` (list of strings, ``["postmaster", "abuse"]``): local parts accepted in every
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from ingress.addresses import AddressError, parse_address
 from ingress.checks import PASS, Check, CheckContext, CheckServices, Decision, refuse, register_check
 from pipeline.clients.directory import DirectoryUnavailable
+from pipeline.mail.srs import is_srs, srs_signer
 
 __all__ = ["RecipientCheck", "RecipientSettings", "USER_UNKNOWN", "MAILBOX_DISABLED", "LOOKUP_FAILED"]
 
@@ -54,6 +58,8 @@ class RecipientCheck(Check):
     def __init__(self, settings: RecipientSettings, services: CheckServices) -> None:
         super().__init__(settings, services)
         self.always_accept = frozenset(part.lower() for part in settings.always_accept)
+        signer = srs_signer(services.settings) if services.settings is not None else None
+        self.srs_domain = signer.domain if signer is not None else ""
 
     async def start(self) -> None:
         if self.services.directory is None:
@@ -69,6 +75,8 @@ class RecipientCheck(Check):
             return refuse(USER_UNKNOWN, "unknown_recipient", f"{recipient!r}: {exc}")
         if address.local.lower() in self.always_accept:
             return PASS
+        if self.srs_domain and address.domain == self.srs_domain and is_srs(str(address)):
+            return PASS  # the srs check verifies it
         try:
             entry = await self.services.directory.lookup(str(address))
         except DirectoryUnavailable as exc:

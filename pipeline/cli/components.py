@@ -44,6 +44,7 @@ BUILTIN_CHECK_MODULES: tuple[str, ...] = (
     "ingress.checks.group_policy",
     "ingress.checks.greylist",
     "ingress.checks.sender_login",
+    "ingress.checks.srs",
 )
 
 def load_builtins(extra_modules: tuple[str, ...] | list[str] = ()) -> None:
@@ -89,17 +90,20 @@ class Component:
 
 
 INGRESS = Component("ingress", "the SMTP listeners: MX and submission", "ingress.server:run_ingress")
-SINKS: dict[str, Component] = {c.name.removeprefix("sink:"): c for c in (
-    Component("sink:lmtp", "delivers routed.lmtp to the mailbox server over LMTP",
-              "consumers.sinks.lmtp:run_lmtp_sink"),
-    Component("sink:smarthost", "delivers routed.smarthost to the smarthost over SMTP",
-              "consumers.sinks.smarthost:run_smarthost_sink"),
-    # the `mx` destination (fixed name until destinations are data: then the kind "mx")
-    Component("sink:mx", "delivers routed.mx straight to the recipient domains' MX hosts over SMTP",
-              "consumers.sinks.mx:run_mx_sink"),
-    Component("sink:analytics", "writes every event to ClickHouse and answers `poststelle sql`",
-              "consumers.sinks.analytics:run_analytics_sink"),
-)}
+ANALYTICS = Component("sink:analytics", "writes every event to ClickHouse and answers `poststelle sql`",
+                      "consumers.sinks.analytics:run_analytics_sink")
+
+
+def sink_component(settings: Settings, name: str) -> Component:
+    """The sink `name`: analytics, or the sink of the destination `name` (`sink:<name>`)."""
+    if name == "analytics":
+        return ANALYTICS
+    d = settings.destination(name)
+    what = d.description or f"{d.kind} to {d.host}:{d.port}"
+    return Component(f"sink:{name}", f"delivers routed.{name} ({what})",
+                     "consumers.sinks.destination:run_destination_sink", (("destination", name),))
+
+
 VERDICT = Component("verdict", "turns rejections the sender was told 250 for into quarantine",
                     "consumers.services.verdict:run_verdict_service")
 RETRY = Component("retry", "sends deferred deliveries back to their sink when they are due",
@@ -129,7 +133,8 @@ def stage_component(name: str) -> Component:
 
 def known_components(settings: Settings) -> dict[str, Component]:
     """Every component these settings can run by hand (`poststelle run`), by name."""
-    found = [INGRESS, *(stage_component(n) for n in settings.topology.stages), *SINKS.values(), VERDICT, RETRY,
+    sinks = [sink_component(settings, n) for n in (*settings.destination_names, "analytics")]
+    found = [INGRESS, *(stage_component(n) for n in settings.topology.stages), *sinks, VERDICT, RETRY,
              BOUNCE, DIGEST, WEB]
     return {c.name: c for c in found}
 
@@ -144,8 +149,8 @@ def components(settings: Settings) -> list[Component]:
         chosen.extend(stage_component(name) for name in settings.topology.stages)
         chosen.append(VERDICT)  # turns rejections the sender was not told of into quarantine
         chosen.append(WEB)  # the quarantine portal
-    chosen.extend(SINKS[name] for name in s.sinks)
-    if {"lmtp", "smarthost", "mx"} & set(s.sinks):  # deferred deliveries, DSNs, digests: with the delivery sinks
+    chosen.extend(sink_component(settings, name) for name in s.sinks)
+    if set(settings.destination_names) & set(s.sinks):  # deferred deliveries, DSNs, digests: with the delivery sinks
         chosen.extend([RETRY, BOUNCE, DIGEST])
     return chosen
 

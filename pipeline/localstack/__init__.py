@@ -47,11 +47,16 @@ def local_services(settings: Settings) -> list[ServiceSpec]:
         users = Path(settings.local.dovecot_users)
         if not users.is_absolute():
             users = REPO_ROOT / users
-        specs.append(dovecot_service(settings.home, lmtp.host, lmtp.port, users))
+        extra = tuple(settings.destination(name).port for name in settings.local.dovecot_destinations)
+        specs.append(dovecot_service(settings.home, lmtp.host, lmtp.port, users, extra_ports=extra))
     if settings.local.smarthost:
         from pipeline.localstack.smarthost import smarthost_service
 
         specs.append(smarthost_service(settings))
+    for name in settings.local.smtp_sink_destinations:
+        from pipeline.localstack.smarthost import destination_sink_service
+
+        specs.append(destination_sink_service(settings, name))
     if settings.local.mx_hosts:
         from pipeline.localstack.smarthost import mx_host_services
 

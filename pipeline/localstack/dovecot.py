@@ -68,8 +68,12 @@ class _Identity:
     login_user: str
 
 
-def dovecot_service(state_home: Path, host: str, port: int, users_file: Path) -> ServiceSpec:
+def dovecot_service(state_home: Path, host: str, port: int, users_file: Path,
+                    extra_ports: tuple[int, ...] = ()) -> ServiceSpec:
     """Render the Dovecot config under `state_home` and describe how to run Dovecot.
+
+    `extra_ports`: more LMTP listeners on `host` (a second mailbox store in the local stack is this
+    Dovecot on a port of its own: a destination with a sink of its own, the same mail dir).
 
     Creates ``state_home/dovecot/{run,lib}`` and the mail dir ``state_home/mail`` (owned by the
     mail user when running as root). Raises `ValueError` when the paths cannot work: a socket path
@@ -115,6 +119,8 @@ def dovecot_service(state_home: Path, host: str, port: int, users_file: Path) ->
         internal_group=ident.internal_group,
         login_user=ident.login_user,
         anvil_chroot="empty" if os.geteuid() == 0 else "",
+        extra_listeners="".join(f"  inet_listener lmtp_{n} {{\n    address = {host}\n    port = {n}\n  }}\n"
+                                for n in extra_ports),
     )
     tmp = conf.with_name(conf.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -59,8 +59,9 @@ def _links(stack: Stack, digest: EmailMessage) -> list[tuple[str, LinkToken]]:
 
 def _follow(url: str) -> str:
     """Follow a digest link as a person does: open it (a page that says what it will do and asks),
-    then press its button (a POST with the page's CSRF token and cookie). Returns the final page."""
-    with httpx.Client(follow_redirects=True, timeout=30) as browser:
+    then press its button (a POST with the page's CSRF token and cookie). Returns the final page, in
+    English: the browser asks for it (Accept-Language), which decides before a sign-in."""
+    with httpx.Client(follow_redirects=True, timeout=30, headers={"Accept-Language": "en"}) as browser:
         page = browser.get(url)
         token = re.search(r'name="csrf" value="([^"]+)"', page.text)
         if token is None:  # nothing to confirm: the page says why (already released, expired, ...)

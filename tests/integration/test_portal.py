@@ -1,7 +1,8 @@
 """The quarantine portal in a real headless browser (Debian's chromium, driven by Selenium) against
 the real stack: sign in through slapd, see and preview a held spam, release it into Dovecot; another
 user can neither see nor release it (also by URL); a held .exe requested by its user and approved
-by an admin arrives with the part restored; a digest link asks before it acts and works once.
+by an admin arrives with the part restored; a digest link asks before it acts and works once; the
+pages speak the user's language (German here) unless the switch on the page says otherwise.
 
 The test saves a screenshot of each page to var/screenshots/, or to $POSTSTELLE_SCREENSHOTS: `make
 screenshots` runs it with docs/screenshots/, the pictures docs/operations.md shows.
@@ -84,9 +85,13 @@ class Portal:
     def shot(self, name: str) -> None:
         self.driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
-    def sign_in(self, address: str, shot: str = "") -> None:
+    def sign_in(self, address: str, shot: str = "", lang: str | None = "en") -> None:
+        """Sign in; with `lang`, press that language on the sign-in page first: it holds for the session,
+        over the user's own setting (the site's: German)."""
         self.driver.delete_all_cookies()
         self.get("/login")
+        if lang:
+            self.click(f"#lang-{lang}")
         self.css("#login").send_keys(address)
         self.css("#password").send_keys(PASSWORDS[address])
         if shot:
@@ -95,7 +100,12 @@ class Portal:
         assert address in self.css("header .who").text
 
     def click(self, selector: str) -> str:
+        """Press a button that sends a form, and wait for the page it leads to (the old one going stale)."""
+        from selenium.webdriver.support.expected_conditions import staleness_of
+        from selenium.webdriver.support.wait import WebDriverWait
+        old = self.css("html")
         self.css(selector).click()
+        WebDriverWait(self.driver, 10).until(staleness_of(old))
         return self.driver.page_source
 
     def flash(self) -> str:
@@ -105,10 +115,12 @@ class Portal:
         self.stack.wait_for(lambda: f"/{entry}" in self.get(path), timeout=30, what=f"entry {entry} on {path}")
 
     def post_as_browser(self, path: str, page: str) -> httpx.Response:
-        """A POST with the browser's session and a CSRF token from `page` (what a crafted form would send)."""
+        """A POST with the browser's session and a CSRF token from `page` (what a crafted form would send),
+        asking for English as the browser does."""
         token = re.search(r'name="csrf" value="([^"]+)"', self.get(page)).group(1)
         cookies = {c["name"]: c["value"] for c in self.driver.get_cookies()}
-        return httpx.post(self.url + path, data={"csrf": token}, cookies=cookies, follow_redirects=False)
+        return httpx.post(self.url + path, data={"csrf": token}, cookies=cookies, follow_redirects=False,
+                          headers={"Accept-Language": "en"})
 
 
 def entries_of(stack: Stack, message_id: str) -> list:
@@ -222,3 +234,18 @@ def test_the_docs_show_the_screenshots_the_browser_test_makes() -> None:
     shown = set(re.findall(r"screenshots/([a-z-]+)\.png", (REPO / "docs/operations.md").read_text()))
     assert shown == {"login", "list", "entry", "settings", "admin", "link", "bad-link"}
     assert {p.stem for p in (REPO / "docs" / "screenshots").glob("*.png")} == shown
+
+
+def test_the_portal_speaks_the_users_language_and_the_switch_changes_it(stack, browser):
+    portal = Portal(stack, browser)
+    browser.delete_all_cookies()
+    portal.get("/login")  # before sign-in: the browser's language (the browser asks for English)
+    assert portal.css("html").get_attribute("lang") == "en" and portal.css("h1").text == "Sign in"
+    portal.sign_in(MAX, lang=None)  # max set no language: the site's, German
+    assert portal.css("html").get_attribute("lang") == "de" and portal.css("h1").text == "Meine Quarantäne"
+    portal.click("#lang-en")  # the switch: back on the same page, in English, for the rest of the session
+    assert browser.current_url.endswith("/quarantine") and portal.css("h1").text == "My quarantine"
+    assert portal.get("/settings") and portal.css("html").get_attribute("lang") == "en"
+    portal.click("#lang-de")
+    assert portal.css("h1").text == "Einstellungen" and "Not found" not in portal.get("/quarantine/nope")
+    assert portal.css("h1").text == "Nicht gefunden"

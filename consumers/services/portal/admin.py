@@ -17,6 +17,7 @@ from consumers.services.portal.acting import Done, perform
 from consumers.services.portal.pages import STATUSES
 from consumers.services.portal.history import timeline_of
 from consumers.services.portal.preview import preview_of
+from consumers.services.portal.texts import language_of, t
 from consumers.services.portal.views import redirect, render
 from pipeline.quarantine_settings import CATEGORIES
 from pipeline.state.quarantine import Entry, QuarantineState
@@ -71,7 +72,8 @@ async def admin_entry(request: Request) -> Response:
     viewer = require_admin(request)
     portal = portal_of(request)
     entry = any_entry(request, request.path_params["entry"])
-    timeline, note = await timeline_of(portal.events, entry, viewer.addresses, admin=True)
+    timeline, note = await timeline_of(portal.events, entry, viewer.addresses, admin=True,
+                                       lang=language_of(request))
     return render(request, "entry.html", {"entry": entry, "preview": preview_of(portal.blobs, entry, portal.message_caps),
                                           "timeline": timeline, "timeline_note": note, "admin_view": True})
 
@@ -98,7 +100,7 @@ async def bulk_action(request: Request) -> Response:
     form = await posted_form(request)
     action = form.get("action")
     if action not in ("release", "delete"):
-        raise HTTPException(400, "Choose release or delete.")
+        raise HTTPException(400, "error.bulk_choice")
     state = portal_of(request).state
     ids = [i for i in dict.fromkeys(form.get("entries[]") or []) if i in state.entries]
     done, refused = 0, []
@@ -107,8 +109,10 @@ async def bulk_action(request: Request) -> Response:
         if result.ok:
             done += 1
         else:
-            refused.append(f"{entry_id}: {result.text.removeprefix('Not done: ')}")
-    summary = f"{'Released' if action == 'release' else 'Deleted'} {done} of {len(ids)} entries."
+            refused.append(f"{entry_id}: {result.why}")
+    lang = language_of(request)
+    summary = t(f"admin.bulk_{'released' if action == 'release' else 'deleted'}", lang, done=done, total=len(ids))
     if refused:
-        summary += " Refused: " + "; ".join(refused[:10]) + (" ..." if len(refused) > 10 else "")
+        more = " ..." if len(refused) > 10 else ""
+        summary += f" {t('admin.bulk_refused', lang)} " + "; ".join(refused[:10]) + more
     return redirect(request, "/admin", summary)

@@ -17,6 +17,7 @@ Routes:
     GET  /admin/entry/<id>, POST /admin/entry/<id>/<action>   approve | deny | release | delete
     POST /admin/bulk                     release or delete the checked entries
     GET  /l/<token>, POST /l/<token>     a digest link: what it does, then do it
+    POST /language                       the language switch of every page (lang=de|en, back=the page)
     GET  /static/portal.css
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ from starlette.staticfiles import StaticFiles
 from consumers.services.portal import admin, links, pages
 from consumers.services.portal.auth import DirectoryAccounts
 from consumers.services.portal.core import Portal
+from consumers.services.portal.language import ChooseLanguage, switch_language
 from consumers.services.portal.security import BodyLimit, SecurityHeaders, session_key
 from consumers.services.portal.views import http_error, internal_error
 from pipeline.blobstore import FileBlobStore
@@ -78,6 +80,7 @@ def create_app(portal: Portal) -> Starlette:
         Route(f"/admin/entry/{entry}/{{action:str}}", admin.admin_action, methods=["POST"]),
         Route("/l/{token:str}", links.link_page, methods=["GET"]),
         Route("/l/{token:str}", links.link_action, methods=["POST"]),
+        Route("/language", switch_language, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     middleware = [
@@ -86,6 +89,7 @@ def create_app(portal: Portal) -> Starlette:
         Middleware(SessionMiddleware, secret_key=session_key(portal.link_key).hex(), session_cookie=SESSION_COOKIE,
                    max_age=int(parse_duration("web.session_lifetime", portal.web.session_lifetime)),
                    same_site="lax", https_only=portal.web.secure_cookies),
+        Middleware(ChooseLanguage),  # inside the session: the switch and the viewer are in it
     ]
     app = Starlette(routes=routes, middleware=middleware,
                     exception_handlers={HTTPException: http_error, Exception: internal_error})

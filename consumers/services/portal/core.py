@@ -64,7 +64,7 @@ class Portal:
     @property
     def state(self) -> QuarantineState:
         if not self.view.ready:
-            raise HTTPException(503, "The quarantine is still being read; try again in a few seconds.")
+            raise HTTPException(503, "error.starting")  # a catalogue key: the error page says it
         return self.view.state
 
 

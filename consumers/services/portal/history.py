@@ -30,7 +30,7 @@ __all__ = ["timeline_of", "STORE_TIMEOUT", "UNAVAILABLE"]
 log = logging.getLogger(__name__)
 
 STORE_TIMEOUT = 5.0  # seconds the page waits for the store; then it shows the quarantine's own record
-UNAVAILABLE = "The message's full path is not available right now; this is what the quarantine knows of it."
+UNAVAILABLE = "timeline.unavailable"  # the note's key in `texts`
 _ADDRESS = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+", re.ASCII)
 _ACTOR = re.compile(r"\bby \S+")  # "... by admin:it.admin@school.test": who acted, not whose mail
 
@@ -59,9 +59,10 @@ async def _steps(events: EventSource, message_id: str) -> list[Step] | None:
 
 
 async def timeline_of(events: EventSource | None, entry: Entry, viewer_addresses: Iterable[str],
-                      admin: bool) -> tuple[list[TimelineLine], str]:
-    """The lines of the entry's timeline, and a note when the store could not be asked."""
-    own = entry_timeline(entry)
+                      admin: bool, lang: str = "en") -> tuple[list[TimelineLine], str]:
+    """The lines of the entry's timeline, and a note (a key of `texts`) when the store could not be asked.
+    The quarantine's own lines are in `lang`; the store's steps are `pipeline.state.timeline_words`'s English."""
+    own = entry_timeline(entry, lang)
     if events is None:
         return own, ""
     steps = await _steps(events, entry.message_id)

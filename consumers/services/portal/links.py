@@ -26,28 +26,15 @@ from consumers.services.portal.views import render
 from pipeline.links import LinkError, LinkToken, read_link_token
 from pipeline.state.quarantine import Entry
 
-__all__ = ["link_page", "link_action", "LINK_WORDS"]
+__all__ = ["link_page", "link_action", "LINK_WORDS", "WHY"]
 
-LINK_WORDS = {
-    "release": "release this message: deliver it to your mailbox",
-    "release_learn": "release this message and learn it as not spam",
-    "allow_sender": "always allow this sender (put it on your allow list)",
-    "delete": "delete this message from the quarantine",
-    "open": "show this message",
-}
-_WHY = {
-    "malformed": (400, "Incomplete link", "This link is not a complete quarantine link. If you copied it from "
-                                          "the digest, make sure you copied all of it."),
-    "forged": (400, "Invalid link", "This link was not issued by this mail gateway, or it was altered. "
-                                    "Nothing was done."),
-    "expired": (410, "Expired link", "This link has expired: the message it was for is no longer in the "
-                                     "quarantine. Nothing was done."),
-}
+LINK_WORDS = {action: f"words.{action}" for action in ("release", "release_learn", "allow_sender", "delete", "open")}
+WHY = {"malformed": 400, "forged": 400, "expired": 410, "gone": 410, "released": 409}  # why.<key> in `texts`
 
 
-def _bad_link(request: Request, why: str) -> Response:
-    status, title, text = _WHY[why]
-    return render(request, "link_error.html", {"title": title, "text": text, "why": why}, status=status)
+def _cannot(request: Request, why: str) -> Response:
+    """The page that says why the link cannot be followed (``why.<why>`` and its title in `texts`)."""
+    return render(request, "link_error.html", {"why": why}, status=WHY[why])
 
 
 def _resolve(request: Request) -> tuple[LinkToken, Entry] | Response:
@@ -56,16 +43,12 @@ def _resolve(request: Request) -> tuple[LinkToken, Entry] | Response:
     try:
         token = read_link_token(portal.link_key, request.path_params["token"], now=portal.clock())
     except LinkError as exc:
-        return _bad_link(request, exc.why)
+        return _cannot(request, exc.why)
     entry = portal.state.entries.get(token.entry)
     if entry is None or entry.status in ("deleted", "expired"):
-        return render(request, "link_error.html", {
-            "title": "Message gone", "why": "gone",
-            "text": "The message this link is for is no longer in the quarantine (deleted or expired)."}, status=410)
+        return _cannot(request, "gone")
     if entry.status == "released" and token.action != "allow_sender":
-        return render(request, "link_error.html", {
-            "title": "Already released", "why": "released",
-            "text": "This message was already released and delivered; it is not delivered again."}, status=409)
+        return _cannot(request, "released")
     return token, entry
 
 
@@ -80,8 +63,7 @@ async def link_page(request: Request) -> Response:
     if token.action == "open":
         context["preview"] = preview_of(portal.blobs, entry, portal.message_caps)
     elif token.action in ("release", "release_learn") and entry.needs_approval:
-        context["words"] = "ask an administrator to release this message (it was held for a reason only " \
-                           "an administrator may overrule)"
+        context["words"] = "words.request"
     return render(request, "link.html", context)
 
 

@@ -18,7 +18,9 @@ from consumers.services.portal.auth import sign_in, sign_out, viewer_of
 from consumers.services.portal.core import own_entry, portal_of, posted_form, require_viewer
 from consumers.services.portal.history import timeline_of
 from consumers.services.portal.preview import preview_of
+from consumers.services.portal.language import SESSION_LANGUAGE
 from consumers.services.portal.security import client_address
+from consumers.services.portal.texts import language_of, t
 from consumers.services.portal.usersettings import change_settings, form_changes
 from consumers.services.portal.views import error_page, redirect, render
 from pipeline.clients.directory import DirectoryUnavailable
@@ -56,29 +58,32 @@ async def login(request: Request) -> Response:
     address = client_address(request)
     context = {"next": _next(form.get("next")), "login": name}
     wait = portal.limiter.blocked(name, address)
+    lang = language_of(request)
     if wait:
         minutes = max(1, round(wait / 60))
-        return render(request, "login.html", {**context, "error": f"Too many wrong passwords. Try again in about "
-                                                                  f"{minutes} minute{'s' if minutes > 1 else ''}."},
+        return render(request, "login.html", {**context, "error": t("login.too_many", lang, minutes=minutes)},
                       status=429)
     try:
         account = await portal.accounts.authenticate(name, password)
         admin = account is not None and await portal.accounts.is_admin(account)
     except DirectoryUnavailable:
-        return render(request, "login.html", {**context, "error": "The directory does not answer; "
-                                                                  "try again in a minute."}, status=503)
+        return render(request, "login.html", {**context, "error": t("login.directory_down", lang)}, status=503)
     if account is None:
         portal.limiter.failed(name, address)
-        return render(request, "login.html", {**context, "error": "Wrong login or password."}, status=401)
+        return render(request, "login.html", {**context, "error": t("login.wrong", lang)}, status=401)
     portal.limiter.succeeded(name)
+    switched = request.session.get(SESSION_LANGUAGE)
     sign_in(request, account, admin, name)
+    if switched is not None:  # the language switch of the sign-in page holds for the session it starts
+        request.session[SESSION_LANGUAGE] = switched
     return redirect(request, context["next"])
 
 
 async def logout(request: Request) -> Response:
     await posted_form(request)
+    lang = language_of(request)
     sign_out(request)
-    return redirect(request, "/login", "Signed out.")
+    return redirect(request, "/login", t("login.signed_out", lang))
 
 
 def filter_entries(entries: list[Entry], category: str, status: str, text: str, sort: str) -> list[Entry]:
@@ -114,7 +119,8 @@ async def entry_page(request: Request) -> Response:
     viewer = require_viewer(request)
     portal = portal_of(request)
     entry = own_entry(request, viewer, request.path_params["entry"])
-    timeline, note = await timeline_of(portal.events, entry, viewer.addresses, admin=False)
+    timeline, note = await timeline_of(portal.events, entry, viewer.addresses, admin=False,
+                                       lang=language_of(request))
     return render(request, "entry.html", {"entry": entry, "preview": preview_of(portal.blobs, entry, portal.message_caps),
                                           "timeline": timeline, "timeline_note": note, "admin_view": False})
 
@@ -136,7 +142,8 @@ async def settings_page(request: Request, error: str = "", status: int = 200) ->
     try:
         explained = await portal_of(request).users.explain(viewer.address)
     except UserSettingsUnavailable as exc:
-        return error_page(request, 503, "Settings unavailable", f"Your settings cannot be read now ({exc}).")
+        lang = language_of(request)
+        return error_page(request, 503, t("settings.unavailable", lang), t("settings.cannot_read", lang, why=exc))
     return render(request, "settings.html", {"explained": explained, "prefs": explained.prefs, "error": error},
                   status=status)
 
@@ -145,14 +152,20 @@ async def save_settings(request: Request) -> Response:
     viewer = require_viewer(request)
     form = await posted_form(request)
     users = portal_of(request).users
+    lang = language_of(request)
     try:
         current = await users.explain(viewer.address)
         changes = form_changes({k: str(v) for k, v in form.items() if isinstance(v, str)}, current, users.users)
         if not changes:
-            return redirect(request, "/settings", "Nothing changed.")
+            return redirect(request, "/settings", t("settings.unchanged", lang))
         await change_settings(users, viewer.address, changes, f"portal:{viewer.address}")
     except SettingError as exc:
         return await settings_page(request, error=str(exc), status=400)
     except UserSettingsUnavailable as exc:
-        return error_page(request, 503, "Settings unavailable", f"Your settings cannot be changed now ({exc}).")
-    return redirect(request, "/settings", f"Saved: {', '.join(dict.fromkeys(c.key for c in changes))}.")
+        return error_page(request, 503, t("settings.unavailable", lang), t("settings.cannot_change", lang, why=exc))
+    keys = list(dict.fromkeys(c.key for c in changes))
+    if "language" in keys:  # the saved language shows from now on, not the session's switch
+        request.session.pop(SESSION_LANGUAGE, None)
+        lang = next(c.value for c in changes if c.key == "language")
+    names = ", ".join(t(f"setting.{k}", lang) for k in keys)
+    return redirect(request, "/settings", t("settings.saved", lang, keys=names))

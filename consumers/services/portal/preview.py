@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from consumers.services.portal.texts import t
 from pipeline.blobstore import BlobNotFound, BlobStore
 from pipeline.mail.message import parse_message
 from pipeline.settings import MessageSettings
@@ -41,7 +42,7 @@ class Preview:
     text: str
     truncated: bool
     attachments: tuple[AttachmentLine, ...]
-    missing: str = ""  # why there is no preview (the stored message is gone)
+    missing: str = ""  # why there is no preview (the stored message is gone): a key of `texts`
 
 
 def preview_of(blobs: BlobStore, entry: Entry, caps: MessageSettings | None = None) -> Preview:
@@ -49,7 +50,7 @@ def preview_of(blobs: BlobStore, entry: Entry, caps: MessageSettings | None = No
     try:
         raw = extract(blobs, entry.event)
     except (BlobNotFound, OSError):
-        return Preview((), "", False, (), missing="The stored message is no longer there.")
+        return Preview((), "", False, (), missing="preview.missing")
     parsed = parse_message(raw, caps)
     headers = tuple((name, parsed.header.first(name)) for name in PREVIEW_FIELDS if parsed.header.first(name))
     texts = [t.text for t in parsed.texts if t.text.strip()]
@@ -67,34 +68,27 @@ class TimelineLine:
     detail: str = ""  # for admins: stage, ids, who exactly
 
 
-_ACTION_WORDS = {
-    "release": "released: delivered to the mailbox",
-    "approve": "release approved by an administrator: delivered to the mailbox",
-    "request_release": "release requested",
-    "deny": "release request denied",
-    "delete": "deleted",
-    "expire": "removed: its time in the quarantine was over",
-}
+_ACTIONS = ("release", "approve", "request_release", "deny", "delete", "expire")  # timeline.<action> in `texts`
 
 
-def _who(by: str) -> str:
+def _who(by: str, lang: str) -> str:
     kind, _, name = by.partition(":")
-    return {"portal": f"by {name} in the portal", "link": f"by {name} through a digest link",
-            "admin": f"by the administrator {name}", "cli": "by an operator", "cleanup": "by the cleanup"
-            }.get(kind, f"by {by}" if by else "")
+    if kind in ("portal", "link", "admin", "cli", "cleanup"):
+        return t(f"who.{kind}", lang, name=name)
+    return t("who.other", lang, name=by) if by else ""
 
 
-def entry_timeline(entry: Entry) -> list[TimelineLine]:
-    """Held, then each action on the entry, oldest first."""
-    held_what = (f"attachment {entry.filename or entry.part} held back, the rest delivered"
-                 if entry.kind == "part" else f"held by the {entry.stage} check")
-    lines = [TimelineLine(entry.time, f"{held_what}: {entry.reason}",
+def entry_timeline(entry: Entry, lang: str = "en") -> list[TimelineLine]:
+    """Held, then each action on the entry, oldest first; the words in `lang`, the details (admins') English."""
+    held_what = (t("timeline.part_held", lang, name=entry.filename or entry.part, reason=entry.reason)
+                 if entry.kind == "part" else t("timeline.held", lang, stage=entry.stage, reason=entry.reason))
+    lines = [TimelineLine(entry.time, held_what,
                           f"stage {entry.stage}, message {entry.message_id}, event {entry.event.id}")]
     for action in entry.actions:
-        words = _ACTION_WORDS.get(action.action, action.action)
-        extras = [text for flag, text in ((action.learn_ham, "learned as ham"),
-                                          (action.allow_sender, "sender allowed")) if flag]
-        what = " ".join(filter(None, [words + (f" ({', '.join(extras)})" if extras else ""), _who(action.by)]))
+        words = t(f"timeline.{action.action}", lang) if action.action in _ACTIONS else action.action
+        extras = [t(key, lang) for flag, key in ((action.learn_ham, "timeline.learned"),
+                                                 (action.allow_sender, "timeline.allowed")) if flag]
+        what = " ".join(filter(None, [words + (f" ({', '.join(extras)})" if extras else ""), _who(action.by, lang)]))
         detail = ", ".join(filter(None, [f"by {action.by}", action.released_as and f"copy {action.released_as}",
                                          action.topic and f"to {action.topic}", action.note]))
         lines.append(TimelineLine(action.time, what, detail))

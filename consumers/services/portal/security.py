@@ -90,7 +90,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise HTTPException(413, "request body too large")
+                    raise HTTPException(413, "error.too_large")
             return message
 
         await self.app(scope, counting, send)
@@ -122,8 +122,7 @@ def check_csrf(request: Request, form_value: object) -> None:
     expected = request.session.get(CSRF_FIELD)
     if not isinstance(expected, str) or not expected or not isinstance(form_value, str) \
             or not hmac.compare_digest(expected.encode(), form_value.encode()):
-        raise HTTPException(403, "The form was not sent from this portal's page (or the session ended). "
-                                 "Reload the page and try again.")
+        raise HTTPException(403, "error.csrf")  # a key of the portal's texts: the error page says it
 
 
 def client_address(request: Request) -> str:

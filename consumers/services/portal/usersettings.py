@@ -24,7 +24,7 @@ from schemas.events import UserPrefValues, UserSettingsChanged, encode_event
 
 __all__ = ["FORM_KEYS", "form_changes", "change_settings", "block_sender"]
 
-FORM_KEYS = ("quarantine", "digest", "allow_senders", "block_senders")
+FORM_KEYS = ("quarantine", "digest", "language", "allow_senders", "block_senders")
 
 
 def _lines(text: str) -> list[str]:
@@ -38,9 +38,10 @@ def form_changes(form: Mapping[str, str], current: Explained, users: UsersSettin
     quarantine = form.get("quarantine") == "on"
     if quarantine != prefs.quarantine:
         changes.append(parse_change(f"quarantine={'on' if quarantine else 'off'}", users))
-    digest = form.get("digest", prefs.digest)
-    if digest != prefs.digest:
-        changes.append(parse_change(f"digest={digest}", users))
+    for key in ("digest", "language"):
+        value = form.get(key, getattr(prefs, key))
+        if value != getattr(prefs, key):
+            changes.append(parse_change(f"{key}={value}", users))
     for key in ("allow_senders", "block_senders"):
         entries = _lines(form.get(key, ""))
         change = parse_change(f"{key}={','.join(entries)}", users)

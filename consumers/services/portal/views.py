@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from consumers.services.portal.auth import viewer_of
 from consumers.services.portal.security import csrf_token
+from consumers.services.portal.texts import LANGUAGE_NAMES, TEXTS, language_of, t
 
 __all__ = ["render", "redirect", "error_page", "http_error", "internal_error", "TEMPLATES"]
 
@@ -53,10 +54,20 @@ _ENV.filters["size"] = _size
 _ENV.filters["moment"] = _moment
 
 
+def _back(request: Request) -> str:
+    """Where the language switch returns to: this page (a GET's path and query; after a POST, the path)."""
+    query = request.url.query if request.method == "GET" else ""
+    return request.url.path + (f"?{query}" if query else "")
+
+
 def render(request: Request, name: str, context: dict[str, Any] | None = None, status: int = 200) -> HTMLResponse:
-    """The page `name` with the viewer, the CSRF token and the flash message of the session."""
+    """The page `name` with the viewer, the CSRF token, the flash message of the session, and its
+    language: `lang`, `t` (a key's text in it) and what the language switch needs."""
+    lang = language_of(request)
     page = {"request": request, "viewer": viewer_of(request), "csrf": csrf_token(request),
-            "flash": request.session.pop("flash", None), **(context or {})}
+            "flash": request.session.pop("flash", None), "lang": lang,
+            "t": lambda key, **values: t(key, lang, **values), "languages": LANGUAGE_NAMES, "back": _back(request),
+            **(context or {})}
     return HTMLResponse(_ENV.get_template(name).render(page), status_code=status)
 
 
@@ -71,20 +82,30 @@ def error_page(request: Request, status: int, title: str, text: str) -> HTMLResp
     return render(request, "error.html", {"title": title, "text": text}, status=status)
 
 
-_TITLES = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Method not allowed",
-           413: "Too large", 429: "Too many attempts"}
+_TITLED = (400, 403, 404, 405, 413, 429, 503)  # statuses with a title of their own (error.<status>)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
+    """An HTTPException as a page in the request's language. Its detail is a catalogue key (``error.csrf``)
+    where the portal raised it; Starlette's own (``Method Not Allowed``) gives way to the status's title."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 303:  # require_viewer: sign in first
         return RedirectResponse(exc.headers["Location"], status_code=303)
-    text = exc.detail if exc.status_code != 404 else "There is no such page, or it is not yours."
-    return error_page(request, exc.status_code, _TITLES.get(exc.status_code, "Error"), str(text))
+    lang = language_of(request)
+    status = exc.status_code
+    title = t(f"error.{status}" if status in _TITLED else "error.title", lang)
+    detail = "error.not_found" if status == 404 else str(exc.detail)
+    text = t(detail, lang) if detail in _KEYS else ("" if status in _TITLED else detail)
+    return error_page(request, status, title, text)
+
+
+_KEYS = frozenset(k for k in TEXTS["en"] if k.startswith("error."))
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
-    """Unexpected errors: a page without details (they are in the component's log)."""
-    return HTMLResponse("<!doctype html><title>Error</title><h1>Something went wrong</h1>"
-                        "<p>The portal could not answer this request; the details are in its log.</p>",
-                        status_code=500)
+    """Unexpected errors: a page without details (they are in the component's log). It is made outside
+    the session and the language choice, so it says it in both languages."""
+    return HTMLResponse("<!doctype html><html lang=\"de\"><title>Fehler / Error</title><h1>Etwas ging schief</h1>"
+                        "<p>Das Portal konnte diese Anfrage nicht beantworten; die Einzelheiten stehen in seinem "
+                        "Protokoll.</p><h1 lang=\"en\">Something went wrong</h1><p lang=\"en\">The portal could not "
+                        "answer this request; the details are in its log.</p></html>", status_code=500)

@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from consumers.sinks.destination import destination_signer, destination_transport
 from consumers.sinks.mx import NO_DOMAIN, NO_HOST, NULL_MX, MxTransport, mx_route
 from consumers.sinks.transport import Delivery, SmtpClientTransport
-from pipeline.outbound_settings import MxSinkSettings
+from pipeline.cli.components import load_config
+from pipeline.destination_settings import DestinationSettings
+from pipeline.settings import REPO_ROOT, ConfigError
 from schemas.events import Reply
+
+MX = DestinationSettings(kind="mx")  # an mx destination with the defaults
 
 OK = Reply(code=250, enhanced="2.0.0", text="queued")
 
@@ -87,7 +94,7 @@ async def test_an_address_literal_is_its_own_host(resolver):
 
 async def test_an_unreachable_mx_falls_back_to_the_next(resolver):
     hosts = Hosts(down=("127.0.3.24",))
-    replies = await MxTransport(resolver, MxSinkSettings(), connect=hosts).deliver(_delivery("a@outside.test"))
+    replies = await MxTransport(resolver, MX, connect=hosts).deliver(_delivery("a@outside.test"))
     assert replies == {"a@outside.test": OK}
     assert hosts.tried == [("mx1.outside.test", "127.0.3.24"), ("mx2.outside.test", "127.0.3.25")]
     assert hosts.delivered == [("127.0.3.25", ["a@outside.test"])]
@@ -95,7 +102,7 @@ async def test_an_unreachable_mx_falls_back_to_the_next(resolver):
 
 async def test_no_reachable_host_defers(resolver):
     hosts = Hosts(down=("127.0.3.24", "127.0.3.25"))
-    reply = (await MxTransport(resolver, MxSinkSettings(), connect=hosts).deliver(_delivery("a@outside.test")))[
+    reply = (await MxTransport(resolver, MX, connect=hosts).deliver(_delivery("a@outside.test")))[
         "a@outside.test"]
     assert (reply.code, reply.enhanced) == (451, "4.4.1")
     assert "mx1.outside.test[127.0.3.24]" in reply.text and "mx2.outside.test[127.0.3.25]" in reply.text
@@ -103,7 +110,7 @@ async def test_no_reachable_host_defers(resolver):
 
 async def test_each_domain_gets_its_own_answer(resolver):
     hosts = Hosts()
-    replies = await MxTransport(resolver, MxSinkSettings(), connect=hosts).deliver(
+    replies = await MxTransport(resolver, MX, connect=hosts).deliver(
         _delivery("a@outside.test", "b@nullmx.test", "c@aonly.test", "d@Outside.Test"))
     assert replies == {"a@outside.test": OK, "d@Outside.Test": OK, "b@nullmx.test": NULL_MX, "c@aonly.test": OK}
     assert sorted(hosts.delivered) == [("127.0.3.24", ["a@outside.test", "d@Outside.Test"]),
@@ -112,7 +119,7 @@ async def test_each_domain_gets_its_own_answer(resolver):
 
 async def test_connections_to_one_domain_stay_within_the_limit(resolver):
     hosts = Hosts(pause=0.05)
-    transport = MxTransport(resolver, MxSinkSettings(connections_per_domain=2), connect=hosts)
+    transport = MxTransport(resolver, DestinationSettings(kind="mx", connections_per_domain=2), connect=hosts)
     await asyncio.gather(*(transport.deliver(_delivery(f"r{i}@aonly.test")) for i in range(6)))
     assert len(hosts.delivered) == 6 and hosts.most_open == 2
     assert not transport.limits._held  # nothing kept for domains no longer in use
@@ -120,21 +127,41 @@ async def test_connections_to_one_domain_stay_within_the_limit(resolver):
 
 async def test_a_failed_opportunistic_handshake_is_tried_again_in_plain_text(resolver):
     hosts = Hosts(broken_tls=("127.0.3.26",))
-    replies = await MxTransport(resolver, MxSinkSettings(), connect=hosts).deliver(_delivery("a@aonly.test"))
+    replies = await MxTransport(resolver, MX, connect=hosts).deliver(_delivery("a@aonly.test"))
     assert replies == {"a@aonly.test": OK} and hosts.plain == ["127.0.3.26"]
     hosts = Hosts(broken_tls=("127.0.3.26",))  # verified TLS is never given up for plain text
-    reply = (await MxTransport(resolver, MxSinkSettings(tls="verify"), connect=hosts).deliver(
+    reply = (await MxTransport(resolver, DestinationSettings(kind="mx", tls="verify"), connect=hosts).deliver(
         _delivery("a@aonly.test")))["a@aonly.test"]
     assert (reply.code, reply.enhanced) == (454, "4.7.0") and hosts.plain == []
 
 
 def test_the_smtp_client_connects_to_the_address_and_checks_the_host_name(resolver):
-    verify = MxTransport(resolver, MxSinkSettings(tls="verify", port=2527))
+    verify = MxTransport(resolver, DestinationSettings(kind="mx", tls="verify", port=2527))
     client = verify.connect("mx2.outside.test", "127.0.3.25")
     assert isinstance(client, SmtpClientTransport)
     assert (client.host, client.port, client.server_name, client.tls) == ("127.0.3.25", 2527, "mx2.outside.test",
                                                                           "required")
     assert client.ssl_context.check_hostname
-    opportunistic = MxTransport(resolver, MxSinkSettings()).connect("mx2.outside.test", "127.0.3.25")
+    opportunistic = MxTransport(resolver, MX).connect("mx2.outside.test", "127.0.3.25")
     assert opportunistic.tls == "opportunistic" and not opportunistic.ssl_context.check_hostname
-    assert MxTransport(resolver, MxSinkSettings(tls="none")).connect("h", "127.0.0.1").tls == "none"
+    assert MxTransport(resolver, DestinationSettings(kind="mx", tls="none")).connect("h", "127.0.0.1").tls == "none"
+
+
+def test_mx_is_a_destination_kind_with_its_own_keys_checked():
+    DestinationSettings(kind="mx", tls="verify", max_addresses=1, connections_per_domain=1).check("mx")
+    for wrong, key in ((dict(tls="required"), "destinations.mx.tls"), (dict(max_addresses=0), "max_addresses"),
+                       (dict(connections_per_domain=0), "connections_per_domain")):
+        with pytest.raises(ConfigError, match=key):
+            DestinationSettings(kind="mx", **wrong).check("mx")
+    with pytest.raises(ConfigError, match="destinations.out.tls"):  # verify is a mode of kind mx only
+        DestinationSettings(kind="smtp", tls="verify").check("out")
+
+
+def test_the_local_mx_destination_gets_the_mx_transport_and_a_dkim_signer():
+    settings = load_config(REPO_ROOT / "deploy/local/poststelle.toml", environ={})
+    transport = destination_transport(settings, "mx")
+    assert isinstance(transport, MxTransport) and transport.tls == "opportunistic"
+    assert transport.settings.port == 2527 and transport.resolver.port == settings.dns.port
+    assert isinstance(destination_transport(settings, "smarthost"), SmtpClientTransport)
+    assert destination_signer(settings, "mx") is not None and destination_signer(settings, "smarthost") is not None
+    assert destination_signer(settings, "lmtp") is None and destination_signer(settings, "store2") is None

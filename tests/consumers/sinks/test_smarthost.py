@@ -17,7 +17,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from consumers.sinks.smarthost import read_password, smarthost_transport
+from consumers.sinks.destination import read_password, smtp_transport
 from consumers.sinks.transport import (
     Delivery,
     SmtpClientTransport,
@@ -338,28 +338,28 @@ def test_password_file_is_read_at_start(tmp_path):
     secret = tmp_path / "smarthost.password"
     secret.write_text(PASSWORD + "\n")
     settings = SmarthostSinkSettings(username=USER, password_file=str(secret))
-    assert read_password(settings) == PASSWORD
+    assert read_password(settings, "sinks.smarthost") == PASSWORD
 
 
 @pytest.mark.parametrize("password_file", ["", "missing"])
 def test_missing_password_file_is_a_config_error(tmp_path, password_file):
     path = str(tmp_path / password_file) if password_file else ""
     with pytest.raises(ConfigError, match="sinks.smarthost.password_file"):
-        smarthost_transport(SmarthostSinkSettings(username=USER, password_file=path))
+        smtp_transport(SmarthostSinkSettings(username=USER, password_file=path), "sinks.smarthost")
 
 
 def test_missing_ca_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="sinks.smarthost.ca_file"):
-        smarthost_transport(SmarthostSinkSettings(tls="required", ca_file=str(tmp_path / "ca.pem")))
+        smtp_transport(SmarthostSinkSettings(tls="required", ca_file=str(tmp_path / "ca.pem")), "sinks.smarthost")
 
 
 async def test_transport_from_settings_delivers_with_auth_over_verified_tls(smtp_server, certs, tmp_path):
     secret = tmp_path / "smarthost.password"
     secret.write_text(PASSWORD + "\n")
     recorder, port = smtp_server(tls_context=certs["local"].server_context(), auth_required=True)
-    transport = smarthost_transport(SmarthostSinkSettings(
+    transport = smtp_transport(SmarthostSinkSettings(
         host="127.0.0.1", port=port, tls="required", verify=True, ca_file=str(certs["local"].cert),
-        username=USER, password_file=str(secret), timeout=10))
+        username=USER, password_file=str(secret), timeout=10), "sinks.smarthost")
     got = _assert_delivered(await _deliver(transport), recorder, tls=True)
     assert got.authenticated
     assert PASSWORD not in repr(transport)

@@ -3,8 +3,11 @@ Kafka is a `MemoryTransport` (reads) and a recording producer (writes), the dire
 demo accounts. Requests go through httpx's ASGITransport, cookies and all."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -16,7 +19,7 @@ from pipeline.blobstore import FileBlobStore
 from pipeline.clients.directory import Account
 from pipeline.producers import TransactionalProducer
 from pipeline.quarantine_settings import QuarantineSettings, WebSettings
-from pipeline.settings import KafkaSettings, Settings, TopologySettings
+from pipeline.settings import KafkaSettings, Settings, TopologySettings, UsersSettings
 from pipeline.state.quarantine import QuarantineView, entry_id
 from pipeline.state.quarantine_actions import QuarantineActions
 from pipeline.state.users import UserSettings
@@ -35,8 +38,9 @@ from tests.pipeline.state.test_quarantine_state import Recorder
 
 LENA, MAX, ADMIN = "lena.mueller@school.test", "max.mustermann@school.test", "it.admin@school.test"
 PASSWORDS = {"lena.mueller": "Lena2026!", "max.mustermann": "Max2026!", "it.admin": "Admin2026!"}
+# The site's language is English here, so the page tests read English; test_language.py tests both.
 SETTINGS = Settings(topology=TopologySettings(stages=["virus", "attachment", "spam", "route"]),
-                    kafka=KafkaSettings(request_timeout_ms=200))
+                    kafka=KafkaSettings(request_timeout_ms=200), users=UsersSettings(language="en"))
 KEY = b"k" * 32
 SPAM_RAW = (b"From: Prize Office <winner@example.org>\r\nTo: lena.mueller@school.test\r\n"
             b"Subject: EARN MONEY <b>now</b>\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\n"
@@ -123,10 +127,12 @@ class Harness:
         return [[topic for topic, _, _ in t] for t in self.recorder.committed]
 
 
-def make_harness(tmp_path, web: WebSettings | None = None, clock=time.time) -> tuple[Harness, list]:
+def make_harness(tmp_path, web: WebSettings | None = None, clock=time.time, language: str = "en"
+                 ) -> tuple[Harness, list]:
+    """`language`: the site's `[users] language` (what a user who set none gets)."""
     blobs = FileBlobStore(tmp_path / "blobs")
     view = QuarantineView(SETTINGS, "test", transport=MemoryTransport(MemoryLog(["quarantine"])))
-    users = UserSettings(MemoryTransport(MemoryLog(["users"])), SETTINGS.users)
+    users = UserSettings(MemoryTransport(MemoryLog(["users"])), dataclasses.replace(SETTINGS.users, language=language))
     recorder = Recorder()
     learned: list = []
 
@@ -144,12 +150,21 @@ def make_harness(tmp_path, web: WebSettings | None = None, clock=time.time) -> t
     return Harness(portal, client, recorder, blobs, accounts, learned), [view, users, client]
 
 
+@contextlib.asynccontextmanager
+async def running_portal(tmp_path, **harness) -> AsyncIterator[Harness]:
+    """A started harness (`make_harness`'s arguments), closed after."""
+    h, closing = make_harness(tmp_path, **harness)
+    await h.portal.view.start(1)
+    await h.portal.users.start(1)
+    try:
+        yield h
+    finally:
+        await closing[2].aclose()
+        await closing[1].close()
+        await closing[0].close()
+
+
 @pytest.fixture
 async def portal(tmp_path):
-    harness, closing = make_harness(tmp_path)
-    await harness.portal.view.start(1)
-    await harness.portal.users.start(1)
-    yield harness
-    await closing[2].aclose()
-    await closing[1].close()
-    await closing[0].close()
+    async with running_portal(tmp_path) as harness:
+        yield harness
