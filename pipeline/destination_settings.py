@@ -11,6 +11,12 @@ a destination is a config section, no code:
     port = 24
     mail_hosts = ["store2.school.test"]   # the directory's mailHost values it serves
 
+Direct delivery to the recipient domains' MX hosts is the kind ``mx`` (no host; `port`, `tls` and
+its own keys `ipv6`, `max_addresses`, `connections_per_domain` say how):
+
+    [destinations.mx]
+    kind = "mx"
+
 The two destinations of every site exist without a section: ``lmtp`` (the local mailbox server,
 from `[sinks.lmtp]`) and ``smarthost`` (the next hop for everything else, from `[sinks.smarthost]`).
 A `[destinations.lmtp]` or `[destinations.smarthost]` section replaces that default entirely.
@@ -26,13 +32,19 @@ from typing import Any
 
 from pipeline.settings_base import ConfigError
 
-__all__ = ["DestinationSettings", "DESTINATION_KINDS", "DEFAULT_DESTINATIONS", "check_destination_name",
-           "default_destination"]
+__all__ = ["DestinationSettings", "DESTINATION_KINDS", "SIGNING_KINDS", "DEFAULT_DESTINATIONS", "MX_TLS_MODES",
+           "check_destination_name", "default_destination"]
 
-# lmtp: LMTP (RFC 2033) to a mailbox server; smtp: SMTP to one fixed next hop (smarthost, Exchange, list host)
-DESTINATION_KINDS = ("lmtp", "smtp")
+# lmtp: LMTP (RFC 2033) to a mailbox server; smtp: SMTP to one fixed next hop (smarthost, Exchange, list host);
+# mx: SMTP straight to each recipient domain's MX hosts (consumers/sinks/mx.py)
+DESTINATION_KINDS = ("lmtp", "smtp", "mx")
+# the kinds whose mail leaves the site: DKIM-signed as it goes ([dkim])
+SIGNING_KINDS = ("smtp", "mx")
 DEFAULT_DESTINATIONS = ("lmtp", "smarthost")
 _TLS_MODES = ("", "none", "opportunistic", "required", "implicit")
+# kind mx: none: plain SMTP; opportunistic: STARTTLS when offered, any certificate (RFC 7435);
+# verify: STARTTLS required and the certificate must name the MX host (else the delivery is deferred)
+MX_TLS_MODES = ("", "none", "opportunistic", "verify")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 RESERVED_NAMES = ("analytics",)  # sink names that are not destinations
 
@@ -47,12 +59,15 @@ def check_destination_name(name: str) -> None:
 @dataclass(frozen=True, slots=True)
 class DestinationSettings:
     """One next hop. The SMTP keys (tls, verify, ca_file, username, password_file) mean what they
-    mean in `[sinks.smarthost]`; an `lmtp` destination speaks plain LMTP unless `tls` says otherwise."""
+    mean in `[sinks.smarthost]`; an `lmtp` destination speaks plain LMTP unless `tls` says otherwise.
+    An `mx` destination has no host: it finds each recipient domain's MX hosts; `port` is theirs (25;
+    only a test stack sets another), `tls` one of MX_TLS_MODES, and the last keys below are its own."""
 
     kind: str = "smtp"  # one of DESTINATION_KINDS
     host: str = "127.0.0.1"
     port: int = 25
-    tls: str = ""  # none | opportunistic | required | implicit; "": none for lmtp, opportunistic for smtp
+    tls: str = ""  # none | opportunistic | required | implicit (mx: none | opportunistic | verify);
+    # "": none for lmtp, opportunistic for smtp and mx
     verify: bool = True
     ca_file: str = ""
     username: str = ""
@@ -63,20 +78,27 @@ class DestinationSettings:
     # the directory's mailHost values this destination serves (inetLocalMailRecipient routing)
     mail_hosts: list[str] = field(default_factory=list)
     description: str = ""  # shown by `poststelle status` and in the component list
+    # kind mx only: also try AAAA addresses (after the A addresses of the same host)
+    ipv6: bool = True
+    max_addresses: int = 5  # kind mx: addresses tried per domain and attempt (Postfix: smtp_mx_address_limit)
+    connections_per_domain: int = 10  # kind mx: concurrent connections to one recipient domain
 
     def check(self, name: str) -> None:
         """Refuse what cannot work, naming the key (`destinations.<name>.<key>`)."""
         key = f"destinations.{name}"
         if self.kind not in DESTINATION_KINDS:
             raise ConfigError(f"{key}.kind: expected one of {', '.join(DESTINATION_KINDS)}, got {self.kind!r}")
-        if self.tls not in _TLS_MODES:
-            raise ConfigError(f"{key}.tls: expected one of {', '.join(_TLS_MODES[1:])}, got {self.tls!r}")
+        modes = MX_TLS_MODES if self.kind == "mx" else _TLS_MODES
+        if self.tls not in modes:
+            raise ConfigError(f"{key}.tls: expected one of {', '.join(modes[1:])}, got {self.tls!r}")
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"{key}.port: expected 1..65535, got {self.port}")
         if self.inflight < 1 or self.timeout <= 0:
             raise ConfigError(f"{key}: inflight must be at least 1 and timeout above 0")
         if self.username and not self.password_file:
             raise ConfigError(f"{key}.password_file: required when {key}.username is set")
+        if self.max_addresses < 1 or self.connections_per_domain < 1:
+            raise ConfigError(f"{key}.max_addresses and {key}.connections_per_domain: expected at least 1")
 
 
 def default_destination(settings: Any, name: str) -> DestinationSettings:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.destination_settings import DEFAULT_DESTINATIONS, DestinationSettings, default_destination
+from pipeline.outbound_settings import DkimSettings
 from pipeline.srs_settings import SrsSettings
 from pipeline.quarantine_settings import DigestSettings, QuarantineSettings, WebSettings
 from pipeline.settings_base import ConfigError, parse_duration
@@ -372,6 +373,9 @@ class LocalStackSettings:
     dovecot: bool = True
     dovecot_users: str = "deploy/local/dovecot/users"
     smarthost: bool = True  # Postfix's smtp-sink as the smarthost, on sinks.smarthost host:port
+    # test MX hosts: smtp-sink on each of these addresses, on the port of the destinations of kind mx
+    # (the test zone's MX hosts)
+    mx_hosts: list[str] = field(default_factory=list)
     # lmtp destinations the local Dovecot serves on their own port (a second mailbox store)
     dovecot_destinations: list[str] = field(default_factory=list)
     # smtp destinations played by an smtp-sink of their own (a list host, a department's server)
@@ -393,6 +397,7 @@ class Settings:
     runner: RunnerSettings = field(default_factory=RunnerSettings)
     sinks: SinkSettings = field(default_factory=SinkSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
     ldap: LdapSettings = field(default_factory=LdapSettings)
     users: UsersSettings = field(default_factory=UsersSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)

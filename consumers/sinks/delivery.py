@@ -6,7 +6,9 @@ Per batch of up to `inflight` routed events, deliveries run concurrently through
 soon as the next hop answered (write-ahead); the delivery events and the consumer offsets are
 committed in one transaction at the end of the batch. Recipients whose ledger state is final are
 not delivered again: their recorded event is re-emitted (same id, so analytics counts it once).
-The LMTP and smarthost sinks are this class with different transports.
+The LMTP, smarthost and MX sinks are this class with different transports. The sinks whose mail
+leaves the site (smarthost, MX) also get a `DkimSigner`: it signs the rendered message, so the
+signature covers exactly the bytes that are sent.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pipeline.blobstore import BlobNotFound, BlobStore
 from pipeline.bus import Topics
 from pipeline.deadletter import deadletter_event
 from pipeline.exactly_once import ExactlyOnceLoop
+from pipeline.mail.dkim_sign import DkimSigner
 from pipeline.mail.render import PartNotFound, envelope_sender_of, render
 from pipeline.settings import Settings
 from pipeline.state.ledger import Ledger
@@ -66,8 +69,9 @@ class DeliverySink:
     """Consume routed events for one destination and deliver them through a transport."""
 
     def __init__(self, settings: Settings, destination: str, transport: DeliveryTransport,
-                 blobs: BlobStore, inflight: int, instance: str = "0") -> None:
+                 blobs: BlobStore, inflight: int, instance: str = "0", signer: DkimSigner | None = None) -> None:
         self.settings = settings
+        self.signer = signer
         self.destination = destination
         self.transport = transport
         self.blobs = blobs
@@ -112,8 +116,11 @@ class DeliverySink:
             log.error("message %s: blob %s missing", routed.message_id, routed.message.blob.sha256)
             return dict.fromkeys(recipients, MISSING_BLOB)
         envelope = routed.message.envelope
-        delivery = Delivery(mail_from=envelope_sender_of(routed), recipients=recipients,
-                            data=render(raw, routed.edits), smtputf8=envelope.smtputf8,
+        mail_from = envelope_sender_of(routed)
+        data = render(raw, routed.edits)
+        if self.signer:  # after every edit: the signature covers what leaves
+            data = self.signer.sign(data, mail_from)
+        delivery = Delivery(mail_from=mail_from, recipients=recipients, data=data, smtputf8=envelope.smtputf8,
                             body_8bit=envelope.body == "8BITMIME")
         try:
             return await self.transport.deliver(delivery)

@@ -10,7 +10,11 @@ password or CA file is a `ConfigError` naming the key, not a deferred delivery l
 - ``lmtp``: LMTP (RFC 2033) to a mailbox server; per-recipient replies after DATA, so a full mailbox
   defers only its own recipient;
 - ``smtp``: SMTP to one fixed next hop (the smarthost, an Exchange server, a list host), with TLS
-  (`tls`: none, opportunistic, required, implicit), certificate checks and AUTH as configured.
+  (`tls`: none, opportunistic, required, implicit), certificate checks and AUTH as configured;
+- ``mx``: SMTP straight to each recipient domain's MX hosts, found in the DNS (`consumers.sinks.mx`).
+
+Mail to a destination of kind smtp or mx leaves the site: those sinks DKIM-sign it (`[dkim]`,
+`pipeline.mail.dkim_sign`) after every edit; an LMTP destination never signs.
 
 A new kind is one entry in `TRANSPORTS` and its name in `pipeline.destination_settings.DESTINATION_KINDS`.
 """
@@ -22,12 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from consumers.sinks.delivery import DeliverySink
+from consumers.sinks.mx import MxTransport
 from consumers.sinks.transport import DeliveryTransport, SmtpClientTransport, client_ssl_context
 from pipeline.blobstore import FileBlobStore
+from pipeline.clients.dns import Resolver
+from pipeline.destination_settings import SIGNING_KINDS, DestinationSettings
+from pipeline.mail.dkim_sign import DkimSigner
 from pipeline.settings import REPO_ROOT, ConfigError, Settings
 
-__all__ = ["run_destination_sink", "destination_transport", "smtp_transport", "lmtp_transport", "read_password",
-           "TRANSPORTS"]
+__all__ = ["run_destination_sink", "destination_transport", "destination_signer", "smtp_transport", "lmtp_transport",
+           "mx_transport", "read_password", "TRANSPORTS"]
 
 
 def _config_path(text: str) -> Path:
@@ -71,23 +79,39 @@ def lmtp_transport(s: Any, key: str) -> SmtpClientTransport:
     return _client(s, key, lmtp=True)
 
 
-# kind -> the function building its transport from (destination settings, config key for messages)
-TRANSPORTS: dict[str, Callable[[Any, str], DeliveryTransport]] = {
-    "lmtp": lmtp_transport,
-    "smtp": smtp_transport,
+def mx_transport(s: DestinationSettings, key: str, settings: Settings) -> MxTransport:
+    """SMTP to each recipient domain's MX hosts, looked up with the resolver of `[dns]`."""
+    return MxTransport(Resolver.from_settings(settings.dns), s, key=key)
+
+
+# kind -> the function building its transport from (destination settings, config key for messages,
+# the whole settings: what a kind needs besides its section, such as [dns] for mx)
+TRANSPORTS: dict[str, Callable[[Any, str, Settings], DeliveryTransport]] = {
+    "lmtp": lambda s, key, _settings: lmtp_transport(s, key),
+    "smtp": lambda s, key, _settings: smtp_transport(s, key),
+    "mx": mx_transport,
 }
 
 
 def destination_transport(settings: Settings, name: str) -> DeliveryTransport:
     """The transport of the destination `name`, built and checked (ConfigError names the key)."""
     d = settings.destination(name)
-    return TRANSPORTS[d.kind](d, f"destinations.{name}")
+    return TRANSPORTS[d.kind](d, f"destinations.{name}", settings)
+
+
+def destination_signer(settings: Settings, name: str) -> DkimSigner | None:
+    """The DKIM signer of `[dkim]` for a destination whose mail leaves the site (kind smtp or mx),
+    every key read and tried (ConfigError names the domain); None for the others (LMTP)."""
+    if settings.destination(name).kind not in SIGNING_KINDS:
+        return None
+    return DkimSigner.from_settings(settings.dkim)
 
 
 async def run_destination_sink(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None,
                                instance: str = "0", *, destination: str) -> DeliverySink:
     d = settings.destination(destination)
     sink = DeliverySink(settings, destination, destination_transport(settings, destination),
-                        FileBlobStore(settings.home / "blobs"), inflight=d.inflight, instance=instance)
+                        FileBlobStore(settings.home / "blobs"), inflight=d.inflight, instance=instance,
+                        signer=destination_signer(settings, destination))
     await sink.run(stop, on_ready)
     return sink

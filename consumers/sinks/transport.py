@@ -30,6 +30,7 @@ __all__ = [
     "client_ssl_context",
     "parse_extensions",
     "parse_reply_text",
+    "tls_handshake_failed",
 ]
 
 # none: plain; opportunistic: STARTTLS when offered; required: STARTTLS or defer; implicit: TLS first
@@ -90,6 +91,15 @@ def client_ssl_context(verify: bool, ca_file: str = "") -> ssl.SSLContext:
 
 def _defer(why: str) -> Reply:
     return Reply(code=454, enhanced="4.7.0", text=why)
+
+
+_HANDSHAKE_FAILED = "TLS handshake with "
+
+
+def tls_handshake_failed(replies: dict[str, Reply]) -> bool:
+    """Whether these replies are the transport's own for a failed TLS handshake (nothing was sent)."""
+    return bool(replies) and all(r.code == 454 and r.enhanced == "4.7.0" and r.text.startswith(_HANDSHAKE_FAILED)
+                                 for r in replies.values())
 
 
 def _said(reply: Reply) -> str:
@@ -169,17 +179,20 @@ class SmtpClientTransport:
     """LMTP (`lmtp=True`) or SMTP delivery to one server, one connection per delivery.
 
     `tls` is one of `TLS_MODES`; `ssl_context` defaults to a verifying one (`client_ssl_context`),
-    checked against `host`. With `username`, AUTH follows EHLO, and only over TLS unless tls="none".
+    checked against `server_name` (default: `host`; the MX sink connects to an address and checks the
+    MX host's name). `peer` names the next hop in the replies it makes up ("smarthost", "MX host").
+    With `username`, AUTH follows EHLO, and only over TLS unless tls="none".
     """
 
     def __init__(self, host: str, port: int, *, lmtp: bool, helo_name: str, timeout: float = 60.0,
                  tls: str = "none", ssl_context: ssl.SSLContext | None = None, username: str = "",
-                 password: str = "") -> None:
+                 password: str = "", server_name: str = "", peer: str = "smarthost") -> None:
         if tls not in TLS_MODES:
             raise ValueError(f"tls: expected one of {', '.join(TLS_MODES)}, got {tls!r}")
         self.host, self.port, self.lmtp = host, port, lmtp
         self.helo_name, self.timeout = helo_name, timeout
         self.tls, self.username, self.password = tls, username, password
+        self.server_name, self.peer = server_name or host, peer
         self.ssl_context = ssl_context if ssl_context is not None or tls == "none" else client_ssl_context(True)
 
     def __repr__(self) -> str:  # never show the password
@@ -189,7 +202,7 @@ class SmtpClientTransport:
         try:
             session = await self._connect()
         except ssl.SSLError as exc:  # implicit TLS: the handshake is part of connecting
-            return dict.fromkeys(delivery.recipients, _defer(f"TLS handshake with smarthost failed: {exc}"))
+            return dict.fromkeys(delivery.recipients, _defer(f"{_HANDSHAKE_FAILED}{self.peer} failed: {exc}"))
         try:
             return await self._transaction(session, delivery)
         except _Refused as refused:
@@ -201,7 +214,8 @@ class SmtpClientTransport:
 
     async def _connect(self) -> _Session:
         context = self.ssl_context if self.tls == "implicit" else None
-        tls_args = dict(ssl=context, server_hostname=self.host, ssl_handshake_timeout=self.timeout) if context else {}
+        tls_args = dict(ssl=context, server_hostname=self.server_name,
+                        ssl_handshake_timeout=self.timeout) if context else {}
         reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port, **tls_args),
                                                 self.timeout)
         return _Session(reader, writer, self.timeout, encrypted=context is not None)
@@ -232,37 +246,37 @@ class SmtpClientTransport:
         """STARTTLS and a new EHLO (RFC 3207 4.2); opportunistic mode goes on in clear when not offered."""
         if "STARTTLS" not in extensions:
             if self.tls == "required":
-                raise _Refused(_defer("TLS not available at smarthost"))
+                raise _Refused(_defer(f"TLS not available at {self.peer}"))
             return extensions
         reply = await s.command("STARTTLS")
         if reply.code != 220:
             if self.tls == "required":
-                raise _Refused(_defer(f"TLS not available at smarthost: STARTTLS answered {_said(reply)}"))
+                raise _Refused(_defer(f"TLS not available at {self.peer}: STARTTLS answered {_said(reply)}"))
             return extensions
         if s.unread():  # plaintext injected ahead of the handshake (the CVE-2011-0411 attack)
-            raise _Refused(_defer("smarthost sent data ahead of the TLS handshake"), quit=False)
+            raise _Refused(_defer(f"{self.peer} sent data ahead of the TLS handshake"), quit=False)
         assert self.ssl_context is not None
         try:
-            await s.start_tls(self.ssl_context, self.host)
+            await s.start_tls(self.ssl_context, self.server_name)
         except ssl.SSLError as exc:
-            raise _Refused(_defer(f"TLS handshake with smarthost failed: {exc}"), quit=False) from None
+            raise _Refused(_defer(f"{_HANDSHAKE_FAILED}{self.peer} failed: {exc}"), quit=False) from None
         return await self._hello(s)
 
     async def _authenticate(self, s: _Session, extensions: dict[str, str]) -> None:
         if not s.encrypted and self.tls != "none":
-            raise _Refused(_defer("smarthost offers no TLS; credentials are not sent in clear"))
+            raise _Refused(_defer(f"{self.peer} offers no TLS; credentials are not sent in clear"))
         mechanisms = extensions.get("AUTH", "").upper().split()
         if "PLAIN" in mechanisms:
             reply = await s.command(f"AUTH PLAIN {_b64(chr(0) + self.username + chr(0) + self.password)}")
         elif "LOGIN" in mechanisms:
             reply = await self._auth_login(s)
         elif "AUTH" in extensions:
-            raise _Refused(_defer(f"smarthost offers no AUTH mechanism we use (PLAIN, LOGIN): "
+            raise _Refused(_defer(f"{self.peer} offers no AUTH mechanism we use (PLAIN, LOGIN): "
                                   f"{' '.join(mechanisms)}"))
         else:
-            raise _Refused(_defer("smarthost does not offer AUTH"))
+            raise _Refused(_defer(f"{self.peer} does not offer AUTH"))
         if reply.code != 235:
-            raise _Refused(_defer(f"AUTH at smarthost failed: {_said(reply)}"))
+            raise _Refused(_defer(f"AUTH at {self.peer} failed: {_said(reply)}"))
 
     async def _auth_login(self, s: _Session) -> Reply:
         reply = await s.command("AUTH LOGIN")

@@ -57,6 +57,10 @@ def local_services(settings: Settings) -> list[ServiceSpec]:
         from pipeline.localstack.smarthost import destination_sink_service
 
         specs.append(destination_sink_service(settings, name))
+    if settings.local.mx_hosts:
+        from pipeline.localstack.smarthost import mx_host_services
+
+        specs.extend(mx_host_services(settings))
     if settings.local.slapd:
         from pipeline.localstack.slapd import LDIF, slapd_service
 

@@ -36,9 +36,10 @@ from pathlib import Path
 
 from pipeline.localstack import ServiceSpec
 from pipeline.localstack.dovecot import _require_access
-from pipeline.settings import Settings
+from pipeline.settings import ConfigError, Settings
 
-__all__ = ["smarthost_service", "smarthost_dump_dir", "destination_sink_service", "destination_dump_dir", "smtp_sink_argv", "prepare_dump_dir", "sink_user"]
+__all__ = ["smarthost_service", "smarthost_dump_dir", "destination_sink_service", "destination_dump_dir",
+           "smtp_sink_argv", "prepare_dump_dir", "sink_user", "mx_host_services", "mx_host_dump_dir"]
 
 HOSTNAME = "smarthost.test"  # in smtp-sink's greeting and EHLO reply
 _BACKLOG = "64"
@@ -93,6 +94,25 @@ def smarthost_service(settings: Settings) -> ServiceSpec:
     dump_dir = prepare_dump_dir(smarthost_dump_dir(settings.home))
     return ServiceSpec(name="smarthost", argv=smtp_sink_argv(s.host, s.port, dump_dir),
                        ready_port=(s.host, s.port), stop_timeout=3.0)
+
+
+def mx_host_dump_dir(home: Path, address: str) -> Path:
+    """Where the test MX host on `address` keeps what it received: <home>/mx/<address>/."""
+    return Path(os.path.abspath(home)) / "mx" / address
+
+
+def mx_host_services(settings: Settings) -> list[ServiceSpec]:
+    """smtp-sink on each `local.mx_hosts` address, on the port of the destinations of kind mx: the test
+    MX hosts the test zone's MX and A records point at (deploy/local/dns/test.zone), so an mx
+    destination has somewhere to deliver. Without an mx destination there is nothing to start."""
+    ports = sorted({d.port for d in map(settings.destination, settings.destination_names) if d.kind == "mx"})
+    if len(ports) > 1:
+        raise ConfigError(f"local.mx_hosts: the destinations of kind mx use different ports {ports}; "
+                          "the test MX hosts listen on one")
+    return [ServiceSpec(name=f"mx-{address}", argv=smtp_sink_argv(address, port, prepare_dump_dir(
+                            mx_host_dump_dir(settings.home, address))),
+                        ready_port=(address, port), stop_timeout=3.0)
+            for port in ports for address in settings.local.mx_hosts]
 
 
 def destination_dump_dir(home: Path, destination: str) -> Path:

@@ -47,7 +47,7 @@ PROBE_TIMEOUT = 3.0  # seconds a record may take in the probe stage (X-Probe-Sle
 
 
 def stack_env(home: Path, base: int) -> dict[str, str]:
-    """Settings for a test stack on ports base..base+13, apart from the developer stack's.
+    """Settings for a test stack on ports base..base+14, apart from the developer stack's.
 
     The stack runs the local config's stages plus the test stage `probe` (loaded as a site's own
     stage module would be), which acts only on messages with X-Probe-* header fields."""
@@ -76,6 +76,7 @@ def stack_env(home: Path, base: int) -> dict[str, str]:
         "POSTSTELLE_WEB__PORT": str(base + 11),  # the quarantine portal
         "POSTSTELLE_DESTINATIONS__STORE2__PORT": str(base + 12),  # the second LMTP store (the same Dovecot)
         "POSTSTELLE_DESTINATIONS__PHYSIK__PORT": str(base + 13),  # the physics department's smtp-sink
+        "POSTSTELLE_DESTINATIONS__MX__PORT": str(base + 14),  # the test MX hosts (local.mx_hosts), mx's port
         "POSTSTELLE_DELIVERY__RETRY_SCHEDULE": "1s,2s",  # the test-only short schedule
         "POSTSTELLE_DELIVERY__LIFETIME": "20s",
         "POSTSTELLE_CHECKS__GREYLIST__DELAY": "2s",  # the test-only greylisting delay

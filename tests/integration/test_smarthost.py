@@ -2,8 +2,9 @@
 
 The event is put on `poststelle.routed.smarthost` as the route stage would (relaying from the ingress
 needs authenticated submission, not built yet). What must hold: the smarthost gets the envelope and
-the rendered message byte for byte (edits applied, dot-stuffing undone), exactly once, and the sink
-commits a `delivered` event carrying the smarthost's reply.
+the rendered message byte for byte (edits applied, dot-stuffing undone), exactly once, under a
+DKIM signature of school.test that covers it (`[dkim]` of the local config) and verifies against the
+key NSD publishes, and the sink commits a `delivered` event carrying the smarthost's reply.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pipeline.localstack.smarthost import smarthost_dump_dir
 from schemas.events import Client, Edit, Envelope, HeaderSummary, Received, Routed, encode_event
 from schemas.ids import new_id
 from tests.integration.conftest import new_test_id
+from tests.integration.test_outbound import _verifies
 
 SENDER, RECIPIENT = "lena.mueller@school.test", "someone@ext.test"
 
@@ -89,6 +91,8 @@ def test_routed_message_reaches_the_smarthost_and_is_recorded_delivered(stack):
     assert f"X-Mail-Args: <{SENDER}>\n" in head
     assert head.count("X-Rcpt-Args:") == 1 and f"X-Rcpt-Args: <{RECIPIENT}>\n" in head
     assert "X-Client-Proto: ESMTP\n" in head  # SMTP, not LMTP
+    signed = dump[dump.index(b"DKIM-Signature:"):].replace(b"\n", b"\r\n")  # signed after the spam edit
+    assert signed.index(b"X-Spam-Status: No") > 0 and _verifies(stack, signed)
 
     events = asyncio.run(_delivery_events(stack.bootstrap, routed.message_id, timeout=60))
     delivered = [e for e in events if e["type"] == "delivered"]

@@ -5,12 +5,15 @@ sink fails before it delivers), so no broker is needed.
 """
 from __future__ import annotations
 
+import dkim
 from aiokafka.structs import ConsumerRecord
 
 from consumers.sinks.delivery import DeliverySink
 from consumers.sinks.transport import Delivery
 from pipeline.blobstore import FileBlobStore
 from pipeline.deadletter import original_value
+from pipeline.mail.dkim_sign import DkimSigner
+from pipeline.outbound_settings import DkimKey, DkimSettings
 from pipeline.settings import PathSettings, Settings
 from schemas.events import (
     Client,
@@ -76,3 +79,25 @@ async def test_an_undecodable_record_is_dead_lettered(tmp_path):
     assert dead.reason == "undecodable" and dead.payload_encoding == "base64"
     assert original_value(dead, blobs) == b"\xff\xfe garbage"
     assert transport.deliveries == []
+
+
+async def test_a_signing_sink_signs_the_message_as_it_leaves_after_every_edit(tmp_path, resolver):
+    """The signature covers the rendered message (the spam stage's header included) and verifies against
+    the key NSD publishes; the outbound sinks (smarthost, mx) are built with this signer."""
+    blobs = FileBlobStore(tmp_path / "blobs")
+    transport = RecordingTransport()
+    signer = DkimSigner.from_settings(DkimSettings(keys=[DkimKey(
+        domain="school.test", selector="s2026", key_file="deploy/local/dns/keys/school.test.s2026.private")]))
+    sink = DeliverySink(Settings(paths=PathSettings(home=str(tmp_path))), "smarthost", transport, blobs, inflight=4,
+                        signer=signer)
+    raw = b"From: Anna <anna.schmidt@school.test>\r\nTo: x@outside.test\r\nSubject: hi\r\n\r\nHallo.\r\n"
+    message = Received(message_id=new_id(), envelope=Envelope(mail_from="anna.schmidt@school.test",
+                                                              rcpt_to=["x@outside.test"]),
+                       client=Client(ip="127.0.0.1", port=1), blob=blobs.put(raw))
+    routed = Routed(message_id=message.message_id, destination="smarthost", recipients=["x@outside.test"],
+                    message=message, edits=[Edit(stage="spam", kind="add_header", name="X-Spam-Status", value="No")])
+    assert (await sink._send(routed, ["x@outside.test"]))["x@outside.test"].code == 250
+    (sent,) = transport.deliveries
+    assert sent.data.startswith(b"DKIM-Signature:") and b"X-Spam-Status: No\r\n" in sent.data
+    record = await resolver.txt("s2026._domainkey.school.test")
+    assert dkim.verify(sent.data, dnsfunc=lambda name, timeout=5: record.records[0].encode())

@@ -18,7 +18,13 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from consumers.sinks.destination import read_password, smtp_transport
-from consumers.sinks.transport import Delivery, SmtpClientTransport, client_ssl_context, parse_extensions
+from consumers.sinks.transport import (
+    Delivery,
+    SmtpClientTransport,
+    client_ssl_context,
+    parse_extensions,
+    tls_handshake_failed,
+)
 from pipeline.settings import ConfigError, SmarthostSinkSettings
 from schemas.events import Reply
 
@@ -169,6 +175,7 @@ async def test_required_tls_without_starttls_defers_every_recipient(smtp_server)
     recorder, port = smtp_server()
     replies = await _deliver(_client(port, tls="required"))
     _assert_deferred(replies, "TLS not available at smarthost")
+    assert not tls_handshake_failed(replies)
     assert recorder.messages == []
 
 
@@ -190,6 +197,7 @@ async def test_verify_rejects_a_self_signed_certificate_without_ca_file(smtp_ser
     replies = await _deliver(_client(port, tls="opportunistic", verify=True))
     _assert_deferred(replies, "TLS handshake with smarthost failed", "CERTIFICATE_VERIFY_FAILED")
     assert recorder.messages == []
+    assert tls_handshake_failed(replies)  # what the MX sink's plain-text retry looks for
 
 
 async def test_verify_with_the_ca_file_delivers(smtp_server, certs):
