@@ -149,8 +149,8 @@ COPY_WINDOW = 60.0  # seconds: a release writes its copy and its action in one t
 def _released_copies(events: list[Event]) -> dict[str, QuarantineAction]:
     """The `stage_result` each release wrote to send its copy on (event id → the release action).
 
-    The copy is made just before its action (so its id sorts first); it is shown after it, as what
-    the release did, not as the holding stage deciding again."""
+    The copy is made just before its action (so its id and time may sort first); it is shown after it,
+    at the action's time, as what the release did, not as the holding stage deciding again."""
     copies: dict[str, QuarantineAction] = {}
     for action in events:
         if not isinstance(action, QuarantineAction) or action.action not in RELEASE_ACTIONS:
@@ -202,8 +202,8 @@ def build_timeline(message_id: str, pool: Iterable[Event]) -> Timeline:
     steps = []
     for e in sorted(chosen.values(), key=order):
         words = _copy_words(e, copies_of[e.id]) if e.id in copies_of else describe(e)  # type: ignore[arg-type]
-        if words is not None:
-            steps.append(Step(e.time, words.component, words.summary, words.details, e.type,  # type: ignore[attr-defined]
+        if words is not None:  # a released copy goes on when its release commits: it shows the release's time
+            steps.append(Step(order(e)[0], words.component, words.summary, words.details, e.type,  # type: ignore[attr-defined]
                               e.message_id, e.id))
     return Timeline(message_id=message_id, steps=steps, copies=copies,
                     subject=first.headers.subject if first else "",

@@ -64,6 +64,9 @@ def test_the_steps_come_in_the_order_they_happened_from_the_greylisted_attempt_t
     assert summaries[9] == f"Released for {LENA} by cli:root@mx1"
     assert summaries[10] == f"The released copy for {LENA} goes on after the spam check"
     assert summaries[-1] == f"Delivered to {LENA} (250 2.0.0 Saved)"
+    times = [step.time for step in timeline.steps]
+    assert times == sorted(times)  # the copy shows its release's time, not its own earlier one
+    assert timeline.steps[10].time == timeline.steps[9].time
     assert (timeline.subject, timeline.sender, timeline.recipients) == ("EARN MONEY FROM HOME TODAY",
                                                                        "winner@ext.test", [LENA])
 

@@ -100,8 +100,8 @@ def scenario() -> Scenario:
                          envelope=Envelope(mail_from="x@ext.test", rcpt_to=[ANNA]), client=Client(ip=IP, port=3),
                          blob=BlobRef(sha256="cd" * 32, size=10))
     digest = DigestSent(message_id="digest-1", user=LENA, entries=["ffffffffffffffffffff", entry], time=at(30))
-    # the release: the copy is made first, then the action, in one transaction
-    copy = StageResult(message_id=MID, time=at(60), result=results[2], message=received, recipients=[LENA],
+    # the release: the copy is made first (a millisecond earlier), then the action, in one transaction
+    copy = StageResult(message_id=MID, time=at(59.999), result=results[2], message=received, recipients=[LENA],
                        history=results[:2])
     release = QuarantineAction(message_id=MID, time=at(60), entry=entry, recipient=LENA, action="release",
                                by="cli:root@mx1", released_as=MID, topic="poststelle.checked.spam")
