@@ -33,6 +33,7 @@ from pipeline.blobstore import FileBlobStore
 from pipeline.bus import PartitionBackoff, Topics, hold_partition
 from pipeline.deadletter import PoisonMessage, deadletter_event
 from pipeline.exactly_once import BATCH_FAILURES, ExactlyOnceLoop
+from pipeline.metrics import HopMetrics
 from pipeline.settings import Settings
 from schemas.events import Event, encode_event
 
@@ -60,6 +61,7 @@ class TransactionalHop:
     """Subclasses implement `handle`; `temporary_errors` are retried with backoff, never skipped."""
 
     temporary_errors: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError)
+    component_prefix = ""  # the component is `<prefix><name>` (the stage runner's: ``stage:``)
 
     def __init__(self, settings: Settings, name: str, input_topics: list[str], instance: str = "0",
                  timeout: float | None = None) -> None:
@@ -75,6 +77,7 @@ class TransactionalHop:
         self.blobs = FileBlobStore(settings.home / "blobs")  # for dead letters too large for an event
         self.deadlettered = 0
         self._lock = asyncio.Lock()
+        self.metrics = HopMetrics(f"{self.component_prefix}{name}", self.group_id, settings.metrics.lag_interval)
 
     async def handle(self, record: ConsumerRecord) -> list[Output]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -104,7 +107,8 @@ class TransactionalHop:
                 await self.before_batch()
                 await self._process_batch(loop.consumer, loop.producer, batch)
 
-            await loop.consume(stop, one_batch)
+            async with self.metrics.lag_of(lambda: loop.consumer):  # metrics: the group's lag
+                await loop.consume(stop, one_batch)
         finally:
             await self.close()
             await loop.close()
@@ -130,6 +134,11 @@ class TransactionalHop:
                 await producer.send_offsets_to_transaction(offsets, self.group_id)
 
     async def outputs_of(self, record: ConsumerRecord) -> list[Output]:
+        """`_outputs_of`, measured: its duration; processed (dead letters too), or retried."""
+        with self.metrics.handling():
+            return await self._outputs_of(record)
+
+    async def _outputs_of(self, record: ConsumerRecord) -> list[Output]:
         """`handle` within the timeout; a record it cannot handle becomes its dead letter.
 
         Raises only `Hold` and the temporary errors (the record is then tried again later).
@@ -156,6 +165,7 @@ class TransactionalHop:
     async def _deadletter(self, record: ConsumerRecord, reason: str, error: str) -> Output:
         """The record, whole, for the dead-letter topic (same key, so it sorts with its message)."""
         self.deadlettered += 1
+        self.metrics.deadlettered(reason)
         log.warning("%s: dead-lettering %s[%d]@%d: %s: %s", self.name, record.topic, record.partition,
                     record.offset, reason, error)
         try:

@@ -30,6 +30,7 @@ from aiokafka.structs import ConsumerRecord
 from pipeline.blobstore import FileBlobStore
 from pipeline.bus import Topics
 from pipeline.hop import Output, TransactionalHop
+from pipeline.metrics import VERDICTS
 from pipeline.recipients import Fanout, apply_outcome, copies
 from pipeline.registry import get_stage
 from pipeline.settings import Settings
@@ -63,6 +64,7 @@ class StageRunner(TransactionalHop):
     """Runs one stage: its input topic in, its results and terminal events out."""
 
     temporary_errors = TEMPORARY_ERRORS
+    component_prefix = "stage:"
 
     def __init__(self, settings: Settings, stage: Stage, instance: str = "0") -> None:
         self.topics = Topics.from_settings(settings)
@@ -175,6 +177,7 @@ class StageRunner(TransactionalHop):
             return []  # every recipient was routed by an earlier stage: nothing left to decide
         started = time.perf_counter()
         outcome = await self.stage.process(work)
+        VERDICTS.labels(self.stage.name, str(outcome.verdict)).inc()  # metrics
         outputs = self.outputs_for(work, outcome, (time.perf_counter() - started) * 1000)
         self.processed += 1
         return outputs

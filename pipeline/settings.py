@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.destination_settings import DEFAULT_DESTINATIONS, DestinationSettings, default_destination
+from pipeline.metrics_settings import MetricsSettings
 from pipeline.outbound_settings import DkimSettings
 from pipeline.srs_settings import SrsSettings
 from pipeline.quarantine_settings import DigestSettings, QuarantineSettings, WebSettings
@@ -47,6 +48,7 @@ __all__ = [
     "DnsSettings",
     "SmarthostSinkSettings",
     "DestinationSettings",
+    "MetricsSettings",
     "parse_duration",
 ]
 
@@ -408,6 +410,7 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     digest: DigestSettings = field(default_factory=DigestSettings)
     srs: SrsSettings = field(default_factory=SrsSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # [destinations.<name>]: the next hops, with the defaults lmtp and smarthost (see `destinations_from`)
     destinations: Mapping[str, DestinationSettings] = field(default_factory=dict)
     # [stages.<name>] sections, each validated against the stage's own settings dataclass
