@@ -1,0 +1,66 @@
+"""The metrics operators expect, on the real stack: every component's /metrics answers, a mail moves
+the ingress's and the stages' counters, and `poststelle status` shows each consumer group's lag."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pipeline.cli.components import consumer_groups, load_config, metrics_endpoints
+from tests.integration.conftest import make_message, new_test_id, send
+
+pytestmark = pytest.mark.integration
+MAX = "max.mustermann@school.test"
+
+
+def _settings(stack):
+    return load_config(stack.env["POSTSTELLE_CONFIG"], environ=stack.env)
+
+
+def _value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_up_lists_every_components_endpoint_and_each_one_answers(stack):
+    endpoints = metrics_endpoints(_settings(stack))
+    assert f"metrics: ingress {endpoints['ingress']}" in (stack.home / "up.log").read_text()
+    for component in endpoints:
+        samples = stack.scrape(component)
+        assert ("process_cpu_seconds_total", ()) in samples, f"{component}: not its process's metrics"
+
+
+def test_a_mail_moves_the_counters_of_the_ingress_and_of_the_stages(stack):
+    before_ingress, before_route = stack.scrape("ingress"), stack.scrape("stage:route")
+    test_id = new_test_id()
+    send(make_message(test_id, subject=f"metrics {test_id}"), [MAX], port=stack.smtp_port)
+    stack.wait_for(lambda: stack.test_ids(MAX)[test_id], what="the mail in max's mailbox")
+
+    ingress = stack.scrape("ingress")
+    assert _value(ingress, "poststelle_smtp_sessions_total") > _value(before_ingress, "poststelle_smtp_sessions_total")
+    assert _value(ingress, "poststelle_smtp_replies_total", code="250") > _value(
+        before_ingress, "poststelle_smtp_replies_total", code="250")
+    route = stack.scrape("stage:route")
+    processed = ("poststelle_records_processed_total", {"component": "stage:route"})
+    assert _value(route, processed[0], **processed[1]) > _value(before_route, processed[0], **processed[1])
+    assert _value(route, "poststelle_verdicts_total", stage="route", verdict="pass") > _value(
+        before_route, "poststelle_verdicts_total", stage="route", verdict="pass")
+    assert _value(route, "poststelle_handle_seconds_count", component="stage:route") > 0
+    lmtp = stack.scrape("sink:lmtp")
+    assert _value(lmtp, "poststelle_deliveries_total", destination="lmtp", result="delivered") > 0
+    # the lag gauge is read every few seconds; once read, the route stage has nothing left to do
+    prefix = _settings(stack).kafka.topic_prefix
+    stack.wait_for(lambda: (lags := [v for (name, labels), v in stack.scrape("stage:route").items()
+                                     if name == "poststelle_consumer_lag" and ("group", f"{prefix}.route") in labels])
+                   and sum(lags) == 0, timeout=30, what="the route stage's lag read as 0")
+
+
+def test_status_shows_each_consumer_groups_lag_next_to_its_state(stack):
+    done = stack.cli("status")
+    groups = consumer_groups(_settings(stack))
+    shown = {}
+    for line in done.stdout.splitlines():
+        found = re.match(r"^(\S+)\s+ready\s+pid=\d+ restarts=\d+ lag=(\d+) metrics=http://\S+/metrics$", line)
+        if found:
+            shown[found[1]] = int(found[2])
+    assert sorted(shown) == sorted(groups), done.stdout
+    assert "lag unknown" not in done.stderr
