@@ -22,10 +22,11 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
 
 from pipeline.metrics_settings import MetricsSettings
 
-__all__ = ["REGISTRY", "HopMetrics", "counter", "gauge", "serving_metrics", "exposition", "sample",
+__all__ = ["REGISTRY", "HopMetrics", "counter", "gauge", "read_at_scrape", "serving_metrics", "exposition", "sample",
            "metric_names", "VERDICTS", "DELIVERIES", "SMTP_SESSIONS", "SMTP_SESSIONS_ACTIVE", "SMTP_REPLIES",
            "LDAP_UP", "DNS_UP", "CONSUMER_LAG"]
 
@@ -46,6 +47,31 @@ def counter(name: str, documentation: str, labels: Sequence[str] = ()) -> Counte
 
 def gauge(name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
     return Gauge(name, documentation, list(labels), registry=REGISTRY)
+
+
+@contextlib.contextmanager
+def read_at_scrape(name: str, documentation: str, labels: Sequence[str],
+                   read: Callable[[], dict[tuple[str, ...], float]]) -> Iterator[None]:
+    """While the block runs, the gauge `name` is `read()` (label values → value) at each scrape: for
+    a size that is cheap to count but would be a chore to keep up to date (the quarantine's entries).
+    A scrape runs in the component's event loop, so `read` sees a consistent state."""
+
+    class _Collector:
+        def describe(self) -> list[GaugeMetricFamily]:
+            return [GaugeMetricFamily(name, documentation, labels=list(labels))]
+
+        def collect(self) -> list[GaugeMetricFamily]:
+            family = GaugeMetricFamily(name, documentation, labels=list(labels))
+            for values, value in sorted(read().items()):
+                family.add_metric(list(values), value)
+            return [family]
+
+    collector = _Collector()
+    REGISTRY.register(collector)
+    try:
+        yield
+    finally:
+        REGISTRY.unregister(collector)
 
 
 # -- records: hops (stages, retry, bounce, verdict) and sinks -------------------------------------

@@ -10,7 +10,15 @@ import pytest
 from aiokafka import TopicPartition
 
 from pipeline.cli.components import components, load_config, metrics_endpoints, metrics_port
-from pipeline.metrics import CONSUMER_LAG, HopMetrics, exposition, metric_names, sample, serving_metrics
+from pipeline.metrics import (
+    CONSUMER_LAG,
+    HopMetrics,
+    exposition,
+    metric_names,
+    read_at_scrape,
+    sample,
+    serving_metrics,
+)
 from pipeline.metrics_settings import MetricsSettings
 from pipeline.settings import ConfigError
 
@@ -132,3 +140,12 @@ def test_each_component_has_its_own_stable_port():
         MetricsSettings(instance_stride=5).port(5)
     with pytest.raises(ConfigError, match="base_port"):
         MetricsSettings(base_port=0)
+
+
+def test_a_gauge_read_at_scrape_shows_the_state_of_the_moment_and_goes_with_its_block():
+    state = {("held",): 2.0}
+    with read_at_scrape("poststelle_unit_entries", "entries", ["status"], lambda: dict(state)):
+        assert sample("poststelle_unit_entries", {"status": "held"}) == 2
+        state[("released",)] = 1.0
+        assert 'poststelle_unit_entries{status="released"} 1.0' in exposition()
+    assert "poststelle_unit_entries" not in exposition()
