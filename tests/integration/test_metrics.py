@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.cli.components import consumer_groups, load_config, metrics_endpoints
 from tests.integration.conftest import make_message, new_test_id, send
+from tests.virus_samples import mail_with_attachment
 
 pytestmark = pytest.mark.integration
 MAX = "max.mustermann@school.test"
@@ -64,3 +65,15 @@ def test_status_shows_each_consumer_groups_lag_next_to_its_state(stack):
             shown[found[1]] = int(found[2])
     assert sorted(shown) == sorted(groups), done.stdout
     assert "lag unknown" not in done.stderr
+
+
+def test_the_digest_service_counts_the_quarantine_entries(stack):
+    """A held attachment is a quarantine entry; the digest service's gauge counts it at the next scrape."""
+    def entries() -> float:
+        return sum(v for (name, _), v in stack.scrape("digest").items() if name == "poststelle_quarantine_entries")
+
+    before = entries()
+    test_id = new_test_id()
+    program = b"MZ\x90\x00\x03\x00\x00\x00 pretend this is a program " * 20
+    send(mail_with_attachment("invoice.exe", program, test_id=test_id, to=MAX), [MAX], port=stack.smtp_port)
+    stack.wait_for(lambda: entries() > before, timeout=60, what="one more quarantine entry on digest's /metrics")
