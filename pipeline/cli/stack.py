@@ -144,6 +144,7 @@ def _lags(settings: Settings) -> dict[str, int]:
     from pipeline.lag import group_lags
 
     groups = consumer_groups(settings)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a broker away is said once, below
     try:
         by_group = asyncio.run(group_lags(settings.kafka, {g: topics for g, topics in groups.values()}, timeout=3.0))
     except Exception as exc:  # the broker is away or slow: the states are still worth printing
