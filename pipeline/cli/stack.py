@@ -146,7 +146,7 @@ def _lags(settings: Settings) -> dict[str, int]:
     groups = consumer_groups(settings)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a broker away is said once, below
     try:
-        by_group = asyncio.run(group_lags(settings.kafka, {g: topics for g, topics in groups.values()}, timeout=3.0))
+        by_group = asyncio.run(group_lags(settings.kafka, {g: topics for g, topics in groups.values()}, timeout=5.0))
     except Exception as exc:  # the broker is away or slow: the states are still worth printing
         print(f"lag unknown: {type(exc).__name__}: {exc}", file=sys.stderr)
         return {}

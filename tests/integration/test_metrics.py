@@ -77,3 +77,21 @@ def test_the_digest_service_counts_the_quarantine_entries(stack):
     program = b"MZ\x90\x00\x03\x00\x00\x00 pretend this is a program " * 20
     send(mail_with_attachment("invoice.exe", program, test_id=test_id, to=MAX), [MAX], port=stack.smtp_port)
     stack.wait_for(lambda: entries() > before, timeout=60, what="one more quarantine entry on digest's /metrics")
+
+
+def _route_lag(stack) -> int | None:
+    found = re.search(r"^stage:route\s+\S+\s+pid=\S+ restarts=\d+ lag=(\d+)", stack.cli("status", check=False).stdout,
+                      re.M)
+    return int(found[1]) if found else None
+
+
+def test_a_held_stage_shows_the_mail_waiting_for_it_as_lag(stack):
+    stack.hold("stage:route")
+    try:
+        test_id = new_test_id()
+        send(make_message(test_id, subject=f"lag {test_id}"), [MAX], port=stack.smtp_port)  # 250 after the verdict wait
+        stack.wait_for(lambda: (_route_lag(stack) or 0) >= 1, timeout=30, what="route's lag of the waiting mail")
+    finally:
+        stack.release("stage:route")
+    stack.wait_for(lambda: stack.test_ids(MAX)[test_id], what="the mail delivered once route is back")
+    stack.wait_for(lambda: _route_lag(stack) == 0, timeout=30, what="route's lag back to 0")
