@@ -112,21 +112,19 @@ class HopMetrics:
         self._processed = RECORDS_PROCESSED.labels(component)
         self._retried = RECORDS_RETRIED.labels(component)
         self._latency = HANDLE_SECONDS.labels(component)
+        self._verdicts: dict[tuple[str, str], Counter] = {}
         self._lag_labels: set[tuple[str, str]] = set()
 
-    @contextlib.contextmanager
-    def handling(self) -> Iterator[None]:
-        """Around the handling of one record: its duration, and processed or (on an exception) retried."""
-        started = time.perf_counter()
-        try:
-            yield
-        except Exception:
-            self._retried.inc()
-            raise
-        else:
-            self._processed.inc()
-        finally:
-            self._latency.observe(time.perf_counter() - started)
+    def handling(self) -> _Handling:
+        """Around the handling of one record (``with``): its duration, and processed or (on an
+        exception) retried. A fresh object per record: records may be handled concurrently."""
+        return _Handling(self)
+
+    def verdict(self, stage: str, verdict: str) -> None:
+        child = self._verdicts.get((stage, verdict))
+        if child is None:  # the label lookup costs more than the increment: once per pair
+            child = self._verdicts[(stage, verdict)] = VERDICTS.labels(stage, verdict)
+        child.inc()
 
     def processed(self, records: int = 1) -> None:
         self._processed.inc(records)
@@ -180,6 +178,27 @@ class HopMetrics:
             with contextlib.suppress(KeyError):
                 CONSUMER_LAG.remove(self.group, *labels)
         self._lag_labels = keep
+
+
+class _Handling:
+    """`HopMetrics.handling`: a class, not a generator, since it runs for every record."""
+
+    __slots__ = ("metrics", "started")
+
+    def __init__(self, metrics: HopMetrics) -> None:
+        self.metrics = metrics
+        self.started = 0.0
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        m = self.metrics
+        m._latency.observe(time.perf_counter() - self.started)
+        if kind is None:
+            m._processed.inc()
+        elif issubclass(kind, Exception):  # not a cancellation: the record is tried again later
+            m._retried.inc()
 
 
 # -- serving ------------------------------------------------------------------------------------------

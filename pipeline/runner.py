@@ -30,7 +30,6 @@ from aiokafka.structs import ConsumerRecord
 from pipeline.blobstore import FileBlobStore
 from pipeline.bus import Topics
 from pipeline.hop import Output, TransactionalHop
-from pipeline.metrics import VERDICTS
 from pipeline.recipients import Fanout, apply_outcome, copies
 from pipeline.registry import get_stage
 from pipeline.settings import Settings
@@ -177,7 +176,7 @@ class StageRunner(TransactionalHop):
             return []  # every recipient was routed by an earlier stage: nothing left to decide
         started = time.perf_counter()
         outcome = await self.stage.process(work)
-        VERDICTS.labels(self.stage.name, str(outcome.verdict)).inc()  # metrics
+        self.metrics.verdict(self.stage.name, str(outcome.verdict))  # metrics
         outputs = self.outputs_for(work, outcome, (time.perf_counter() - started) * 1000)
         self.processed += 1
         return outputs

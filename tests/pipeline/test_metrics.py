@@ -39,6 +39,12 @@ def test_handling_counts_processed_or_retried_and_times_it():
     assert sample("poststelle_records_retried_total", {"component": "stage:unit-a"}) == 1
     assert sample("poststelle_records_deadlettered_total", {"component": "stage:unit-a", "reason": "undecodable"}) == 1
     assert sample("poststelle_handle_seconds_count", {"component": "stage:unit-a"}) == before + 2
+    metrics.verdict("unit-a", "pass")
+    metrics.verdict("unit-a", "pass")
+    assert sample("poststelle_verdicts_total", {"stage": "unit-a", "verdict": "pass"}) == 2
+    with pytest.raises(asyncio.CancelledError), metrics.handling():
+        raise asyncio.CancelledError  # a stopping hop: the record is neither handled nor retried
+    assert (_processed("stage:unit-a"), sample("poststelle_records_retried_total", {"component": "stage:unit-a"})) == (1, 1)
 
 
 class _Consumer:
