@@ -47,7 +47,8 @@ class KafkaEventSink:
         self.topics = Topics.from_settings(settings)
         self.transactional_id = f"{settings.kafka.topic_prefix}.ingress.{instance}"
         self.timeout = settings.ingress.persist_timeout
-        self._tx = TransactionalProducer(settings.kafka, self.transactional_id)
+        self._tx = TransactionalProducer(settings.kafka, self.transactional_id,
+                                         rotation=settings.kafka.transaction_rotation)
         self._plain = RenewingProducer(settings.kafka, "ingress-sessions")
         self._queue: list[tuple[Received, asyncio.Future]] = []
         self._flushing: asyncio.Task | None = None

@@ -40,7 +40,7 @@ __all__ = ["load_settings", "raw_config", "parse_section", "ENV_PREFIX"]
 ENV_PREFIX = "POSTSTELLE_"
 # environment variables with the prefix that are not config keys
 _ENV_NOT_KEYS = {"POSTSTELLE_HOME", "POSTSTELLE_CONFIG", "POSTSTELLE_INSTANCE", "POSTSTELLE_LOG_LEVEL",
-                 "POSTSTELLE_TEST_BASE", "POSTSTELLE_SCREENSHOTS"}
+                 "POSTSTELLE_TEST_BASE", "POSTSTELLE_SCREENSHOTS", "POSTSTELLE_EVENT_LOOP"}
 
 
 def _type_name(tp: Any) -> str:
@@ -287,6 +287,8 @@ def _check_consistency(settings: Settings) -> None:
             if name not in settings.destinations or settings.destinations[name].kind != kind:
                 raise ConfigError(f"local.{key}: {name!r} is not a destination of kind {kind}")
     k, r = settings.kafka, settings.runner
+    if not 1 <= k.transaction_rotation <= 8:
+        raise ConfigError(f"kafka.transaction_rotation: expected 1 to 8 producers, got {k.transaction_rotation}")
     if k.max_partition_fetch_bytes < k.max_request_size:
         raise ConfigError("kafka.max_partition_fetch_bytes: must be at least kafka.max_request_size "
                           f"({k.max_request_size}), or consumers cannot fetch what producers write")

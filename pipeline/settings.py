@@ -87,6 +87,9 @@ class KafkaSettings:
     # while the broker is unreachable, components try again after this pause, doubling up to the max
     reconnect_backoff_initial: float = 0.5
     reconnect_backoff_max: float = 2.0
+    # transactional producers a component takes turns with (ids <id>, <id>.r1, ...): a transaction
+    # right after another on the same id waits ~20 ms for the broker's markers (pipeline.producers)
+    transaction_rotation: int = 2
 
 
 @dataclass(frozen=True, slots=True)
