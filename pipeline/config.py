@@ -44,6 +44,8 @@ _ENV_NOT_KEYS = {"POSTSTELLE_HOME", "POSTSTELLE_CONFIG", "POSTSTELLE_INSTANCE", 
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is dict:
+        return f"a table (name = {_type_name(typing.get_args(tp)[1])})"
     if typing.get_origin(tp) is list:
         item = typing.get_args(tp)[0]
         plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(item, "values")
@@ -56,6 +58,11 @@ def _type_name(tp: Any) -> str:
 def _coerce(key: str, tp: Any, value: Any) -> Any:
     """Check `value` against the field type `tp`, converting only where lossless."""
     origin = typing.get_origin(tp)
+    if origin is dict:  # a table of plain values ({ingress = 2})
+        value_tp = typing.get_args(tp)[1]
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return {str(k): _coerce(f"{key}.{k}", value_tp, v) for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):

@@ -246,6 +246,9 @@ class SupervisorSettings:
     run_stages: bool = True
     # the sinks to run: destination names and "analytics"; not set: every destination and analytics
     sinks: list[str] = field(default_factory=lambda: ["lmtp", "smarthost", "analytics"])
+    # processes per component, e.g. {ingress = 2, "stage:spam" = 2}; not named: one. The ingress's
+    # processes share its ports (SO_REUSEPORT); a stage's or sink's share its consumer group
+    processes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
