@@ -60,6 +60,9 @@ class TransactionalHop:
     """Subclasses implement `handle`; `temporary_errors` are retried with backoff, never skipped."""
 
     temporary_errors: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError)
+    # records handled at the same time at most; the services (retry, bounce, verdict) read tables
+    # while handling, so they take one record after another. The stage runner lifts this.
+    max_concurrency: int = 1
 
     def __init__(self, settings: Settings, name: str, input_topics: list[str], instance: str = "0",
                  timeout: float | None = None) -> None:
@@ -110,24 +113,48 @@ class TransactionalHop:
             await loop.close()
 
     async def _process_batch(self, consumer, producer, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Handle the batch's records (up to `concurrency` at once), then commit their outputs and
+        offsets in record order, each partition up to its first record that must wait."""
+        handled = self._handle_all(batch)
         offsets: dict[TopicPartition, int] = {}
-        async with producer.transaction():
-            for tp, records in batch.items():
-                for record in records:
-                    try:
-                        outputs = await self.outputs_of(record)
-                    except Hold as hold:
-                        hold_partition(consumer, tp, record.offset, hold.delay)
-                        break
-                    except self.temporary_errors as exc:
-                        self._retry_later(consumer, tp, record, exc)
-                        break
-                    for out in outputs:
-                        await producer.send(out.topic, encode_event(out.event), key=out.key)
-                    offsets[tp] = record.offset + 1
-                    self.backoff.reset(tp)
-            if offsets:
-                await producer.send_offsets_to_transaction(offsets, self.group_id)
+        try:
+            async with producer.transaction():
+                for tp, records in batch.items():
+                    for record, attempt in zip(records, handled[tp]):
+                        try:
+                            outputs = await attempt
+                        except Hold as hold:
+                            hold_partition(consumer, tp, record.offset, hold.delay)
+                            break
+                        except self.temporary_errors as exc:
+                            self._retry_later(consumer, tp, record, exc)
+                            break
+                        for out in outputs:
+                            await producer.send(out.topic, encode_event(out.event), key=out.key)
+                        offsets[tp] = record.offset + 1
+                        self.backoff.reset(tp)
+                if offsets:
+                    await producer.send_offsets_to_transaction(offsets, self.group_id)
+        finally:  # records after a partition's first wait are handled again later: drop their work
+            leftover = [task for tasks in handled.values() for task in tasks if not task.done()]
+            for task in leftover:
+                task.cancel()
+            await asyncio.gather(*leftover, *(t for tasks in handled.values() for t in tasks), return_exceptions=True)
+
+    @property
+    def concurrency(self) -> int:
+        """Records handled at the same time: `runner.concurrency`, or less if the hop asks for less."""
+        return max(1, min(self.settings.runner.concurrency, self.max_concurrency))
+
+    def _handle_all(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> dict[TopicPartition, list[asyncio.Task]]:
+        """A task per record (`outputs_of`), at most `concurrency` of them running at once."""
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def attempt(record: ConsumerRecord) -> list[Output]:
+            async with slots:
+                return await self.outputs_of(record)
+
+        return {tp: [asyncio.ensure_future(attempt(r)) for r in records] for tp, records in batch.items()}
 
     async def outputs_of(self, record: ConsumerRecord) -> list[Output]:
         """`handle` within the timeout; a record it cannot handle becomes its dead letter.

@@ -147,6 +147,10 @@ class RunnerSettings:
     # seconds one record may take in a stage or service before it counts as a temporary failure
     # (retried with backoff); a stage's own `timeout` key ([stages.<name>] timeout = "90s") overrides it
     handle_timeout: float = 60.0
+    # records of a batch handled at the same time (a stage waiting on DNS, LDAP or clamd for one
+    # record goes on with the next); outputs and offsets are still committed in record order.
+    # A stage whose `concurrency` attribute is lower gets that; 1: one record after another
+    concurrency: int = 16
 
 
 @dataclass(frozen=True, slots=True)
