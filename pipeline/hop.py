@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
@@ -136,18 +136,25 @@ class TransactionalHop:
                 if offsets:
                     await producer.send_offsets_to_transaction(offsets, self.group_id)
         finally:  # records after a partition's first wait are handled again later: drop their work
-            leftover = [task for tasks in handled.values() for task in tasks if not task.done()]
-            for task in leftover:
-                task.cancel()
-            await asyncio.gather(*leftover, *(t for tasks in handled.values() for t in tasks), return_exceptions=True)
+            tasks = []
+            for attempt in (a for attempts in handled.values() for a in attempts):
+                if isinstance(attempt, asyncio.Task):
+                    attempt.cancel()  # (a no-op for one that is done)
+                    tasks.append(attempt)
+                else:
+                    attempt.close()  # a coroutine not awaited yet never runs (closing an awaited one: no-op)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     @property
     def concurrency(self) -> int:
         """Records handled at the same time: `runner.concurrency`, or less if the hop asks for less."""
         return max(1, min(self.settings.runner.concurrency, self.max_concurrency))
 
-    def _handle_all(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> dict[TopicPartition, list[asyncio.Task]]:
-        """A task per record (`outputs_of`), at most `concurrency` of them running at once."""
+    def _handle_all(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> dict[TopicPartition, list[Awaitable]]:
+        """Per record the awaitable of its `outputs_of`: tasks, at most `concurrency` running at once;
+        with a concurrency of 1, coroutines that run only when the transaction awaits them."""
+        if self.concurrency == 1:
+            return {tp: [self.outputs_of(r) for r in records] for tp, records in batch.items()}
         slots = asyncio.Semaphore(self.concurrency)
 
         async def attempt(record: ConsumerRecord) -> list[Output]:
