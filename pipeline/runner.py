@@ -71,6 +71,8 @@ class StageRunner(TransactionalHop):
         super().__init__(settings, stage.name, [self.input_topic], instance, timeout=stage_timeout(settings, stage))
         self.stage = stage
         self.processed = 0
+        # stages handle records concurrently (`runner.concurrency`) unless they say otherwise
+        self.max_concurrency = getattr(stage, "concurrency", None) or settings.runner.concurrency
 
     async def start(self) -> None:
         await self.stage.start()

@@ -10,6 +10,7 @@ import time
 
 import orjson
 
+from pipeline import eventloop
 from pipeline.cli.common import check_stages, install_stop_handlers, settings_of, setup_logging
 from pipeline.cli.components import component, consumer_groups, metrics_endpoints, metrics_port, pipeline_specs
 from pipeline.settings import ConfigError, Settings
@@ -127,9 +128,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             break
         time.sleep(0.5)
     if status is not None:
-        lags, endpoints = _lags(settings), metrics_endpoints(settings) if settings.metrics.enabled else {}
+        # a group's lag on its component's line (the processes `<name>.<k>` of one component share it)
+        groups, lags = consumer_groups(settings), _lags(settings)
+        endpoints = metrics_endpoints(settings) if settings.metrics.enabled else {}
         for name, c in status["components"].items():
-            extra = f" lag={lags.get(name, '?')}" if name in lags or name in consumer_groups(settings) else ""
+            extra = f" lag={lags.get(name, '?')}" if name in groups else ""
             extra += f" metrics={endpoints[name]}" if name in endpoints else ""
             print(f"{name:24} {c['state']:17} pid={c['pid']} restarts={c['restarts']}{extra}")
     if missing:
@@ -216,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             await probe.close()
             state_file(settings, args.component, instance).unlink(missing_ok=True)
 
-    asyncio.run(main())
+    eventloop.run(main())
     return 0
 
 
