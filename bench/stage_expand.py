@@ -28,22 +28,17 @@ requests each pass sent.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.stagebench import School, rates, school_directory, time_stage  # noqa: E402
+from bench.stagebench import School, envelope_works, rates, time_stage, with_school_slapd  # noqa: E402
 from consumers.stages.expand import ExpandStage  # noqa: E402
 from pipeline.blobstore import FileBlobStore  # noqa: E402
 from pipeline.cli.components import load_config  # noqa: E402
-from pipeline.stage import Outcome, StageContext, Work  # noqa: E402
-from schemas.events import BlobRef, Client, Envelope, Received  # noqa: E402
-from schemas.ids import new_id  # noqa: E402
+from pipeline.stage import Outcome, StageContext  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "deploy/local/poststelle.toml"
 DEMO_PEOPLE = ("anna.schmidt", "max.mustermann", "lena.mueller", "tom.becker", "eltern.mustermann", "eltern.mueller")
@@ -64,15 +59,6 @@ def recipient(rng: random.Random, school: School) -> str:
     return rng.choice(OUTSIDE)
 
 
-def works(rng: random.Random, school: School, count: int) -> list[Work]:
-    blob = BlobRef(sha256="0" * 64, size=0)  # expand reads the envelope only
-    return [Work(message=Received(
-        message_id=new_id(), envelope=Envelope(mail_from="eltern@example.org",
-                                               rcpt_to=list(dict.fromkeys(recipient(rng, school)
-                                                                          for _ in range(rng.randint(1, 3))))),
-        client=Client(ip="192.0.2.7", port=40000), blob=blob)) for _ in range(count)]
-
-
 def classify(outcome: Outcome) -> str:
     return "refused" if outcome.rejected else "replaced" if outcome.replace else "unchanged"
 
@@ -81,7 +67,7 @@ async def bench(args: argparse.Namespace, port: int, home: Path, school: School)
     settings = load_config(CONFIG, environ={"POSTSTELLE_HOME": str(home), "POSTSTELLE_LDAP__PORT": str(port),
                                               "POSTSTELLE_LDAP__CACHE_TTL": "3600"})
     stage = ExpandStage(settings.stage_settings("expand"), StageContext(settings=settings, blobs=FileBlobStore(home)))
-    batch = works(random.Random(args.seed), school, args.messages)
+    batch = envelope_works(random.Random(args.seed), args.messages, lambda rng: recipient(rng, school))
     recipients = sum(len(w.recipients) for w in batch)
     print(f"expand: {args.messages} messages, {recipients} recipients ({recipients / args.messages:.2f} each); "
           f"directory: the demo school + {len(school.classes)} classes of {args.students} "
@@ -104,18 +90,8 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=25)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    from tests.servers import start_slapd  # the test suite's slapd starter
-
-    home = Path(tempfile.mkdtemp(prefix="pst-bench-expand-"))
-    server = None
-    try:
-        school = school_directory(home / "school.ldif", args.classes, args.students)
-        server = start_slapd(home, home / "school.ldif")
-        asyncio.run(bench(args, server.port, home, school))
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(home, ignore_errors=True)
+    with_school_slapd("pst-bench-expand-", args.classes, args.students,
+                      lambda port, home, school: bench(args, port, home, school))
 
 
 if __name__ == "__main__":

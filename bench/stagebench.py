@@ -9,16 +9,22 @@ stages that read LDAP (expand, route) to load into their own slapd (`tests.serve
 """
 from __future__ import annotations
 
+import asyncio
+import random
+import shutil
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.localstack.slapd import LDIF
 from pipeline.stage import Outcome, Stage, Work
+from schemas.events import BlobRef, Client, Envelope, Received
+from schemas.ids import new_id
 
-__all__ = ["School", "rates", "school_directory", "time_stage"]
+__all__ = ["School", "envelope_works", "rates", "school_directory", "time_stage", "with_school_slapd"]
 
 GRADES = range(5, 13)  # classes 5a ... 12d, as "k5a@school.test" (the demo's 9a and 9b stay as they are)
 
@@ -30,6 +36,17 @@ async def time_stage(stage: Stage, works: list[Work], classify: Callable[[Outcom
     for work in works:
         counts[classify(await stage.process(work))] += 1
     return time.process_time() - cpu, time.perf_counter() - wall, counts
+
+
+def envelope_works(rng: random.Random, count: int, recipient: Callable[[random.Random], str],
+                   sender: str = "eltern@example.org") -> list[Work]:
+    """`count` messages of 1-3 distinct recipients drawn by `recipient`, for stages that read the envelope only
+    (their blob is a placeholder that is not in any store)."""
+    blob = BlobRef(sha256="0" * 64, size=0)
+    return [Work(message=Received(
+        message_id=new_id(), client=Client(ip="192.0.2.7", port=40000), blob=blob,
+        envelope=Envelope(mail_from=sender, rcpt_to=list(dict.fromkeys(recipient(rng) for _ in range(rng.randint(1, 3)))))))
+        for _ in range(count)]
 
 
 def rates(count: int, cpu: float, wall: float) -> str:
@@ -68,3 +85,20 @@ def school_directory(path: Path, classes: int, students: int) -> School:
                       "owner: uid=anna.schmidt,ou=people,dc=school,dc=test\n" + "".join(f"member: {m}\n" for m in members))
     path.write_text("".join(chunks), encoding="utf-8")
     return School(mailboxes, [f"{n}@school.test" for n in names], aliases)
+
+
+def with_school_slapd(prefix: str, classes: int, students: int,
+                      run: Callable[[int, Path, School], Awaitable[None]]) -> None:
+    """`run(slapd port, home, school)` with a slapd of its own serving `school_directory`, in a temp home."""
+    from tests.servers import start_slapd  # the test suite's slapd starter
+
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    server = None
+    try:
+        school = school_directory(home / "school.ldif", classes, students)
+        server = start_slapd(home, home / "school.ldif")
+        asyncio.run(run(server.port, home, school))
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(home, ignore_errors=True)
