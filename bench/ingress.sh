@@ -3,7 +3,8 @@
 #
 # Prerequisites (what `make run` installs): .venv, the Kafka jars in var/kafka/lib, Postfix
 # (smtp-source, postfix, postconf). Run as root: the private Postfix's master(8) needs it (without
-# root only the poststelle half runs). Loopback only; ports 46088-46098 (poststelle), 46099 (Postfix).
+# root only the poststelle half runs). Loopback only; ports 46088-46102 (poststelle), 46103
+# (Postfix); BENCH_PORT_BASE (bench/stack.sh) moves them.
 #
 #   bash bench/ingress.sh            # MESSAGES=10000 SESSIONS=20 SIZE=4096 by default
 #
@@ -35,7 +36,7 @@ source bench/postfix.sh
 
 MESSAGES=${MESSAGES:-10000} SESSIONS=${SESSIONS:-20} SIZE=${SIZE:-4096}
 FROM=bench@example.org TO=max.mustermann@school.test
-PF=$ROOT/var/bench/postfix PF_PORT=46099
+PF=$ROOT/var/bench/postfix PF_PORT=$((BENCH_PORT_BASE + 15))
 HZ=$(getconf CLK_TCK)
 declare -A RATE P50 P99
 

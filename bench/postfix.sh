@@ -90,10 +90,10 @@ pf_stop() { [ -f "$1/etc/main.cf" ] && postfix -c "$1/etc" stop >/dev/null 2>&1 
 expect_rcpt_reply() {  # PORT ADDRESS CODE
     local reply
     reply=$(swaks --server 127.0.0.1 --port "$1" --from bench@example.org --to "$2" --quit-after RCPT 2>&1 |
-            grep -E '^ *<[~*]* [0-9]{3}' | tail -1 || true)
-    if [[ $reply != *" $3"* ]]; then
+            awk '/-> RCPT TO/ { rcpt = 1; next } rcpt && /^ *<[-~*]* +[0-9][0-9][0-9]/ { sub(/^ *<[-~*]* +/, ""); print; exit }' || true)
+    if [[ $reply != "$3"* ]]; then
         echo "RCPT TO:<$2> on port $1: expected $3, got: ${reply:-no reply}" >&2
         return 1
     fi
-    echo "  RCPT TO:<$2> on port $1: ${reply#*<* }"
+    echo "  RCPT TO:<$2> on port $1: $reply"
 }

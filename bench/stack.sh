@@ -1,32 +1,41 @@
 # Sourced by bench/ingress.sh and bench/pipeline.sh: a poststelle stack of its own for benchmarks.
 #
-# Ports 46088-46098 on 127.0.0.1, state in var/bench/stack (Kafka data, blobs, maildirs, chDB, logs
-# in var/bench/stack/log/). Needs .venv and the Kafka jars in var/kafka/lib (`make run`'s install
-# steps: make deps venv kafka-jars).
+# Ports BENCH_PORT_BASE (46088) .. +14 on 127.0.0.1 (the comparisons' private daemons use +15 .. +19;
+# set BENCH_PORT_BASE to run a second bench beside one that is running), state in var/bench/stack
+# (Kafka data, blobs, maildirs, chDB, logs in var/bench/stack/log/). Needs .venv and the Kafka jars
+# in var/kafka/lib (`make run`'s install steps: make deps venv kafka-jars).
 #
-#   stack_up [ingress-only]   empty var/bench/stack, start `poststelle up` in the background, wait
-#                             until it is ready
+#   stack_up [ingress-only|daemons-only]   empty var/bench/stack, start `poststelle up` in the
+#                             background, wait until it is ready; daemons-only: slapd, NSD, clamd
+#                             and Dovecot and nothing of poststelle's own (for the Postfix+amavis run)
 #   stack_down                SIGINT to the supervisor (it drains and stops everything), wait
 #   stack_cli ARGS...         `poststelle ARGS` against this stack
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=$ROOT/.venv/bin/python
 STACK_HOME=$ROOT/var/bench/stack
-STACK_SMTP_PORT=46094 STACK_LDAP_PORT=46090 STACK_LMTP_PORT=46095 STACK_CLAMD_PORT=46098
+BENCH_PORT_BASE=${BENCH_PORT_BASE:-46088}
+STACK_SMTP_PORT=$((BENCH_PORT_BASE + 6)) STACK_LDAP_PORT=$((BENCH_PORT_BASE + 2))
+STACK_LMTP_PORT=$((BENCH_PORT_BASE + 7)) STACK_CLAMD_PORT=$((BENCH_PORT_BASE + 10))
 STACK_PID=
 
 stack_env() {
+    local b=$BENCH_PORT_BASE
     export POSTSTELLE_CONFIG=$ROOT/deploy/local/poststelle.toml
     export POSTSTELLE_HOME=$STACK_HOME
-    export POSTSTELLE_KAFKA__BOOTSTRAP=127.0.0.1:46092
-    export POSTSTELLE_LOCAL__KAFKA_CONTROLLER_PORT=46093
+    export POSTSTELLE_SUBMISSION__PORT=$b POSTSTELLE_SUBMISSION__TLS_PORT=$((b + 1))
+    export POSTSTELLE_LDAP__PORT=$STACK_LDAP_PORT POSTSTELLE_DNS__PORT=$((b + 3))  # slapd, NSD
+    export POSTSTELLE_KAFKA__BOOTSTRAP=127.0.0.1:$((b + 4))
+    export POSTSTELLE_LOCAL__KAFKA_CONTROLLER_PORT=$((b + 5))
     export POSTSTELLE_INGRESS__PORT=$STACK_SMTP_PORT
     export POSTSTELLE_SINKS__LMTP__PORT=$STACK_LMTP_PORT
-    export POSTSTELLE_SINKS__ANALYTICS__QUERY_PORT=46096
-    export POSTSTELLE_SINKS__SMARTHOST__PORT=46097
-    export POSTSTELLE_LDAP__PORT=$STACK_LDAP_PORT POSTSTELLE_DNS__PORT=46091  # slapd, NSD
-    export POSTSTELLE_SUBMISSION__PORT=46088 POSTSTELLE_SUBMISSION__TLS_PORT=46089
+    export POSTSTELLE_SINKS__ANALYTICS__QUERY_PORT=$((b + 8))
+    export POSTSTELLE_SINKS__SMARTHOST__PORT=$((b + 9))
     export POSTSTELLE_LOCAL__CLAMD_PORT=$STACK_CLAMD_PORT POSTSTELLE_STAGES__VIRUS__ADDRESS=127.0.0.1:$STACK_CLAMD_PORT  # clamd
+    export POSTSTELLE_WEB__PORT=$((b + 11))  # the quarantine portal
+    export POSTSTELLE_DESTINATIONS__STORE2__PORT=$((b + 12))  # the second LMTP store (the same Dovecot)
+    export POSTSTELLE_DESTINATIONS__PHYSIK__PORT=$((b + 13))  # the physics department's smtp-sink
+    export POSTSTELLE_DESTINATIONS__MX__PORT=$((b + 14))  # the test MX hosts (local.mx_hosts)
     export POSTSTELLE_LOCAL__KAFKA_JARS=$ROOT/var/kafka/lib
     export POSTSTELLE_INGRESS__MAX_CONNECTIONS_PER_IP=200  # the load generator is one client address
 }
@@ -46,6 +55,10 @@ stack_up() {
             export POSTSTELLE_SUPERVISOR__RUN_STAGES=false POSTSTELLE_SUPERVISOR__SINKS='[]'
             export POSTSTELLE_LOCAL__DOVECOT=false POSTSTELLE_LOCAL__SMARTHOST=false POSTSTELLE_LOCAL__CLAMD=false
             export POSTSTELLE_INGRESS__VERDICT_WAIT=0  # no stages run: there is no verdict to wait for
+        elif [ "${1:-}" = daemons-only ]; then  # the mailbox server, scanner and directory for another MTA
+            export POSTSTELLE_SUPERVISOR__RUN_INGRESS=false POSTSTELLE_SUPERVISOR__RUN_STAGES=false
+            export POSTSTELLE_SUPERVISOR__SINKS='[]' POSTSTELLE_LOCAL__KAFKA=false POSTSTELLE_LOCAL__SMARTHOST=false
+            export POSTSTELLE_LOCAL__SMTP_SINK_DESTINATIONS='[]' POSTSTELLE_LOCAL__MX_HOSTS='[]'
         fi
         exec "$ROOT/.venv/bin/poststelle" up
     ) >"$STACK_HOME/up.log" 2>&1 &
