@@ -78,19 +78,43 @@ stack_down() {
     STACK_PID=
 }
 
-stack_cpu() {  # CPU seconds of every component the supervisor runs, with its reaped children: "name=secs ..."
-    "$PY" - "$STACK_HOME/run/status.json" <<'PYEOF'
-import json, os, sys
+tree_cpu() {  # NAME=PID...: CPU seconds of each process tree, "name=secs ..."
+    # every live process under PID counts its own time and that of its reaped children (/proc stat
+    # utime stime cutime cstime): a Dovecot lmtp or Postfix smtpd child counts while it lives and,
+    # through its parent, once it has exited
+    "$PY" - "$@" <<'PYEOF'
+import os, sys
 hz = os.sysconf("SC_CLK_TCK")
-out = []
-for name, c in json.load(open(sys.argv[1]))["components"].items():
+parent, ticks = {}, {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
     try:
-        fields = open(f"/proc/{c['pid']}/stat").read().rpartition(")")[2].split()
-        out.append(f"{name}={sum(int(x) for x in fields[11:15]) / hz:.1f}")
-    except (OSError, TypeError):
-        pass
+        fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    except OSError:
+        continue
+    parent[int(pid)] = int(fields[1])
+    ticks[int(pid)] = sum(int(x) for x in fields[11:15])
+def under(pid, root):
+    while pid > 1:
+        if pid == root:
+            return True
+        pid = parent.get(pid, 0)
+    return False
+out = []
+for arg in sys.argv[1:]:
+    name, _, root = arg.partition("=")
+    if root.isdigit() and int(root) in ticks:
+        out.append(f"{name}={sum(t for p, t in ticks.items() if under(p, int(root))) / hz:.2f}")
 print(" ".join(out))
 PYEOF
+}
+
+stack_cpu() {  # CPU seconds of every component the supervisor runs, with its children: "name=secs ..."
+    local args
+    args=$("$PY" -c 'import json, sys
+print(" ".join(f"{n}={c.get('"'pid'"')}" for n, c in json.load(open(sys.argv[1]))["components"].items()))' \
+        "$STACK_HOME/run/status.json")
+    # shellcheck disable=SC2086
+    tree_cpu $args
 }
 
 cpu_delta() {  # BEFORE AFTER (two stack_cpu lines): "name +secs ..." for what changed, largest first
@@ -99,6 +123,15 @@ import sys
 a, b = (dict(kv.split("=") for kv in line.split()) for line in sys.argv[1:3])
 d = sorted(((float(v) - float(a.get(k, 0)), k) for k, v in b.items()), reverse=True)
 print(", ".join(f"{k} {s:.1f}s" for s, k in d if s >= 0.05))' "$1" "$2"
+}
+
+cpu_per_message() {  # BEFORE AFTER COUNT: "name N ms ..." CPU milliseconds per message, largest first, and the sum
+    "$PY" -c '
+import sys
+a, b = (dict(kv.split("=") for kv in line.split()) for line in sys.argv[1:3])
+n = int(sys.argv[3])
+d = sorted(((1000 * (float(v) - float(a.get(k, 0))) / n, k) for k, v in b.items()), reverse=True)
+print(", ".join(f"{k} {ms:.1f}" for ms, k in d if ms >= 0.05) + f"; total {sum(ms for ms, _ in d):.1f} CPU-ms per message")' "$1" "$2" "$3"
 }
 
 calc() { awk "BEGIN { printf \"%.6f\", $* }"; }  # floating-point arithmetic without bc
