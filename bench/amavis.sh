@@ -2,7 +2,7 @@
 # instead of poststelle, Postfix → amavisd-new (ClamAV + SpamAssassin) → Dovecot LMTP, tuned as
 # amavis's README.postfix and its mailing list advise, on loopback ports BENCH_PORT_BASE+16..+18.
 # It delivers into the bench stack's Dovecot (the same mailbox server as poststelle's LMTP sink),
-# scans with the stack's clamd (its unix socket) and looks recipients up in the stack's slapd.
+# scans with the stack's clamd (CONTSCAN over TCP) and looks recipients up in the stack's slapd.
 #
 #   amavis_stack_up        write the configs under var/bench/postfix-amavis and var/bench/amavis,
 #                          start amavisd (foreground, in the background) and the Postfix instance
@@ -29,12 +29,12 @@ PFA=$ROOT/var/bench/postfix-amavis AMAVIS_HOME=$ROOT/var/bench/amavis
 AMAVIS_PID=
 
 amavis_config() {
-    rm -rf "$AMAVIS_HOME" && mkdir -p "$AMAVIS_HOME"/{tmp,var/.spamassassin,sa-site}
+    rm -rf "$AMAVIS_HOME" && mkdir -p "$AMAVIS_HOME"/{etc,tmp,var/.spamassassin,sa-site}
     # SpamAssassin's site config: the system's plugin loads and local.cf, and our DNS server
     local f
     for f in /etc/spamassassin/*.pre /etc/spamassassin/*.cf; do ln -s "$f" "$AMAVIS_HOME/sa-site/"; done
     echo "dns_server 127.0.0.1:$((BENCH_PORT_BASE + 3))" >"$AMAVIS_HOME/sa-site/zz-bench.cf"
-    cat >"$AMAVIS_HOME/amavisd.conf" <<EOF
+    cat >"$AMAVIS_HOME/etc/amavisd.conf" <<EOF
 use strict;
 \$MYHOME = '$AMAVIS_HOME';
 \$TEMPBASE = "\$MYHOME/tmp";
@@ -85,13 +85,13 @@ use strict;
   qr'^\.(exe-ms)\$',
 );
 @av_scanners = (
-  ['ClamAV-clamd', \&ask_daemon, ["CONTSCAN {}\n", "$STACK_HOME/clamd/clamd.sock"],
+  ['ClamAV-clamd', \&ask_daemon, ["CONTSCAN {}\n", "127.0.0.1:$STACK_CLAMD_PORT"],
    qr/\bOK\$/m, qr/\bFOUND\$/m, qr/^.*?: (?!Infected Archive)(.*) FOUND\$/m ],
 );
 @av_scanners_backup = ();
 1;
 EOF
-    chown -R amavis:amavis "$AMAVIS_HOME"
+    chown -R amavis:amavis "$AMAVIS_HOME" && chown -R root:root "$AMAVIS_HOME/etc"  # amavisd insists
 }
 
 amavis_postfix_config() {
@@ -140,11 +140,11 @@ EOF
 amavis_stack_up() {
     amavis_config
     amavis_postfix_config
-    amavisd -c "$AMAVIS_HOME/amavisd.conf" foreground >"$AMAVIS_HOME/stdout.log" 2>&1 &
+    amavisd -c "$AMAVIS_HOME/etc/amavisd.conf" foreground >"$AMAVIS_HOME/stdout.log" 2>&1 &
     AMAVIS_PID=$!
     for _ in $(seq 150); do  # SpamAssassin compiles its rules before amavis listens
         (exec 3<>"/dev/tcp/127.0.0.1/$AMAVIS_PORT") 2>/dev/null && break
-        kill -0 "$AMAVIS_PID" 2>/dev/null || { tail -20 "$AMAVIS_HOME"/*.log >&2; echo "amavisd exited" >&2; return 1; }
+        kill -0 "$AMAVIS_PID" 2>/dev/null || { tail -n 20 "$AMAVIS_HOME"/*.log >&2; echo "amavisd exited" >&2; return 1; }
         sleep 0.4
     done
     pf_start "$PFA" "$AMAVIS_SMTP_PORT" "$AMAVIS_BACK_PORT"

@@ -6,8 +6,9 @@
 # in var/kafka/lib (`make run`'s install steps: make deps venv kafka-jars).
 #
 #   stack_up [ingress-only|daemons-only]   empty var/bench/stack, start `poststelle up` in the
-#                             background, wait until it is ready; daemons-only: slapd, NSD, clamd
-#                             and Dovecot and nothing of poststelle's own (for the Postfix+amavis run)
+#                             background, wait until it is ready; daemons-only: slapd, NSD, clamd,
+#                             Dovecot (and an idle Kafka), nothing of poststelle's own (for the
+#                             Postfix+amavis run)
 #   stack_down                SIGINT to the supervisor (it drains and stops everything), wait
 #   stack_cli ARGS...         `poststelle ARGS` against this stack
 
@@ -56,8 +57,9 @@ stack_up() {
             export POSTSTELLE_LOCAL__DOVECOT=false POSTSTELLE_LOCAL__SMARTHOST=false POSTSTELLE_LOCAL__CLAMD=false
             export POSTSTELLE_INGRESS__VERDICT_WAIT=0  # no stages run: there is no verdict to wait for
         elif [ "${1:-}" = daemons-only ]; then  # the mailbox server, scanner and directory for another MTA
+            # Kafka stays (idle): the supervisor creates the topics before anything else
             export POSTSTELLE_SUPERVISOR__RUN_INGRESS=false POSTSTELLE_SUPERVISOR__RUN_STAGES=false
-            export POSTSTELLE_SUPERVISOR__SINKS='[]' POSTSTELLE_LOCAL__KAFKA=false POSTSTELLE_LOCAL__SMARTHOST=false
+            export POSTSTELLE_SUPERVISOR__SINKS='[]' POSTSTELLE_LOCAL__SMARTHOST=false
             export POSTSTELLE_LOCAL__SMTP_SINK_DESTINATIONS='[]' POSTSTELLE_LOCAL__MX_HOSTS='[]'
         fi
         exec "$ROOT/.venv/bin/poststelle" up
