@@ -169,7 +169,7 @@ echo "  CPU-ms per message: $(cpu_per_message "$cpu0" "$cpu1" "$delivered")"
 accept_latency "$AMAVIS_SMTP_PORT"
 echo "  amavis: $(grep -c 'Passed CLEAN {' "$AMAVIS_HOME/amavis.log") passed clean," \
      "$(grep -c 'Passed SPAM' "$AMAVIS_HOME/amavis.log") passed spam," \
-     "$(grep -c 'Blocked [A-Z]* {' "$AMAVIS_HOME/amavis.log") blocked; SpamAssassin's last score: $(grep -o 'Hits: [^,]*' "$AMAVIS_HOME/amavis.log" | tail -1)"
+     "$(grep -cE 'Blocked [A-Z]+ (\([^)]*\) )?\{' "$AMAVIS_HOME/amavis.log") blocked; SpamAssassin's last score: $(grep -o 'Hits: [^,]*' "$AMAVIS_HOME/amavis.log" | tail -1)"
 amavis_stack_down
 stack_down
 
