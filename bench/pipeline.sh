@@ -43,7 +43,8 @@ MESSAGES=${MESSAGES:-3000} SESSIONS=${SESSIONS:-20} SIZE=${SIZE:-4096}
 PACED_RATE=${PACED_RATE:-40} PACED_MESSAGES=${PACED_MESSAGES:-2000}
 TO=max.mustermann@school.test
 MAILBOX=$STACK_HOME/mail/school.test/${TO%@*}
-EICAR='X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*'
+EICAR=$("$PY" -c 'import sys; print(bytes.fromhex(open(sys.argv[1]).read().split(":")[3].strip()).decode())' \
+        deploy/local/clamav/poststelle.ndb)  # the test virus, from the stack's signature (no literal copy in the repo)
 declare -A SUSTAINED
 
 sql() { stack_cli sql --json "$1" | "$PY" -c 'import json, sys; print(*json.load(sys.stdin)["rows"][0], sep="\t")'; }
