@@ -2,9 +2,9 @@
 # SMTP acceptance: poststelle's ingress against a stock Postfix, same load, same machine, same run.
 #
 # Prerequisites (what `make run` installs): .venv, the Kafka jars in var/kafka/lib, Postfix
-# (smtp-source, postfix, postconf, postfix-ldap) and swaks. Run as root: the private Postfix's master(8) needs it (without
-# root only the poststelle half runs). Loopback only; ports 46088-46102 (poststelle), 46103
-# (Postfix); BENCH_PORT_BASE (bench/stack.sh) moves them.
+# (smtp-source, postfix, postconf, postfix-ldap) and swaks. Run as root: the private Postfix's
+# master(8) needs it (without root only the poststelle half runs). Loopback only; ports
+# 46088-46102 (poststelle), 46103 (Postfix); BENCH_PORT_BASE (bench/stack.sh) moves them.
 #
 #   bash bench/ingress.sh            # MESSAGES=10000 SESSIONS=20 SIZE=4096 by default
 #
