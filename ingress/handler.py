@@ -140,7 +140,7 @@ class IngressHandler:
         )
         server.context = ctx
         self.events.notify(SmtpConnect(session_id=ctx.session_id, client_ip=ip, client_port=port))
-        refusal = self.limits.acquire(ip)
+        refusal = self.limits.acquire(ip, exempt=ctx.allowlisted or ctx.trusted)
         if refusal is not None:
             ctx.client_ip = ""  # not counted: nothing to release on disconnect
             return self._reject(ctx, "connect", "limits", "too_many_connections", refusal, ip=ip)

@@ -25,11 +25,16 @@ class ConnectionLimits:
         self.by_ip: Counter[str] = Counter()
         self.total = 0
 
-    def acquire(self, ip: str) -> str | None:
-        """Count a new session; returns the refusal when a limit is reached (then nothing is counted)."""
+    def acquire(self, ip: str, *, exempt: bool = False) -> str | None:
+        """Count a new session; returns the refusal when a limit is reached (then nothing is counted).
+
+        `exempt` clients (the site's own: allowlisted or relay networks) are not held to the per-IP
+        limit, as Postfix exempts $mynetworks (smtpd_client_event_limit_exceptions); the total
+        limit, which protects the process, holds for everyone.
+        """
         if self.total >= self.total_limit:
             return TOO_MANY_CONNECTIONS
-        if self.by_ip[ip] >= self.per_ip_limit:
+        if not exempt and self.by_ip[ip] >= self.per_ip_limit:
             return TOO_MANY_FROM_CLIENT
         self.total += 1
         self.by_ip[ip] += 1
