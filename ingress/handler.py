@@ -150,6 +150,14 @@ class IngressHandler:
             return self._reject(ctx, "connect", "early_talker", "early_talker", Replies.EARLY_TALKER)
         return await checks
 
+    def idle_timeout(self) -> float:
+        """Seconds a session may idle before its next command: `data_timeout`, or `stress_timeout`
+        while the ingress is under stress, so idle sessions (a botnet's) give their slots back."""
+        s = self.settings
+        if s.stress_timeout > 0 and self.limits.under_stress(s.stress_threshold):
+            return min(s.stress_timeout, s.data_timeout)
+        return s.data_timeout
+
     def on_disconnect(self, server: IngressSMTP) -> None:
         ctx: CheckContext | None = server.context
         if ctx is not None and ctx.client_ip:

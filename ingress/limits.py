@@ -1,4 +1,4 @@
-"""Per-client limits of the ingress: concurrent connections, and the replies of the limits.
+"""Per-client limits of the ingress: concurrent connections, stress, and the replies of the limits.
 
 Counted in the process (each ingress instance counts its own connections, like Postfix's anvil per
 host); nothing needs to survive a restart. Failed AUTH attempts per client are counted by
@@ -39,6 +39,10 @@ class ConnectionLimits:
         self.total += 1
         self.by_ip[ip] += 1
         return None
+
+    def under_stress(self, threshold: float) -> bool:
+        """True while the sessions in use reach `threshold` (a fraction) of the total limit."""
+        return self.total >= threshold * self.total_limit
 
     def release(self, ip: str) -> None:
         if self.by_ip[ip] <= 0:

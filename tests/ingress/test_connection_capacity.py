@@ -106,3 +106,34 @@ def test_a_low_hard_limit_lowers_the_capacity_and_says_so():
     assert f"capacity {600 - RESERVED_DESCRIPTORS}" in out
     assert "soft 600" in out
     assert "WARNING ingress.max_connections is 5000, but the descriptor limit" in out
+
+
+# ---- stress: idle sessions give their slots back sooner ------------------------------------------
+
+STRESSED = dict(max_connections=2, stress_threshold=0.5, stress_timeout=0.3, data_timeout=30.0)
+
+
+async def test_under_stress_an_idle_session_gets_the_short_timeout(serve):  # noqa: F811
+    _, port = await serve(settings=IngressSettings(**STRESSED))
+    client, _ = await connect(port)  # one of two slots in use: at the threshold
+    assert (await client.cmd("EHLO idle.ext.test")).startswith("250 ")
+    started = asyncio.get_running_loop().time()
+    await client.rest()
+    assert asyncio.get_running_loop().time() - started < 2.0
+
+
+async def test_below_the_threshold_an_idle_session_keeps_the_normal_timeout(serve):  # noqa: F811
+    _, port = await serve(settings=IngressSettings(**{**STRESSED, "stress_threshold": 1.0}))
+    client, _ = await connect(port)
+    assert (await client.cmd("EHLO idle.ext.test")).startswith("250 ")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(client.reader.read(), 1.0)  # still open after 3 x stress_timeout
+
+
+async def test_under_stress_a_message_being_sent_keeps_the_data_timeout(serve):  # noqa: F811
+    sink, port = await serve(settings=IngressSettings(**STRESSED))
+    client, _ = await connect(port)
+    await client.envelope()
+    await asyncio.sleep(1.0)  # a slow sender: longer than stress_timeout before the body
+    assert (await client.cmd(b"Subject: slow\r\n\r\nbody\r\n.")).startswith("250 ")
+    assert len(sink.persisted) == 1
