@@ -14,13 +14,16 @@ After each step (every connection has its banner or its refusal):
 - a normal client from 127.0.0.1 (allowlisted in deploy/local/poststelle.toml) sends one 4 KiB
   message over a fresh connection; its time from connect to the 250 after DATA, which must come
   within `--bound` seconds.
-After the last step, `--over` more connections are opened beyond `ingress.max_connections` (set to
-`--connections` + 1 + `--over`/2 by default, so the first half still fits and the rest gets
-`421 4.7.0`): the answers are counted.
+After the last step, connections are opened up to `ingress.max_connections` (`--connections` + 1 +
+`--over`/2 by default) and `--over` beyond it: the answers are counted (beyond: `421 4.7.0`).
+`ingress.stress_timeout` is off by default here (`--stress-timeout`), so idle connections are held
+for the whole run; with it on, `--linger` shows how many the ingress shed meanwhile.
 
     .venv/bin/python bench/connections.py [--connections 5000] [--step 1000] [--per-ip 2] [--base 46110]
 
-The client raises its own RLIMIT_NOFILE soft limit to the hard limit (it holds every socket too).
+The client raises its own RLIMIT_NOFILE soft limit to the hard limit (it holds every socket too);
+`poststelle up` starts with a soft limit of `--ingress-nofile` (1024, as under systemd), so the
+ingress must raise its own (ingress.descriptors; its log line is printed).
 """
 from __future__ import annotations
 
@@ -175,11 +178,16 @@ async def run(args: argparse.Namespace, port: int, pid: int) -> None:
         print(f"{botnet.open_now:>6} {botnet.opened:>6} {refused:>7} {rss:>8.1f} {fds:>6} {per_conn:>8.1f} "
               f"{took:>6.1f} {result}", flush=True)
     if args.over:
+        room = max(0, args.max - botnet.open_now)
         before = Counter(botnet.answers)
-        await botnet.open(args.over, args.parallel)
+        await botnet.open(room + args.over, args.parallel)
         extra = botnet.answers - before
-        print(f"{args.over} more connections beyond the {botnet.open_now} held (max_connections={args.max}): "
-              + ", ".join(f"{n} x {k}" for k, n in sorted(extra.items())))
+        print(f"{room} + {args.over} more connections with {botnet.open_now - extra['220']} held "
+              f"(max_connections={args.max}): " + ", ".join(f"{n} x {k}" for k, n in sorted(extra.items())))
+    if args.linger:
+        held = botnet.open_now
+        await asyncio.sleep(args.linger)
+        print(f"after {args.linger:g}s more: {botnet.open_now} of {held} still held")
     print(f"first replies of all botnet connections: {dict(sorted(botnet.answers.items()))}; "
           f"closed by the server meanwhile: {botnet.closed_by_server}")
     print(f"normal client: {'every' if not failures else f'{failures} steps without a'} 250 within {args.bound:g} s")
@@ -194,6 +202,11 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=200, help="connection handshakes in flight at once")
     parser.add_argument("--over", type=int, default=100, help="connections opened beyond max_connections at the end")
     parser.add_argument("--max", type=int, default=0, help="ingress.max_connections (default: connections+1+over/2)")
+    parser.add_argument("--stress-timeout", type=float, default=0.0,
+                        help="ingress.stress_timeout (default 0: off, so idle connections are held, not shed)")
+    parser.add_argument("--linger", type=float, default=0.0, help="seconds to wait at the end, then count the held")
+    parser.add_argument("--ingress-nofile", type=int, default=1024,
+                        help="soft RLIMIT_NOFILE `poststelle up` starts with (a service manager's usual 1024)")
     parser.add_argument("--bound", type=float, default=5.0, help="seconds the normal client may wait for its 250")
     parser.add_argument("--base", type=int, default=46110, help="first port of the private stack (see bench/pystack.py)")
     args = parser.parse_args()
@@ -204,13 +217,15 @@ def main() -> None:
     extra = {
         "POSTSTELLE_INGRESS__MAX_CONNECTIONS": str(args.max),
         "POSTSTELLE_INGRESS__MAX_CONNECTIONS_PER_IP": str(max(10, args.per_ip)),
+        "POSTSTELLE_INGRESS__STRESS_TIMEOUT": str(args.stress_timeout),
         "POSTSTELLE_CHECKS__FCRDNS__ACTION": "note",  # else every address without PTR gets 550 at connect
     }
     print(f"bench/connections.py {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: up to {args.connections} "
-          f"connections, {args.per_ip} per source address, steps of {args.step}; max_connections={args.max}; "
+          f"connections, {args.per_ip} per source address, steps of {args.step}; max_connections={args.max}, "
+          f"stress_timeout={args.stress_timeout:g}; "
           f"client RLIMIT_NOFILE {nofile}; {socket.gethostname()}, load average "
           f"{' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}")
-    with BenchStack(args.base, "ingress", extra) as stack:
+    with BenchStack(args.base, "ingress", extra, nofile_soft=args.ingress_nofile) as stack:
         pid = stack.pid("ingress")
         for line in (stack.home / "log/ingress.log").read_text().splitlines():
             if "descriptor" in line or "RLIMIT" in line:

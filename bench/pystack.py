@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -30,7 +31,8 @@ POSTSTELLE = REPO / ".venv/bin/poststelle"
 class BenchStack:
     """`with BenchStack(base, "ingress", extra_env) as stack:` a ready stack; stopped (SIGINT) on exit."""
 
-    def __init__(self, base: int, parts: str = "ingress", extra: dict[str, str] | None = None) -> None:
+    def __init__(self, base: int, parts: str = "ingress", extra: dict[str, str] | None = None,
+                 nofile_soft: int = 0) -> None:
         if parts not in ("kafka", "ingress"):
             raise ValueError(f"parts: kafka or ingress, not {parts!r}")
         self.base = base
@@ -39,6 +41,7 @@ class BenchStack:
         self.bootstrap = f"127.0.0.1:{base}"
         self.smtp_port = base + 2
         self.extra = extra or {}
+        self.nofile_soft = nofile_soft  # start `poststelle up` with this soft RLIMIT_NOFILE (0: inherited)
         self.process: subprocess.Popen | None = None
 
     def env(self) -> dict[str, str]:
@@ -86,13 +89,18 @@ class BenchStack:
         self.home.mkdir(parents=True)
         with (self.home / "up.log").open("w") as log:
             self.process = subprocess.Popen([str(POSTSTELLE), "up"], env=self.env(), stdout=log,
-                                            stderr=subprocess.STDOUT)
+                                            stderr=subprocess.STDOUT, preexec_fn=self._limit_descriptors)
         status = self.cli("status", "--wait", "180", check=False)
         if status.returncode != 0:
             self.__exit__()
             sys.exit(f"the bench stack did not come up:\n{status.stdout}{status.stderr}"
                      f"see {self.home}/up.log and {self.home}/log/")
         return self
+
+    def _limit_descriptors(self) -> None:
+        if self.nofile_soft:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(self.nofile_soft, hard), hard))
 
     def __exit__(self, *_) -> None:
         if self.process is not None and self.process.poll() is None:
