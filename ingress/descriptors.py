@@ -7,8 +7,9 @@ unprivileged process may raise its soft limit to. Past the limit `accept()` fail
 asyncio stops accepting for a second at a time, so nobody gets even a `421`; counting sessions below
 the descriptor limit keeps the answer a `421 4.7.0` (`ingress.limits`).
 
-At start-up the ingress calls `connection_capacity`: it raises the soft limit as far as the sessions
-need (at most to the hard limit), and returns how many sessions fit, logging what it got.
+At start-up the ingress calls `connection_capacity`: it raises the soft limit to the hard limit
+(what the sessions need, at least; a burst of new clients also means a burst of DNS sockets, so
+headroom is cheap insurance), and returns how many sessions fit, logging what it got.
 """
 from __future__ import annotations
 
@@ -19,15 +20,17 @@ __all__ = ["RESERVED_DESCRIPTORS", "connection_capacity", "raise_descriptor_limi
 
 log = logging.getLogger(__name__)
 
-# descriptors kept for everything but the sessions: Kafka, DNS lookups in flight, LDAP, blobs, logs
-RESERVED_DESCRIPTORS = 256
+# descriptors kept for everything but the sessions: Kafka, DNS lookups in flight (a few per new
+# client at connect: 200 clients connecting at once took ~600), LDAP, blobs, logs
+RESERVED_DESCRIPTORS = 1024
 
 
 def raise_descriptor_limit(wanted: int) -> int:
-    """Raise the soft RLIMIT_NOFILE to `wanted` (never above the hard limit, never lower); the new soft limit."""
+    """Raise the soft RLIMIT_NOFILE to the hard limit (to `wanted` when the hard limit is infinite;
+    never lower it); the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     infinite = hard == resource.RLIM_INFINITY
-    target = wanted if infinite else min(wanted, hard)
+    target = wanted if infinite else hard
     if soft != resource.RLIM_INFINITY and target > soft:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from ingress.descriptors import RESERVED_DESCRIPTORS, connection_capacity, raise_descriptor_limit
+from ingress.descriptors import RESERVED_DESCRIPTORS, connection_capacity
 from ingress.limits import ConnectionLimits
 from pipeline.settings import IngressSettings
 from tests.ingress.test_smtp_checks import connect, serve  # noqa: F401 (a fixture)
@@ -79,32 +79,27 @@ def restore_nofile():
     resource.setrlimit(resource.RLIMIT_NOFILE, saved)
 
 
-def test_the_soft_descriptor_limit_is_raised_for_the_sessions(restore_nofile):
+def test_the_soft_descriptor_limit_is_raised_to_the_hard_limit(restore_nofile):
     _, hard = restore_nofile
     if hard != resource.RLIM_INFINITY and hard < 2000 + RESERVED_DESCRIPTORS:
         pytest.skip(f"hard RLIMIT_NOFILE {hard} is too low for this test")
     resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
     assert connection_capacity(2000) == 2000
-    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 2000 + RESERVED_DESCRIPTORS
-
-
-def test_the_soft_limit_is_never_lowered(restore_nofile):
-    soft, _ = restore_nofile
-    assert raise_descriptor_limit(64) == soft
-    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == soft
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert soft == (hard if hard != resource.RLIM_INFINITY else 2000 + RESERVED_DESCRIPTORS)
 
 
 def test_a_low_hard_limit_lowers_the_capacity_and_says_so():
     # in a child: an unprivileged process cannot raise its hard limit again once lowered
     code = ("import logging, resource, sys\n"
             "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(levelname)s %(message)s')\n"
-            "resource.setrlimit(resource.RLIMIT_NOFILE, (300, 600))\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (300, 3000))\n"
             "from ingress.descriptors import connection_capacity\n"
             "print('capacity', connection_capacity(5000))\n"
             "print('soft', resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert f"capacity {600 - RESERVED_DESCRIPTORS}" in out
-    assert "soft 600" in out
+    assert f"capacity {3000 - RESERVED_DESCRIPTORS}" in out
+    assert "soft 3000" in out
     assert "WARNING ingress.max_connections is 5000, but the descriptor limit" in out
 
 
