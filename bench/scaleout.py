@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -123,6 +123,7 @@ class Run:
     first_output: float = 0.0
     done: float = 0.0
     cpu_processes: float = 0.0  # CPU seconds of the stage processes between first output and done
+    cpu_each: list[float] = field(default_factory=list)  # the same, per process
     machine_busy: float = 0.0  # busy CPU seconds of the whole machine in that time
     broker_cpu: float = 0.0
     bench_cpu: float = 0.0  # this script's own CPU (producing, watching)
@@ -137,6 +138,7 @@ class Run:
         others = self.machine_busy - self.cpu_processes - self.broker_cpu - self.bench_cpu
         return (f"{self.name}: {self.rate:,.0f} events/s ({self.events} events in {wall:.1f}s from the first output "
                 f"to the last commit); stage processes {self.cpu_processes:.1f} CPU-s "
+                f"({' + '.join(f'{c:.1f}' for c in self.cpu_each)}) "
                 f"({1000 * self.cpu_processes / self.events:.2f} ms/event), machine {self.machine_busy / wall:.2f} of "
                 f"{os.cpu_count()} cores busy: stage {self.cpu_processes / wall:.2f}, broker {self.broker_cpu / wall:.2f}, "
                 f"this watcher {self.bench_cpu / wall:.2f}, everything else on the machine {others / wall:.2f}" +
@@ -205,7 +207,8 @@ async def one_run(args, broker_pid: int | None, processes: int, kill_at: float =
             await out.start()
             from aiokafka import TopicPartition
             tps = [TopicPartition(topics.checked(STAGE), p) for p in range(settings.kafka.partitions)]
-            cpu0 = machine0 = broker0 = own0 = 0.0
+            machine0 = broker0 = own0 = 0.0
+            cpu0 = [0.0] * len(children)
             killed_at = None
             deadline = time.monotonic() + args.timeout
             while time.monotonic() < deadline:
@@ -214,7 +217,7 @@ async def one_run(args, broker_pid: int | None, processes: int, kill_at: float =
                     raise RuntimeError(f"a stage process exited; see var/bench/logs/scaleout-{prefix}-*.log")
                 if not run.first_output and sum((await out.end_offsets(tps)).values()) > 0:
                     run.first_output = time.time()
-                    cpu0 = sum(cpu_seconds(c.pid) for c in children)
+                    cpu0 = [cpu_seconds(c.pid) for c in children]
                     machine0 = busy_seconds()[0]
                     broker0 = cpu_seconds(broker_pid) if broker_pid else 0.0
                     own0 = time.process_time()
@@ -232,9 +235,10 @@ async def one_run(args, broker_pid: int | None, processes: int, kill_at: float =
                                  f"{SESSION_TIMEOUT_MS / 1000:g}s, heartbeat 3s: aiokafka's defaults)")
                 if committed >= args.events:
                     run.done = time.time()
-                    run.cpu_processes = sum(cpu_seconds(c.pid) for c in children if c.poll() is None) - cpu0
-                    if killed_at is not None:
-                        run.cpu_processes += victim_cpu
+                    ends = [victim_cpu if killed_at is not None and c is children[1] else cpu_seconds(c.pid)
+                            for c in children]
+                    run.cpu_each = [end - start for end, start in zip(ends, cpu0)]
+                    run.cpu_processes = sum(run.cpu_each)
                     run.machine_busy = busy_seconds()[0] - machine0
                     run.broker_cpu = (cpu_seconds(broker_pid) - broker0) if broker_pid else 0.0
                     run.bench_cpu = time.process_time() - own0
@@ -279,7 +283,12 @@ async def main_async(args, broker_pid: int | None) -> None:
         two, p = await one_run(args, broker_pid, 2)
         prefixes.append(p)
         print(two.report(), flush=True)
-        print(f"ratio 2 processes / 1 process: {two.rate / one.rate:.2f}x", flush=True)
+        print(f"ratio 2 processes / 1 process: {two.rate / one.rate:.2f}x (wall clock, events/s)", flush=True)
+        # what the ratio would be if each process had a core of its own: the work of one process
+        # against the larger share of the two (how evenly the 4 partitions spread the CPU)
+        print(f"ratio by CPU (each process on a core of its own): {one.cpu_processes / max(two.cpu_each):.2f}x "
+              f"(1 process {one.cpu_processes:.1f} CPU-s; 2 processes: the busier {max(two.cpu_each):.1f} CPU-s)",
+              flush=True)
         killed, p = await one_run(args, broker_pid, 2, kill_at=1 / 3)
         prefixes.append(p)
         print(killed.report().replace("2 processes", "2 processes, one killed", 1), flush=True)
