@@ -253,12 +253,15 @@ async def one_run(args, broker_pid: int | None, processes: int, kill_at: float =
         started = time.monotonic()
         seen = await output_ids(args.bootstrap, topics.checked(STAGE), args.events, args.timeout)
         waited = time.monotonic() - started
+        visible = time.monotonic() - killed_at
         sent = await input_ids(args.bootstrap, topics.received, args.events)
         missing = len(sent - set(seen))
         duplicated = sum(n - 1 for n in seen.values() if n > 1)
         notes.append(f"exactly once: {len(sent)} inputs, {sum(seen.values())} outputs read_committed "
                      f"(in {waited:.1f}s), {missing} missing, {duplicated} duplicated, "
-                     f"{len(set(seen) - sent)} unknown")
+                     f"{len(set(seen) - sent)} unknown; every output visible read_committed {visible:.1f}s after "
+                     f"the kill (a transaction the victim left open holds back read_committed readers of its "
+                     f"partitions until the broker aborts it: transaction timeout, aiokafka's default 60s)")
     run.note = "\n  ".join(notes)
     return run, prefix
 

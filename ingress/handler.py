@@ -151,12 +151,8 @@ class IngressHandler:
         return await checks
 
     def idle_timeout(self) -> float:
-        """Seconds a session may idle before its next command: `data_timeout`, or `stress_timeout`
-        while the ingress is under stress, so idle sessions (a botnet's) give their slots back."""
-        s = self.settings
-        if s.stress_timeout > 0 and self.limits.under_stress(s.stress_threshold):
-            return min(s.stress_timeout, s.data_timeout)
-        return s.data_timeout
+        """Seconds a session may idle before its next command (shorter under stress: `ingress.limits`)."""
+        return self.limits.idle_timeout(self.settings)
 
     def on_disconnect(self, server: IngressSMTP) -> None:
         ctx: CheckContext | None = server.context

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from pipeline.settings import IngressSettings
+
 __all__ = ["ConnectionLimits", "TOO_MANY_CONNECTIONS", "TOO_MANY_FROM_CLIENT",
            "TOO_MANY_AUTH_FAILURES"]
 
@@ -43,6 +45,14 @@ class ConnectionLimits:
     def under_stress(self, threshold: float) -> bool:
         """True while the sessions in use reach `threshold` (a fraction) of the total limit."""
         return self.total >= threshold * self.total_limit
+
+    def idle_timeout(self, settings: IngressSettings) -> float:
+        """Seconds a session may idle before its next command: `data_timeout`, or `stress_timeout`
+        while under stress (Postfix's smtpd_timeout ${stress?10}:300), so idle sessions (a botnet's)
+        give their slots back; a real MTA sends its next command at once and does not notice."""
+        if settings.stress_timeout > 0 and self.under_stress(settings.stress_threshold):
+            return min(settings.stress_timeout, settings.data_timeout)
+        return settings.data_timeout
 
     def release(self, ip: str) -> None:
         if self.by_ip[ip] <= 0:
