@@ -48,7 +48,8 @@ class KafkaEventSink:
         self.topics = Topics.from_settings(settings)
         self.transactional_id = f"{settings.kafka.topic_prefix}.ingress.{instance}"
         self.timeout = settings.ingress.persist_timeout
-        self._tx = TransactionalProducer(settings.kafka, self.transactional_id)
+        self._tx = TransactionalProducer(settings.kafka, self.transactional_id,
+                                         rotation=settings.kafka.transaction_rotation)
         self._plain = RenewingProducer(settings.kafka, "ingress-sessions")
         self._queue: list[tuple[Received, asyncio.Future]] = []
         self._flushing: asyncio.Task | None = None
@@ -213,8 +214,10 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
         await chain.start()
     follower_start = asyncio.create_task(_follow_outcomes(verdicts)) if verdicts is not None else None
     servers = []
+    shared = settings.supervisor.processes.get("ingress", 1) > 1  # several ingress processes, one port
     for _, factory, host, port, ssl_context in listeners:
-        servers.append(await loop.create_server(factory, host=host, port=port, reuse_address=True, ssl=ssl_context))
+        servers.append(await loop.create_server(factory, host=host, port=port, reuse_address=True, reuse_port=shared,
+                                                ssl=ssl_context))
         log.info("ingress listening on %s:%d%s", host, port, " (implicit TLS)" if ssl_context else "")
     try:
         await sink.start()  # warm up; failures here are fine, persist() retries

@@ -87,6 +87,9 @@ class KafkaSettings:
     # while the broker is unreachable, components try again after this pause, doubling up to the max
     reconnect_backoff_initial: float = 0.5
     reconnect_backoff_max: float = 2.0
+    # transactional producers a component takes turns with (ids <id>, <id>.r1, ...): a transaction
+    # right after another on the same id waits ~20 ms for the broker's markers (pipeline.producers)
+    transaction_rotation: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +253,9 @@ class SupervisorSettings:
     run_stages: bool = True
     # the sinks to run: destination names and "analytics"; not set: every destination and analytics
     sinks: list[str] = field(default_factory=lambda: ["lmtp", "smarthost", "analytics"])
+    # processes per component, e.g. {ingress = 2, "stage:spam" = 2}; not named: one. The ingress's
+    # processes share its ports (SO_REUSEPORT); a stage's or sink's share its consumer group
+    processes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,8 @@ from pipeline.localstack import ServiceSpec
 from pipeline.settings import ConfigError, Settings
 from pipeline.supervisor import component_argv
 
-__all__ = ["Component", "components", "component", "known_components", "pipeline_specs", "load_builtins",
-           "load_config", "BUILTIN_STAGE_MODULES", "BUILTIN_CHECK_MODULES"]
+__all__ = ["Component", "components", "component", "known_components", "pipeline_specs", "process_counts",
+           "load_builtins", "load_config", "BUILTIN_STAGE_MODULES", "BUILTIN_CHECK_MODULES"]
 
 # modules whose import registers the built-in stages and checks; the config picks from them by name
 BUILTIN_STAGE_MODULES: tuple[str, ...] = (
@@ -165,6 +165,35 @@ def component(settings: Settings, name: str) -> Component:
     return known[name]
 
 
+MAX_PROCESSES = 16
+
+
+def process_counts(settings: Settings) -> dict[str, int]:
+    """`[supervisor] processes`, checked: only components that can share their work run several.
+
+    The ingress's processes share its listening ports (the kernel spreads connections); a stage's
+    or a delivery sink's share its consumer group (Kafka spreads partitions). The others hold a
+    port of their own, a schedule or a table, and run once.
+    """
+    counts = settings.supervisor.processes
+    shareable = ["ingress", *(f"stage:{n}" for n in settings.topology.stages),
+                 *(f"sink:{n}" for n in settings.destination_names)]
+    for name, count in counts.items():
+        if name not in shareable:
+            raise ConfigError(f"supervisor.processes.{name}: only these run as several processes: "
+                              f"{', '.join(shareable)}")
+        if not 1 <= count <= MAX_PROCESSES:
+            raise ConfigError(f"supervisor.processes.{name}: expected 1 to {MAX_PROCESSES}, got {count}")
+    return dict(counts)
+
+
 def pipeline_specs(settings: Settings) -> list[ServiceSpec]:
-    """What the supervisor starts: `poststelle run <component>` for each component of `components`."""
-    return [ServiceSpec(name=c.name, argv=component_argv(c.name), stop_timeout=5.0) for c in components(settings)]
+    """What the supervisor starts: `poststelle run <component>` for each component of `components`,
+    as many times as `[supervisor] processes` says (instance k > 0 is the child `<name>.<k>`)."""
+    counts = process_counts(settings)
+    specs = []
+    for c in components(settings):
+        specs.append(ServiceSpec(name=c.name, argv=component_argv(c.name), stop_timeout=5.0))
+        specs.extend(ServiceSpec(name=f"{c.name}.{k}", argv=component_argv(c.name), stop_timeout=5.0,
+                                 env={"POSTSTELLE_INSTANCE": str(k)}) for k in range(1, counts.get(c.name, 1)))
+    return specs

@@ -10,6 +10,7 @@ import time
 
 import orjson
 
+from pipeline import eventloop
 from pipeline.cli.common import check_stages, install_stop_handlers, settings_of, setup_logging
 from pipeline.cli.components import component, pipeline_specs
 from pipeline.settings import Settings
@@ -193,5 +194,5 @@ def cmd_run(args: argparse.Namespace) -> int:
             await probe.close()
             state_file(settings, args.component, instance).unlink(missing_ok=True)
 
-    asyncio.run(main())
+    eventloop.run(main())
     return 0
