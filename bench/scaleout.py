@@ -105,16 +105,16 @@ class Group:
         return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
 
     async def assignment(self) -> tuple[str, dict[str, list[int]]]:
-        """(group state, {client id: partitions assigned}) of the group."""
+        """(group state, {member id: partitions assigned}) of the group."""
         try:
             response = (await self.admin.describe_consumer_groups([self.group_id]))[0]
         except KafkaError as exc:
             return f"unknown ({type(exc).__name__})", {}
         _error, _group, state, _ptype, _protocol, members, *_ = response.groups[0]
         assigned = {}
-        for _member, client_id, _host, _meta, raw in members:
+        for member_id, _client_id, _host, _meta, raw in members:  # every process has the same client id
             parts = ConsumerProtocolMemberAssignment.decode(raw).assignment if raw else []
-            assigned[client_id] = sorted(p for _topic, ps in parts for p in ps)
+            assigned[member_id] = sorted(p for _topic, ps in parts for p in ps)
         return state, assigned
 
 
@@ -198,6 +198,7 @@ async def one_run(args, broker_pid: int | None, processes: int, kill_at: float =
     settings = settings_for(args.bootstrap, prefix)
     topics = Topics.from_settings(settings)
     await ensure_topics(settings)
+    await topic_ready(args.bootstrap, topics.received, settings.kafka.partitions)
     await produce_received(settings, args.events)
     run = Run(f"{processes} process{'es' if processes > 1 else ''}", args.events)
     group_id = f"{prefix}.{STAGE}"
@@ -271,6 +272,22 @@ async def one_run(args, broker_pid: int | None, processes: int, kill_at: float =
     return run, prefix
 
 
+async def topic_ready(bootstrap: str, topic: str, partitions: int, timeout: float = 60) -> None:
+    """Wait until the broker's metadata lists every partition of a topic just created (a busy fresh
+    broker takes a while; a producer gives up on an unknown topic sooner)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while len(consumer.partitions_for_topic(topic) or ()) < partitions:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic} has no {partitions} partitions after {timeout:g}s")
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.2)
+    finally:
+        await consumer.stop()
+
+
 async def read_committed_stall(bootstrap: str, topic: str, partitions: int, timeout: float) -> float:
     """Seconds until a read_committed reader of `topic` can read past everything written up to now.
 
@@ -327,9 +344,10 @@ async def main_async(args, broker_pid: int | None) -> None:
         print(f"ratio 2 processes / 1 process: {two.rate / one.rate:.2f}x (wall clock, events/s)", flush=True)
         # what the ratio would be if each process had a core of its own: the work of one process
         # against the larger share of the two (how evenly the 4 partitions spread the CPU)
-        print(f"ratio by CPU (each process on a core of its own): {one.cpu_processes / max(two.cpu_each):.2f}x "
-              f"(1 process {one.cpu_processes:.1f} CPU-s; 2 processes: the busier {max(two.cpu_each):.1f} CPU-s)",
-              flush=True)
+        one_ms, busier_ms = (1000 * one.cpu_processes / one.events, 1000 * max(two.cpu_each) / two.events)
+        print(f"ratio by CPU (each process on a core of its own): {one_ms / busier_ms:.2f}x (1 process: "
+              f"{one_ms:.2f} CPU-ms per event; 2 processes: the busier one {busier_ms:.2f} CPU-ms per event of "
+              f"the total)", flush=True)
         killed, p = await one_run(args, broker_pid, 2, kill_at=1 / 3)
         prefixes.append(p)
         print(killed.report().replace("2 processes", "2 processes, one killed", 1), flush=True)
