@@ -89,8 +89,11 @@ class Botnet:
             return
         held = False
         try:
-            line = await reader.readline()
-            code = line[:3].decode(errors="replace") or "closed"
+            try:
+                line = await asyncio.wait_for(reader.readline(), 60)
+            except TimeoutError:  # connected in the client's kernel, never accepted by the server
+                line = b"timeout"
+            code = "no banner in 60 s" if line == b"timeout" else line[:3].decode(errors="replace") or "closed"
             self.answers[code] += 1
             if code != "220":
                 return

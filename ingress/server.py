@@ -217,7 +217,7 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
     shared = settings.supervisor.processes.get("ingress", 1) > 1  # several ingress processes, one port
     for _, factory, host, port, ssl_context in listeners:
         servers.append(await loop.create_server(factory, host=host, port=port, reuse_address=True, reuse_port=shared,
-                                                ssl=ssl_context))
+                                                ssl=ssl_context, backlog=s.listen_backlog))
         log.info("ingress listening on %s:%d%s", host, port, " (implicit TLS)" if ssl_context else "")
     try:
         await sink.start()  # warm up; failures here are fine, persist() retries

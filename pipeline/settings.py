@@ -113,6 +113,9 @@ class IngressSettings:
     # The ingress raises its descriptor limit to fit them (ingress.descriptors)
     max_connections: int = 5000
     max_connections_per_ip: int = 10  # concurrent sessions per client IP
+    # connections the kernel completes before the ingress accepts them (listen(2)'s backlog, capped by
+    # net.core.somaxconn); asyncio's default of 100 overflows when hundreds connect at once
+    listen_backlog: int = 1024
     # under stress (sessions in use >= stress_threshold x max_connections) a session may idle only
     # stress_timeout seconds before its next command (Postfix's smtpd_timeout ${stress?10}:300);
     # a message's DATA keeps data_timeout. stress_timeout = 0: off
