@@ -109,7 +109,7 @@ class IngressSettings:
     client_allowlist: list[str] = field(default_factory=list)
     # clients that may relay to non-local domains without AUTH (Postfix's mynetworks)
     relay_networks: list[str] = field(default_factory=list)
-    # concurrent sessions in total (all listeners; ~15 KiB each when idle); more get 421 4.7.0 at connect.
+    # concurrent sessions in total (all listeners; ~13-15 KiB each when idle); more get 421 4.7.0 at connect.
     # The ingress raises its descriptor limit to fit them (ingress.descriptors)
     max_connections: int = 5000
     max_connections_per_ip: int = 10  # concurrent sessions per client IP
