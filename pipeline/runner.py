@@ -63,6 +63,7 @@ class StageRunner(TransactionalHop):
     """Runs one stage: its input topic in, its results and terminal events out."""
 
     temporary_errors = TEMPORARY_ERRORS
+    component_prefix = "stage:"
 
     def __init__(self, settings: Settings, stage: Stage, instance: str = "0") -> None:
         self.topics = Topics.from_settings(settings)
@@ -70,6 +71,8 @@ class StageRunner(TransactionalHop):
         super().__init__(settings, stage.name, [self.input_topic], instance, timeout=stage_timeout(settings, stage))
         self.stage = stage
         self.processed = 0
+        # stages handle records concurrently (`runner.concurrency`) unless they say otherwise
+        self.max_concurrency = getattr(stage, "concurrency", None) or settings.runner.concurrency
 
     async def start(self) -> None:
         await self.stage.start()
@@ -175,6 +178,7 @@ class StageRunner(TransactionalHop):
             return []  # every recipient was routed by an earlier stage: nothing left to decide
         started = time.perf_counter()
         outcome = await self.stage.process(work)
+        self.metrics.verdict(self.stage.name, str(outcome.verdict))  # metrics
         outputs = self.outputs_for(work, outcome, (time.perf_counter() - started) * 1000)
         self.processed += 1
         return outputs

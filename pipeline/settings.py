@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.destination_settings import DEFAULT_DESTINATIONS, DestinationSettings, default_destination
+from pipeline.metrics_settings import MetricsSettings
 from pipeline.outbound_settings import DkimSettings
 from pipeline.srs_settings import SrsSettings
 from pipeline.quarantine_settings import DigestSettings, QuarantineSettings, WebSettings
@@ -47,6 +48,7 @@ __all__ = [
     "DnsSettings",
     "SmarthostSinkSettings",
     "DestinationSettings",
+    "MetricsSettings",
     "parse_duration",
 ]
 
@@ -157,6 +159,10 @@ class RunnerSettings:
     # seconds one record may take in a stage or service before it counts as a temporary failure
     # (retried with backoff); a stage's own `timeout` key ([stages.<name>] timeout = "90s") overrides it
     handle_timeout: float = 60.0
+    # records of a batch handled at the same time (a stage waiting on DNS, LDAP or clamd for one
+    # record goes on with the next); outputs and offsets are still committed in record order.
+    # A stage whose `concurrency` attribute is lower gets that; 1: one record after another
+    concurrency: int = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +430,7 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     digest: DigestSettings = field(default_factory=DigestSettings)
     srs: SrsSettings = field(default_factory=SrsSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # [destinations.<name>]: the next hops, with the defaults lmtp and smarthost (see `destinations_from`)
     destinations: Mapping[str, DestinationSettings] = field(default_factory=dict)
     # [stages.<name>] sections, each validated against the stage's own settings dataclass
