@@ -140,7 +140,7 @@ class IngressHandler:
         )
         server.context = ctx
         self.events.notify(SmtpConnect(session_id=ctx.session_id, client_ip=ip, client_port=port))
-        refusal = self.limits.acquire(ip)
+        refusal = self.limits.acquire(ip, exempt=ctx.allowlisted or ctx.trusted)
         if refusal is not None:
             ctx.client_ip = ""  # not counted: nothing to release on disconnect
             return self._reject(ctx, "connect", "limits", "too_many_connections", refusal, ip=ip)
@@ -149,6 +149,10 @@ class IngressHandler:
             checks.cancel()
             return self._reject(ctx, "connect", "early_talker", "early_talker", Replies.EARLY_TALKER)
         return await checks
+
+    def idle_timeout(self) -> float:
+        """Seconds a session may idle before its next command (shorter under stress: `ingress.limits`)."""
+        return self.limits.idle_timeout(self.settings)
 
     def on_disconnect(self, server: IngressSMTP) -> None:
         ctx: CheckContext | None = server.context

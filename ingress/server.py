@@ -7,6 +7,7 @@ import ssl
 from collections.abc import Callable
 
 from ingress.checks import CheckChain, CheckServices
+from ingress.descriptors import connection_capacity
 from ingress.handler import IngressHandler
 from ingress.limits import ConnectionLimits
 from ingress.smtp import IngressSMTP
@@ -201,7 +202,7 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
     blobs = FileBlobStore(settings.home / "blobs")
     sink = KafkaEventSink(settings, instance=instance)
     services = build_services(settings, sink)
-    limits = ConnectionLimits(s.max_connections, s.max_connections_per_ip)
+    limits = ConnectionLimits(connection_capacity(s.max_connections), s.max_connections_per_ip)  # raises RLIMIT_NOFILE
     chains = [CheckChain.build(s.checks, settings.checks, services, s.check_timeout)]
     verdicts = OutcomeFollower(settings.kafka, sink.topics.outcomes) if s.verdict_wait > 0 else None
     handlers = [IngressHandler(s, blobs, sink, chains[0], listener="mx", local_domains=services.local_domains,
@@ -228,7 +229,7 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
     shared = settings.supervisor.processes.get("ingress", 1) > 1  # several ingress processes, one port
     for _, factory, host, port, ssl_context in listeners:
         servers.append(await loop.create_server(factory, host=host, port=port, reuse_address=True, reuse_port=shared,
-                                                ssl=ssl_context))
+                                                ssl=ssl_context, backlog=s.listen_backlog))
         log.info("ingress listening on %s:%d%s", host, port, " (implicit TLS)" if ssl_context else "")
     try:
         await sink.start()  # warm up; failures here are fine, persist() retries

@@ -8,6 +8,8 @@
   ``500`` that leaks it).
 - Before the banner the handler's `greet` runs (connection limits, the connect-phase checks, the
   early-talker wait); a refusal there is sent instead of the banner and the connection closes.
+- A session's idle timer asks the handler (`idle_timeout`: shorter under stress); DATA always gets
+  the full `timeout`.
 - Too many erroneous commands (5xx syntax/sequence replies: unknown command, bad arguments, bad
   sequence) end the session with ``421 4.7.0`` (Postfix's smtpd_hard_error_limit).
 - AUTH PLAIN and LOGIN call the handler's async `authenticate` (an LDAP bind must not block the
@@ -128,6 +130,13 @@ class IngressSMTP(SMTP):
         self._disconnected = True
         super().connection_lost(error)
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's idle timer (connect, every command): the handler's `idle_timeout` when it has one."""
+        if duration is None:
+            idle_timeout = getattr(self.event_handler, "idle_timeout", None)
+            duration = idle_timeout() if idle_timeout is not None else None
+        super()._reset_timeout(duration)
+
     async def _handle_client(self) -> None:
         greet = getattr(self.event_handler, "greet", None)
         if greet is not None:
@@ -232,6 +241,7 @@ class IngressSMTP(SMTP):
 
     async def smtp_DATA(self, arg: str) -> None:
         self.clear_data_offence()
+        self._reset_timeout(self._timeout_duration)  # the message itself gets data_timeout, stress or not
         await super().smtp_DATA(arg)
         if self.data_offence is not None:
             # aiosmtpd answered DATA itself (size or line limit) without asking the handler; the

@@ -111,8 +111,18 @@ class IngressSettings:
     client_allowlist: list[str] = field(default_factory=list)
     # clients that may relay to non-local domains without AUTH (Postfix's mynetworks)
     relay_networks: list[str] = field(default_factory=list)
-    max_connections: int = 200  # concurrent sessions in total; more get 421 4.7.0 at connect
+    # concurrent sessions in total (all listeners; ~13-15 KiB each when idle); more get 421 4.7.0 at connect.
+    # The ingress raises its descriptor limit to fit them (ingress.descriptors)
+    max_connections: int = 5000
     max_connections_per_ip: int = 10  # concurrent sessions per client IP
+    # connections the kernel completes before the ingress accepts them (listen(2)'s backlog, capped by
+    # net.core.somaxconn); asyncio's default of 100 overflows when hundreds connect at once
+    listen_backlog: int = 1024
+    # under stress (sessions in use >= stress_threshold x max_connections) a session may idle only
+    # stress_timeout seconds before its next command (Postfix's smtpd_timeout ${stress?10}:300);
+    # a message's DATA keeps data_timeout. stress_timeout = 0: off
+    stress_threshold: float = 0.8
+    stress_timeout: float = 10.0
     max_recipients: int = 100  # per message; more get 452 4.5.3
     max_bad_commands: int = 10  # unknown/invalid commands per session before 421 4.7.0
     # seconds to wait before the banner; a client that speaks first is an early talker (554 5.5.1). 0: off

@@ -134,6 +134,10 @@ def _render(conf_dir: Path, host: str, port: int, zones_dir: Path, zones: dict[s
         "    hide-version: yes",
         "    zonefiles-check: yes",
         "    zonefiles-write: 0",
+        # no response rate limiting: every query comes from the loopback clients of this stack (a
+        # site's resolver would not drop its own clients' answers); with it, a burst of connections
+        # from new addresses (bench/connections.py) gets DNS timeouts and 451 at connect
+        "    rrl-ratelimit: 0",
         "",
         "remote-control:",
         "    control-enable: no",
