@@ -46,6 +46,7 @@ class Output:
     topic: str
     key: bytes
     event: Event
+    headers: tuple[tuple[str, bytes], ...] = ()  # record headers (the chain marks its stage_results: pipeline.chain)
 
 
 class Hold(Exception):
@@ -123,7 +124,8 @@ class TransactionalHop:
                         self._retry_later(consumer, tp, record, exc)
                         break
                     for out in outputs:
-                        await producer.send(out.topic, encode_event(out.event), key=out.key)
+                        await producer.send(out.topic, encode_event(out.event), key=out.key,
+                                            headers=list(out.headers) or None)
                     offsets[tp] = record.offset + 1
                     self.backoff.reset(tp)
             if offsets:

@@ -20,8 +20,10 @@ from pipeline.config import load_settings, raw_config
 from pipeline.localstack import ServiceSpec
 from pipeline.settings import ConfigError, Settings
 from pipeline.supervisor import component_argv
+from pipeline.topology_settings import chain_name
 
-__all__ = ["Component", "components", "component", "known_components", "pipeline_specs", "load_builtins",
+__all__ = ["Component", "components", "component", "known_components", "stage_components", "pipeline_specs",
+           "load_builtins",
            "load_config", "BUILTIN_STAGE_MODULES", "BUILTIN_CHECK_MODULES"]
 
 # modules whose import registers the built-in stages and checks; the config picks from them by name
@@ -131,11 +133,22 @@ def stage_component(name: str) -> Component:
     return Component(f"stage:{name}", get_stage(name).description, "pipeline.runner:run_stage", (("stage", name),))
 
 
+def chain_component(stages: list[str]) -> Component:
+    """The stages `stages` (a chain of `topology.chains`) in one process: `chain:<first>-<last>`."""
+    name = chain_name(stages)
+    return Component(f"chain:{name}", f"runs {', '.join(stages)} in one process and transaction",
+                     "pipeline.chain:run_chain", (("chain", name),))
+
+
+def stage_components(settings: Settings) -> list[Component]:
+    """What runs the stages: a component per chain (`chain:NAME`) and per stage in no chain (`stage:NAME`)."""
+    return [chain_component(run) if len(run) > 1 else stage_component(run[0]) for run in settings.topology.runs()]
+
+
 def known_components(settings: Settings) -> dict[str, Component]:
     """Every component these settings can run by hand (`poststelle run`), by name."""
     sinks = [sink_component(settings, n) for n in (*settings.destination_names, "analytics")]
-    found = [INGRESS, *(stage_component(n) for n in settings.topology.stages), *sinks, VERDICT, RETRY,
-             BOUNCE, DIGEST, WEB]
+    found = [INGRESS, *stage_components(settings), *sinks, VERDICT, RETRY, BOUNCE, DIGEST, WEB]
     return {c.name: c for c in found}
 
 
@@ -146,7 +159,7 @@ def components(settings: Settings) -> list[Component]:
     if s.run_ingress:
         chosen.append(INGRESS)
     if s.run_stages:
-        chosen.extend(stage_component(name) for name in settings.topology.stages)
+        chosen.extend(stage_components(settings))
         chosen.append(VERDICT)  # turns rejections the sender was not told of into quarantine
         chosen.append(WEB)  # the quarantine portal
     chosen.extend(sink_component(settings, name) for name in s.sinks)
@@ -159,6 +172,10 @@ def component(settings: Settings, name: str) -> Component:
     """The component called `name` (a ConfigError naming the known ones when there is none)."""
     known = known_components(settings)
     if name not in known:
+        if name.startswith("stage:") and name[6:] in settings.topology.stages:
+            chain = next(c for c in settings.topology.chains if name[6:] in c)
+            raise ConfigError(f"{name}: the stage runs in chain:{chain_name(chain)} (topology.chains); "
+                              "take it out of the chain to run it alone")
         if name.startswith("stage:"):
             raise ConfigError(f"{name}: stage is not in topology.stages")
         raise ConfigError(f"unknown component {name!r} (known: {', '.join(known)})")
