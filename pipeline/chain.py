@@ -113,7 +113,7 @@ class ChainRunner(TransactionalHop):
         except BATCH_FAILURES:
             raise
         except TimeoutError as exc:
-            raise TemporaryFailure(f"stage {stage.name}: {exc or f'no answer within {timeout:g}s'}") from exc
+            raise TemporaryFailure(f"stage {stage.name}: {str(exc) or f'no answer within {timeout:g}s'}") from exc
         except TEMPORARY_ERRORS as exc:
             raise TemporaryFailure(f"stage {stage.name}: {exc}") from exc
         except PoisonMessage as exc:
