@@ -162,7 +162,7 @@ def test_a_group_over_the_size_limit_waits_for_a_person(stack):
     group = _add_group(stack, "riesig", ["nisMailAlias"], {"rfc822MailMember": members})
     test_id = new_test_id()
     send(make_message(test_id, to=group), [group], port=stack.smtp_port)
-    log = stack.home / "log" / "stage-expand.log"
+    log = stack.log_of("expand")
     reason = f"group {group}: more than max_members 5000 members (5001 after 1 level(s))"
     stack.wait_for(lambda: reason in log.read_text(errors="replace"), what="the reason in the stage's log")
     metrics = (stack.home / "metrics" / "stage-expand.prom").read_text()
