@@ -34,8 +34,10 @@ from collections.abc import Callable
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.blobstore import FileBlobStore
+from pipeline.broker import watch
 from pipeline.bus import Topics
 from pipeline.exactly_once import BATCH_FAILURES
+from pipeline.handover import take_over
 from pipeline.hop import Output, TransactionalHop
 from pipeline.registry import get_stage
 from pipeline.runner import CHAINED_HEADER, TEMPORARY_ERRORS, decode_work, ran_already, stage_timeout
@@ -70,6 +72,12 @@ class ChainRunner(TransactionalHop):
         self.stages = stages
         self.processed = 0  # records run through (part of) the chain
         self.skipped = 0  # records the chain wrote itself and read back
+
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
+        # where the stages ran alone or in another chain before, go on where they stopped (`pipeline.handover`)
+        readers = {topic: self.stages[i].name for topic, i in self.entries.items()}
+        await watch().retry(self.name, lambda: take_over(self.settings, self.group_id, readers))
+        await super().run(stop, on_ready)
 
     async def start(self) -> None:
         for stage in self.stages:

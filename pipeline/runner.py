@@ -22,7 +22,9 @@ from collections.abc import Callable
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.blobstore import FileBlobStore
+from pipeline.broker import watch
 from pipeline.bus import Topics
+from pipeline.handover import take_over
 from pipeline.hop import Output, TransactionalHop
 from pipeline.registry import get_stage
 from pipeline.settings import Settings
@@ -87,6 +89,12 @@ class StageRunner(TransactionalHop):
         super().__init__(settings, stage.name, [self.input_topic], instance, timeout=stage_timeout(settings, stage))
         self.stage = stage
         self.processed = 0
+
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
+        # where the stage ran in a chain before, go on where the chain stopped (`pipeline.handover`)
+        readers = {self.input_topic: self.stage.name}
+        await watch().retry(self.name, lambda: take_over(self.settings, self.group_id, readers))
+        await super().run(stop, on_ready)
 
     async def start(self) -> None:
         await self.stage.start()
