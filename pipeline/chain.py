@@ -21,7 +21,8 @@ message (docs/decisions/0005-chaining.md).
 
 **Failures** are the record's, whole: a temporary failure or timeout of any stage retries the record
 from the chain's start (the transaction covers it: nothing of the earlier stages is committed); a
-stage exception or poison message dead-letters the record with the stage's name in the error.
+stage exception or poison message dead-letters the record with the stage's name in the error and as
+the dead letter's `consumer` (a record that cannot be decoded: the stage it was for), as alone.
 """
 from __future__ import annotations
 
@@ -97,7 +98,10 @@ class ChainRunner(TransactionalHop):
         if ran_already(record, self.stages[first].name):
             self.skipped += 1
             return []  # written by the chain, which ran it on already
-        work: Work | None = decode_work(self.settings, record)
+        try:
+            work: Work | None = decode_work(self.settings, record)
+        except PoisonMessage as exc:  # named after the stage it was for, as that stage alone would
+            raise PoisonMessage(exc.reason, str(exc), consumer=self.stages[first].name) from None
         outputs: list[Output] = []
         for i in range(first, len(self.stages)):
             if work is None or not work.recipients:
@@ -125,11 +129,11 @@ class ChainRunner(TransactionalHop):
         except TEMPORARY_ERRORS as exc:
             raise TemporaryFailure(f"stage {stage.name}: {exc}") from exc
         except PoisonMessage as exc:
-            raise PoisonMessage(exc.reason, f"stage {stage.name}: {exc}") from None
+            raise PoisonMessage(exc.reason, f"stage {stage.name}: {exc}", consumer=stage.name) from None
         except Exception as exc:  # a bug of the stage: the record goes to the dead letters, named after it
             log.exception("%s: stage %s failed on %s", self.name, stage.name, work.message.message_id)
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            raise PoisonMessage("exception", f"stage {stage.name}: {detail}") from None
+            raise PoisonMessage("exception", f"stage {stage.name}: {detail}", consumer=stage.name) from None
 
 
 async def run_chain(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None,

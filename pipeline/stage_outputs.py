@@ -48,7 +48,7 @@ def stage_step(topics: Topics, stage: str, work: Work, outcome: Outcome, duratio
     try:
         fan = apply_outcome(work, outcome, stage)
     except ValueError as exc:
-        raise PoisonMessage("bad_outcome", f"stage {stage}: {exc}") from None
+        raise PoisonMessage("bad_outcome", f"stage {stage}: {exc}", consumer=stage) from None
     result = Result(stage=stage, verdict=outcome.verdict, score=outcome.score, details=outcome.details,
                     duration_ms=round(duration_ms, 3))
     write = _Writer(topics, stage, work, fan, result)

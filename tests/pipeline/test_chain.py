@@ -241,7 +241,7 @@ async def test_a_stage_exception_dead_letters_the_record_whole_naming_the_stage(
     dead = out.event
     assert isinstance(dead, Deadlettered) and out.topic == "poststelle.deadletter"
     assert (dead.reason, dead.error) == ("exception", f"stage {B}: ValueError: cannot parse Kaputt")
-    assert dead.consumer == f"chain.{A}-route" and dead.source_topic == "poststelle.received"
+    assert dead.consumer == B and dead.source_topic == "poststelle.received"  # the stage, as alone
     assert orjson.loads(dead.payload)["message_id"] == event.message_id
     assert not _stage(chain, C).seen
 
@@ -251,7 +251,14 @@ async def test_a_bad_outcome_is_dead_lettered_with_the_stage_name(tmp_path):
         return Outcome(verdict=Verdict.FAIL, rejected={"nobody@school.test": "?"})
 
     (out,) = await _chain(tmp_path, **{C: wrong}).outputs_of(_record(encode_event(_received())))
-    assert out.event.reason == "bad_outcome" and f"stage {C}" in out.event.error
+    assert out.event.reason == "bad_outcome" and f"stage {C}" in out.event.error and out.event.consumer == C
+
+
+async def test_an_undecodable_record_is_dead_lettered_for_the_stage_it_was_for(tmp_path):
+    chain = _chain(tmp_path)
+    (out,) = await chain.outputs_of(_record(b"{not json", topic=f"poststelle.checked.{A}"))
+    assert (out.event.reason, out.event.consumer, out.event.source_topic) == ("undecodable", B,
+                                                                               f"poststelle.checked.{A}")
 
 
 # ---- the checked topics inside the chain -----------------------------------------------------
