@@ -33,7 +33,9 @@ sys.path.insert(0, str(REPO))
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
+from pipeline import eventloop  # noqa: E402
 from pipeline.bus import Topics, ensure_topics, make_producer  # noqa: E402
+from pipeline.cli.components import load_builtins  # noqa: E402
 from pipeline.config import load_settings  # noqa: E402
 from pipeline.registry import register  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
@@ -78,6 +80,7 @@ def make_settings(bootstrap: str, prefix: str, batch_size: int = 0) -> Settings:
     }
     if batch_size:  # else the default runner.batch_size
         env["POSTSTELLE_RUNNER__BATCH_SIZE"] = str(batch_size)
+    load_builtins()  # the built-in checks and stages the default config names
     return load_settings(None, environ=env, stage_types={STAGE: NoopSettings})
 
 
@@ -301,4 +304,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    eventloop.run(main())  # uvloop, as the components run (POSTSTELLE_EVENT_LOOP=asyncio: the standard loop)

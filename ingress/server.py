@@ -47,11 +47,13 @@ class KafkaEventSink:
         self.topics = Topics.from_settings(settings)
         self.transactional_id = f"{settings.kafka.topic_prefix}.ingress.{instance}"
         self.timeout = settings.ingress.persist_timeout
-        self._tx = TransactionalProducer(settings.kafka, self.transactional_id)
+        self._tx = TransactionalProducer(settings.kafka, self.transactional_id,
+                                         rotation=settings.kafka.transaction_rotation)
         self._plain = RenewingProducer(settings.kafka, "ingress-sessions")
         self._queue: list[tuple[Received, asyncio.Future]] = []
         self._flushing: asyncio.Task | None = None
-        self._pending: set[asyncio.Task] = set()
+        self._notifications: list[Event] = []
+        self._notifier: asyncio.Task | None = None
         self.dropped_notifications = 0
 
     # -- received: transactional, group commit --------------------------------------------------
@@ -94,21 +96,27 @@ class KafkaEventSink:
     # -- session events: best effort --------------------------------------------------------------
 
     def notify(self, event: Event) -> None:
-        if len(self._pending) >= MAX_PENDING_NOTIFICATIONS:
+        """Queue a session event; one task sends what is queued, batch after batch (no task per event)."""
+        if len(self._notifications) >= MAX_PENDING_NOTIFICATIONS:
             self.dropped_notifications += 1
             return
-        task = asyncio.get_running_loop().create_task(self._send_notification(event))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._notifications.append(event)
+        if self._notifier is None or self._notifier.done():
+            self._notifier = asyncio.get_running_loop().create_task(self._send_notifications())
 
-    async def _send_notification(self, event: Event) -> None:
-        try:
-            key = (event.message_id or getattr(event, "session_id", "")).encode()
-            async with asyncio.timeout(self.timeout):
-                await (await self._plain.send(self.topics.sessions, encode_event(event), key=key))
-        except Exception as exc:
-            self.dropped_notifications += 1
-            log.debug("session event %s not sent: %s", event.id, exc)
+    async def _send_notifications(self) -> None:
+        while self._notifications:
+            batch, self._notifications = self._notifications, []
+            try:
+                async with asyncio.timeout(self.timeout):
+                    deliveries = [await self._plain.send(self.topics.sessions, encode_event(event), key=_key(event))
+                                  for event in batch]
+                    answers = await asyncio.gather(*deliveries, return_exceptions=True)
+                failed = sum(isinstance(a, BaseException) for a in answers)
+            except Exception as exc:
+                failed = len(batch)
+                log.debug("%d session events not sent: %s", failed, exc)
+            self.dropped_notifications += failed
 
     # -- accepted before the verdict: durable -------------------------------------------------------
 
@@ -121,10 +129,15 @@ class KafkaEventSink:
     async def close(self, timeout: float = 5.0) -> None:
         if self._flushing is not None:
             await asyncio.wait([self._flushing], timeout=timeout)
-        if self._pending:
-            await asyncio.wait(self._pending, timeout=timeout)
+        if self._notifier is not None:
+            await asyncio.wait([self._notifier], timeout=timeout)
         await self._discard_transactional()
         await self._plain.stop()
+
+
+def _key(event: Event) -> bytes:
+    """A session event's key: its message, else its session (so a session's events stay in order)."""
+    return (event.message_id or getattr(event, "session_id", "")).encode()
 
 
 async def _follow_outcomes(follower: OutcomeFollower) -> None:
@@ -212,8 +225,10 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
         await chain.start()
     follower_start = asyncio.create_task(_follow_outcomes(verdicts)) if verdicts is not None else None
     servers = []
+    shared = settings.supervisor.processes.get("ingress", 1) > 1  # several ingress processes, one port
     for _, factory, host, port, ssl_context in listeners:
-        servers.append(await loop.create_server(factory, host=host, port=port, reuse_address=True, ssl=ssl_context))
+        servers.append(await loop.create_server(factory, host=host, port=port, reuse_address=True, reuse_port=shared,
+                                                ssl=ssl_context))
         log.info("ingress listening on %s:%d%s", host, port, " (implicit TLS)" if ssl_context else "")
     try:
         await sink.start()  # warm up; failures here are fine, persist() retries

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 import logging
+import re
 
 import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult
 
 from ingress.replies import Replies, with_enhanced_code
+from ingress.smtp_fast import install_cached_introspection, plain_angle_address
+from pipeline.metrics import SMTP_REPLIES, SMTP_SESSIONS, SMTP_SESSIONS_ACTIVE
 
 __all__ = ["IngressSMTP", "IllegalInput"]
 
@@ -35,7 +37,15 @@ COMMAND_SEPARATOR = b"\n"  # aiosmtpd reads commands up to LF; DATA lines up to 
 aiosmtpd.smtp.BOGUS_LIMIT = 1_000_000
 TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
 _ERROR_REPLIES = ("500", "501", "502", "503", "504")
+install_cached_introspection()  # per-connection command tables from per-class memory (ingress.smtp_fast)
 _ROUTED_RCPT = re.compile(r"\s*<(?P<address>[^<>\s@]+(?:@[^<>\s@]+){2,})>(?P<rest>(?:\s.*)?)")
+
+
+def _count_reply(status: str | bytes) -> None:
+    """Count a reply by its code; a multi-line reply once, at its last line (``250 `` not ``250-``)."""
+    text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
+    if len(text) >= 3 and text[:3].isdigit() and text[3:4] != "-":
+        SMTP_REPLIES.labels(text[:3]).inc()
 
 
 class IllegalInput(Exception):
@@ -102,6 +112,9 @@ class IngressSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         starttls = self._original_transport is not None and self.transport is not None
         super().connection_made(transport)
+        if not starttls:  # metrics: a new session (STARTTLS continues one)
+            SMTP_SESSIONS.inc()
+            SMTP_SESSIONS_ACTIVE.inc()
         on_tls = getattr(self.event_handler, "on_starttls", None)
         if starttls and on_tls is not None:
             on_tls(self)
@@ -110,6 +123,8 @@ class IngressSMTP(SMTP):
         on_disconnect = getattr(self.event_handler, "on_disconnect", None)
         if on_disconnect is not None and not self._disconnected:
             on_disconnect(self)
+        if not self._disconnected:
+            SMTP_SESSIONS_ACTIVE.dec()
         self._disconnected = True
         super().connection_lost(error)
 
@@ -146,6 +161,7 @@ class IngressSMTP(SMTP):
                 if self.bad_commands > self.max_bad_commands:
                     status = TOO_MANY_ERRORS
                     self.close_after_reply()
+        _count_reply(status)
         await super().push(status)
 
     # -- AUTH: aiosmtpd parses, the handler verifies (asynchronously) ------------------------------
@@ -202,6 +218,9 @@ class IngressSMTP(SMTP):
             self._parsing_rcpt = False
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        plain = plain_angle_address(arg, self.local_part_limit)
+        if plain is not None:
+            return plain
         address, rest = super()._getaddr(arg)
         if address is None and self._parsing_rcpt:
             # `<r@ext.test@school.test>` is no RFC 5321 mailbox, but MTAs resolve it as a route:

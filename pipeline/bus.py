@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipeline.settings import DESTINATIONS, KafkaSettings, Settings
 
-__all__ = ["Topics", "make_producer", "make_transactional_producer", "make_consumer", "ensure_topics",
+__all__ = ["Topics", "make_producer", "make_transactional_producer", "make_consumer", "make_admin", "ensure_topics",
            "DrainOnRevoke", "PartitionBackoff", "hold_partition", "topic_partitions", "behind", "read_topic",
            "MetadataProbe", "kafka_bound", "start_or_release", "stop_quietly"]
 
@@ -214,6 +214,10 @@ def make_consumer(k: KafkaSettings, group_id: str | None, client_id: str, **extr
         fetch_max_bytes=max(52_428_800, k.max_partition_fetch_bytes),
         **extra,
     )
+
+
+def make_admin(k: KafkaSettings, client_id: str) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**_common(k, client_id))
 
 
 def kafka_bound(k: KafkaSettings) -> float:

@@ -40,6 +40,7 @@ from pipeline.bus import Topics
 from pipeline.exactly_once import BATCH_FAILURES
 from pipeline.handover import take_over
 from pipeline.hop import Output, TransactionalHop
+from pipeline.metrics import HopMetrics
 from pipeline.registry import get_stage
 from pipeline.runner import CHAINED_HEADER, TEMPORARY_ERRORS, decode_work, ran_already, stage_timeout
 from pipeline.settings import Settings
@@ -73,6 +74,9 @@ class ChainRunner(TransactionalHop):
         self.stages = stages
         self.processed = 0  # records run through (part of) the chain
         self.skipped = 0  # records the chain wrote itself and read back
+        # records handled concurrently (`runner.concurrency`), less if a stage of the chain asks for less
+        self.max_concurrency = min(getattr(s, "concurrency", None) or settings.runner.concurrency for s in stages)
+        self.metrics = HopMetrics(f"chain:{chain_name(names)}", self.group_id, settings.metrics.lag_interval)
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
         # where the stages ran alone or in another chain before, go on where they stopped (`pipeline.handover`)
@@ -110,6 +114,7 @@ class ChainRunner(TransactionalHop):
             following = self.stages[i + 1].name if i + 1 < len(self.stages) else ""
             started = time.perf_counter()
             outcome = await self._process(stage, self.timeouts[i], work)
+            self.metrics.verdict(stage.name, str(outcome.verdict))  # metrics
             step = stage_step(self.topics, stage.name, work, outcome, (time.perf_counter() - started) * 1000,
                               passed_headers=((CHAINED_HEADER, following.encode()),) if following else ())
             outputs.extend(step.outputs)

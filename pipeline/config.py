@@ -40,10 +40,12 @@ __all__ = ["load_settings", "raw_config", "parse_section", "ENV_PREFIX"]
 ENV_PREFIX = "POSTSTELLE_"
 # environment variables with the prefix that are not config keys
 _ENV_NOT_KEYS = {"POSTSTELLE_HOME", "POSTSTELLE_CONFIG", "POSTSTELLE_INSTANCE", "POSTSTELLE_LOG_LEVEL",
-                 "POSTSTELLE_TEST_BASE", "POSTSTELLE_SCREENSHOTS"}
+                 "POSTSTELLE_TEST_BASE", "POSTSTELLE_SCREENSHOTS", "POSTSTELLE_EVENT_LOOP"}
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is dict:
+        return f"a table (name = {_type_name(typing.get_args(tp)[1])})"
     if typing.get_origin(tp) is list:
         item = typing.get_args(tp)[0]
         plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(item, "values")
@@ -56,6 +58,11 @@ def _type_name(tp: Any) -> str:
 def _coerce(key: str, tp: Any, value: Any) -> Any:
     """Check `value` against the field type `tp`, converting only where lossless."""
     origin = typing.get_origin(tp)
+    if origin is dict:  # a table of plain values ({ingress = 2})
+        value_tp = typing.get_args(tp)[1]
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return {str(k): _coerce(f"{key}.{k}", value_tp, v) for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -287,6 +294,8 @@ def _check_consistency(settings: Settings) -> None:
             if name not in settings.destinations or settings.destinations[name].kind != kind:
                 raise ConfigError(f"local.{key}: {name!r} is not a destination of kind {kind}")
     k, r = settings.kafka, settings.runner
+    if not 1 <= k.transaction_rotation <= 8:
+        raise ConfigError(f"kafka.transaction_rotation: expected 1 to 8 producers, got {k.transaction_rotation}")
     if k.max_partition_fetch_bytes < k.max_request_size:
         raise ConfigError("kafka.max_partition_fetch_bytes: must be at least kafka.max_request_size "
                           f"({k.max_request_size}), or consumers cannot fetch what producers write")

@@ -57,7 +57,8 @@ class ExactlyOnceLoop:
         self.on_assigned = on_assigned
         self.bound = kafka_bound(kafka)
         # (unit tests pass stand-ins for aiokafka's clients)
-        self.producer = producer or TransactionalProducer(kafka, transactional_id)
+        self.producer = producer or TransactionalProducer(kafka, transactional_id,
+                                                              rotation=kafka.transaction_rotation)
         self._consumer_factory = consumer_factory
         self.consumer: AIOKafkaConsumer | None = None
         self.redone = 0  # batches given up and redone after a broker failure

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
@@ -33,6 +33,7 @@ from pipeline.blobstore import FileBlobStore
 from pipeline.bus import PartitionBackoff, Topics, hold_partition
 from pipeline.deadletter import PoisonMessage, deadletter_event
 from pipeline.exactly_once import BATCH_FAILURES, ExactlyOnceLoop
+from pipeline.metrics import HopMetrics
 from pipeline.settings import Settings
 from schemas.events import Event, encode_event
 
@@ -61,6 +62,10 @@ class TransactionalHop:
     """Subclasses implement `handle`; `temporary_errors` are retried with backoff, never skipped."""
 
     temporary_errors: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError)
+    # records handled at the same time at most; the services (retry, bounce, verdict) read tables
+    # while handling, so they take one record after another. The stage runner lifts this.
+    max_concurrency: int = 1
+    component_prefix = ""  # the component is `<prefix><name>` (the stage runner's: ``stage:``)
 
     def __init__(self, settings: Settings, name: str, input_topics: list[str], instance: str = "0",
                  timeout: float | None = None) -> None:
@@ -76,6 +81,7 @@ class TransactionalHop:
         self.blobs = FileBlobStore(settings.home / "blobs")  # for dead letters too large for an event
         self.deadlettered = 0
         self._lock = asyncio.Lock()
+        self.metrics = HopMetrics(f"{self.component_prefix}{name}", self.group_id, settings.metrics.lag_interval)
 
     async def handle(self, record: ConsumerRecord) -> list[Output]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -105,33 +111,70 @@ class TransactionalHop:
                 await self.before_batch()
                 await self._process_batch(loop.consumer, loop.producer, batch)
 
-            await loop.consume(stop, one_batch)
+            async with self.metrics.lag_of(lambda: loop.consumer):  # metrics: the group's lag
+                await loop.consume(stop, one_batch)
         finally:
             await self.close()
             await loop.close()
 
     async def _process_batch(self, consumer, producer, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Handle the batch's records (up to `concurrency` at once), then commit their outputs and
+        offsets in record order, each partition up to its first record that must wait."""
+        handled = self._handle_all(batch)
         offsets: dict[TopicPartition, int] = {}
-        async with producer.transaction():
-            for tp, records in batch.items():
-                for record in records:
-                    try:
-                        outputs = await self.outputs_of(record)
-                    except Hold as hold:
-                        hold_partition(consumer, tp, record.offset, hold.delay)
-                        break
-                    except self.temporary_errors as exc:
-                        self._retry_later(consumer, tp, record, exc)
-                        break
-                    for out in outputs:
-                        await producer.send(out.topic, encode_event(out.event), key=out.key,
-                                            headers=list(out.headers) or None)
-                    offsets[tp] = record.offset + 1
-                    self.backoff.reset(tp)
-            if offsets:
-                await producer.send_offsets_to_transaction(offsets, self.group_id)
+        try:
+            async with producer.transaction():
+                for tp, records in batch.items():
+                    for record, attempt in zip(records, handled[tp]):
+                        try:
+                            outputs = await attempt
+                        except Hold as hold:
+                            hold_partition(consumer, tp, record.offset, hold.delay)
+                            break
+                        except self.temporary_errors as exc:
+                            self._retry_later(consumer, tp, record, exc)
+                            break
+                        for out in outputs:
+                            await producer.send(out.topic, encode_event(out.event), key=out.key,
+                                                headers=list(out.headers) or None)
+                        offsets[tp] = record.offset + 1
+                        self.backoff.reset(tp)
+                if offsets:
+                    await producer.send_offsets_to_transaction(offsets, self.group_id)
+        finally:  # records after a partition's first wait are handled again later: drop their work
+            tasks = []
+            for attempt in (a for attempts in handled.values() for a in attempts):
+                if isinstance(attempt, asyncio.Task):
+                    attempt.cancel()  # (a no-op for one that is done)
+                    tasks.append(attempt)
+                else:
+                    attempt.close()  # a coroutine not awaited yet never runs (closing an awaited one: no-op)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def concurrency(self) -> int:
+        """Records handled at the same time: `runner.concurrency`, or less if the hop asks for less."""
+        return max(1, min(self.settings.runner.concurrency, self.max_concurrency))
+
+    def _handle_all(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> dict[TopicPartition, list[Awaitable]]:
+        """Per record the awaitable of its `outputs_of`: tasks, at most `concurrency` running at once;
+        with a concurrency of 1, coroutines that run only when the transaction awaits them."""
+        if self.concurrency == 1:
+            return {tp: [self.outputs_of(r) for r in records] for tp, records in batch.items()}
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def attempt(record: ConsumerRecord) -> list[Output]:
+            async with slots:
+                return await self.outputs_of(record)
+
+        return {tp: [asyncio.ensure_future(attempt(r)) for r in records] for tp, records in batch.items()}
 
     async def outputs_of(self, record: ConsumerRecord) -> list[Output]:
+        """`_outputs_of`, measured: its duration; processed (dead letters too), or retried."""
+        with self.metrics.handling():
+            return await self._outputs_of(record)
+
+    async def _outputs_of(self, record: ConsumerRecord) -> list[Output]:
         """`handle` within the timeout; a record it cannot handle becomes its dead letter.
 
         Raises only `Hold` and the temporary errors (the record is then tried again later).
@@ -159,6 +202,7 @@ class TransactionalHop:
         """The record, whole, for the dead-letter topic (same key, so it sorts with its message)."""
         consumer = consumer or self.name
         self.deadlettered += 1
+        self.metrics.deadlettered(reason)
         log.warning("%s: dead-lettering %s[%d]@%d: %s: %s", consumer, record.topic, record.partition,
                     record.offset, reason, error)
         try:

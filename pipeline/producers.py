@@ -79,29 +79,47 @@ class TransactionalProducer:
     Used like aiokafka's (`transaction()`, `send`, `send_offsets_to_transaction`). A transaction
     whose records, offsets or commit fail or time out raises; the producer is then abandoned and
     the next `transaction()` (or `start()`) makes its successor, which fences it.
+
+    `rotation` > 1 takes turns between that many aiokafka producers (transactional ids `id`,
+    `id.r1`, ...), one transaction each. After a commit the broker still writes the transaction's
+    markers; a transaction that starts on the same id before they are written is refused with
+    CONCURRENT_TRANSACTIONS and aiokafka waits a fixed 20 ms before trying again, so back-to-back
+    transactions on one id are bound by that wait, not by the work (measured: 1 id 93-133
+    transactions/s with a p90 of 25 ms; 2 ids in turn 270-337/s, p90 3-6 ms; docs/performance.md).
+    Transactions still run one after another, so their records and offsets keep their order; a
+    later transaction's offsets are appended after an earlier one's and win over them.
     """
 
     def __init__(self, kafka: KafkaSettings, transactional_id: str,
-                 make: Callable[[KafkaSettings, str], AIOKafkaProducer] = make_transactional_producer) -> None:
+                 make: Callable[[KafkaSettings, str], AIOKafkaProducer] = make_transactional_producer,
+                 rotation: int = 1) -> None:
         self.kafka = kafka
         self.transactional_id = transactional_id
+        self.transactional_ids = [transactional_id] + [f"{transactional_id}.r{k}" for k in range(1, rotation)]
         self._make = make  # (unit tests pass a stand-in for aiokafka's producer)
         self.bound = kafka_bound(kafka)
-        self._producer: AIOKafkaProducer | None = None
+        self._producers: list[AIOKafkaProducer | None] = [None] * len(self.transactional_ids)
+        self._turn = 0  # the producer of the next transaction
         self._deliveries: list[asyncio.Future] = []
         self._starting = asyncio.Lock()
 
     @property
     def started(self) -> bool:
-        return self._producer is not None
+        return all(p is not None for p in self._producers)
+
+    @property
+    def _producer(self) -> AIOKafkaProducer | None:
+        """The producer of the transaction in progress (or of the next one)."""
+        return self._producers[self._turn]
 
     async def start(self) -> None:
-        """Register the transactional id (fencing any predecessor); raises if the broker is away."""
+        """Register the transactional ids (fencing any predecessors); raises if the broker is away."""
         async with self._starting:
-            if self._producer is None:
-                producer = self._make(self.kafka, self.transactional_id)
-                await start_or_release(producer, self.bound)
-                self._producer = producer
+            for k, tid in enumerate(self.transactional_ids):
+                if self._producers[k] is None:
+                    producer = self._make(self.kafka, tid)
+                    await start_or_release(producer, self.bound)
+                    self._producers[k] = producer
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator["TransactionalProducer"]:
@@ -123,6 +141,7 @@ class TransactionalProducer:
             raise
         finally:
             self._deliveries = []
+        self._turn = (self._turn + 1) % len(self._producers)
 
     async def send(self, topic: str, value: bytes, *, key: bytes | None = None,
                    headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future:
@@ -138,16 +157,19 @@ class TransactionalProducer:
             await self._producer.send_offsets_to_transaction(offsets, group_id)
 
     async def discard(self) -> None:
-        """Drop the producer without flushing; its open transaction is aborted by its successor."""
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            await abandon(producer)
+        """Drop every producer without flushing; an open transaction is aborted by its successor."""
+        producers, self._producers = self._producers, [None] * len(self._producers)
+        self._turn = 0
+        for producer in producers:
+            if producer is not None:
+                await abandon(producer)
 
     async def stop(self) -> None:
         """Stop cleanly (nothing is in flight between transactions); bounded, the broker may be gone."""
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            await _stop_or_abandon(producer, self.bound)
+        producers, self._producers = self._producers, [None] * len(self._producers)
+        for producer in producers:
+            if producer is not None:
+                await _stop_or_abandon(producer, self.bound)
 
 
 class RenewingProducer:

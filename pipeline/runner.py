@@ -82,6 +82,7 @@ class StageRunner(TransactionalHop):
     """Runs one stage: its input topic in, its results and terminal events out."""
 
     temporary_errors = TEMPORARY_ERRORS
+    component_prefix = "stage:"
 
     def __init__(self, settings: Settings, stage: Stage, instance: str = "0") -> None:
         self.topics = Topics.from_settings(settings)
@@ -89,6 +90,8 @@ class StageRunner(TransactionalHop):
         super().__init__(settings, stage.name, [self.input_topic], instance, timeout=stage_timeout(settings, stage))
         self.stage = stage
         self.processed = 0
+        # stages handle records concurrently (`runner.concurrency`) unless they say otherwise
+        self.max_concurrency = getattr(stage, "concurrency", None) or settings.runner.concurrency
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
         # where the stage ran in a chain before, go on where the chain stopped (`pipeline.handover`)
@@ -120,6 +123,7 @@ class StageRunner(TransactionalHop):
             return []  # every recipient was routed by an earlier stage: nothing left to decide
         started = time.perf_counter()
         outcome = await self.stage.process(work)
+        self.metrics.verdict(self.stage.name, str(outcome.verdict))  # metrics
         outputs = self.outputs_for(work, outcome, (time.perf_counter() - started) * 1000)
         self.processed += 1
         return outputs

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.destination_settings import DEFAULT_DESTINATIONS, DestinationSettings, default_destination
+from pipeline.metrics_settings import MetricsSettings
 from pipeline.outbound_settings import DkimSettings
 from pipeline.srs_settings import SrsSettings
 from pipeline.topology_settings import TopologySettings
@@ -48,6 +49,7 @@ __all__ = [
     "DnsSettings",
     "SmarthostSinkSettings",
     "DestinationSettings",
+    "MetricsSettings",
     "parse_duration",
 ]
 
@@ -88,6 +90,9 @@ class KafkaSettings:
     # while the broker is unreachable, components try again after this pause, doubling up to the max
     reconnect_backoff_initial: float = 0.5
     reconnect_backoff_max: float = 2.0
+    # transactional producers a component takes turns with (ids <id>, <id>.r1, ...): a transaction
+    # right after another on the same id waits ~20 ms for the broker's markers (pipeline.producers)
+    transaction_rotation: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +150,10 @@ class RunnerSettings:
     # seconds one record may take in a stage or service before it counts as a temporary failure
     # (retried with backoff); a stage's own `timeout` key ([stages.<name>] timeout = "90s") overrides it
     handle_timeout: float = 60.0
+    # records of a batch handled at the same time (a stage waiting on DNS, LDAP or clamd for one
+    # record goes on with the next); outputs and offsets are still committed in record order.
+    # A stage whose `concurrency` attribute is lower gets that; 1: one record after another
+    concurrency: int = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +245,9 @@ class SupervisorSettings:
     run_stages: bool = True
     # the sinks to run: destination names and "analytics"; not set: every destination and analytics
     sinks: list[str] = field(default_factory=lambda: ["lmtp", "smarthost", "analytics"])
+    # processes per component, e.g. {ingress = 2, "stage:spam" = 2}; not named: one. The ingress's
+    # processes share its ports (SO_REUSEPORT); a stage's or sink's share its consumer group
+    processes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +413,7 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     digest: DigestSettings = field(default_factory=DigestSettings)
     srs: SrsSettings = field(default_factory=SrsSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # [destinations.<name>]: the next hops, with the defaults lmtp and smarthost (see `destinations_from`)
     destinations: Mapping[str, DestinationSettings] = field(default_factory=dict)
     # [stages.<name>] sections, each validated against the stage's own settings dataclass

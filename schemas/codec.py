@@ -10,6 +10,7 @@ import dataclasses
 import enum
 import types
 import typing
+from collections.abc import Callable
 from functools import cache
 from typing import Any, Literal, TypeVar
 
@@ -41,76 +42,207 @@ def _fields(cls: type) -> tuple[dataclasses.Field, ...]:
 
 def from_dict(cls: type[T], data: Any, path: str = "$", depth: int = 0) -> T:
     """Build the dataclass `cls` from decoded JSON, checking every field against its type."""
-    return _convert(cls, data, path, depth)
+    try:
+        return _converter(cls)(data, depth)
+    except _Invalid as exc:
+        raise DecodeError(f"{path}{''.join(reversed(exc.where))}: {exc.reason}") from None
 
 
-def _convert(tp: Any, value: Any, path: str, depth: int) -> Any:
-    if depth > MAX_DEPTH:
-        raise DecodeError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+# Each type gets a converter made once: a function (value, depth) -> value that checks and builds.
+# Where a value is wrong, `_Invalid` carries the reason out and each enclosing field, index or key
+# adds its part of the path on the way (paths are only built for the error, not for every value).
+Convert = Callable[[Any, int], Any]
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.where: list[str] = []  # ".field", "[3]": innermost first
+
+
+_CONVERTERS: dict[Any, Convert] = {}
+
+
+def _converter(tp: Any) -> Convert:
+    try:
+        return _CONVERTERS[tp]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable type form: built each time
+        return _make(tp)
+    return _make(tp)
+
+
+def _too_deep() -> _Invalid:
+    return _Invalid(f"nested deeper than {MAX_DEPTH} levels")
+
+
+def _make(tp: Any) -> Convert:
     origin = typing.get_origin(tp)
     if tp is Any:
-        _check_depth(value, path, depth)
-        return value
-    if dataclasses.is_dataclass(tp):
+        def convert(value: Any, depth: int) -> Any:
+            if depth > MAX_DEPTH:
+                raise _too_deep()
+            _check_depth(value, depth)
+            return value
+    elif dataclasses.is_dataclass(tp):
+        convert = _make_dataclass(tp)
+    elif origin is Literal:
+        convert = _make_literal(typing.get_args(tp))
+    elif origin is list:
+        convert = _make_list(tp)
+    elif origin is dict:
+        convert = _make_dict(tp)
+    elif origin in (typing.Union, types.UnionType):
+        convert = _make_union(typing.get_args(tp))
+    elif isinstance(tp, type) and issubclass(tp, enum.Enum):
+        convert = _make_enum(tp)
+    else:
+        convert = _make_scalar(tp)
+    try:
+        _CONVERTERS.setdefault(tp, convert)
+    except TypeError:
+        pass
+    return convert
+
+
+def _make_dataclass(tp: type) -> Convert:
+    fields: list[tuple[str, Convert, bool]] = []  # filled on first use: a type may refer to itself
+
+    def convert(value: Any, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise _too_deep()
         if not isinstance(value, dict):
-            raise DecodeError(f"{path}: expected an object")
+            raise _Invalid("expected an object")
+        if not fields:
+            hints = _hints(tp)
+            fields.extend((f.name, _converter(hints[f.name]), f.default is dataclasses.MISSING
+                           and f.default_factory is dataclasses.MISSING) for f in _fields(tp))
         kwargs = {}
-        hints = _hints(tp)
-        for f in _fields(tp):
-            if f.name in value:
-                kwargs[f.name] = _convert(hints[f.name], value[f.name], f"{path}.{f.name}", depth + 1)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise DecodeError(f"{path}.{f.name}: missing")
+        inner = depth + 1
+        for name, convert_field, required in fields:
+            if name in value:
+                try:
+                    kwargs[name] = convert_field(value[name], inner)
+                except _Invalid as exc:
+                    exc.where.append(f".{name}")
+                    raise
+            elif required:
+                missing = _Invalid("missing")
+                missing.where.append(f".{name}")
+                raise missing
         return tp(**kwargs)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise DecodeError(f"{path}: expected one of {typing.get_args(tp)}, got {value!r}")
+
+    _CONVERTERS[tp] = convert
+    return convert
+
+
+def _make_literal(allowed: tuple[Any, ...]) -> Convert:
+    def convert(value: Any, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        if value not in allowed:
+            raise _Invalid(f"expected one of {allowed}, got {value!r}")
         return value
-    if origin is list:
+    return convert
+
+
+def _make_list(tp: Any) -> Convert:
+    (item,) = typing.get_args(tp)
+    convert_item = _converter(item)
+
+    def convert(value: Any, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise _too_deep()
         if not isinstance(value, list):
-            raise DecodeError(f"{path}: expected a list")
-        (item,) = typing.get_args(tp)
-        return [_convert(item, v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise DecodeError(f"{path}: expected an object")
-        _, vt = typing.get_args(tp)
-        return {k: _convert(vt, v, f"{path}.{k}", depth + 1) for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors: list[DecodeError] = []
-        for arg in args:
-            if arg is type(None):
-                continue
+            raise _Invalid("expected a list")
+        out = []
+        inner = depth + 1
+        for i, v in enumerate(value):
             try:
-                return _convert(arg, value, path, depth)
-            except DecodeError as exc:
+                out.append(convert_item(v, inner))
+            except _Invalid as exc:
+                exc.where.append(f"[{i}]")
+                raise
+        return out
+    return convert
+
+
+def _make_dict(tp: Any) -> Convert:
+    convert_value = _converter(typing.get_args(tp)[1])
+
+    def convert(value: Any, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        if not isinstance(value, dict):
+            raise _Invalid("expected an object")
+        out = {}
+        inner = depth + 1
+        for k, v in value.items():
+            try:
+                out[k] = convert_value(v, inner)
+            except _Invalid as exc:
+                exc.where.append(f".{k}")
+                raise
+        return out
+    return convert
+
+
+def _make_union(args: tuple[Any, ...]) -> Convert:
+    optional = type(None) in args
+    choices = [(a, _converter(a)) for a in args if a is not type(None)]
+    names = ", ".join(getattr(a, "__name__", str(a)) for a in args)
+
+    def convert(value: Any, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        if value is None and optional:
+            return None
+        errors: list[_Invalid] = []
+        for _, convert_choice in choices:
+            try:
+                return convert_choice(value, depth)
+            except _Invalid as exc:
                 errors.append(exc)
         if len(errors) == 1:
             raise errors[0]  # `X | None`: the error of X says what is wrong
-        names = ", ".join(getattr(a, "__name__", str(a)) for a in args)
-        raise DecodeError(f"{path}: fits none of {names}")
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        raise _Invalid(f"fits none of {names}")
+    return convert
+
+
+def _make_enum(tp: type[enum.Enum]) -> Convert:
+    def convert(value: Any, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise _too_deep()
         try:
             return tp(value)
         except ValueError:
-            raise DecodeError(f"{path}: {value!r} is not a {tp.__name__}") from None
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, str, bool) and type(value) is tp:
-        return value
-    raise DecodeError(f"{path}: expected {getattr(tp, '__name__', tp)}, got {type(value).__name__}")
+            raise _Invalid(f"{value!r} is not a {tp.__name__}") from None
+    return convert
 
 
-def _check_depth(value: Any, path: str, depth: int) -> None:
+def _make_scalar(tp: Any) -> Convert:
+    name = getattr(tp, "__name__", tp)
+    exact = tp if tp in (int, str, bool) else None
+
+    def convert(value: Any, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if exact is not None and type(value) is exact:
+            return value
+        raise _Invalid(f"expected {name}, got {type(value).__name__}")
+    return convert
+
+
+def _check_depth(value: Any, depth: int) -> None:
     """Free-form values (stage details) obey the same nesting limit as typed ones."""
     stack = [(value, depth)]
     while stack:
         item, level = stack.pop()
         if level > MAX_DEPTH:
-            raise DecodeError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+            raise _too_deep()
         if isinstance(item, dict):
             stack.extend((v, level + 1) for v in item.values())
         elif isinstance(item, list):

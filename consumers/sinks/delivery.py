@@ -30,6 +30,7 @@ from pipeline.deadletter import deadletter_event
 from pipeline.exactly_once import ExactlyOnceLoop
 from pipeline.mail.dkim_sign import DkimSigner
 from pipeline.mail.render import PartNotFound, envelope_sender_of, render
+from pipeline.metrics import DELIVERIES, HopMetrics
 from pipeline.settings import Settings
 from pipeline.state.ledger import Ledger
 from schemas.events import (
@@ -82,6 +83,7 @@ class DeliverySink:
         self.delivery = settings.delivery
         self.ledger = Ledger(settings.kafka, self.topics.ledger, f"sink-{destination}")
         self.stats = SinkStats()
+        self.metrics = HopMetrics(f"sink:{destination}", self.group_id, settings.metrics.lag_interval)
         self._lock = asyncio.Lock()
 
     async def deliver(self, routed: Routed) -> list[Event]:
@@ -151,6 +153,7 @@ class DeliverySink:
             event = Deferred(**common, next_attempt_time=iso_from_epoch(due), routed=single)
             self.stats.deferred += 1
         await self.ledger.record(event)  # write-ahead: before the offsets move
+        DELIVERIES.labels(self.destination, event.type).inc()
         return event
 
     def _expired(self, routed: Routed) -> bool:
@@ -181,7 +184,8 @@ class DeliverySink:
             log.info("sink %s delivering, %d ledger entries", self.destination, len(self.ledger.entries))
             if on_ready:
                 on_ready()
-            await loop.consume(stop, lambda batch: self._process_batch(loop.producer, batch))
+            async with self.metrics.lag_of(lambda: loop.consumer):
+                await loop.consume(stop, lambda batch: self._process_batch(loop.producer, batch))
         finally:
             await loop.close()
             await self.ledger.close()
@@ -204,6 +208,10 @@ class DeliverySink:
         the message, ...) are dead-lettered whole, and the sink goes on; broker trouble is not the
         record's fault and propagates.
         """
+        with self.metrics.handling():
+            return await self._events_of(record)
+
+    async def _events_of(self, record) -> list[Event]:
         try:
             routed = decode_event(record.value or b"", expect=(Routed,))
         except DecodeError as exc:
@@ -220,6 +228,7 @@ class DeliverySink:
             return [await self._deadletter(record, reason, "".join(traceback.format_exception_only(type(exc), exc)))]
 
     async def _deadletter(self, record, reason: str, error: str) -> Deadlettered:
+        self.metrics.deadlettered(reason)
         log.error("sink %s: dead-lettering %s[%d]@%d: %s: %s", self.destination, record.topic, record.partition,
                   record.offset, reason, error.strip())
         return await asyncio.to_thread(deadletter_event, record, f"sink.{self.destination}", reason, error.strip(),

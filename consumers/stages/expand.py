@@ -19,7 +19,7 @@ A group over `max_members` addresses or nested deeper than `max_depth`: with ``o
 "tempfail"`` (the default) a `TemporaryFailure` naming the group and the limit: the message waits
 in its partition, retried with backoff, until a person shrinks the group or raises the limit (the
 partition waits with it; never a truncated list). ``"reject"`` refuses that recipient instead. Each
-limit hit logs an error and counts in ``poststelle_expand_limit_total`` (``<home>/metrics/stage-expand.prom``).
+limit hit logs an error and counts in ``poststelle_expand_limit_total`` (the stage's ``/metrics``).
 The directory down or too slow: `TemporaryFailure`.
 
 Member bounces: with ``bounces_to = "owner"``, the copies for a group's members carry an
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from pipeline.clients.directory import Directory, DirectoryUnavailable
 from pipeline.clients.groups import DEFAULT_MAX_DEPTH, DEFAULT_MAX_MEMBERS, Expansion, ExpansionTooLarge, GroupExpander
-from pipeline.metrics import Metrics, metrics_file
+from pipeline.metrics import counter
 from pipeline.registry import register
 from pipeline.settings import ConfigError
 from pipeline.stage import Outcome, StageContext, TemporaryFailure, Work
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 ON_LIMIT_ACTIONS = ("tempfail", "reject")
 BOUNCES_TO = ("sender", "owner")
-LIMIT_TOTAL = "poststelle_expand_limit_total"
+LIMITS = counter("poststelle_expand_limit", "group expansions stopped by max_members or max_depth", ["action"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +94,6 @@ class ExpandStage:
         domains = settings.local_domains or context.settings.ingress.local_domains
         self.expander = GroupExpander(self.directory, domains, max_members=settings.max_members,
                                       max_depth=settings.max_depth)
-        self.metrics = Metrics(metrics_file(context.settings.home, f"stage:{self.name}"))
-        self.metrics.describe(LIMIT_TOTAL, "counter", "group expansions stopped by max_members or max_depth")
 
     async def start(self) -> None:
         await self.directory.start()
@@ -121,8 +119,7 @@ class ExpandStage:
                        rejected=decided.rejected, edits=decided.edits)
 
     def _limit_hit(self, work: Work, recipient: str, reason: str, decided: _Decisions) -> None:
-        self.metrics.inc(LIMIT_TOTAL, {"action": self.settings.on_limit})
-        self.metrics.flush()
+        LIMITS.labels(self.settings.on_limit).inc()
         log.error("message %s: %s; a person must shrink the group or raise [stages.expand] limits (%s)",
                   work.message.message_id, reason, self.settings.on_limit)
         if self.settings.on_limit == "reject":

@@ -17,7 +17,7 @@ The stage streams the stored message (headers and body as accepted) to clamd ove
 - clamd unreachable, too slow, or answering ``ERROR`` → `TemporaryFailure`: the runner retries
   the message with backoff and commits nothing past it (fail closed). The first failure logs an
   error naming clamd's address; ``poststelle_scanner_up{stage="virus"}`` in
-  ``<home>/metrics/stage-virus.prom`` is 0 until a scan succeeds again.
+  its ``/metrics`` endpoint (`pipeline.metrics`) is 0 until a scan succeeds again.
 
 The stored bytes come from the process's one `pipeline.mail.reader` (read in a worker thread, never
 on the event loop). A message whose blob is gone is dead-lettered (``PoisonMessage("blob_missing")``);
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from pipeline.clients.clamav import ClamdAddress, ClamdClient, ClamdTransport, ScannerError, ScanResult, ScanStatus
 from pipeline.mail.reader import message_reader
-from pipeline.metrics import Metrics, metrics_file
+from pipeline.metrics import counter, gauge
 from pipeline.registry import register
 from pipeline.settings import ConfigError
 from pipeline.stage import Outcome, StageContext, TemporaryFailure, Work
@@ -43,9 +43,9 @@ __all__ = ["VirusSettings", "VirusStage", "ON_LIMIT_ACTIONS"]
 log = logging.getLogger(__name__)
 
 ON_LIMIT_ACTIONS = ("quarantine", "reject", "tempfail")
-SCANNER_UP = "poststelle_scanner_up"
-SCANS_TOTAL = "poststelle_scans_total"
-SCANNER_ERRORS_TOTAL = "poststelle_scanner_errors_total"
+SCANNER_UP = gauge("poststelle_scanner_up", "1 while the scanner answers, 0 while it is down", ["stage"])
+SCANS = counter("poststelle_scans", "messages scanned, by result", ["stage", "result"])
+SCANNER_ERRORS = counter("poststelle_scanner_errors", "scans that got no verdict (retried later)", ["stage"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +91,6 @@ class VirusStage:
         self.scanner = f"clamd {address}"
         # the runner's per-record timeout: a whole scan may take this long before it counts as hung
         self.timeout = settings.connect_timeout + settings.scan_timeout + 10.0
-        self.labels = {"stage": self.name}
-        self.metrics = Metrics(metrics_file(context.settings.home, f"stage:{self.name}"))
-        self.metrics.describe(SCANNER_UP, "gauge", "1 while the scanner answers, 0 while it is down")
-        self.metrics.describe(SCANS_TOTAL, "counter", "messages scanned, by result")
-        self.metrics.describe(SCANNER_ERRORS_TOTAL, "counter", "scans that got no verdict (retried later)")
         self._up: bool | None = None
 
     async def start(self) -> None:
@@ -106,10 +101,9 @@ class VirusStage:
             self._scanner_down(exc)
         else:
             self._scanner_up()
-        self.metrics.flush(force=True)
 
     async def close(self) -> None:
-        self.metrics.flush(force=True)
+        pass
 
     async def process(self, work: Work) -> Outcome:
         data = await self.reader.raw(work.message.blob)
@@ -117,12 +111,10 @@ class VirusStage:
             result = await self.client.scan(data)
         except ScannerError as exc:
             self._scanner_down(exc)
-            self.metrics.inc(SCANNER_ERRORS_TOTAL, self.labels)
-            self.metrics.flush()
+            SCANNER_ERRORS.labels(self.name).inc()
             raise TemporaryFailure(f"virus scanner unavailable: {exc}") from None
         self._scanner_up()
-        self.metrics.inc(SCANS_TOTAL, {**self.labels, "result": result.status.value})
-        self.metrics.flush()
+        SCANS.labels(self.name, result.status.value).inc()
         return self._outcome(result, len(data))
 
     # -- helpers ------------------------------------------------------------------------------
@@ -146,13 +138,13 @@ class VirusStage:
             log.error("virus scanner DOWN: %s; messages wait (retried with backoff) until %s answers again",
                       exc, self.scanner)
         self._up = False
-        self.metrics.set(SCANNER_UP, 0, self.labels)
+        SCANNER_UP.labels(self.name).set(0)
 
     def _scanner_up(self) -> None:
         if self._up is not True:
             log.info("virus scanner up: %s answers", self.scanner)
         self._up = True
-        self.metrics.set(SCANNER_UP, 1, self.labels)
+        SCANNER_UP.labels(self.name).set(1)
 
 
 def _limit_reason(result: ScanResult, size: int, stream_max_length: int) -> str:

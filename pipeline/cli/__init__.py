@@ -14,6 +14,7 @@
     poststelle user show|set|reset ADDRESS   a user's own settings (quarantine, spam thresholds, sender lists)
     poststelle spam learn|forget|stats train the spam stage's Bayes model (--spam|--ham PATH...), show it
     poststelle config check            validate the configuration and print it
+    poststelle deploy k8s [--out DIR]  Kubernetes Deployments and KEDA ScaledObjects from the topology
     poststelle schemas export [DIR]    write the events' JSON Schema files
 
 Only this package imports the ingress, the stages, the sinks and the services
@@ -24,12 +25,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import config, deadletter, digest, lists, quarantine, queue, spam, sql, stack, trace, users
+from pipeline.cli import config, deadletter, deploy, digest, lists, quarantine, queue, spam, sql, stack, trace, users
 from pipeline.settings import ConfigError
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = (stack, sql, queue, quarantine, trace, digest, deadletter, lists, users, spam, config)
+COMMAND_MODULES = (stack, sql, queue, quarantine, trace, digest, deadletter, lists, users, spam, config, deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,8 +23,8 @@ from pipeline.supervisor import component_argv
 from pipeline.topology_settings import chain_name
 
 __all__ = ["Component", "components", "component", "known_components", "stage_components", "pipeline_specs",
-           "load_builtins",
-           "load_config", "BUILTIN_STAGE_MODULES", "BUILTIN_CHECK_MODULES"]
+           "process_counts", "load_builtins", "load_config", "metrics_port", "metrics_endpoints", "consumer_groups",
+           "BUILTIN_STAGE_MODULES", "BUILTIN_CHECK_MODULES"]
 
 # modules whose import registers the built-in stages and checks; the config picks from them by name
 BUILTIN_STAGE_MODULES: tuple[str, ...] = (
@@ -83,6 +83,7 @@ class Component:
     description: str
     target: str
     options: tuple[tuple[str, str], ...] = ()  # keyword arguments of the function
+    group: str = ""  # its Kafka consumer group, after `<topic_prefix>.` ("": it is no group member)
 
     async def run(self, settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None,
                   instance: str = "0") -> None:
@@ -93,7 +94,7 @@ class Component:
 
 INGRESS = Component("ingress", "the SMTP listeners: MX and submission", "ingress.server:run_ingress")
 ANALYTICS = Component("sink:analytics", "writes every event to ClickHouse and answers `poststelle sql`",
-                      "consumers.sinks.analytics:run_analytics_sink")
+                      "consumers.sinks.analytics:run_analytics_sink", group="analytics")
 
 
 def sink_component(settings: Settings, name: str) -> Component:
@@ -103,15 +104,15 @@ def sink_component(settings: Settings, name: str) -> Component:
     d = settings.destination(name)
     what = d.description or f"{d.kind} to {d.host}:{d.port}"
     return Component(f"sink:{name}", f"delivers routed.{name} ({what})",
-                     "consumers.sinks.destination:run_destination_sink", (("destination", name),))
+                     "consumers.sinks.destination:run_destination_sink", (("destination", name),), group=f"sink.{name}")
 
 
 VERDICT = Component("verdict", "turns rejections the sender was told 250 for into quarantine",
-                    "consumers.services.verdict:run_verdict_service")
+                    "consumers.services.verdict:run_verdict_service", group="verdict")
 RETRY = Component("retry", "sends deferred deliveries back to their sink when they are due",
-                  "consumers.services.retry:run_retry_service")
+                  "consumers.services.retry:run_retry_service", group="retry")
 BOUNCE = Component("bounce", "turns bounced deliveries into DSNs to their senders",
-                   "consumers.services.bounce:run_bounce_service")
+                   "consumers.services.bounce:run_bounce_service", group="bounce")
 DIGEST = Component("digest", "mails each user the new entries of their quarantine; removes expired entries",
                    "consumers.services.digest:run_digest_service")
 WEB = Component("web", "the quarantine portal: users release their held mail, admins approve requests",
@@ -130,14 +131,15 @@ async def run_web(settings: Settings, stop: asyncio.Event, on_ready: Callable[[]
 def stage_component(name: str) -> Component:
     from pipeline.registry import get_stage
 
-    return Component(f"stage:{name}", get_stage(name).description, "pipeline.runner:run_stage", (("stage", name),))
+    return Component(f"stage:{name}", get_stage(name).description, "pipeline.runner:run_stage", (("stage", name),),
+                     group=name)
 
 
 def chain_component(stages: list[str]) -> Component:
     """The stages `stages` (a chain of `topology.chains`) in one process: `chain:<first>-<last>`."""
     name = chain_name(stages)
     return Component(f"chain:{name}", f"runs {', '.join(stages)} in one process and transaction",
-                     "pipeline.chain:run_chain", (("chain", name),))
+                     "pipeline.chain:run_chain", (("chain", name),), group=f"chain.{name}")
 
 
 def stage_components(settings: Settings) -> list[Component]:
@@ -182,6 +184,88 @@ def component(settings: Settings, name: str) -> Component:
     return known[name]
 
 
+MAX_PROCESSES = 16
+
+
+def process_counts(settings: Settings) -> dict[str, int]:
+    """`[supervisor] processes`, checked: only components that can share their work run several.
+
+    The ingress's processes share its listening ports (the kernel spreads connections); a stage's
+    or a delivery sink's share its consumer group (Kafka spreads partitions). The others hold a
+    port of their own, a schedule or a table, and run once.
+    """
+    counts = settings.supervisor.processes
+    shareable = ["ingress", *(c.name for c in stage_components(settings)),
+                 *(f"sink:{n}" for n in settings.destination_names)]
+    for name, count in counts.items():
+        if name not in shareable:
+            raise ConfigError(f"supervisor.processes.{name}: only these run as several processes: "
+                              f"{', '.join(shareable)}")
+        if not 1 <= count <= MAX_PROCESSES:
+            raise ConfigError(f"supervisor.processes.{name}: expected 1 to {MAX_PROCESSES}, got {count}")
+    return dict(counts)
+
+
 def pipeline_specs(settings: Settings) -> list[ServiceSpec]:
-    """What the supervisor starts: `poststelle run <component>` for each component of `components`."""
-    return [ServiceSpec(name=c.name, argv=component_argv(c.name), stop_timeout=5.0) for c in components(settings)]
+    """What the supervisor starts: `poststelle run <component>` for each component of `components`,
+    as many times as `[supervisor] processes` says (instance k > 0 is the child `<name>.<k>`)."""
+    counts = process_counts(settings)
+    specs = []
+    for c in components(settings):
+        specs.append(ServiceSpec(name=c.name, argv=component_argv(c.name), stop_timeout=5.0))
+        specs.extend(ServiceSpec(name=f"{c.name}.{k}", argv=component_argv(c.name), stop_timeout=5.0,
+                                 env={"POSTSTELLE_INSTANCE": str(k)}) for k in range(1, counts.get(c.name, 1)))
+    return specs
+
+
+def metrics_port(settings: Settings, name: str, instance: str = "0") -> int:
+    """The port of the component `name`'s ``/metrics`` (see `pipeline.metrics_settings`).
+
+    The index is the component's place in this order: the ingress and the services first, then
+    the analytics sink, the stages in `topology.stages` order, the destinations' sinks in config
+    order. Adding a stage moves the ports of the destinations' sinks, never those before it."""
+    known = known_components(settings)
+    fixed = [INGRESS, VERDICT, RETRY, BOUNCE, DIGEST, WEB, ANALYTICS]
+    order = [c.name for c in fixed] + [n for n in known if n.startswith(("stage:", "chain:"))]
+    order += [n for n in known if n not in order]
+    if name not in order:
+        raise ConfigError(f"unknown component {name!r}")
+    return settings.metrics.port(order.index(name), instance)
+
+
+def metrics_endpoints(settings: Settings) -> dict[str, str]:
+    """The ``/metrics`` URL of each process `poststelle up` runs, by its name in `status`
+    (``stage:virus``; ``stage:virus.1`` for the second of `[supervisor] processes`)."""
+    host = settings.metrics.host
+    host = f"[{host}]" if ":" in host else host
+    counts = process_counts(settings)
+    return {f"{c.name}.{k}" if k else c.name: f"http://{host}:{metrics_port(settings, c.name, str(k))}/metrics"
+            for c in components(settings) for k in range(counts.get(c.name, 1))}
+
+
+def consumer_groups(settings: Settings, chosen: list[Component] | None = None) -> dict[str, tuple[str, list[str]]]:
+    """Component name → (its consumer group id, the topics the group reads), for the group members
+    among `chosen` (default: what `poststelle up` runs)."""
+    from pipeline.bus import Topics
+
+    topics = Topics.from_settings(settings)
+    prefix = settings.kafka.topic_prefix
+    found: dict[str, tuple[str, list[str]]] = {}
+    for c in components(settings) if chosen is None else chosen:
+        if not c.group:
+            continue
+        kind, _, name = c.name.partition(":")
+        if kind == "stage":
+            inputs = [topics.stage_input(name)]
+        elif kind == "chain":  # the first stage's input and the checked topics inside the chain
+            stages = settings.topology.chain(name)
+            inputs = [topics.stage_input(stages[0]), *(topics.checked(st) for st in stages[:-1])]
+        elif c is ANALYTICS:
+            inputs = topics.event_topics()
+        elif kind == "sink":
+            inputs = [topics.routed(name)]
+        else:  # the services: what each one's hop reads (consumers/services/)
+            inputs = {"verdict": [topics.rejected], "bounce": [topics.delivery],
+                      "retry": [topics.retry(d) for d in topics.retry_delays]}[c.name]
+        found[c.name] = (f"{prefix}.{c.group}", inputs)
+    return found

@@ -8,6 +8,7 @@ import sys
 import orjson
 
 from pipeline.cli.common import check_stages, settings_of
+from pipeline.cli.components import process_counts
 
 __all__ = ["add_parsers"]
 
@@ -24,6 +25,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     check_stages(settings)
+    process_counts(settings)
     data = dataclasses.asdict(settings)
     data["stages"] = {k: dataclasses.asdict(v) for k, v in settings.stages.items()}
     data["checks"] = {k: dataclasses.asdict(v) for k, v in settings.checks.items()}

@@ -10,9 +10,10 @@ import time
 
 import orjson
 
+from pipeline import eventloop
 from pipeline.cli.common import check_stages, install_stop_handlers, settings_of, setup_logging
-from pipeline.cli.components import component, pipeline_specs
-from pipeline.settings import Settings
+from pipeline.cli.components import component, consumer_groups, metrics_endpoints, metrics_port, pipeline_specs
+from pipeline.settings import ConfigError, Settings
 
 __all__ = ["add_parsers", "ready_line"]
 
@@ -89,6 +90,9 @@ async def _announce_when_ready(supervisor, settings: Settings) -> None:
     while not supervisor.all_ready():
         await asyncio.sleep(0.3)
     print(ready_line(settings), flush=True)
+    if settings.metrics.enabled:
+        shown = ", ".join(f"{name} {url}" for name, url in metrics_endpoints(settings).items())
+        print(f"metrics: {shown}", flush=True)
 
 
 # -- status, stop, start ---------------------------------------------------------------------------
@@ -124,13 +128,32 @@ def cmd_status(args: argparse.Namespace) -> int:
             break
         time.sleep(0.5)
     if status is not None:
+        # a group's lag on its component's line (the processes `<name>.<k>` of one component share it)
+        groups, lags = consumer_groups(settings), _lags(settings)
+        endpoints = metrics_endpoints(settings) if settings.metrics.enabled else {}
         for name, c in status["components"].items():
-            print(f"{name:24} {c['state']:17} pid={c['pid']} restarts={c['restarts']}")
+            extra = f" lag={lags.get(name, '?')}" if name in groups else ""
+            extra += f" metrics={endpoints[name]}" if name in endpoints else ""
+            print(f"{name:24} {c['state']:17} pid={c['pid']} restarts={c['restarts']}{extra}")
     if missing:
         print(f"not ready: {', '.join(missing)}", file=sys.stderr)
         return 1
     print("all components ready")
     return 0
+
+
+def _lags(settings: Settings) -> dict[str, int]:
+    """Each consumer component's lag, from the broker; {} (shown as ``lag=?``) when it does not answer."""
+    from pipeline.lag import group_lags
+
+    groups = consumer_groups(settings)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a broker away is said once, below
+    try:
+        by_group = asyncio.run(group_lags(settings.kafka, {g: topics for g, topics in groups.values()}, timeout=5.0))
+    except Exception as exc:  # the broker is away or slow: the states are still worth printing
+        print(f"lag unknown: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return {}
+    return {name: by_group[group] for name, (group, _) in groups.items()}
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
@@ -164,6 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     chosen = component(settings, args.component)
     from pipeline.broker import ClientLogRepeats, Stopping, watch
     from pipeline.bus import MetadataProbe
+    from pipeline.metrics import serving_metrics
     from pipeline.supervisor import ready_file, state_file
 
     def on_ready() -> None:
@@ -184,7 +208,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         probe = MetadataProbe(k, args.component.replace(":", "-"))
         monitor = asyncio.create_task(watch().monitor(probe), name="broker-monitor")
         try:
-            await chosen.run(settings, stop, on_ready, instance)
+            async with serving_metrics(settings.metrics, _metrics_port(settings, args.component, instance),
+                                       args.component):
+                await chosen.run(settings, stop, on_ready, instance)
         except Stopping:
             logging.getLogger("pipeline.cli").info("stopped while waiting for kafka")
         finally:
@@ -193,5 +219,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             await probe.close()
             state_file(settings, args.component, instance).unlink(missing_ok=True)
 
-    asyncio.run(main())
+    eventloop.run(main())
     return 0
+
+
+def _metrics_port(settings: Settings, name: str, instance: str) -> int:
+    """The component's metrics port; 0 (any free port, logged) for an instance that is not a number."""
+    try:
+        return metrics_port(settings, name, instance)
+    except ConfigError as exc:
+        logging.getLogger("pipeline.cli").warning("%s; serving metrics on a free port instead", exc)
+        return 0

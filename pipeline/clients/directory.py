@@ -61,6 +61,7 @@ from ldap3.utils.dn import parse_dn, safe_dn
 
 from pipeline.clients.directory_entries import GROUP_CLASSES, Account, Entry, entry_from, values
 from pipeline.clients.ttlcache import TtlCache
+from pipeline.metrics import LDAP_UP
 
 __all__ = [
     "Account",
@@ -217,11 +218,18 @@ class Directory:
         """`fn(*args)` in the pool, awaited at most `timeout` seconds."""
         await self.start()
         future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        up = LDAP_UP.labels(f"{self.host}:{self.port}")
         try:
             async with asyncio.timeout(self.timeout):
-                return await future
+                result = await future
         except TimeoutError:
+            up.set(0)
             raise DirectoryUnavailable(f"ldap://{self.host}:{self.port}: no answer within {self.timeout}s") from None
+        except DirectoryUnavailable:
+            up.set(0)
+            raise
+        up.set(1)
+        return result
 
     # ---- in the pool threads ----------------------------------------------------------------------
 

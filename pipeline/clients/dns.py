@@ -46,6 +46,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.reversename
 
+from pipeline.metrics import DNS_UP
+
 __all__ = [
     "Answer",
     "BadName",
@@ -354,6 +356,9 @@ class Resolver:
                 error = f"no answer from the name server in {per_try:g}s"
                 continue  # a lost datagram: ask again
             except (OSError, EOFError, dns.exception.DNSException) as exc:
+                DNS_UP.set(0)
                 return Answer(name, rdtype, "tempfail", error=f"{type(exc).__name__}: {exc}")
+            DNS_UP.set(1)
             return _answer_from(name, rdtype, response)
+        DNS_UP.set(0)
         return Answer(name, rdtype, "tempfail", error=error)

@@ -59,7 +59,7 @@ PROBE_TIMEOUT = 3.0  # seconds a record may take in the probe stage (X-Probe-Sle
 
 
 def stack_env(home: Path, base: int) -> dict[str, str]:
-    """Settings for a test stack on ports base..base+14, apart from the developer stack's.
+    """Settings for a test stack on ports base..base+14 (metrics from base+40), apart from the developer stack's.
 
     The stack runs the local config's stages plus the test stage `probe` (loaded as a site's own
     stage module would be), which acts only on messages with X-Probe-* header fields."""
@@ -90,6 +90,9 @@ def stack_env(home: Path, base: int) -> dict[str, str]:
         "POSTSTELLE_DESTINATIONS__STORE2__PORT": str(base + 12),  # the second LMTP store (the same Dovecot)
         "POSTSTELLE_DESTINATIONS__PHYSIK__PORT": str(base + 13),  # the physics department's smtp-sink
         "POSTSTELLE_DESTINATIONS__MX__PORT": str(base + 14),  # the test MX hosts (local.mx_hosts), mx's port
+        # each component's /metrics: base+40 upward, a second instance (test_failures) 30 further
+        "POSTSTELLE_METRICS__BASE_PORT": str(base + 40),
+        "POSTSTELLE_METRICS__INSTANCE_STRIDE": "30",
         "POSTSTELLE_DELIVERY__RETRY_SCHEDULE": "1s,2s",  # the test-only short schedule
         "POSTSTELLE_DELIVERY__LIFETIME": "20s",
         "POSTSTELLE_CHECKS__GREYLIST__DELAY": "2s",  # the test-only greylisting delay
@@ -209,6 +212,19 @@ class Stack:
                 return value
             time.sleep(interval)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    def scrape(self, component: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The component's ``/metrics`` now: (sample name, sorted labels) → value."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from pipeline.cli.components import load_config, metrics_endpoints
+
+        url = metrics_endpoints(load_config(self.env["POSTSTELLE_CONFIG"], environ=self.env))[component]
+        reply = httpx.get(url, timeout=10)
+        reply.raise_for_status()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(reply.text) for s in family.samples}
 
     def sql(self, query: str) -> list[list]:
         done = self.cli("sql", "--json", query)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipeline.cli.components import components, load_config
+from pipeline.cli.components import components, consumer_groups, load_config, metrics_endpoints
 from pipeline.cli.stack import ready_line
 from pipeline.localstack import local_services
 from pipeline.settings import REPO_ROOT
@@ -120,9 +120,11 @@ def test_the_ready_line_and_the_components_are_what_up_prints(stack):
     local = load_config(LOCAL_CONFIG, environ={})
     shown = re.search(r"^poststelle ready: .*$", README, re.M).group(0)
     assert shown == ready_line(local).replace(str(local.home), "/path/to/var")
-    listed = re.findall(r"^(\S+)\s+ready\s+pid=\d+ restarts=0$", _section("`status` lists every component",
-                                                                          "### Send a first mail"), re.M)
+    shown_status = _section("`status` lists every component", "### Send a first mail")
+    listed = re.findall(r"^(\S+)\s+ready\s+pid=\d+ restarts=0(?: lag=\d+)?(?: metrics=\S+)?$", shown_status, re.M)
     assert listed == [s.name for s in local_services(local)] + [c.name for c in components(local)]
+    assert dict(re.findall(r"^(\S+)\s.* metrics=(\S+)$", shown_status, re.M)) == metrics_endpoints(local)
+    assert set(re.findall(r"^(\S+)\s.* lag=\d+", shown_status, re.M)) == set(consumer_groups(local))
     # the running test stack printed its own ready line, and runs what the same table says
     settings = load_config(stack.env["POSTSTELLE_CONFIG"], environ=stack.env)
     assert ready_line(settings) in (stack.home / "up.log").read_text()

@@ -155,3 +155,33 @@ async def test_concurrent_senders_share_one_producer():
     deliveries = await asyncio.gather(*(producer.send("sessions", b"%d" % i) for i in range(10)))
     await asyncio.gather(*deliveries)
     assert len(factory.made) == 1 and len(factory.made[0].sent) == 10
+
+
+async def test_transactions_take_turns_between_the_producers_of_a_rotation():
+    """Back to back on one transactional id, aiokafka waits 20 ms for the last one's markers."""
+    factory = Factory()
+    names: list[str] = []
+
+    def make(kafka, name):
+        names.append(name)
+        return factory(kafka, name)
+
+    tx = TransactionalProducer(KAFKA, "stage.0", make=make, rotation=2)
+    for value in (b"a", b"b", b"c"):
+        await _batch(tx, [value])
+    assert names == ["stage.0", "stage.0.r1"]  # both registered (and fenced) at the start
+    first, second = factory.made
+    assert first.sent == [b"a", b"c"] and second.sent == [b"b"]
+    assert first.committed and second.committed
+
+
+async def test_a_failed_transaction_in_a_rotation_discards_every_producer():
+    """The successors (same ids) fence them all; the next transaction starts again with the first id."""
+    factory = Factory([], ["fail"])
+    tx = TransactionalProducer(KAFKA, "stage.0", make=factory, rotation=2)
+    await _batch(tx, [b"a"])
+    with pytest.raises(LeaderNotAvailableError):
+        await _batch(tx, [b"b"])
+    assert all(p._closed for p in factory.made) and not tx.started
+    await _batch(tx, [b"b"])
+    assert len(factory.made) == 4 and factory.made[2].sent == [b"b"] and factory.made[2].committed

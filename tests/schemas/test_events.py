@@ -428,3 +428,19 @@ def test_an_unknown_disposition_is_refused():
     data["disposition"] = "teleported"
     with pytest.raises(DecodeError, match="disposition"):
         decode_event(orjson.dumps(data))
+
+
+def test_a_wrong_value_deep_in_a_dict_or_a_union_names_its_whole_path() -> None:
+    from schemas.codec import DecodeError, from_dict
+    from schemas.events import StageResult
+    from tests.pipeline.state.timeline_scenario import scenario
+
+    event = next(e for e in scenario().events if isinstance(e, StageResult))
+    data = orjson.loads(encode_event(event))
+    data["history"] = [dict(data["result"], verdict="maybe")]
+    with pytest.raises(DecodeError, match=r"^\$\.history\[0\]\.verdict: 'maybe' is not a Verdict$"):
+        from_dict(StageResult, data)
+    data = orjson.loads(encode_event(event))
+    data["result"]["details"] = {"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}
+    with pytest.raises(DecodeError, match=r"^\$\.result\.details\.a: nested deeper than 32 levels$"):
+        from_dict(StageResult, data)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -32,6 +33,7 @@ from pipeline.blobstore import BlobStore, FileBlobStore
 from pipeline.broker import describe
 from pipeline.bus import Topics
 from pipeline.links import link_key
+from pipeline.metrics import read_at_scrape
 from pipeline.mail.inject import DIGEST_LISTENER, inject_message
 from pipeline.producers import TransactionalProducer
 from pipeline.settings import Settings
@@ -285,7 +287,9 @@ async def run_digest_service(settings: Settings, stop: asyncio.Event, on_ready: 
         service = DigestService(settings, sender, Cleanup(view.state, actions, ledger, blobs))
         if on_ready is not None:
             on_ready()
-        await service.loop(stop)
+        with read_at_scrape("poststelle_quarantine_entries", "quarantine entries, by status", ["status"],
+                            lambda: dict(Counter((e.status,) for e in view.state.entries.values()))):
+            await service.loop(stop)
     finally:
         await producer.stop()
         await ledger.close()

@@ -30,6 +30,7 @@ from consumers.sinks.analytics.server import query_app
 from consumers.sinks.analytics.store import AsyncAnalyticsStore
 from pipeline.broker import watch
 from pipeline.bus import Topics, kafka_bound, make_consumer, start_or_release, stop_quietly
+from pipeline.metrics import HopMetrics
 from pipeline.settings import AnalyticsSinkSettings, Settings
 from pipeline.web import serving
 from schemas.events import DecodeError, Event, decode_event
@@ -77,8 +78,10 @@ class _Sink:
         stats: SinkStats,
         stop: asyncio.Event,
         commit_timeout: float = 20.0,
+        metrics: HopMetrics | None = None,
     ) -> None:
         self._consumer = consumer
+        self.metrics = metrics or HopMetrics("sink:analytics", "analytics")
         self._commit_timeout = commit_timeout
         self._store = store
         self._cfg = cfg
@@ -126,6 +129,7 @@ class _Sink:
             if batch.events and not await self._insert(batch):
                 return  # stopping: the records are read again next time and deduplicated
             self._batch = _Batch()
+            self.metrics.processed(len(batch))
             await self._commit(batch.offsets)
 
     async def _insert(self, batch: _Batch) -> bool:
@@ -196,10 +200,12 @@ async def _consume(settings: Settings, store: AsyncAnalyticsStore, stats: SinkSt
     reconnects by itself and a commit that fails only means a deduplicated re-read."""
     bound = kafka_bound(settings.kafka)
 
+    group = f"{settings.kafka.topic_prefix}.analytics"
+    metrics = HopMetrics("sink:analytics", group, settings.metrics.lag_interval)
+
     async def started() -> tuple[AIOKafkaConsumer, _Sink]:
-        consumer = make_consumer(settings.kafka, group_id=f"{settings.kafka.topic_prefix}.analytics",
-                                 client_id="analytics")
-        sink = _Sink(consumer, store, settings.sinks.analytics, stats, stop, commit_timeout=bound)
+        consumer = make_consumer(settings.kafka, group_id=group, client_id="analytics")
+        sink = _Sink(consumer, store, settings.sinks.analytics, stats, stop, commit_timeout=bound, metrics=metrics)
         await start_or_release(consumer, bound)  # then subscribe: the group is joined while polling
         consumer.subscribe(Topics.from_settings(settings).event_topics(), listener=_FlushOnRevoke(sink))
         return consumer, sink
@@ -208,7 +214,8 @@ async def _consume(settings: Settings, store: AsyncAnalyticsStore, stats: SinkSt
     try:
         if on_ready is not None:
             on_ready()
-        await sink.run()
+        async with metrics.lag_of(lambda: consumer):
+            await sink.run()
     finally:
         await stop_quietly(consumer, bound)
 

@@ -10,6 +10,7 @@ from aiokafka.structs import ConsumerRecord
 from consumers.stages.virus import VirusSettings, VirusStage
 from pipeline.blobstore import FileBlobStore
 from pipeline.config import load_settings
+from pipeline.metrics import REGISTRY, sample
 from pipeline.runner import StageRunner
 from pipeline.settings import ConfigError, Settings
 from pipeline.stage import StageContext, TemporaryFailure, Work
@@ -65,8 +66,12 @@ def _without_outcome(outputs: list) -> list:
     return [o for o in outputs if o.topic != "poststelle.outcomes"]
 
 
-def _metrics(home: Path) -> str:
-    return (home / "metrics" / "stage-virus.prom").read_text()
+def _up() -> float | None:
+    return REGISTRY.get_sample_value("poststelle_scanner_up", {"stage": "virus"})
+
+
+def _scans(result: str) -> float:
+    return sample("poststelle_scans_total", {"stage": "virus", "result": result})
 
 
 async def test_clean_message_passes_with_the_scan_recorded(tmp_path):
@@ -74,6 +79,7 @@ async def test_clean_message_passes_with_the_scan_recorded(tmp_path):
         runner, blobs = _runner(tmp_path, clamd.address)
         await runner.start()
         event = _received(blobs.put(CLEAN))
+        clean = _scans("clean")
         (out,) = _without_outcome(await runner.outputs_of(_record(event)))
         await runner.close()
     assert out.topic == "poststelle.checked.virus" and isinstance(out.event, StageResult)
@@ -82,23 +88,23 @@ async def test_clean_message_passes_with_the_scan_recorded(tmp_path):
     assert result.details == {"result": "clean", "signature": "", "scanner": f"clamd {clamd.address}",
                               "reply": "stream: OK", "size": len(CLEAN)}
     assert clamd.streams == [CLEAN]  # the stored message, byte for byte
-    assert 'poststelle_scanner_up{stage="virus"} 1' in _metrics(tmp_path)
-    assert 'poststelle_scans_total{result="clean",stage="virus"} 1' in _metrics(tmp_path)
+    assert _up() == 1
+    assert _scans("clean") == clean + 1
 
 
 async def test_infected_message_is_rejected_with_the_signature(tmp_path):
     async with FakeClamd() as clamd:
         runner, blobs = _runner(tmp_path, clamd.address)
         event = _received(blobs.put(CLEAN + FAKE_VIRUS + b"\r\n"))
+        infected = _scans("infected")
         (out,) = _without_outcome(await runner.outputs_of(_record(event)))
-        runner.stage.metrics.flush(force=True)
     assert out.topic == "poststelle.rejected" and isinstance(out.event, Rejected)
     assert out.event.stage == "virus" and out.event.reason == "virus found: Fake.Virus.Test"
     assert out.event.recipients == ["max.mustermann@school.test"]
     (result,) = out.event.results
     assert result.verdict is Verdict.FAIL
     assert result.details["signature"] == "Fake.Virus.Test" and result.details["scanner"].startswith("clamd ")
-    assert 'poststelle_scans_total{result="infected",stage="virus"} 1' in _metrics(tmp_path)
+    assert _scans("infected") == infected + 1
 
 
 async def test_scan_limit_is_quarantined_not_retried(tmp_path):
@@ -141,16 +147,16 @@ async def test_scanner_trouble_is_a_temporary_failure_and_marks_it_down(tmp_path
     async with FakeClamd(mode=mode) as clamd:
         runner, blobs = _runner(tmp_path, clamd.address)
         event = _received(blobs.put(CLEAN))
+        errors = sample("poststelle_scanner_errors_total", {"stage": "virus"})
         with caplog.at_level(logging.ERROR, logger="consumers.stages.virus"):
             for _ in range(2):
                 with pytest.raises(TemporaryFailure, match="virus scanner unavailable"):
                     await runner.outputs_of(_record(event))  # the runner re-raises: the record is retried
-        await runner.close()  # writes the metrics file
+        await runner.close()
     assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1  # logged once
     assert "virus scanner DOWN" in caplog.records[0].message and clamd.address in caplog.records[0].message
-    metrics = _metrics(tmp_path)
-    assert 'poststelle_scanner_up{stage="virus"} 0' in metrics
-    assert 'poststelle_scanner_errors_total{stage="virus"} 2' in metrics
+    assert _up() == 0
+    assert sample("poststelle_scanner_errors_total", {"stage": "virus"}) == errors + 2
 
 
 async def test_scanner_down_then_back(tmp_path, caplog):
@@ -158,7 +164,7 @@ async def test_scanner_down_then_back(tmp_path, caplog):
     runner, blobs = _runner(tmp_path, f"unix:{sock}")
     event = _received(blobs.put(CLEAN + FAKE_VIRUS))
     await runner.start()  # nobody listens yet: the start does not fail
-    assert 'poststelle_scanner_up{stage="virus"} 0' in _metrics(tmp_path)
+    assert _up() == 0
     with pytest.raises(TemporaryFailure, match="cannot connect"):
         await runner.outputs_of(_record(event))
     async with FakeClamd(unix_path=sock):
@@ -166,7 +172,7 @@ async def test_scanner_down_then_back(tmp_path, caplog):
             (out,) = _without_outcome(await runner.outputs_of(_record(event)))
     assert isinstance(out.event, Rejected)
     assert any("virus scanner up" in r.message for r in caplog.records)
-    assert 'poststelle_scanner_up{stage="virus"} 1' in _metrics(tmp_path)
+    assert _up() == 1
 
 
 async def test_missing_blob_is_dead_lettered(tmp_path):

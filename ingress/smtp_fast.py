@@ -1,0 +1,93 @@
+"""Two per-command costs of aiosmtpd 1.4 taken off the ingress's hot path, with the same results.
+
+- Every connection builds its command tables in `SMTP.__init__` with `inspect.getmembers` and
+  `dir()` over the protocol object and the handler, and `inspect.signature` of the EHLO hook
+  (measured: 6 % of the ingress's CPU at 250 connections/s). `install_cached_introspection` gives
+  the `aiosmtpd.smtp` module an `inspect` and a `dir` that remember, per class, which names exist,
+  so the tables come out the same (a unit test compares them with the uncached ones).
+- Every MAIL and RCPT parses the address with the email package's header parser, and aiosmtpd's
+  `_getaddr` defines a `typing.Protocol` class on each call (5 %). `plain_angle_address` reads the
+  common form `<local@domain>` (a dot-atom local part, a host name) with one regex; anything else
+  (quoted local parts, address literals, comments, odd spacing, the null sender) still goes to
+  aiosmtpd's parser. A unit test checks both agree on every form the fast path takes.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from functools import lru_cache
+from typing import Any
+
+import aiosmtpd.smtp
+
+__all__ = ["install_cached_introspection", "plain_angle_address"]
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PLAIN = re.compile(rf"<(({_ATOM}(?:\.{_ATOM})*)@{_LABEL}(?:\.{_LABEL})*)>")
+
+
+def plain_angle_address(arg: str, local_part_limit: int) -> tuple[str, str] | None:
+    """(address, rest) for `<dot-atom@host.name>rest`, as aiosmtpd's parser gives it; else None."""
+    m = _PLAIN.match(arg)
+    if m is None or (local_part_limit and len(m[2]) > local_part_limit):
+        return None
+    rest = arg[m.end():].lstrip(" \t")  # the parser takes the white space after ">" with the address
+    if rest.startswith("("):  # ... and a comment, which is left to it
+        return None
+    return m[1], rest
+
+
+@lru_cache(maxsize=64)
+def _class_names(cls: type) -> frozenset[str]:
+    return frozenset(dir(cls))
+
+
+def _dir(obj: Any = None) -> list[str]:
+    """`dir(obj)` for an ordinary object: its class's names and its own attributes, sorted."""
+    own = getattr(obj, "__dict__", None)
+    if own is None or type(obj).__dir__ is not object.__dir__:
+        return dir(obj)
+    return sorted(_class_names(type(obj)) | own.keys())
+
+
+class _CachedInspect:
+    """The two functions of `inspect` that `aiosmtpd.smtp` calls, with per-class memory.
+
+    aiosmtpd calls `getmembers` only to find the `auth_` methods: the other members are left out.
+    """
+
+    @staticmethod
+    def getmembers(obj: Any) -> list[tuple[str, Any]]:
+        members = []
+        for name in _dir(obj):
+            if not name.startswith("auth_"):
+                continue
+            try:
+                members.append((name, getattr(obj, name)))
+            except AttributeError:
+                pass
+        return members
+
+    @staticmethod
+    def signature(fn: Any) -> inspect.Signature:
+        return _signature(getattr(fn, "__func__", None), fn)
+
+
+def _signature(func: Any, fn: Any) -> inspect.Signature:
+    if func is None:
+        return inspect.signature(fn)
+    return _bound_signature(func)
+
+
+@lru_cache(maxsize=64)
+def _bound_signature(func: Any) -> inspect.Signature:
+    """The signature of `func` bound to an instance (its first parameter dropped)."""
+    sig = inspect.signature(func)
+    return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+
+def install_cached_introspection() -> None:
+    """Point `aiosmtpd.smtp` at the cached `inspect` and `dir` (idempotent)."""
+    aiosmtpd.smtp.inspect = _CachedInspect  # type: ignore[attr-defined]
+    aiosmtpd.smtp.dir = _dir  # type: ignore[attr-defined]

@@ -1,0 +1,71 @@
+"""The ingress's shortcuts around aiosmtpd (ingress/smtp_fast.py) give aiosmtpd's own results."""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from aiosmtpd.smtp import SMTP
+
+from ingress.smtp import IngressSMTP
+from ingress.smtp_fast import plain_angle_address
+
+TAKEN = [
+    "<anna@school.test>", "<anna@school.test> SIZE=4096", "<a.b+c@Sub.School.test>  BODY=8BITMIME SMTPUTF8",
+    "<x!#$%&'*+/=?^_`{|}~-y@a-b.c>", "<1@2>", "<anna@school.test>trailing",
+    "<anna@school.test> \t SIZE=1 ", "<anna@school.test> ",
+]
+LEFT_TO_AIOSMTPD = [
+    "<>", " <anna@school.test>", '<"a b"@school.test>', "<anna@[127.0.0.1]>", "<a..b@school.test>",
+    "<.a@school.test>", "<a.@school.test>", "<anna@-school.test>", "<anna@school-.test>", "<anna@school..test>",
+    "<anna(comment)@school.test>", "<@relay.test:anna@school.test>", "anna@school.test", "<anna@school.test",
+    "<anna school.test>", "<anna@school.test> (comment) SIZE=1", "<ännä@school.test>", "<anna@schööl.test>", "<anna@school.test@other.test>",
+]
+
+
+class _Handler:
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        return responses
+
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+
+    async def auth_CUSTOM(self, server, args):
+        return None
+
+
+def _aiosmtpd_getaddr(arg: str, limit: int = 0) -> tuple[str | None, str | None]:
+    protocol = SMTP.__new__(SMTP)
+    protocol.local_part_limit = limit
+    return SMTP._getaddr(protocol, arg)
+
+
+@pytest.mark.parametrize("arg", TAKEN)
+def test_the_fast_path_reads_plain_addresses_as_aiosmtpd_does(arg: str) -> None:
+    assert plain_angle_address(arg, 0) == _aiosmtpd_getaddr(arg)
+
+
+@pytest.mark.parametrize("arg", LEFT_TO_AIOSMTPD)
+def test_every_other_form_is_left_to_aiosmtpd(arg: str) -> None:
+    assert plain_angle_address(arg, 0) is None
+
+
+def test_the_local_part_limit_still_holds() -> None:
+    assert plain_angle_address("<abcdefgh@school.test>", 8) is not None
+    assert plain_angle_address("<abcdefghi@school.test>", 8) is None
+    assert _aiosmtpd_getaddr("<abcdefghi@school.test>", 8) == (None, None)
+
+
+async def test_the_command_tables_are_those_aiosmtpd_builds_with_inspect() -> None:
+    handler = _Handler()
+    protocol = IngressSMTP(handler)
+    auth = {name.replace("auth_", "").replace("__", "-"): (method.__func__, obj is protocol)
+            for obj in (protocol, handler) for name, method in inspect.getmembers(obj) if name.startswith("auth_")}
+    assert {k: (v.method.__func__, v.is_builtin) for k, v in protocol._auth_methods.items()} == auth
+    assert "CUSTOM" in auth and "PLAIN" in auth and "LOGIN" in auth
+    assert protocol._handle_hooks == {n.replace("handle_", ""): getattr(handler, n)
+                                      for n in dir(handler) if n.startswith("handle_")}
+    assert protocol._smtp_methods == {n.replace("smtp_", ""): getattr(protocol, n)
+                                      for n in dir(protocol) if n.startswith("smtp_")}
+    assert protocol._ehlo_hook_ver == "new"
+    second = IngressSMTP(handler)  # bound to its own instance, not to the first connection's
+    assert second._smtp_methods["HELO"].__self__ is second and second._auth_methods["PLAIN"].method.__self__ is second
