@@ -118,7 +118,7 @@ def test_clean_attachment_is_delivered_with_the_scan_recorded(stack):
 
 def test_clamd_down_holds_mail_until_it_is_back_and_loses_nothing(stack):
     def scanner_up() -> float | None:
-        return stack.scrape("stage:virus").get(("poststelle_scanner_up", (("stage", "virus"),)))
+        return stack.scrape(stack.component_of("virus")).get(("poststelle_scanner_up", (("stage", "virus"),)))
 
     clean_ids = [new_test_id() for _ in range(3)]
     infected_id = new_test_id()
