@@ -2,8 +2,9 @@
 # SMTP acceptance: poststelle's ingress against a stock Postfix, same load, same machine, same run.
 #
 # Prerequisites (what `make run` installs): .venv, the Kafka jars in var/kafka/lib, Postfix
-# (smtp-source, postfix, postconf). Run as root: the private Postfix's master(8) needs it (without
-# root only the poststelle half runs). Loopback only; ports 46088-46097 (poststelle), 46098 (Postfix).
+# (smtp-source, postfix, postconf, postfix-ldap) and swaks. Run as root: the private Postfix's
+# master(8) needs it (without root only the poststelle half runs). Loopback only; ports
+# 46088-46102 (poststelle), 46103 (Postfix); BENCH_PORT_BASE (bench/stack.sh) moves them.
 #
 #   bash bench/ingress.sh            # MESSAGES=10000 SESSIONS=20 SIZE=4096 by default
 #
@@ -18,18 +19,24 @@
 # - p50/p99: smtp-source prints no latencies, so bench/smtp_latency.py repeats the same load (same
 #   sessions, messages, size, connection mode) and times each message from writing the final "."
 #   to reading the reply. It is a Python client and takes CPU from the server under test, so its own
-#   msgs/s is lower than smtp-source's; it is printed for that reason only.
+#   msgs/s is lower than smtp-source's; it is printed for that reason only. The last lines give
+#   the ratios poststelle/Postfix per connection mode: msgs/s, p50 and p99.
 # poststelle runs as `poststelle up` with Kafka and the ingress only (no stages or sinks competing
 # for the 2 cores; bench/pipeline.sh measures the whole pipeline). Postfix runs from its own config
 # and queue under var/bench/postfix with relay_domains = school.test and every transport discard:
-# it fsyncs the queue file before its 250 and then discards the message.
+# it fsyncs the queue file before its 250 and then discards the message. Like the ingress's
+# `recipient` check, it looks every recipient up in the bench stack's slapd before its 250 at RCPT
+# (relay_recipient_maps = ldap:..., the ingress's filter; bench/postfix.sh): the script checks that
+# both refuse an unknown recipient with 550 and accept the test recipient before measuring. Both
+# servers are up during all four measurements (the idle one costs the same in each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/stack.sh
+source bench/postfix.sh
 
 MESSAGES=${MESSAGES:-10000} SESSIONS=${SESSIONS:-20} SIZE=${SIZE:-4096}
 FROM=bench@example.org TO=max.mustermann@school.test
-PF=$ROOT/var/bench/postfix PF_PORT=46098
+PF=$ROOT/var/bench/postfix PF_PORT=$((BENCH_PORT_BASE + 15))
 HZ=$(getconf CLK_TCK)
 declare -A RATE P50 P99
 
@@ -54,73 +61,47 @@ measure() {  # NAME PORT MODE(new|reuse)
         "$rate" "$cpu" "$lat"
 }
 
-postfix_up() {
-    rm -rf "$PF" && mkdir -p "$PF/etc" "$PF/spool" "$PF/data" && chown postfix "$PF/data"
-    cat >"$PF/etc/main.cf" <<EOF
-compatibility_level = 3.6
-queue_directory = $PF/spool
-data_directory = $PF/data
-maillog_file_prefixes = $PF
-maillog_file = $PF/maillog
-myhostname = bench-postfix.invalid
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
+postfix_up() {  # relay for school.test, recipients looked up in the stack's slapd, every transport discard
+    pf_configure "$PF"
+    pf_main "$PF" <<EOF
 relay_domains = school.test
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+relay_recipient_maps = $(pf_ldap_recipients "$PF")
 relay_transport = discard
 default_transport = discard
-alias_maps =
-alias_database =
 EOF
-    # Debian's stock services, without chroot; smtpd on its own loopback port
-    cat >"$PF/etc/master.cf" <<EOF
-127.0.0.1:$PF_PORT inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n -  0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-rewrite   unix  - - n -  - trivial-rewrite
-bounce    unix  - - n -  0 bounce
-defer     unix  - - n -  0 bounce
-trace     unix  - - n -  0 bounce
-verify    unix  - - n -  1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -  - proxymap
-showq     unix  n - n -  - showq
-error     unix  - - n -  - error
-retry     unix  - - n -  - error
-discard   unix  - - n -  - discard
-anvil     unix  - - n -  1 anvil
-scache    unix  - - n -  1 scache
-postlog   unix-dgram n - n - 1 postlogd
-EOF
-    postfix -c "$PF/etc" check >/dev/null 2>&1 || true  # creates the queue directories
-    postfix -c "$PF/etc" start >/dev/null 2>&1 || true
-    for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PF_PORT") 2>/dev/null && return 0; sleep 0.2; done
-    echo "private Postfix did not start; see $PF/maillog" >&2 && tail -5 "$PF/maillog" >&2 && return 1
+    pf_master "$PF" <<<"127.0.0.1:$PF_PORT inet n - n - - smtpd"
+    pf_start "$PF" "$PF_PORT"
 }
 
-postfix_down() { [ -f "$PF/etc/main.cf" ] && postfix -c "$PF/etc" stop >/dev/null 2>&1 || true; }
+postfix_down() { pf_stop "$PF"; }
 
 trap 'stack_down; postfix_down' EXIT
 echo "bench/ingress.sh $(date -u +%FT%TZ): $MESSAGES messages of $SIZE bytes, $SESSIONS sessions;" \
      "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 stack_up ingress-only
+as_root=$([ "$(id -u)" = 0 ] && echo yes || echo no)
+if [ $as_root = yes ]; then postfix_up; else echo "not root: no private Postfix, no ratio"; fi
+# both look recipients up in the stack's slapd: an unknown one is refused at RCPT, a known one passes
+expect_rcpt_reply "$STACK_SMTP_PORT" nobody.here@school.test 550
+expect_rcpt_reply "$STACK_SMTP_PORT" "$TO" 250
+if [ $as_root = yes ]; then
+    expect_rcpt_reply "$PF_PORT" nobody.here@school.test "550 5.1.1"
+    expect_rcpt_reply "$PF_PORT" "$TO" 250
+fi
+# both servers run through every measurement, so each one's idle twin costs the same in both
 measure poststelle "$STACK_SMTP_PORT" new
 measure poststelle "$STACK_SMTP_PORT" reuse
-stack_down
-
-if [ "$(id -u)" != 0 ]; then echo "not root: no private Postfix, no ratio"; exit 0; fi
-postfix_up
+[ $as_root = yes ] || exit 0
 measure postfix "$PF_PORT" new
 measure postfix "$PF_PORT" reuse
 postfix_down
+stack_down
 
 for mode in new reuse; do
-    printf 'ratio poststelle/postfix (%s): %.2fx msgs/s (smtp-source), p50 %.1f vs %.1f ms, p99 %.1f vs %.1f ms\n' \
+    printf 'ratio poststelle/postfix (%s): %.2fx msgs/s (smtp-source); p50 %.1f vs %.1f ms (%.2fx); p99 %.1f vs %.1f ms (%.2fx)\n' \
         "$([ $mode = reuse ] && echo '-d' || echo 'one connection per message')" \
         "$(calc "${RATE[poststelle.$mode]} / ${RATE[postfix.$mode]}")" \
-        "${P50[poststelle.$mode]}" "${P50[postfix.$mode]}" "${P99[poststelle.$mode]}" "${P99[postfix.$mode]}"
+        "${P50[poststelle.$mode]}" "${P50[postfix.$mode]}" "$(calc "${P50[poststelle.$mode]} / ${P50[postfix.$mode]}")" \
+        "${P99[poststelle.$mode]}" "${P99[postfix.$mode]}" "$(calc "${P99[poststelle.$mode]} / ${P99[postfix.$mode]}")"
 done

@@ -1,33 +1,51 @@
 #!/usr/bin/env bash
-# End to end: smtp-source → ingress → Kafka → route → LMTP sink → Dovecot, on a bench stack of its own.
+# End to end: poststelle (smtp-source → ingress → Kafka → every content stage → LMTP sink → Dovecot)
+# against Postfix → amavisd-new (ClamAV + SpamAssassin) → Dovecot LMTP, same load, same run.
 #
-# Prerequisites (what `make run` installs): .venv, the Kafka jars in var/kafka/lib, Postfix's
-# smtp-source, Dovecot. Loopback only, ports 46088-46097, state in var/bench/stack (emptied first).
+# Prerequisites (what `make run` installs): .venv, the Kafka jars in var/kafka/lib, Postfix
+# (smtp-source, postfix-ldap), Dovecot, clamd, amavisd-new, spamassassin, swaks. Loopback only,
+# ports BENCH_PORT_BASE (46088) .. +18, state in var/bench/ (emptied first). Run as root: the
+# private Postfix's master(8) and amavisd (which drops to the amavis user) need it; without root
+# only the poststelle half runs.
 #
-#   bash bench/pipeline.sh   # MESSAGES=5000 SESSIONS=20 SIZE=4096 PACED_RATE=40 PACED_MESSAGES=2000
+#   bash bench/pipeline.sh   # MESSAGES=3000 SESSIONS=20 SIZE=4096 PACED_RATE=40 PACED_MESSAGES=2000
+#   ONLY=poststelle|amavis bash bench/pipeline.sh   # one half (no ratio)
 #
-# The whole stack runs on the 2 cores: Kafka, Dovecot, smtp-sink, slapd, NSD, ingress, stage:route,
-# sink:lmtp, sink:smarthost, retry, bounce, sink:analytics (embedded chDB). All mail goes to one
-# local mailbox.
-# 1. Saturated: smtp-source -d (connections reused), SESSIONS parallel sessions, MESSAGES messages of
-#    SIZE body bytes, as fast as the ingress accepts. When the pipeline delivers more slowly than the
-#    ingress accepts, a backlog builds, and the latency of later messages is mostly that queueing.
-# 2. Paced: bench/smtp_latency.py sends PACED_MESSAGES at PACED_RATE msgs/s (a load the pipeline keeps
-#    up with), for the latency of the pipeline itself.
-# Figures come from the analytics table poststelle.events (`poststelle sql --json`):
+# Load (both): smtp-source -d -s SESSIONS -m MESSAGES -l SIZE, one recipient (a Dovecot mailbox),
+# then bench/smtp_latency.py with the same shape for the accept latency, end of DATA to the reply.
+# poststelle: `poststelle up` with the local config's topology (deploy/local/poststelle.toml:
+# blocklist, virus, attachment, auth, expand, spam, route; the ingress waits for the verdict before
+# its 250), the LMTP sink into the stack's Dovecot, retry, bounce, analytics (embedded chDB),
+# Kafka, slapd, NSD, clamd, all on the 2 cores. Figures come from the analytics table
+# poststelle.events (`poststelle sql --json`):
 # - latency per message: `delivered`.time (made by the LMTP sink when Dovecot answered 250) minus its
-#   `received_time` (the ingress's `received` event time, made just before the Kafka commit that
-#   precedes the client's 250); millisecond timestamps;
+#   `received_time` (the ingress's `received` event time); millisecond timestamps;
 # - sustained msgs/s: delivered messages / (last delivered time − first received time);
 # - the ingress's acceptance rate: MESSAGES / wall time of the smtp-source run;
-# - CPU seconds per component during phase 1 (/proc, until the last delivery was counted).
+# - CPU milliseconds per message per component (process trees, /proc) from the start of the
+#   smtp-source run until the last delivery was counted;
+# - a paced run: PACED_MESSAGES at PACED_RATE msgs/s (a load the pipeline keeps up with), for the
+#   latency of the pipeline itself.
+# Postfix + amavis (bench/amavis.sh says how it is set up and tuned): the same stack's Dovecot,
+# clamd, slapd and NSD (`stack_up daemons-only`: nothing of poststelle's own runs). Delivered =
+# files in the test mailbox's maildir; sustained msgs/s: MESSAGES / (newest file's mtime − start of
+# smtp-source); CPU per message of postfix (master and every child), amavis (parent and children),
+# clamd, Dovecot, slapd, NSD until the last delivery.
+# Before measuring, both must refuse an unknown recipient at RCPT; a test virus (EICAR) sent to
+# amavis must be blocked (clamd ran) and a delivered mail must carry X-Spam-Status (SA ran).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/stack.sh
+source bench/postfix.sh
+source bench/amavis.sh
 
-MESSAGES=${MESSAGES:-5000} SESSIONS=${SESSIONS:-20} SIZE=${SIZE:-4096}
+MESSAGES=${MESSAGES:-3000} SESSIONS=${SESSIONS:-20} SIZE=${SIZE:-4096}
 PACED_RATE=${PACED_RATE:-40} PACED_MESSAGES=${PACED_MESSAGES:-2000}
 TO=max.mustermann@school.test
+MAILBOX=$STACK_HOME/mail/school.test/${TO%@*}
+EICAR=$("$PY" -c 'import sys; print(bytes.fromhex(open(sys.argv[1]).read().split(":")[3].strip()).decode())' \
+        deploy/local/clamav/poststelle.ndb)  # the test virus, from the stack's signature (no literal copy in the repo)
+declare -A SUSTAINED
 
 sql() { stack_cli sql --json "$1" | "$PY" -c 'import json, sys; print(*json.load(sys.stdin)["rows"][0], sep="\t")'; }
 
@@ -39,7 +57,7 @@ wait_delivered() {  # COUNT: poll analytics (every 2 s, at most 10 min) until CO
     echo "timed out waiting for $1 deliveries" >&2
 }
 
-report() {  # SINCE_MS: figures for the deliveries of messages received since then
+report() {  # SINCE_MS [NAME]: figures for the deliveries of messages received since then
     local n first last p50 p99 pmax
     read -r n first last p50 p99 pmax < <(sql "
         SELECT count(), toUnixTimestamp64Milli(min(received)), toUnixTimestamp64Milli(max(time)),
@@ -48,33 +66,114 @@ report() {  # SINCE_MS: figures for the deliveries of messages received since th
                      dateDiff('millisecond', received, time) AS ms
               FROM poststelle.events FINAL WHERE type = 'delivered')
         WHERE toUnixTimestamp64Milli(received) >= $1")
-    printf '  %d delivered in %.1fs (first received → last delivered): %.0f msgs/s sustained\n' \
+    printf '  %d delivered in %.1fs (first received → last delivered): %.1f msgs/s sustained\n' \
         "$n" "$(calc "($last - $first) / 1000")" "$(calc "$n * 1000 / ($last - $first)")"
     echo "  latency received → delivered: p50 ${p50} ms, p99 ${p99} ms, max ${pmax} ms"
+    [ -n "${2:-}" ] && SUSTAINED[$2]=$(calc "$n * 1000 / ($last - $first)")
+    return 0
 }
 
-trap stack_down EXIT
-echo "bench/pipeline.sh $(date -u +%FT%TZ): $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-stack_up
+daemons_cpu() { stack_cpu | tr ' ' '\n' | grep -v '^kafka=' | tr '\n' ' '; }  # the idle broker is not Postfix's
 
+mailbox_count() { { find "$MAILBOX/new" "$MAILBOX/cur" -type f 2>/dev/null || true; } | wc -l; }
+
+wait_mailbox() {  # COUNT: poll the maildir until it holds COUNT mails (gives up after 3 min without one more)
+    local n last=-1 idle=0
+    while n=$(mailbox_count) && [ "$n" -lt "$1" ]; do
+        if [ "$n" = "$last" ]; then idle=$((idle + 1)); else idle=0 last=$n; fi
+        [ $idle -ge 180 ] && { echo "  gave up: $n of $1 mails in the mailbox, none for 3 min" >&2; return 1; }
+        sleep 1
+    done
+}
+
+newest_mail_ms() { "$PY" -c 'import os, sys
+print(max(int(e.stat().st_mtime * 1000) for d in sys.argv[1:] for e in os.scandir(d)))' "$MAILBOX/new" "$MAILBOX/cur"; }
+
+accept() {  # PORT: smtp-source -d, the saturated load; prints its acceptance rate
+    local t0 t1
+    t0=$(date +%s%3N)
+    smtp-source -d -s "$SESSIONS" -l "$SIZE" -m "$MESSAGES" -f bench@example.org -t "$TO" "127.0.0.1:$1"
+    t1=$(date +%s%3N)
+    printf '  accepted %d messages in %.1fs: %.1f msgs/s (smtp-source wall time)\n' \
+        "$MESSAGES" "$(calc "($t1 - $t0) / 1000")" "$(calc "$MESSAGES * 1000 / ($t1 - $t0)")"
+}
+
+accept_latency() {  # PORT: the same load from bench/smtp_latency.py, for p50/p99 end of DATA → reply
+    echo "  accept latency, same load (bench/smtp_latency.py --reuse):" \
+        "$("$PY" bench/smtp_latency.py --port "$1" --sessions "$SESSIONS" --reuse --messages "$MESSAGES" \
+            --size "$SIZE" --recipient "$TO")"
+}
+
+trap 'stack_down; amavis_stack_down' EXIT
+echo "bench/pipeline.sh $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD): $(nproc) cores," \
+     "load average $(cut -d' ' -f1-3 /proc/loadavg); $MESSAGES messages of $SIZE bytes, $SESSIONS sessions"
+
+ONLY=${ONLY:-}
+if [ "$ONLY" != amavis ]; then
+echo "== poststelle"
+stack_up
+echo "  stages: $(stack_cli status | awk '/^stage:/ {printf "%s ", $1}')"
+expect_rcpt_reply "$STACK_SMTP_PORT" nobody.here@school.test 550
 echo "1. saturated: smtp-source -d, $SESSIONS sessions, $MESSAGES messages of $SIZE bytes"
 start_ms=$(date +%s%3N) cpu0=$(stack_cpu)
-smtp-source -d -s "$SESSIONS" -l "$SIZE" -m "$MESSAGES" -f bench@example.org -t "$TO" "127.0.0.1:$STACK_SMTP_PORT"
-end_ms=$(date +%s%3N)
-printf '  ingress accepted %d messages in %.1fs: %.0f msgs/s (smtp-source wall time)\n' \
-    "$MESSAGES" "$(calc "($end_ms - $start_ms) / 1000")" "$(calc "$MESSAGES * 1000 / ($end_ms - $start_ms)")"
+accept "$STACK_SMTP_PORT"
 wait_delivered "$MESSAGES"
-echo "  CPU seconds: $(cpu_delta "$cpu0" "$(stack_cpu)")"
-report "$start_ms"
+echo "  CPU-ms per message: $(cpu_per_message "$cpu0" "$(stack_cpu)" "$MESSAGES")"
+report "$start_ms" poststelle
+accept_latency "$STACK_SMTP_PORT"
+wait_delivered $((2 * MESSAGES))
 
 echo "2. paced: $PACED_MESSAGES messages at $PACED_RATE msgs/s ($SESSIONS sessions, connections reused)"
 paced_ms=$(date +%s%3N)
 echo "  client: $("$PY" bench/smtp_latency.py --port "$STACK_SMTP_PORT" --sessions "$SESSIONS" --reuse \
     --messages "$PACED_MESSAGES" --size "$SIZE" --rate "$PACED_RATE" --recipient "$TO")"
-wait_delivered $((MESSAGES + PACED_MESSAGES))
+wait_delivered $((2 * MESSAGES + PACED_MESSAGES))
 report "$paced_ms"
 
-echo "outcomes: $(sql "SELECT countIf(type = 'delivered'), countIf(type = 'deferred'), countIf(type = 'bounced'),
+echo "  stage results: $(sql "SELECT arrayStringConcat(groupArray(concat(stage, '=', toString(c))), ' ')
+    FROM (SELECT stage, count() AS c FROM poststelle.events FINAL WHERE type = 'stage_result'
+          GROUP BY stage ORDER BY stage)")"
+echo "  outcomes: $(sql "SELECT countIf(type = 'delivered'), countIf(type = 'deferred'), countIf(type = 'bounced'),
     countIf(type = 'deadlettered') FROM poststelle.events FINAL" |
     awk '{printf "delivered=%s deferred=%s bounced=%s deadlettered=%s", $1, $2, $3, $4}');" \
-    "maildir: $(find "$STACK_HOME/mail/school.test/${TO%@*}/new" -type f | wc -l) files"
+    "maildir: $(mailbox_count) files"
+stack_down
+fi
+[ "$ONLY" = poststelle ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then echo "not root: no Postfix + amavis, no ratio"; exit 0; fi
+echo "== Postfix → amavisd-new (ClamAV + SpamAssassin) → Dovecot LMTP"
+stack_up daemons-only
+amavis_stack_up
+expect_rcpt_reply "$AMAVIS_SMTP_PORT" nobody.here@school.test "550 5.1.1"
+swaks --server 127.0.0.1 --port "$AMAVIS_SMTP_PORT" --from bench@example.org --to "$TO" \
+      --header "Subject: eicar" --body "$EICAR" >/dev/null
+smtp-source -d -s "$SESSIONS" -l "$SIZE" -m 40 -f bench@example.org -t "$TO" "127.0.0.1:$AMAVIS_SMTP_PORT"  # warm-up
+wait_mailbox 40
+grep -q "Blocked INFECTED (Poststelle.Test.Eicar" "$AMAVIS_HOME/amavis.log" ||
+    { echo "amavis did not block the test virus: is clamd asked? see $AMAVIS_HOME/amavis.log" >&2; exit 1; }
+spam_status=$(grep -h -m1 '^X-Spam-Status:' "$MAILBOX"/new/* | head -1)
+[ -n "$spam_status" ] || { echo "no X-Spam-Status in the delivered mail: SpamAssassin did not run" >&2; exit 1; }
+echo "  checks: the test virus was blocked (clamd); delivered mail has $spam_status"
+
+echo "1. saturated: smtp-source -d, $SESSIONS sessions, $MESSAGES messages of $SIZE bytes"
+before=$(mailbox_count) start_ms=$(date +%s%3N)
+cpu0="$(amavis_stack_cpu) $(daemons_cpu)"
+accept "$AMAVIS_SMTP_PORT"
+wait_mailbox $((before + MESSAGES)) || true
+cpu1="$(amavis_stack_cpu) $(daemons_cpu)"
+delivered=$(($(mailbox_count) - before)) last_ms=$(newest_mail_ms)
+SUSTAINED[amavis]=$(calc "$delivered * 1000 / ($last_ms - $start_ms)")
+printf '  %d delivered in %.1fs (start of smtp-source → newest mail): %.1f msgs/s sustained\n' \
+    "$delivered" "$(calc "($last_ms - $start_ms) / 1000")" "${SUSTAINED[amavis]}"
+echo "  CPU-ms per message: $(cpu_per_message "$cpu0" "$cpu1" "$delivered")"
+accept_latency "$AMAVIS_SMTP_PORT"
+echo "  amavis: $(grep -c 'Passed CLEAN {' "$AMAVIS_HOME/amavis.log") passed clean," \
+     "$(grep -c 'Passed SPAM' "$AMAVIS_HOME/amavis.log") passed spam," \
+     "$(grep -cE 'Blocked [A-Z]+ (\([^)]*\) )?\{' "$AMAVIS_HOME/amavis.log") blocked; SpamAssassin's last score: $(grep -o 'Hits: [^,]*' "$AMAVIS_HOME/amavis.log" | tail -1)"
+amavis_stack_down
+stack_down
+
+[ -n "$ONLY" ] && exit 0
+printf 'ratio poststelle e2e / Postfix+amavis: %.2fx sustained delivered msgs/s (%.1f vs %.1f)\n' \
+    "$(calc "${SUSTAINED[poststelle]} / ${SUSTAINED[amavis]}")" "${SUSTAINED[poststelle]}" "${SUSTAINED[amavis]}"

@@ -39,9 +39,10 @@ FLAGGED = ("Rechnung.pdf            .exe", "a.pdf.exe", "Zahlung.js", "update.sc
 
 
 def _text(rng: random.Random, size: int) -> str:
-    words = []
-    while sum(len(w) + 1 for w in words) < size:
+    words, length = [], 0
+    while length < size:  # a running length: summing the list each time made generating quadratic
         words.append(rng.choice(WORDS))
+        length += len(words[-1]) + 1
     lines = [" ".join(words[i:i + 10]) for i in range(0, len(words), 10)]
     return "\n".join(lines) + "\n"
 

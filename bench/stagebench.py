@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from pipeline.stage import Outcome, Stage, Work
 
-__all__ = ["time_stage"]
+__all__ = ["rates", "time_stage"]
 
 
 async def time_stage(stage: Stage, works: list[Work], classify: Callable[[Outcome], str]) -> tuple[float, float, Counter]:
@@ -21,3 +21,9 @@ async def time_stage(stage: Stage, works: list[Work], classify: Callable[[Outcom
     for work in works:
         counts[classify(await stage.process(work))] += 1
     return time.process_time() - cpu, time.perf_counter() - wall, counts
+
+
+def rates(count: int, cpu: float, wall: float) -> str:
+    """"1,234 messages/s per core (0.810 CPU-ms each), 900 messages/s wall (1.111 ms each)"."""
+    return (f"{count / cpu:8,.0f} messages/s per core ({1000 * cpu / count:.3f} CPU-ms each), "
+            f"{count / wall:8,.0f} messages/s wall ({1000 * wall / count:.3f} ms each)")

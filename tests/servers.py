@@ -166,8 +166,8 @@ class SlapdServer:
         self.proc = _spawn_slapd(self.state_home, self.port)
 
 
-def _spawn_slapd(state_home: Path, port: int, timeout: float = 15.0) -> subprocess.Popen[bytes]:
-    spec = slapd_service(state_home, SLAPD_HOST, port, LDIF)
+def _spawn_slapd(state_home: Path, port: int, timeout: float = 15.0, ldif: Path = LDIF) -> subprocess.Popen[bytes]:
+    spec = slapd_service(state_home, SLAPD_HOST, port, ldif)
     log = state_home / "slapd.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(spec.argv, cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=out,
@@ -190,12 +190,17 @@ def _spawn_slapd(state_home: Path, port: int, timeout: float = 15.0) -> subproce
         time.sleep(0.02)
 
 
+def start_slapd(state_home: Path, ldif: Path = LDIF) -> SlapdServer:
+    """Start slapd on a free port with `ldif` loaded (the demo school by default); return once it listens."""
+    port = _free_tcp_port()
+    return SlapdServer(port, state_home, _spawn_slapd(state_home, port, ldif=ldif))
+
+
 def slapd_in_temp_dir() -> Iterator[SlapdServer]:
     if not SLAPD_INSTALLED:
         pytest.skip("slapd not installed (apt-get install slapd)")
     home = Path(tempfile.mkdtemp(prefix="pst-ldap-"))
-    port = _free_tcp_port()
-    server = SlapdServer(port, home, _spawn_slapd(home, port))
+    server = start_slapd(home)
     try:
         yield server
     finally:

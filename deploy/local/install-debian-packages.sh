@@ -11,6 +11,13 @@ PACKAGES=(
   dovecot-core           # mailbox server (LMTP)
   dovecot-lmtpd
   postfix                # smtp-sink (the local smarthost), smtp-source (benchmarks)
+  postfix-ldap           # the benches' private Postfix looks recipients up in the stack's slapd
+  amavisd-new            # bench/pipeline.sh's comparison: Postfix → amavisd-new → Dovecot
+  spamassassin           # ... with SpamAssassin inside amavis (and bench/spamassassin_accuracy.py)
+  libmail-spf-perl       # SpamAssassin's SPF and DMARC plugins (recommended, not pulled in here)
+  libmail-dmarc-perl
+  spamd                  # spamd, spamc: bench/spamassassin_accuracy.py
+  spamc
   swaks                  # sending test mail
   libnet-ssleay-perl     # swaks --tls / --tls-on-connect (submission on 2587 and 2465)
   libio-socket-ssl-perl
