@@ -31,9 +31,10 @@ MAX_ERROR = 2000  # characters of the error text kept
 class PoisonMessage(Exception):
     """The record can never be handled by this consumer (undecodable, too deep, looping): dead-letter it."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", *, consumer: str = "") -> None:
         super().__init__(detail or reason)
         self.reason = reason
+        self.consumer = consumer  # who could not handle it, when not the hop itself (a stage of a chain)
 
 
 def _message_id_of(value: bytes) -> str:

@@ -47,6 +47,7 @@ class Output:
     topic: str
     key: bytes
     event: Event
+    headers: tuple[tuple[str, bytes], ...] = ()  # record headers (the chain marks its stage_results: pipeline.chain)
 
 
 class Hold(Exception):
@@ -134,7 +135,8 @@ class TransactionalHop:
                             self._retry_later(consumer, tp, record, exc)
                             break
                         for out in outputs:
-                            await producer.send(out.topic, encode_event(out.event), key=out.key)
+                            await producer.send(out.topic, encode_event(out.event), key=out.key,
+                                                headers=list(out.headers) or None)
                         offsets[tp] = record.offset + 1
                         self.backoff.reset(tp)
                 if offsets:
@@ -183,7 +185,7 @@ class TransactionalHop:
         except (Hold, *self.temporary_errors, *BATCH_FAILURES):  # broker trouble is not the record's fault
             raise
         except PoisonMessage as exc:
-            return [await self._deadletter(record, exc.reason, str(exc))]
+            return [await self._deadletter(record, exc.reason, str(exc), exc.consumer)]
         except Exception as exc:  # a bug, or a record the hop chokes on: a person must look
             log.exception("%s failed on %s[%d]@%d", self.name, record.topic, record.partition, record.offset)
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -196,14 +198,15 @@ class TransactionalHop:
                     tp.partition, record.offset, type(exc).__name__, why, delay)
         hold_partition(consumer, tp, record.offset, delay)
 
-    async def _deadletter(self, record: ConsumerRecord, reason: str, error: str) -> Output:
+    async def _deadletter(self, record: ConsumerRecord, reason: str, error: str, consumer: str = "") -> Output:
         """The record, whole, for the dead-letter topic (same key, so it sorts with its message)."""
+        consumer = consumer or self.name
         self.deadlettered += 1
         self.metrics.deadlettered(reason)
-        log.warning("%s: dead-lettering %s[%d]@%d: %s: %s", self.name, record.topic, record.partition,
+        log.warning("%s: dead-lettering %s[%d]@%d: %s: %s", consumer, record.topic, record.partition,
                     record.offset, reason, error)
         try:
-            event = await asyncio.to_thread(deadletter_event, record, self.name, reason, error, self.blobs)
+            event = await asyncio.to_thread(deadletter_event, record, consumer, reason, error, self.blobs)
         except OSError as exc:  # a large record's value could not be stored: try the record again later
             raise ConnectionError(f"cannot store the dead letter in the blob store: {exc}") from exc
         return Output(self.deadletter_topic, record.key or b"", event)

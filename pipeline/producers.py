@@ -143,10 +143,11 @@ class TransactionalProducer:
             self._deliveries = []
         self._turn = (self._turn + 1) % len(self._producers)
 
-    async def send(self, topic: str, value: bytes, *, key: bytes | None = None) -> asyncio.Future:
+    async def send(self, topic: str, value: bytes, *, key: bytes | None = None,
+                   headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future:
         assert self._producer is not None, "send() outside transaction()"
         async with _bounded(self.bound, f"queueing a record for {topic}"):
-            delivery = await self._producer.send(topic, value, key=key)
+            delivery = await self._producer.send(topic, value, key=key, headers=headers)
         self._deliveries.append(delivery)
         return delivery
 

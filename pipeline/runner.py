@@ -2,18 +2,12 @@
 
 For each record of the stage's input topic: decode it (a poison record — too large, undecodable,
 nested too deep, looping — is dead-lettered with the reason), let the stage decide for the
-recipients still in play, and turn its outcome into events (`pipeline.recipients` applies it):
+recipients still in play, and turn its outcome into events (`pipeline.stage_outputs`: outcomes,
+rejections, quarantine entries, the `stage_result` on `checked.<stage>`, held parts, injected
+notices, routed copies).
 
-- `outcome` `replaced` for each recipient the stage replaced by others (first, so a waiting ingress
-  follows them);
-- `rejected` / `quarantined` events, one per reason, for the recipients decided here, each with its
-  `outcome`;
-- `stage_result` to the stage's output topic with the recipients left in play (none when the stage
-  decided for all of them; routed ones leave too), every edit so far and every replacement so far;
-- `held` events (parts held back) to the quarantine topic and injected messages (notices) to the
-  received topic;
-- for a routing stage, one `routed` event per destination and set of edits (`recipients.copies`), and
-  an `outcome` `routed` for them.
+A `stage_result` that a chain of stages wrote and already took further (`pipeline.chain`: marked by
+the `CHAINED_HEADER` header naming the next stage) is skipped by that next stage: the chain ran it.
 
 A stage exception dead-letters the record (see `pipeline.hop`), except the temporary errors, which
 retry it with backoff; so does an outcome that names a recipient not in play (`bad_outcome`).
@@ -28,35 +22,60 @@ from collections.abc import Callable
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.blobstore import FileBlobStore
+from pipeline.broker import watch
 from pipeline.bus import Topics
+from pipeline.handover import take_over
 from pipeline.hop import Output, TransactionalHop
-from pipeline.recipients import Fanout, apply_outcome, copies
 from pipeline.registry import get_stage
 from pipeline.settings import Settings
 from pipeline.stage import Outcome, PoisonMessage, Stage, StageContext, TemporaryFailure, Work
+from pipeline.stage_outputs import stage_step
 from schemas.codec import DecodeError
-from schemas.events import (
-    MessageOutcome,
-    Quarantined,
-    Received,
-    Rejected,
-    Result,
-    Routed,
-    StageResult,
-    decode_event,
-)
+from schemas.events import Received, StageResult, decode_event
 
-__all__ = ["StageRunner", "Output", "run_stage"]
+__all__ = ["StageRunner", "Output", "run_stage", "decode_work", "ran_already", "stage_timeout", "CHAINED_HEADER",
+           "TEMPORARY_ERRORS"]
 
 log = logging.getLogger(__name__)
 
 TEMPORARY_ERRORS = (TemporaryFailure, TimeoutError, ConnectionError)
+# on a stage_result a chain wrote: the next stage, which the chain already ran on the message
+CHAINED_HEADER = "poststelle-chained-to"
 
 
 def stage_timeout(settings: Settings, stage: Stage) -> float:
     """Seconds one record may take: `[stages.<name>] timeout`, else what the stage asks for (its
     `timeout` attribute, e.g. the virus scanner's own timeouts), else `runner.handle_timeout`."""
     return settings.stage_timeout(stage.name) or getattr(stage, "timeout", None) or settings.runner.handle_timeout
+
+
+def decode_work(settings: Settings, record: ConsumerRecord) -> Work:
+    """A stage's input from a `received` or `stage_result` record, or `PoisonMessage` when the record
+    cannot be one (too large, undecodable, nested too deep, or past `runner.max_hops` stages)."""
+    limits = settings.runner
+    if record.value is None:
+        raise PoisonMessage("undecodable", "record without a value")
+    if len(record.value) > limits.max_event_bytes:
+        raise PoisonMessage("too_large", f"record of {len(record.value)} bytes")
+    try:
+        event = decode_event(record.value, expect=(Received, StageResult))
+    except DecodeError as exc:
+        reason = "too_deep" if "deeper" in str(exc) else "undecodable"
+        raise PoisonMessage(reason, str(exc)) from None
+    if isinstance(event, Received):
+        return Work(message=event)
+    assert isinstance(event, StageResult)
+    history = [*event.history, event.result]
+    if len(history) > limits.max_hops:
+        raise PoisonMessage("looping", f"passed {len(history)} stages")
+    return Work(message=event.message, history=history, edits=list(event.edits),
+                recipients=list(event.recipients), replacements=list(event.replacements))
+
+
+def ran_already(record: ConsumerRecord, stage: str) -> bool:
+    """Whether `record` is a `stage_result` a chain wrote after it had already run `stage` on it
+    (`pipeline.chain`): the consumer that would run `stage` on it skips it."""
+    return any(k == CHAINED_HEADER and v == stage.encode() for k, v in record.headers or ())
 
 
 class StageRunner(TransactionalHop):
@@ -74,6 +93,12 @@ class StageRunner(TransactionalHop):
         # stages handle records concurrently (`runner.concurrency`) unless they say otherwise
         self.max_concurrency = getattr(stage, "concurrency", None) or settings.runner.concurrency
 
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
+        # where the stage ran in a chain before, go on where the chain stopped (`pipeline.handover`)
+        readers = {self.input_topic: self.stage.name}
+        await watch().retry(self.name, lambda: take_over(self.settings, self.group_id, readers))
+        await super().run(stop, on_ready)
+
     async def start(self) -> None:
         await self.stage.start()
 
@@ -84,95 +109,15 @@ class StageRunner(TransactionalHop):
 
     def decode(self, record: ConsumerRecord) -> Work:
         """The stage's input, or `PoisonMessage` when the record cannot be one."""
-        limits = self.settings.runner
-        if record.value is None:
-            raise PoisonMessage("undecodable", "record without a value")
-        if len(record.value) > limits.max_event_bytes:
-            raise PoisonMessage("too_large", f"record of {len(record.value)} bytes")
-        try:
-            event = decode_event(record.value, expect=(Received, StageResult))
-        except DecodeError as exc:
-            reason = "too_deep" if "deeper" in str(exc) else "undecodable"
-            raise PoisonMessage(reason, str(exc)) from None
-        if isinstance(event, Received):
-            return Work(message=event)
-        assert isinstance(event, StageResult)
-        history = [*event.history, event.result]
-        if len(history) > limits.max_hops:
-            raise PoisonMessage("looping", f"passed {len(history)} stages")
-        return Work(message=event.message, history=history, edits=list(event.edits),
-                    recipients=list(event.recipients), replacements=list(event.replacements))
+        return decode_work(self.settings, record)
 
     def outputs_for(self, work: Work, outcome: Outcome, duration_ms: float) -> list[Output]:
-        try:
-            fan = apply_outcome(work, outcome, self.stage.name)
-        except ValueError as exc:
-            raise PoisonMessage("bad_outcome", f"stage {self.stage.name}: {exc}") from None
-        result = Result(stage=self.stage.name, verdict=outcome.verdict, score=outcome.score,
-                        details=outcome.details, duration_ms=round(duration_ms, 3))
-        goes_on = bool(fan.remaining or fan.routed)  # held parts and notices only for a message that goes on
-        return [*self._replaced(work, fan), *self._decided(work, fan, result), *self._passed(work, fan, result),
-                *(Output(self.topics.quarantine, self._key(work), held) for held in outcome.held if goes_on),
-                *(Output(self.topics.received, new.message_id.encode(), new) for new in outcome.inject if goes_on),
-                *self._routed(work, fan, result)]
-
-    @staticmethod
-    def _key(work: Work) -> bytes:
-        return work.message.message_id.encode()
-
-    def _outcome(self, work: Work, disposition: str, recipients: list[str], reason: str = "",
-                 into: list[str] | None = None) -> Output:
-        """The small outcome event a waiting ingress reads (see `ingress.verdicts`)."""
-        event = MessageOutcome(message_id=work.message.message_id, stage=self.stage.name,
-                               disposition=disposition, recipients=recipients, reason=reason,  # type: ignore[arg-type]
-                               into=into or [])
-        return Output(self.topics.outcomes, self._key(work), event)
-
-    def _replaced(self, work: Work, fan: Fanout) -> list[Output]:
-        return [self._outcome(work, "replaced", [r.recipient], r.reason, r.into) for r in fan.replacements]
-
-    def _decided(self, work: Work, fan: Fanout, result: Result) -> list[Output]:
-        outputs: list[Output] = []
-        message, name = work.message, self.stage.name
-        results = [*work.history, result]
-        replacements = [*work.replacements, *fan.replacements]
-        for reason, recipients in fan.rejected.items():
-            outputs.append(Output(self.topics.rejected, self._key(work), Rejected(
-                message_id=message.message_id, stage=name, reason=reason, recipients=recipients, message=message,
-                results=results, replacements=replacements)))
-            outputs.append(self._outcome(work, "rejected", recipients, reason))
-        for reason, recipients in fan.quarantined.items():
-            outputs.append(Output(self.topics.quarantine, self._key(work), Quarantined(
-                message_id=message.message_id, stage=name, reason=reason, recipients=recipients, message=message,
-                results=results, replacements=replacements, edits=fan.edits)))
-            outputs.append(self._outcome(work, "quarantined", recipients, reason))
-        return outputs
-
-    def _passed(self, work: Work, fan: Fanout, result: Result) -> list[Output]:
-        """The stage_result, unless every recipient's way ended here by a rejection or quarantine."""
-        if not (fan.remaining or fan.routed):
-            return []
-        passed = StageResult(message_id=work.message.message_id, result=result, message=work.message,
-                             recipients=fan.remaining, history=list(work.history), edits=fan.edits,
-                             replacements=[*work.replacements, *fan.replacements])
-        return [Output(self.topics.checked(self.stage.name), self._key(work), passed)]
-
-    def _routed(self, work: Work, fan: Fanout, result: Result) -> list[Output]:
-        outputs: list[Output] = []
-        results = [*work.history, result]
-        replacements = [*work.replacements, *fan.replacements]
-        for destination, recipients in fan.routed.items():
-            for members, edits in copies(recipients, fan.edits):
-                routed = Routed(message_id=work.message.message_id, destination=destination, recipients=members,
-                                message=work.message, results=results, edits=edits, replacements=replacements)
-                outputs.append(Output(self.topics.routed(destination), self._key(work), routed))
-        routed_recipients = [r for recipients in fan.routed.values() for r in recipients]
-        if routed_recipients:
-            outputs.append(self._outcome(work, "routed", routed_recipients))
-        return outputs
+        return stage_step(self.topics, self.stage.name, work, outcome, duration_ms).outputs
 
     async def handle(self, record: ConsumerRecord) -> list[Output]:
         """Outputs for one record; temporary errors propagate (retried), the rest is dead-lettered by the hop."""
+        if ran_already(record, self.stage.name):
+            return []  # a chain wrote it and ran this stage on it already (after an un-chaining)
         work = self.decode(record)
         if not work.recipients:
             return []  # every recipient was routed by an earlier stage: nothing left to decide

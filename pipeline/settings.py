@@ -17,6 +17,7 @@ from pipeline.destination_settings import DEFAULT_DESTINATIONS, DestinationSetti
 from pipeline.metrics_settings import MetricsSettings
 from pipeline.outbound_settings import DkimSettings
 from pipeline.srs_settings import SrsSettings
+from pipeline.topology_settings import TopologySettings
 from pipeline.quarantine_settings import DigestSettings, QuarantineSettings, WebSettings
 from pipeline.settings_base import ConfigError, parse_duration
 
@@ -242,14 +243,6 @@ class SinkSettings:
     lmtp: LmtpSinkSettings = field(default_factory=LmtpSinkSettings)
     smarthost: SmarthostSinkSettings = field(default_factory=SmarthostSinkSettings)
     analytics: AnalyticsSinkSettings = field(default_factory=AnalyticsSinkSettings)
-
-
-@dataclass(frozen=True, slots=True)
-class TopologySettings:
-    stages: list[str] = field(default_factory=lambda: ["route"])
-    # a site's own stages: Python modules imported before the config is validated (each registers
-    # its stage classes with pipeline.registry.register)
-    stage_modules: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

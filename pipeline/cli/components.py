@@ -20,9 +20,10 @@ from pipeline.config import load_settings, raw_config
 from pipeline.localstack import ServiceSpec
 from pipeline.settings import ConfigError, Settings
 from pipeline.supervisor import component_argv
+from pipeline.topology_settings import chain_name
 
-__all__ = ["Component", "components", "component", "known_components", "pipeline_specs", "process_counts",
-           "load_builtins", "load_config", "metrics_port", "metrics_endpoints", "consumer_groups",
+__all__ = ["Component", "components", "component", "known_components", "stage_components", "pipeline_specs",
+           "process_counts", "load_builtins", "load_config", "metrics_port", "metrics_endpoints", "consumer_groups",
            "BUILTIN_STAGE_MODULES", "BUILTIN_CHECK_MODULES"]
 
 # modules whose import registers the built-in stages and checks; the config picks from them by name
@@ -134,11 +135,22 @@ def stage_component(name: str) -> Component:
                      group=name)
 
 
+def chain_component(stages: list[str]) -> Component:
+    """The stages `stages` (a chain of `topology.chains`) in one process: `chain:<first>-<last>`."""
+    name = chain_name(stages)
+    return Component(f"chain:{name}", f"runs {', '.join(stages)} in one process and transaction",
+                     "pipeline.chain:run_chain", (("chain", name),), group=f"chain.{name}")
+
+
+def stage_components(settings: Settings) -> list[Component]:
+    """What runs the stages: a component per chain (`chain:NAME`) and per stage in no chain (`stage:NAME`)."""
+    return [chain_component(run) if len(run) > 1 else stage_component(run[0]) for run in settings.topology.runs()]
+
+
 def known_components(settings: Settings) -> dict[str, Component]:
     """Every component these settings can run by hand (`poststelle run`), by name."""
     sinks = [sink_component(settings, n) for n in (*settings.destination_names, "analytics")]
-    found = [INGRESS, *(stage_component(n) for n in settings.topology.stages), *sinks, VERDICT, RETRY,
-             BOUNCE, DIGEST, WEB]
+    found = [INGRESS, *stage_components(settings), *sinks, VERDICT, RETRY, BOUNCE, DIGEST, WEB]
     return {c.name: c for c in found}
 
 
@@ -149,7 +161,7 @@ def components(settings: Settings) -> list[Component]:
     if s.run_ingress:
         chosen.append(INGRESS)
     if s.run_stages:
-        chosen.extend(stage_component(name) for name in settings.topology.stages)
+        chosen.extend(stage_components(settings))
         chosen.append(VERDICT)  # turns rejections the sender was not told of into quarantine
         chosen.append(WEB)  # the quarantine portal
     chosen.extend(sink_component(settings, name) for name in s.sinks)
@@ -162,6 +174,10 @@ def component(settings: Settings, name: str) -> Component:
     """The component called `name` (a ConfigError naming the known ones when there is none)."""
     known = known_components(settings)
     if name not in known:
+        if name.startswith("stage:") and name[6:] in settings.topology.stages:
+            chain = next(c for c in settings.topology.chains if name[6:] in c)
+            raise ConfigError(f"{name}: the stage runs in chain:{chain_name(chain)} (topology.chains); "
+                              "take it out of the chain to run it alone")
         if name.startswith("stage:"):
             raise ConfigError(f"{name}: stage is not in topology.stages")
         raise ConfigError(f"unknown component {name!r} (known: {', '.join(known)})")
@@ -179,7 +195,7 @@ def process_counts(settings: Settings) -> dict[str, int]:
     port of their own, a schedule or a table, and run once.
     """
     counts = settings.supervisor.processes
-    shareable = ["ingress", *(f"stage:{n}" for n in settings.topology.stages),
+    shareable = ["ingress", *(c.name for c in stage_components(settings)),
                  *(f"sink:{n}" for n in settings.destination_names)]
     for name, count in counts.items():
         if name not in shareable:
@@ -210,7 +226,7 @@ def metrics_port(settings: Settings, name: str, instance: str = "0") -> int:
     order. Adding a stage moves the ports of the destinations' sinks, never those before it."""
     known = known_components(settings)
     fixed = [INGRESS, VERDICT, RETRY, BOUNCE, DIGEST, WEB, ANALYTICS]
-    order = [c.name for c in fixed] + [n for n in known if n.startswith("stage:")]
+    order = [c.name for c in fixed] + [n for n in known if n.startswith(("stage:", "chain:"))]
     order += [n for n in known if n not in order]
     if name not in order:
         raise ConfigError(f"unknown component {name!r}")
@@ -241,6 +257,9 @@ def consumer_groups(settings: Settings, chosen: list[Component] | None = None) -
         kind, _, name = c.name.partition(":")
         if kind == "stage":
             inputs = [topics.stage_input(name)]
+        elif kind == "chain":  # the first stage's input and the checked topics inside the chain
+            stages = settings.topology.chain(name)
+            inputs = [topics.stage_input(stages[0]), *(topics.checked(st) for st in stages[:-1])]
         elif c is ANALYTICS:
             inputs = topics.event_topics()
         elif kind == "sink":

@@ -75,7 +75,7 @@ def k8s_manifests(settings: Settings, options: K8sOptions = K8sOptions()) -> dic
     for c in components(settings):
         slug = c.name.replace(":", "-")
         documents: list[dict[str, Any]] = [_deployment(settings, c, slug, options)]
-        if c.name.startswith("stage:"):
+        if c.name.startswith(("stage:", "chain:")):  # the lag of its first input topic scales it
             group, topics = groups[c.name]
             documents.append(_scaled_object(settings, slug, group, topics[0], options))
         files[f"{slug}.yaml"] = HEADER + yaml.safe_dump_all(documents, sort_keys=False, width=120)

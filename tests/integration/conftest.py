@@ -7,6 +7,7 @@ same supervisor an operator uses.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from pipeline.bus import behind
+from pipeline.topology_settings import chain_name
 from schemas.events import decode_event
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +44,17 @@ def with_probe(stages: list[str]) -> list[str]:
     return [*stages[:stages.index("route")], "probe", *stages[stages.index("route"):]]
 
 
-LOCAL_STAGES = tomllib.loads((REPO / "deploy/local/poststelle.toml").read_text())["topology"]["stages"]
+def without_route(chains: list[list[str]]) -> list[list[str]]:
+    """The local config's chains with `route` left out (the probe goes before it): so the test stack runs
+    a chain and, alone, `stage:probe` and `stage:route` (the kill -9 tests kill it), both kinds of runner."""
+    cut = [[s for s in chain if s != "route"] for chain in chains]
+    return [chain for chain in cut if len(chain) > 1]
+
+
+LOCAL_TOPOLOGY = tomllib.loads((REPO / "deploy/local/poststelle.toml").read_text())["topology"]
+LOCAL_STAGES = LOCAL_TOPOLOGY["stages"]
+# POSTSTELLE_TEST_UNCHAINED=1: every stage alone, as without `topology.chains`
+LOCAL_CHAINS = [] if os.environ.get("POSTSTELLE_TEST_UNCHAINED") else without_route(LOCAL_TOPOLOGY.get("chains", []))
 PROBE_TIMEOUT = 3.0  # seconds a record may take in the probe stage (X-Probe-Sleep-Once tests it)
 
 
@@ -55,6 +67,7 @@ def stack_env(home: Path, base: int) -> dict[str, str]:
         "PYTHONPATH": str(REPO),  # the probe's module, also for the console script .venv/bin/poststelle
         "POSTSTELLE_TOPOLOGY__STAGE_MODULES": "tests.integration.probe",
         "POSTSTELLE_TOPOLOGY__STAGES": ",".join(with_probe(LOCAL_STAGES)),
+        "POSTSTELLE_TOPOLOGY__CHAINS": json.dumps(LOCAL_CHAINS),
         "POSTSTELLE_STAGES__PROBE__TIMEOUT": f"{PROBE_TIMEOUT:g}s",
         "POSTSTELLE_CONFIG": str(REPO / "deploy/local/poststelle.toml"),
         "POSTSTELLE_HOME": str(home),
@@ -106,6 +119,16 @@ class Stack:
     @property
     def smtp_port(self) -> int:
         return int(self.env["POSTSTELLE_INGRESS__PORT"])
+
+    def component_of(self, stage: str) -> str:
+        """The component that runs `stage`: its chain's (`chain:NAME`) or its own (`stage:NAME`)."""
+        chains = json.loads(self.env["POSTSTELLE_TOPOLOGY__CHAINS"])
+        chain = next((c for c in chains if stage in c), None)
+        return f"chain:{chain_name(chain)}" if chain else f"stage:{stage}"
+
+    def log_of(self, stage: str) -> Path:
+        """The log file of the component that runs `stage`."""
+        return self.home / "log" / f"{self.component_of(stage).replace(':', '-')}.log"
 
     # -- control ------------------------------------------------------------------------------
 

@@ -162,10 +162,10 @@ def test_a_group_over_the_size_limit_waits_for_a_person(stack):
     group = _add_group(stack, "riesig", ["nisMailAlias"], {"rfc822MailMember": members})
     test_id = new_test_id()
     send(make_message(test_id, to=group), [group], port=stack.smtp_port)
-    log = stack.home / "log" / "stage-expand.log"
+    log = stack.log_of("expand")
     reason = f"group {group}: more than max_members 5000 members (5001 after 1 level(s))"
     stack.wait_for(lambda: reason in log.read_text(errors="replace"), what="the reason in the stage's log")
-    assert stack.scrape("stage:expand").get(("poststelle_expand_limit_total", (("action", "tempfail"),)), 0) >= 1
+    assert stack.scrape(stack.component_of("expand")).get(("poststelle_expand_limit_total", (("action", "tempfail"),)), 0) >= 1
     assert _copies(stack, MAX, test_id) == 0
     with _admin(stack) as conn:  # the person: the group was meant for max alone
         assert conn.modify(f"cn=riesig,{GROUPS}", {"rfc822MailMember": [(ldap3.MODIFY_REPLACE, [MAX])]})

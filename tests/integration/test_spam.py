@@ -132,7 +132,7 @@ def test_a_broken_rule_file_stops_start_up_with_file_line_and_reason(stack: Stac
     rules = tmp_path / "site.cf"
     rules.write_text("body SITE_OK /hello/\nscore SITE_OK 1.0\nbody SITE_BROKEN /(?<=x)y/\n")
     env = {**stack.env, "POSTSTELLE_STAGES__SPAM__RULE_FILES": str(rules)}
-    for command in (["config", "check"], ["run", "stage:spam"]):
+    for command in (["config", "check"], ["run", stack.component_of("spam")]):
         done = subprocess.run([sys.executable, "-m", "pipeline.cli", *command], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, (command, done.stderr)

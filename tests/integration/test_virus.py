@@ -118,7 +118,7 @@ def test_clean_attachment_is_delivered_with_the_scan_recorded(stack):
 
 def test_clamd_down_holds_mail_until_it_is_back_and_loses_nothing(stack):
     def scanner_up() -> float | None:
-        return stack.scrape("stage:virus").get(("poststelle_scanner_up", (("stage", "virus"),)))
+        return stack.scrape(stack.component_of("virus")).get(("poststelle_scanner_up", (("stage", "virus"),)))
 
     clean_ids = [new_test_id() for _ in range(3)]
     infected_id = new_test_id()
@@ -131,9 +131,9 @@ def test_clamd_down_holds_mail_until_it_is_back_and_loses_nothing(stack):
         time.sleep(4)  # several retries (backoff max 2 s in the test stack)
         assert all(_delivered(stack, t) == 0 for t in clean_ids), "delivered unscanned while clamd was down"
         assert not _terminal_rows(stack, infected_id)
-        log = (stack.home / "log" / "stage-virus.log").read_text()
+        log = stack.log_of("virus").read_text()
         assert "virus scanner DOWN" in log
-        assert stack.status()["components"]["stage:virus"]["state"] == "ready"  # waiting, not crashed
+        assert stack.status()["components"][stack.component_of("virus")]["state"] == "ready"  # waiting, not crashed
     finally:
         stack.release("clamd")
 

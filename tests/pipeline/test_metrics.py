@@ -137,8 +137,11 @@ def test_each_component_has_its_own_stable_port():
     ports = {c.name: metrics_port(settings, c.name) for c in components(settings)}
     assert len(set(ports.values())) == len(ports)  # no two share one
     assert ports["ingress"] == 9400 and ports["verdict"] == 9401 and ports["sink:analytics"] == 9406
-    assert ports["stage:blocklist"] == 9407  # the stages after the fixed components, in topology order
-    assert metrics_port(settings, "stage:blocklist", "2") == 9607  # instance 2: two strides on
+    assert ports["chain:blocklist-route"] == 9407  # the stages (chained) after the fixed components, in topology order
+    assert ports["sink:lmtp"] == 9408
+    assert metrics_port(settings, "chain:blocklist-route", "2") == 9607  # instance 2: two strides on
+    alone = load_config("deploy/local/poststelle.toml", environ={"POSTSTELLE_TOPOLOGY__CHAINS": "[]"})
+    assert metrics_port(alone, "stage:blocklist") == 9407 and metrics_port(alone, "stage:route") == 9413
     assert metrics_endpoints(settings)["ingress"] == "http://127.0.0.1:9400/metrics"
     with pytest.raises(ConfigError, match="needs a number"):
         metrics_port(settings, "ingress", "a")

@@ -46,7 +46,7 @@ class StandInProducer:
     async def begin_transaction(self) -> None:
         pass
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future:
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, headers=None) -> asyncio.Future:
         outcome = self.outcomes[len(self.sent)] if len(self.sent) < len(self.outcomes) else "ok"
         self.sent.append(value)
         delivery = asyncio.get_running_loop().create_future()

@@ -26,7 +26,7 @@ ANNA, PAUL, EX = "anna.schmidt@school.test", "paul.wagner@school.test", "ex.schu
 
 
 def _settings(home: Path, slapd_port: int = 1, **env: str):
-    environ = {"POSTSTELLE_HOME": str(home), "POSTSTELLE_TOPOLOGY__STAGES": "route",
+    environ = {"POSTSTELLE_HOME": str(home), "POSTSTELLE_TOPOLOGY__STAGES": "route", "POSTSTELLE_TOPOLOGY__CHAINS": "[]",
                "POSTSTELLE_LDAP__PORT": str(slapd_port), "POSTSTELLE_LDAP__TIMEOUT": "1", **env}
     return load_settings(CONFIG, environ=environ)
 
@@ -87,6 +87,7 @@ async def test_an_address_route_wins_over_its_domain_and_the_longest_domain_wins
                         'destination = "store2"\n[[stages.route.routes]]\nmatch = ".labor.physik.school.test"\n'
                         'destination = "smarthost"\n')
     loaded = load_settings(settings, environ={"POSTSTELLE_HOME": str(tmp_path), "POSTSTELLE_TOPOLOGY__STAGES": "route",
+                                              "POSTSTELLE_TOPOLOGY__CHAINS": "[]",
                                               "POSTSTELLE_STAGES__ROUTE__DIRECTORY": "false"})
     stage = RouteStage(loaded.stage_settings("route"), StageContext(settings=loaded, blobs=FileBlobStore(tmp_path)))
     outcome = await _process(stage, _work("chef@physik.school.test", "x@a.labor.physik.school.test",

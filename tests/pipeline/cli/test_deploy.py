@@ -22,7 +22,7 @@ def test_the_committed_manifests_are_regenerated_unchanged():
         assert committed[name] == text, f"deploy/k8s/{name} drifted: run `poststelle deploy k8s`"
 
 
-def test_every_component_has_a_deployment_and_every_stage_a_lag_scaler():
+def test_every_component_has_a_deployment_and_every_stage_or_chain_a_lag_scaler():
     settings = load_config(LOCAL, environ={})
     topics = Topics.from_settings(settings)
     documents = [d for p in sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())]
@@ -33,13 +33,16 @@ def test_every_component_has_a_deployment_and_every_stage_a_lag_scaler():
         annotations = d["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/port"] == str(metrics_port(settings, name))
     scalers = {d["spec"]["scaleTargetRef"]["name"]: d["spec"] for d in documents if d["kind"] == "ScaledObject"}
-    assert len(scalers) == len(settings.topology.stages)
-    for stage in settings.topology.stages:
-        (trigger,) = scalers[f"poststelle-stage-{stage}"]["triggers"]
+    runs = settings.topology.runs()  # a chain of stages, or a stage alone: one scaler each
+    assert len(scalers) == len(runs)
+    for run in runs:
+        name = f"chain-{run[0]}-{run[-1]}" if len(run) > 1 else f"stage-{run[0]}"
+        group = f"chain.{run[0]}-{run[-1]}" if len(run) > 1 else run[0]
+        (trigger,) = scalers[f"poststelle-{name}"]["triggers"]
         assert trigger["type"] == "kafka"
-        assert trigger["metadata"]["consumerGroup"] == f"{settings.kafka.topic_prefix}.{stage}"
-        assert trigger["metadata"]["topic"] == topics.stage_input(stage)
-        assert scalers[f"poststelle-stage-{stage}"]["maxReplicaCount"] == settings.kafka.partitions
+        assert trigger["metadata"]["consumerGroup"] == f"{settings.kafka.topic_prefix}.{group}"
+        assert trigger["metadata"]["topic"] == topics.stage_input(run[0])
+        assert scalers[f"poststelle-{name}"]["maxReplicaCount"] == settings.kafka.partitions
 
 
 def test_the_command_writes_the_files_and_removes_stale_ones(tmp_path):

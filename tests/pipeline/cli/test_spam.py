@@ -105,6 +105,7 @@ def test_spam_check_refuses_a_broken_site_rule_file(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("POSTSTELLE_CONFIG", "")
     monkeypatch.setenv("POSTSTELLE_STAGES__SPAM__RULE_FILES", str(rules))
     monkeypatch.setenv("POSTSTELLE_TOPOLOGY__STAGES", "spam,route")
+    monkeypatch.setenv("POSTSTELLE_TOPOLOGY__CHAINS", "[]")
     mail = tmp_path / "m.eml"
     mail.write_bytes(GTUBE_MAIL)
     assert main(["spam", "check", "--rules-only", str(mail)]) == 2

@@ -50,7 +50,7 @@ class Recorder:
     async def begin_transaction(self) -> None:
         self._open = []
 
-    async def send(self, topic, value, key=None):
+    async def send(self, topic, value, key=None, headers=None):
         self._open.append((topic, key, value))
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
