@@ -54,15 +54,12 @@ class KafkaEventSink:
         self._queue: list[tuple[Received, asyncio.Future]] = []
         self._flushing: asyncio.Task | None = None
         self._notifications: list[Event] = []
-        self._closing = False  # set by close(): no new transaction may start behind the last one
         self._notifier: asyncio.Task | None = None
         self.dropped_notifications = 0
 
     # -- received: transactional, group commit --------------------------------------------------
 
     async def persist(self, event: Received) -> None:
-        if self._closing:  # nothing is sent: the client's retry after the 451 makes no second copy
-            raise ConnectionError("ingress stopping")
         future = asyncio.get_running_loop().create_future()
         self._queue.append((event, future))
         if self._flushing is None or self._flushing.done():
@@ -131,7 +128,6 @@ class KafkaEventSink:
         await self._tx.start()
 
     async def close(self, timeout: float = 5.0) -> None:
-        self._closing = True  # a session still in DATA gets 451 before anything of it is committed
         if self._flushing is not None:
             await asyncio.wait([self._flushing], timeout=timeout)
         if self._notifier is not None:

@@ -41,16 +41,3 @@ async def test_events_the_broker_does_not_take_are_counted_not_raised(tmp_path):
     sink.notify(_connect(9))  # the next batch goes out on a new producer
     await asyncio.wait_for(sink._notifier, 2)
     assert decode_event(factory.made[-1].sent[-1]).session_id == "s9"
-
-
-async def test_once_closing_a_message_is_refused_before_anything_of_it_is_sent(tmp_path):
-    """A commit cut short at shutdown could land after its client got no 250: the retry would be a copy."""
-    import pytest
-
-    from schemas.events import Received
-
-    sink = _sink(tmp_path, Factory())
-    await sink.close(timeout=0.1)
-    with pytest.raises(ConnectionError, match="ingress stopping"):
-        await sink.persist(Received.__new__(Received))
-    assert not sink._queue and sink._flushing is None
