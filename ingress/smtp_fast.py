@@ -71,13 +71,8 @@ class _CachedInspect:
 
     @staticmethod
     def signature(fn: Any) -> inspect.Signature:
-        return _signature(getattr(fn, "__func__", None), fn)
-
-
-def _signature(func: Any, fn: Any) -> inspect.Signature:
-    if func is None:
-        return inspect.signature(fn)
-    return _bound_signature(func)
+        func = getattr(fn, "__func__", None)  # a bound method: its function's signature, cached
+        return inspect.signature(fn) if func is None else _bound_signature(func)
 
 
 @lru_cache(maxsize=64)
