@@ -396,10 +396,19 @@ class IngressHandler:
 
 
 async def _first_of(*events: asyncio.Event, timeout: float) -> None:
-    """Return when one of `events` is set, or after `timeout` seconds."""
+    """Return when one of `events` is set, or after `timeout` seconds by the monotonic clock.
+
+    Timers of uvloop have millisecond granularity and can fire a fraction of a millisecond early;
+    the loop waits out the rest, so a wait never ends short of what it promised.
+    """
+    deadline = time.monotonic() + timeout
     waiters = [asyncio.create_task(e.wait()) for e in events]
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        while not any(e.is_set() for e in events):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
