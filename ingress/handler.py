@@ -112,14 +112,23 @@ class IngressHandler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = asyncio.Event()
+        self._sessions: set[IngressSMTP] = set()
 
     async def drained(self) -> None:
         """Return once no message is being persisted (for a clean shutdown)."""
         await self._idle.wait()
 
-    def stop_waiting(self) -> None:
-        """Shutting down: messages waiting for their verdict are answered now (accepted early)."""
+    def shut_down(self) -> None:
+        """The ingress stops: no message is taken on any more, and every session ends with a 421.
+
+        A message being persisted gets its answer first (`drained` waits for it), and so does one
+        waiting for its verdict (accepted early, at once). An idle session gets the 421 now, a busy
+        one right after the reply to its command; a message whose DATA ends from now on gets the 421
+        instead of being persisted. So nothing is committed that its client was not answered for.
+        """
         self._stopping.set()
+        for server in list(self._sessions):
+            server.shut_down(Replies.SHUTTING_DOWN)
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -139,7 +148,11 @@ class IngressHandler:
             message_caps=self.message_caps,
         )
         server.context = ctx
+        self._sessions.add(server)
         self.events.notify(SmtpConnect(session_id=ctx.session_id, client_ip=ip, client_port=port))
+        if self._stopping.is_set():
+            ctx.client_ip = ""  # not counted: nothing to release on disconnect
+            return self._reject(ctx, "connect", "limits", "shutting_down", Replies.SHUTTING_DOWN, ip=ip)
         refusal = self.limits.acquire(ip, exempt=ctx.allowlisted or ctx.trusted)
         if refusal is not None:
             ctx.client_ip = ""  # not counted: nothing to release on disconnect
@@ -155,6 +168,7 @@ class IngressHandler:
         return self.limits.idle_timeout(self.settings)
 
     def on_disconnect(self, server: IngressSMTP) -> None:
+        self._sessions.discard(server)
         ctx: CheckContext | None = server.context
         if ctx is not None and ctx.client_ip:
             self.limits.release(ctx.client_ip)
@@ -280,6 +294,10 @@ class IngressHandler:
         ip, _ = peer(session)
         trace = trace_header(session, envelope, ctx, message_id, self.hostname)
         raw = trace + envelope.original_content
+        if self._stopping.is_set():  # from here to `_persisting += 1` nothing awaits: `drained` sees it
+            log.info("message from [%s] not taken: the ingress is shutting down", ip)
+            server.close_after_reply()
+            return self._reject(ctx, "data", "persist", "shutting_down", Replies.SHUTTING_DOWN)
         wait = self._verdict_wait()
         # the client is answered by then: persist, the verdict wait, and the accepted-early record
         answer_by = time.time() + 2 * self.settings.persist_timeout + wait if wait else 0.0

@@ -22,6 +22,7 @@ class Replies:
     AUTH_NOT_AVAILABLE = "503 5.5.1 AUTH not available on this port"
     PERSIST_FAILED = "451 4.3.0 Temporary failure storing the message, try again later"
     INTERNAL_ERROR = "451 4.3.0 Temporary server error, try again later"
+    SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
     BARE_LINE_ENDING = "521 5.5.2 Error: bare <CR> or <LF> received (see RFC 5321 2.3.8); closing connection"
     NUL_CHARACTER = "521 5.6.0 Error: NUL character received; closing connection"
 

@@ -242,7 +242,7 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
     for server in servers:
         server.close()
     for handler in handlers:
-        handler.stop_waiting()
+        handler.shut_down()
     try:
         await asyncio.wait_for(asyncio.gather(*(h.drained() for h in handlers)), 2 * s.persist_timeout)
     except asyncio.TimeoutError:

@@ -21,6 +21,7 @@ import asyncio
 import base64
 import logging
 import re
+from collections.abc import Callable
 
 import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult
@@ -73,13 +74,24 @@ class StrictStreamReader(asyncio.StreamReader):
 
     Command lines that break the rules raise `IllegalInput` at once. DATA lines cannot be refused
     mid-stream (the client is still sending), so the first offence is remembered in `data_offence`
-    and the ingress refuses the message when DATA ends.
+    and the ingress refuses the message when DATA ends. `awaiting_command` is true while the session
+    waits for the client's next command line (it is idle).
     """
 
     data_offence: str | None = None
+    awaiting_command = False
+    on_command_wait: Callable[[], None] | None = None  # the session is about to read its next command
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
-        line = await super().readuntil(separator)
+        command = separator == COMMAND_SEPARATOR
+        if command and self.on_command_wait is not None and not self._buffer:
+            self.on_command_wait()
+        self.awaiting_command = command
+        try:
+            line = await super().readuntil(separator)
+        finally:
+            if command:
+                self.awaiting_command = False
         reply = _illegal_reply(line)
         if reply is not None:
             if separator == COMMAND_SEPARATOR:
@@ -109,6 +121,7 @@ class IngressSMTP(SMTP):
         # aiosmtpd builds its StreamReader in __init__; give that same object the strict class.
         # (A wrapper would break STARTTLS, which writes to the reader's private attributes.)
         reader.__class__ = StrictStreamReader
+        reader.on_command_wait = self._on_command_wait
         super()._cb_client_connected(reader, writer)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -150,6 +163,29 @@ class IngressSMTP(SMTP):
                 self.close_after_reply()
                 return
         await super()._handle_client()
+
+    # -- shutting down: 421 once the session waits for a command and has none buffered ---------------
+
+    _goodbye: str | None = None
+    _closing_after_reply = False
+
+    def shut_down(self, reply: str) -> None:
+        """End the session with `reply` (a 421) as soon as it waits for a command with none buffered.
+
+        A busy session finishes its command first, and commands the client already pipelined are
+        answered: closing with unread input would make the kernel send a reset, which can destroy a
+        `250` the client has not read yet.
+        """
+        self._goodbye = reply
+        if getattr(self._reader, "awaiting_command", False):
+            self._on_command_wait()
+
+    def _on_command_wait(self) -> None:
+        if self._goodbye is not None and not self._closing_after_reply and self.transport is not None \
+                and not self.transport.is_closing():
+            _count_reply(self._goodbye)
+            self.transport.write(self._goodbye.encode() + b"\r\n")
+            self.transport.close()
 
     @property
     def data_offence(self) -> str | None:
@@ -269,6 +305,7 @@ class IngressSMTP(SMTP):
     def close_after_reply(self) -> None:
         """Close the connection once the reply being pushed has been written."""
         if self.transport is not None:
+            self._closing_after_reply = True
             self.loop.call_soon(self._close_transport)
 
     def _close_transport(self) -> None:
