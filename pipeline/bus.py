@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from collections.abc import Awaitable, Callable
-
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.client import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.structs import ConsumerRecord
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
 
 from pipeline.settings import DESTINATIONS, KafkaSettings, Settings
 
@@ -186,6 +185,10 @@ def make_producer(k: KafkaSettings, client_id: str) -> AIOKafkaProducer:
     )
 
 
+# records of a transaction wait for its end (`pipeline.producers`), which sends them in one request
+TRANSACTION_LINGER_MS = 1000
+
+
 def make_transactional_producer(k: KafkaSettings, transactional_id: str) -> AIOKafkaProducer:
     """A producer for consume → produce hops: outputs and input offsets commit atomically.
 
@@ -198,7 +201,7 @@ def make_transactional_producer(k: KafkaSettings, transactional_id: str) -> AIOK
         enable_idempotence=True,
         transactional_id=transactional_id,
         max_request_size=k.max_request_size,
-        linger_ms=2,
+        linger_ms=TRANSACTION_LINGER_MS,
     )
 
 

@@ -45,6 +45,33 @@ async def _bounded(seconds: float, what: str) -> AsyncIterator[None]:
         raise BrokerUnavailable(f"no answer from kafka within {seconds:.0f}s ({what})") from None
 
 
+async def _queue(producer: AIOKafkaProducer, bound: float, topic: str, value: bytes | None, key: bytes | None,
+                 headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future:
+    """`producer.send`, bounded: by aiokafka itself once the topic's partitions are known (then only a
+    full buffer makes it wait, `request_timeout_ms` at most), else by `bound` (in an outage the
+    metadata update can hang). The common case thus costs no timer per record."""
+    cluster = getattr(getattr(producer, "client", None), "cluster", None)
+    if cluster is not None and cluster.partitions_for_topic(topic) is not None:
+        return await producer.send(topic, value, key=key, headers=headers)
+    async with _bounded(bound, f"queueing a record for {topic}"):
+        return await producer.send(topic, value, key=key, headers=headers)
+
+
+async def _send_now(producer: AIOKafkaProducer) -> None:
+    """Send a transaction's lingering records now, in as few requests as possible.
+
+    Transactional producers linger long (`pipeline.bus`), so a batch's records leave in one produce
+    request at its end instead of one every few milliseconds; this is the end. aiokafka's commit
+    does the same (`flush_for_commit`: close the open batches, wake the sender); it is called
+    before the commit so that a failed record is seen first. (A stand-in producer of the unit tests
+    has no accumulator and sends at once; `tests/pipeline/test_producers.py` checks that aiokafka's
+    producer has this one.)
+    """
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is not None:
+        await accumulator.flush_for_commit()
+
+
 async def abandon(producer: AIOKafkaProducer) -> None:
     """Stop a producer *without* flushing: nothing it still holds may reach the broker later.
 
@@ -132,6 +159,7 @@ class TransactionalProducer:
                 await producer.begin_transaction()
             yield self
             async with _bounded(self.bound, "the transaction's records"):
+                await _send_now(producer)
                 # a record that failed fails the transaction: aiokafka would commit without it
                 await asyncio.gather(*self._deliveries)
             async with _bounded(self.bound, "the commit"):
@@ -146,8 +174,7 @@ class TransactionalProducer:
     async def send(self, topic: str, value: bytes, *, key: bytes | None = None,
                    headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future:
         assert self._producer is not None, "send() outside transaction()"
-        async with _bounded(self.bound, f"queueing a record for {topic}"):
-            delivery = await self._producer.send(topic, value, key=key, headers=headers)
+        delivery = await _queue(self._producer, self.bound, topic, value, key, headers)
         self._deliveries.append(delivery)
         return delivery
 
@@ -193,8 +220,7 @@ class RenewingProducer:
     async def send(self, topic: str, value: bytes | None, *, key: bytes | None = None) -> asyncio.Future:
         """Queue one record; returns the future of its acknowledgement."""
         producer = await self._current()
-        async with _bounded(self.bound, f"queueing a record for {topic}"):
-            delivery = await producer.send(topic, value, key=key)
+        delivery = await _queue(producer, self.bound, topic, value, key)
         if delivery.done():
             self._check(producer, delivery)
         else:

@@ -12,6 +12,18 @@ __all__ = ["new_id", "id_time_ms", "derived_id"]
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+_POOL_BYTES = 4096  # random bits are read from the kernel 512 ids at a time, not per id
+_pool = b""
+_pool_at = 0
+
+
+def _forget_pool() -> None:
+    """A forked child must not reuse its parent's random bytes (two processes, the same ids)."""
+    global _pool, _pool_at
+    _pool, _pool_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def new_id() -> str:
@@ -19,8 +31,12 @@ def new_id() -> str:
 
     Ids made in one process sort in creation order, also within the same millisecond.
     """
-    global _last_ms, _counter
+    global _last_ms, _counter, _pool, _pool_at
     with _lock:
+        if _pool_at >= len(_pool):
+            _pool, _pool_at = os.urandom(_POOL_BYTES), 0
+        rand = int.from_bytes(_pool[_pool_at:_pool_at + 8], "big") & ((1 << 62) - 1)
+        _pool_at += 8
         now = time.time_ns() // 1_000_000
         if now <= _last_ms:
             _counter += 1
@@ -31,9 +47,14 @@ def new_id() -> str:
         else:
             _last_ms, _counter = now, 0
         counter = _counter
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
     value = (now << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand
-    return str(uuid.UUID(int=value))
+    return _uuid_text(value)
+
+
+def _uuid_text(value: int) -> str:
+    """`str(uuid.UUID(int=value))`, without building the UUID object."""
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def id_time_ms(event_id: str) -> int:

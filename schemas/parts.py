@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,14 +28,30 @@ __all__ = [
 ]
 
 
+_second_prefix: tuple[int, str] = (0, "1970-01-01T00:00:00")  # the last whole second formatted
+
+
 def iso_from_epoch(seconds: float) -> str:
-    """ISO 8601 UTC with milliseconds, as every event `time` is written."""
-    moment = dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO 8601 UTC with milliseconds, as every event `time` is written.
+
+    The same text as `datetime.fromtimestamp(seconds, utc).isoformat(timespec="milliseconds")` with
+    `Z` for `+00:00` (microseconds rounded half to even, then cut to milliseconds), at a fraction of
+    its cost: every event is stamped with it, and most events of a second share its prefix.
+    """
+    global _second_prefix
+    whole = math.floor(seconds)
+    micros = round((seconds - whole) * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    second, prefix = _second_prefix
+    if second != whole:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second_prefix = (whole, prefix)
+    return f"{prefix}.{micros // 1000:03d}Z"
 
 
 def now_iso() -> str:
-    return iso_from_epoch(dt.datetime.now(dt.timezone.utc).timestamp())
+    return iso_from_epoch(time.time())
 
 
 def epoch_from_iso(text: str) -> float:

@@ -185,3 +185,18 @@ async def test_a_failed_transaction_in_a_rotation_discards_every_producer():
     assert all(p._closed for p in factory.made) and not tx.started
     await _batch(tx, [b"b"])
     assert len(factory.made) == 4 and factory.made[2].sent == [b"b"] and factory.made[2].committed
+
+
+async def test_the_transactions_records_are_sent_at_its_end_through_aiokafkas_accumulator():
+    """Transactional producers linger until the transaction ends; `_send_now` relies on this aiokafka
+    internal (an upgrade without it would make every transaction wait out the linger)."""
+    from pipeline.bus import TRANSACTION_LINGER_MS, make_transactional_producer
+    from pipeline.producers import _send_now
+
+    producer = make_transactional_producer(KAFKA, "stage.0")
+    try:
+        assert producer._message_accumulator._linger_time == TRANSACTION_LINGER_MS / 1000
+        assert callable(producer._message_accumulator.flush_for_commit)
+        await asyncio.wait_for(_send_now(producer), 1)  # nothing queued: returns at once
+    finally:
+        await producer.stop()
