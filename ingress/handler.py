@@ -306,13 +306,15 @@ class IngressHandler:
         self._idle.clear()
         try:
             try:
-                ref = await asyncio.wait_for(asyncio.to_thread(self.blobs.put, raw), self.settings.persist_timeout)
+                async with asyncio.timeout(self.settings.persist_timeout):
+                    ref = await asyncio.get_running_loop().run_in_executor(None, self.blobs.put, raw)
                 event = received_event(session, envelope, ctx, message_id=message_id, blob=ref,
                                        listener="submission" if self.listener == "submission" else "smtp",
                                        ingress_host=self.hostname, answer_by=answer_by)
                 # the sink bounds this by persist_timeout and aborts the event on failure, so it is never
                 # delivered behind a 451; the outer bound only guards against a sink that hangs
-                await asyncio.wait_for(self.events.persist(event), 2 * self.settings.persist_timeout)
+                async with asyncio.timeout(2 * self.settings.persist_timeout):
+                    await self.events.persist(event)
             except Exception as exc:  # broker down, disk full, timeout: the client must retry
                 log.warning("message %s not persisted: %s: %s", message_id, type(exc).__name__, exc)
                 return self._reject(ctx, "data", "persist", "persist_failed", Replies.PERSIST_FAILED)
