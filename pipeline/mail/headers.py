@@ -193,10 +193,39 @@ def _fields(raw: bytes, header_end: int, caps: MessageSettings) -> tuple[list[He
 # ---- From --------------------------------------------------------------------------------------
 
 
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+# The From forms of nearly all mail, which the RFC 5322 parser would read without a defect: an
+# address in angle brackets after an optional display name of plain atoms or one quoted string
+# without escapes, or a bare address. Everything else (comments, groups, lists, escapes, encoded
+# words, non-ASCII, obsolete syntax) goes to the full parser.
+_SIMPLE_FROM = re.compile(
+    rf'(?:(?P<phrase>{_ATEXT}+(?: {_ATEXT}+)*) ?|"(?P<quoted>[ !#-\[\]-~]*)" ?)?<(?P<local>{_DOT_ATOM})@(?P<domain>{_DOT_ATOM})>'
+    rf"|(?P<bare_local>{_DOT_ATOM})@(?P<bare_domain>{_DOT_ATOM})"
+)
+
+
+def _simple_mailbox(value: str) -> Mailbox | None:
+    """The one mailbox of a From value in a simple form (`_SIMPLE_FROM`), as the parser gives it."""
+    if "=?" in value:
+        return None  # an encoded word is decoded by the parser
+    match = _SIMPLE_FROM.fullmatch(value)
+    if match is None:
+        return None
+    local = match["local"] or match["bare_local"]
+    domain = match["domain"] or match["bare_domain"]
+    display = match["phrase"] or match["quoted"] or ""
+    return Mailbox(address=f"{local}@{domain}", local_part=local, domain=domain, display_name=display)
+
+
 def _mailboxes(number: int, field: HeaderField) -> tuple[list[Mailbox], list[str]]:
     """The mailboxes of one From field and what makes them uncertain."""
+    value = unfolded(field.raw)
+    simple = _simple_mailbox(value)
+    if simple is not None:
+        return [simple], []
     try:
-        parsed = rfc5322.header_factory("from", unfolded(field.raw))
+        parsed = rfc5322.header_factory("from", value)
         groups, defects = parsed.groups, parsed.defects
     except Exception as exc:  # RecursionError on deeply nested comments, ValueError on odd parts
         return [], [f"From field {number}: unparseable ({type(exc).__name__})"]
