@@ -38,6 +38,7 @@ from schemas.events import DecodeError, Event, decode_event
 __all__ = ["SinkStats", "run_analytics_sink"]
 
 log = logging.getLogger(__name__)
+FETCH_MIN_BYTES = 1 << 20  # the broker answers a fetch once this much is there, or after the batch time
 
 INSERT_RETRY_INITIAL = 0.5
 INSERT_RETRY_MAX = 30.0
@@ -204,7 +205,11 @@ async def _consume(settings: Settings, store: AsyncAnalyticsStore, stats: SinkSt
     metrics = HopMetrics("sink:analytics", group, settings.metrics.lag_interval)
 
     async def started() -> tuple[AIOKafkaConsumer, _Sink]:
-        consumer = make_consumer(settings.kafka, group_id=group, client_id="analytics")
+        # rows are written in batches anyway (batch_rows, batch_seconds): let the broker gather a
+        # fetch's worth instead of answering each new record with a fetch of its own
+        consumer = make_consumer(settings.kafka, group_id=group, client_id="analytics",
+                                 fetch_min_bytes=FETCH_MIN_BYTES,
+                                 fetch_max_wait_ms=max(1, min(500, int(settings.sinks.analytics.batch_seconds * 1000))))
         sink = _Sink(consumer, store, settings.sinks.analytics, stats, stop, commit_timeout=bound, metrics=metrics)
         await start_or_release(consumer, bound)  # then subscribe: the group is joined while polling
         consumer.subscribe(Topics.from_settings(settings).event_topics(), listener=_FlushOnRevoke(sink))
