@@ -67,6 +67,7 @@ def stage_env(bootstrap: str, prefix: str) -> dict[str, str]:
         "POSTSTELLE_KAFKA__TOPIC_PREFIX": prefix,
         "POSTSTELLE_TOPOLOGY__STAGE_MODULES": "cpu_stage",
         "POSTSTELLE_TOPOLOGY__STAGES": STAGE,
+        "POSTSTELLE_TOPOLOGY__CHAINS": "[]",  # the local config chains its own stages
         "POSTSTELLE_HOME": str(REPO / f"var/bench/scaleout-{prefix}"),
     }
 
