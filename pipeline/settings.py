@@ -231,8 +231,8 @@ class AnalyticsSinkSettings:
     # empty: embedded chDB under <home>/clickhouse; else a ClickHouse server URL (http://host:8123)
     url: str = ""
     database: str = "poststelle"
-    batch_rows: int = 1000
-    batch_seconds: float = 1.0
+    batch_rows: int = 5000
+    batch_seconds: float = 3.0
     # loopback port where the sink answers `poststelle sql` while it holds the embedded engine
     query_host: str = "127.0.0.1"
     query_port: int = 18123
