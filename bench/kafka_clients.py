@@ -65,8 +65,8 @@ async def _aiokafka_hop(bootstrap: str, prefix: str, client: str, records: int, 
                 offsets = {tp: msgs[-1].offset + 1 for tp, msgs in polled.items()}
                 await producer.send_offsets_to_transaction(offsets, f"{prefix}.{client}")
             done += sum(len(m) for m in polled.values())
-    finally:
         wall, cpu = time.monotonic() - started[0], time.process_time() - started[1]
+    finally:
         await producer.stop()
         await consumer.stop()
     print(f"{done} {wall} {cpu}")

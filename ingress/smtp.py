@@ -94,7 +94,7 @@ class StrictStreamReader(asyncio.StreamReader):
                 self.awaiting_command = False
         reply = _illegal_reply(line)
         if reply is not None:
-            if separator == COMMAND_SEPARATOR:
+            if command:
                 raise IllegalInput(reply)
             if self.data_offence is None:
                 self.data_offence = reply
