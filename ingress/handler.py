@@ -17,7 +17,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from aiosmtpd.smtp import AuthResult
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
@@ -27,16 +27,15 @@ from ingress.addresses import AddressError, parse_address, resolve_route
 from ingress.checks import CheckChain, CheckContext, CheckServices, Networks, Phase
 from ingress.checks.relay import RelayCheck, RelaySettings
 from ingress.limits import TOO_MANY_AUTH_FAILURES, ConnectionLimits
+from ingress.ports import Authenticator, EventSink
 from ingress.replies import Replies
 from ingress.smtp import IngressSMTP
-from ingress.verdicts import OutcomeFollower, Pending, refusal_text
+from ingress.verdicts import OutcomeFollower, Pending, first_of, refusal_text
 from pipeline.blobstore import BlobStore
 from pipeline.failures import FailureWindow
 from pipeline.settings import IngressSettings, MessageSettings, SubmissionSettings
 from schemas.events import (
     AcceptedEarly,
-    Event,
-    Received,
     Reply,
     SmtpCheck,
     SmtpConnect,
@@ -49,27 +48,6 @@ SKIPPED_TEMPFAIL = "skipped_tempfail"  # the note of a check that let the client
 __all__ = ["IngressHandler", "EventSink", "Authenticator"]
 
 log = logging.getLogger(__name__)
-
-
-class EventSink(Protocol):
-    """Where the handler sends events (the Kafka producer in production, a list in unit tests)."""
-
-    async def persist(self, event: Received) -> None:
-        """Return only once `event` is durable; raise otherwise, and then it must never surface
-        (within `IngressSettings.persist_timeout`)."""
-
-    def notify(self, event: Event) -> None:
-        """Best effort: session events for analytics, never delaying or failing SMTP."""
-
-    async def accepted_early(self, event: AcceptedEarly) -> None:
-        """Return only once `event` is durable (the ingress answers 250 before the verdict)."""
-
-
-class Authenticator(Protocol):
-    """Verifies AUTH credentials (the LDAP directory in production)."""
-
-    async def authenticate(self, login: str, password: str) -> Any:
-        """The account (with `.uid`, `.mail`, `.addresses`) or None; raises when it cannot tell."""
 
 
 class IngressHandler:
@@ -306,8 +284,9 @@ class IngressHandler:
         self._idle.clear()
         try:
             try:
-                async with asyncio.timeout(self.settings.persist_timeout):
-                    ref = await asyncio.get_running_loop().run_in_executor(None, self.blobs.put, raw)
+                with self.events.arriving():  # left with no await before `persist`: the commit may wait for it
+                    async with asyncio.timeout(self.settings.persist_timeout):
+                        ref = await asyncio.get_running_loop().run_in_executor(None, self.blobs.put, raw)
                 event = received_event(session, envelope, ctx, message_id=message_id, blob=ref,
                                        listener="submission" if self.listener == "submission" else "smtp",
                                        ingress_host=self.hostname, answer_by=answer_by)
@@ -345,7 +324,7 @@ class IngressHandler:
         quarantines those rejections instead of letting the rejected recipients' copies vanish.
         """
         started = time.monotonic()
-        await _first_of(pending.done, self._stopping, timeout=wait)
+        await first_of(pending.done, self._stopping, timeout=wait)
         rejection = pending.rejection
         if rejection is not None:
             log.info("message %s refused at DATA: rejected by %s: %s", message_id, rejection.stage, rejection.reason)
@@ -413,25 +392,6 @@ class IngressHandler:
             )
         )
         return reply
-
-
-async def _first_of(*events: asyncio.Event, timeout: float) -> None:
-    """Return when one of `events` is set, or after `timeout` seconds by the monotonic clock.
-
-    Timers of uvloop have millisecond granularity and can fire a fraction of a millisecond early;
-    the loop waits out the rest, so a wait never ends short of what it promised.
-    """
-    deadline = time.monotonic() + timeout
-    waiters = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        while not any(e.is_set() for e in events):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 async def _talks_first(server: IngressSMTP, delay: float) -> bool:

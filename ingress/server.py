@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ingress.checks import CheckChain, CheckServices
 from ingress.descriptors import connection_capacity
@@ -15,7 +16,7 @@ from ingress.tls import server_context
 from ingress.verdicts import OutcomeFollower
 from pipeline.blobstore import FileBlobStore
 from pipeline.broker import watch
-from pipeline.bus import Topics
+from pipeline.bus import Topics, make_bulk_producer
 from pipeline.producers import RenewingProducer, TransactionalProducer
 from pipeline.settings import IngressSettings, Settings
 from schemas.events import AcceptedEarly, Event, Received, encode_event
@@ -30,12 +31,15 @@ class KafkaEventSink:
     """Sends ingress events to Kafka.
 
     `received` events are committed in Kafka transactions with group commit: the sessions waiting
-    at the same moment share one transaction. `persist` returns only after the commit; when the
-    commit fails or times out, the producer is discarded and its successor (same transactional id)
-    fences it, so the transaction is aborted and `read_committed` consumers do not see a message
-    whose sender was told `451`. (One window remains, as in every MTA: the broker committed but the
-    answer came too late; the sender's retry then makes a duplicate, never a loss.) (An idempotent producer alone would keep the record and deliver it
-    when the broker comes back: the sender's retry would then make a second copy.)
+    at the same moment share one transaction, and a commit waits up to `ingress.group_commit_wait`
+    for messages whose blob is being written (`arriving`). `persist` returns only after the commit;
+    when the commit fails or times out, the producer is discarded and its successor (same
+    transactional id) fences it, so the transaction is aborted and `read_committed` consumers do not
+    see a message whose sender was told `451`. (One window remains, as in every MTA: the broker
+    committed but the answer came too late; the sender's retry then makes a duplicate, never a loss.)
+    (An idempotent producer alone would keep the record and deliver it when the broker comes back:
+    the sender's retry would then make a second copy.) Session events, best effort, go through a
+    producer of their own that lingers (`pipeline.bus.make_bulk_producer`).
 
     Producers start lazily, so a broker that is down at start-up gives `451` answers and the ingress
     recovers by itself. A transaction commits only once every record in it is acknowledged (see
@@ -50,7 +54,11 @@ class KafkaEventSink:
         self.timeout = settings.ingress.persist_timeout
         self._tx = TransactionalProducer(settings.kafka, self.transactional_id,
                                          rotation=settings.kafka.transaction_rotation)
-        self._plain = RenewingProducer(settings.kafka, "ingress-sessions")
+        self._plain = RenewingProducer(settings.kafka, "ingress-accepted-early")  # durable, someone waits for it
+        self._sessions = RenewingProducer(settings.kafka, "ingress-sessions", make=make_bulk_producer)  # best effort
+        self.gather = settings.ingress.group_commit_wait
+        self._arriving = 0  # messages whose blob is being written: they join the next group commit
+        self._arrived = asyncio.Event()
         self._queue: list[tuple[Received, asyncio.Future]] = []
         self._flushing: asyncio.Task | None = None
         self._notifications: list[Event] = []
@@ -58,6 +66,18 @@ class KafkaEventSink:
         self.dropped_notifications = 0
 
     # -- received: transactional, group commit --------------------------------------------------
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """A message is on its way to `persist` (its blob is being written): the group commit may wait for it.
+
+        Leave the block right before calling `persist` (with no await in between), or on failure."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+            self._arrived.set()
 
     async def persist(self, event: Received) -> None:
         future = asyncio.get_running_loop().create_future()
@@ -69,6 +89,7 @@ class KafkaEventSink:
     async def _flush_queue(self) -> None:
         """Commit whatever is queued, batch after batch, until the queue is empty."""
         while self._queue:
+            await self._gather()
             batch, self._queue = self._queue, []
             try:
                 async with asyncio.timeout(self.timeout):
@@ -85,6 +106,25 @@ class KafkaEventSink:
                 for _, future in batch:
                     if not future.done():
                         future.set_result(None)
+
+    async def _gather(self) -> None:
+        """Wait (at most `group_commit_wait`) for the messages already on their way, so they share this
+        commit instead of each paying one (PostgreSQL's commit_delay, with its commit_siblings as the
+        condition): with nothing on its way the commit starts at once, so a quiet ingress waits for nothing."""
+        if not self._arriving or self.gather <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.gather
+        while self._arriving:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
+            except TimeoutError:
+                return
 
     async def _commit(self, batch: list[tuple[Received, asyncio.Future]]) -> None:
         async with self._tx.transaction() as producer:
@@ -110,7 +150,7 @@ class KafkaEventSink:
             batch, self._notifications = self._notifications, []
             try:
                 async with asyncio.timeout(self.timeout):
-                    deliveries = [await self._plain.send(self.topics.sessions, encode_event(event), key=_key(event))
+                    deliveries = [await self._sessions.send(self.topics.sessions, encode_event(event), key=_key(event))
                                   for event in batch]
                     answers = await asyncio.gather(*deliveries, return_exceptions=True)
                 failed = sum(isinstance(a, BaseException) for a in answers)
@@ -134,6 +174,7 @@ class KafkaEventSink:
             await asyncio.wait([self._notifier], timeout=timeout)
         await self._discard_transactional()
         await self._plain.stop()
+        await self._sessions.stop()
 
 
 def _key(event: Event) -> bytes:

@@ -4,6 +4,7 @@
   refused with a 5xx and the connection is closed (the rest of the stream is suspect): this is the
   SMTP smuggling class of CVE-2023-51766, where a downstream MTA would see a second message.
 - Every 2xx/4xx/5xx reply carries an enhanced status code (ENHANCEDSTATUSCODES is advertised).
+- A multi-line reply (EHLO) leaves in one write: one TCP segment, not one per line.
 - An unexpected exception answers ``451 4.3.0`` without the exception text (aiosmtpd's default is a
   ``500`` that leaks it).
 - Before the banner the handler's `greet` runs (connection limits, the connect-phase checks, the
@@ -116,6 +117,7 @@ class IngressSMTP(SMTP):
         self.context = None
         self._disconnected = False
         self._parsing_rcpt = False
+        self._held_lines: list[bytes] = []
 
     def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # aiosmtpd builds its StreamReader in __init__; give that same object the strict class.
@@ -207,7 +209,15 @@ class IngressSMTP(SMTP):
                     status = TOO_MANY_ERRORS
                     self.close_after_reply()
         _count_reply(status)
-        await super().push(status)
+        line = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") if isinstance(status, str) else status
+        if line[3:4] == b"-":  # a line of a multi-line reply (EHLO): held, sent with the reply's last line
+            self._held_lines.append(line)
+            return
+        if self._held_lines:
+            line = b"\r\n".join((*self._held_lines, line))
+            self._held_lines.clear()
+        self._writer.write(line + b"\r\n")  # one write (one TCP segment) per reply, where aiosmtpd's push
+        await self._writer.drain()             # writes each line and logs it
 
     # -- AUTH: aiosmtpd parses, the handler verifies (asynchronously) ------------------------------
 

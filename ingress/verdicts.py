@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from pipeline.broker import watch
@@ -23,7 +24,7 @@ from pipeline.bus import make_consumer, topic_partitions
 from pipeline.settings import KafkaSettings
 from schemas.events import DecodeError, MessageOutcome, decode_event
 
-__all__ = ["Pending", "OutcomeFollower", "refusal_text"]
+__all__ = ["Pending", "OutcomeFollower", "refusal_text", "first_of"]
 
 log = logging.getLogger(__name__)
 
@@ -147,3 +148,22 @@ class OutcomeFollower:
             await asyncio.wait_for(self._consumer.stop(), 5.0)
         except Exception as exc:
             log.debug("outcome follower stop: %s", exc)
+
+
+async def first_of(*events: asyncio.Event, timeout: float) -> None:
+    """Return when one of `events` is set, or after `timeout` seconds by the monotonic clock.
+
+    Timers of uvloop have millisecond granularity and can fire a fraction of a millisecond early;
+    the loop waits out the rest, so a wait never ends short of what it promised.
+    """
+    deadline = time.monotonic() + timeout
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        while not any(e.is_set() for e in events):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

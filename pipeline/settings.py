@@ -16,10 +16,19 @@ from typing import Any
 from pipeline.destination_settings import DEFAULT_DESTINATIONS, DestinationSettings, default_destination
 from pipeline.metrics_settings import MetricsSettings
 from pipeline.outbound_settings import DkimSettings
-from pipeline.srs_settings import SrsSettings
-from pipeline.topology_settings import TopologySettings
 from pipeline.quarantine_settings import DigestSettings, QuarantineSettings, WebSettings
 from pipeline.settings_base import ConfigError, parse_duration
+from pipeline.srs_settings import SrsSettings
+from pipeline.topology_settings import TopologySettings
+from pipeline.users_settings import (
+    DIGESTS,
+    LANGUAGES,
+    THRESHOLDS,
+    USER_SETTINGS,
+    UserLdapAttributes,
+    UserLimits,
+    UsersSettings,
+)
 
 __all__ = [
     "ConfigError",
@@ -62,12 +71,6 @@ SINKS = ("analytics",)
 # the default order of the SMTP-time checks (ingress/checks/)
 MX_CHECKS = ("dnsbl", "fcrdns", "sender_domain", "rhsbl", "relay", "recipient", "group_policy", "greylist")
 SUBMISSION_CHECKS = ("sender_login", "relay", "recipient", "group_policy")
-# per-user settings ([users], pipeline.state.users): their names, the thresholds among them, the choices
-USER_SETTINGS = ("quarantine", "tag_probable", "tag_certain", "quarantine_at", "reject_at", "allow_senders",
-                 "block_senders", "digest", "language")
-THRESHOLDS = ("tag_probable", "tag_certain", "quarantine_at", "reject_at")
-DIGESTS = ("daily", "weekly", "off")
-LANGUAGES = ("de", "en")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,9 @@ class IngressSettings:
     local_domains: list[str] = field(default_factory=lambda: ["school.test"])
     # seconds to wait for the blob fsync and the broker acknowledgement before answering 451
     persist_timeout: float = 15.0
+    # seconds a group commit may wait for messages whose blob is being written, so they share its Kafka
+    # transaction (nothing on its way: no wait). 0: commit at once
+    group_commit_wait: float = 0.003
     data_timeout: float = 300.0  # idle timeout per command/DATA chunk (RFC 5321 4.5.3.2)
     # SMTP-time checks of this (MX) listener, in order; each has a [checks.<name>] section
     checks: list[str] = field(default_factory=lambda: list(MX_CHECKS))
@@ -278,69 +284,6 @@ class LdapSettings:
         if not re.fullmatch(r"([A-Za-z][A-Za-z0-9-]*)?", self.member_address_attribute):
             raise ConfigError(f"ldap.member_address_attribute: expected an LDAP attribute name, "
                               f"got {self.member_address_attribute!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class UserLimits:
-    """The range [min, max] (spam probability in %) a user's own threshold is kept in."""
-
-    tag_probable: list[float] = field(default_factory=lambda: [0.0, 100.0])
-    tag_certain: list[float] = field(default_factory=lambda: [0.0, 100.0])
-    quarantine_at: list[float] = field(default_factory=lambda: [20.0, 100.0])  # holding ham is a support call
-    reject_at: list[float] = field(default_factory=lambda: [70.0, 100.0])  # a rejection bounces to the sender
-
-    def __post_init__(self) -> None:
-        for key in THRESHOLDS:
-            pair = getattr(self, key)
-            if len(pair) != 2 or not 0 <= pair[0] <= pair[1] <= 100:
-                raise ConfigError(f"users.limits.{key}: expected [min, max] with 0 <= min <= max <= 100, got {pair}")
-
-
-@dataclass(frozen=True, slots=True)
-class UserLdapAttributes:
-    """The directory attribute each per-user setting is read from; "" (the default): not read."""
-
-    quarantine: str = ""
-    tag_probable: str = ""
-    tag_certain: str = ""
-    quarantine_at: str = ""
-    reject_at: str = ""
-    allow_senders: str = ""
-    block_senders: str = ""
-    digest: str = ""
-    language: str = ""
-
-    def __post_init__(self) -> None:
-        for key in USER_SETTINGS:
-            if not re.fullmatch(r"([A-Za-z][A-Za-z0-9-]*)?", getattr(self, key)):
-                raise ConfigError(f"users.ldap.{key}: expected an LDAP attribute name, got {getattr(self, key)!r}")
-
-    def named(self) -> dict[str, str]:
-        """setting -> attribute, for the settings that are read from the directory."""
-        return {key: getattr(self, key) for key in USER_SETTINGS if getattr(self, key)}
-
-
-@dataclass(frozen=True, slots=True)
-class UsersSettings:
-    """Per-user settings (`pipeline.state.users`): the site's defaults, limits and directory attributes.
-
-    A user's value comes from what they set themselves (the `poststelle.users` topic), else from the
-    directory, else from here; thresholds have no default here (None: the spam stage's own)."""
-
-    quarantine: bool = False  # spam held for the user instead of delivered tagged
-    digest: str = "daily"  # quarantine digest: daily, weekly or off
-    language: str = "de"  # of the digest and the portal: de or en
-    max_list_entries: int = 500  # per allow or block list of one user
-    limits: UserLimits = field(default_factory=UserLimits)
-    ldap: UserLdapAttributes = field(default_factory=UserLdapAttributes)
-
-    def __post_init__(self) -> None:
-        if self.digest not in DIGESTS:
-            raise ConfigError(f"users.digest: expected one of {', '.join(DIGESTS)}, got {self.digest!r}")
-        if self.language not in LANGUAGES:
-            raise ConfigError(f"users.language: expected one of {', '.join(LANGUAGES)}, got {self.language!r}")
-        if not 1 <= self.max_list_entries <= 10_000:
-            raise ConfigError(f"users.max_list_entries: expected 1..10000, got {self.max_list_entries}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,10 @@ from schemas.parts import (
     now_iso,
 )
 from schemas.quarantine import DigestSent, QuarantineAction
+from schemas.session import SmtpCheck, SmtpConnect, SmtpReject
+from schemas.training import SpamLearned
 from schemas.upgrades import UPGRADES
+from schemas.users import UserPrefValues, UserSettingsChanged
 
 __all__ = [
     "Verdict",
@@ -92,8 +95,6 @@ __all__ = [
     "epoch_from_iso",
     "DecodeError",
 ]
-
-
 
 
 # ---- message events ------------------------------------------------------------------------
@@ -317,108 +318,6 @@ class AcceptedEarly(Event):
     type: Literal["accepted_early"] = "accepted_early"
     waited_ms: float = 0.0
     reason: Literal["timeout", "partial"] = "timeout"
-
-
-# ---- per-user settings (pipeline/state/users.py) ----------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UserPrefValues:
-    """The settings a user set themselves; None: not set (the directory's value or the site's applies).
-
-    Thresholds are spam probabilities in %; sender entries are addresses or ``@domain``."""
-
-    quarantine: bool | None = None
-    tag_probable: float | None = None
-    tag_certain: float | None = None
-    quarantine_at: float | None = None
-    reject_at: float | None = None
-    allow_senders: list[str] | None = None
-    block_senders: list[str] | None = None
-    digest: str | None = None  # daily, weekly, off
-    language: str | None = None  # de, en
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UserSettingsChanged(Event):
-    """Someone changed a user's own settings: every self-set value after the change, who, and which keys.
-
-    On the compacted topic ``poststelle.users`` keyed by the address, whose last record is the
-    user's state; analytics keeps every change."""
-
-    type: Literal["user_settings"] = "user_settings"
-    address: str  # normalised: lower case, IDNA domain; the primary address when the directory knows it
-    settings: UserPrefValues = field(default_factory=UserPrefValues)
-    changed: list[str] = field(default_factory=list)  # the keys this change set or reset
-    by: str = ""  # who: "cli:<login>@<host>", "portal:<address>"
-
-
-# ---- SMTP session events (analytics) ---------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SmtpConnect(Event):
-    type: Literal["smtp_connect"] = "smtp_connect"
-    session_id: str
-    client_ip: str
-    client_port: int
-    listener: str = "smtp"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SmtpReject(Event):
-    """The ingress refused a command: which check, why, with which reply."""
-
-    type: Literal["smtp_reject"] = "smtp_reject"
-    session_id: str
-    client_ip: str
-    phase: Literal["connect", "helo", "mail", "rcpt", "data", "auth", "command"]
-    check: str  # e.g. "relay", "dnsbl", "smuggling", "size", "persist"
-    reason_code: str  # stable machine-readable reason, e.g. "relay_denied"
-    reply: Reply
-    helo: str = ""
-    sender: str = ""
-    recipient: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SmtpCheck(Event):
-    """A check's result that is not a refusal but worth counting (a greylisting pass after retry,
-    an FCrDNS failure that only scores, a check skipped for an allow-listed client)."""
-
-    type: Literal["smtp_check"] = "smtp_check"
-    session_id: str
-    client_ip: str
-    phase: Literal["connect", "helo", "mail", "rcpt", "data", "auth"]
-    check: str
-    result: str  # stable, e.g. "passed_after_retry", "whitelisted", "fail"
-    sender: str = ""
-    recipient: str = ""
-
-
-# ---- training (the spam stage's Bayes model) --------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SpamLearned(Event):
-    """A message learned as spam or ham, or forgotten: one record of the Bayes model's log.
-
-    Kept in the compacted topic ``<prefix>.spam.learn`` keyed by `digest`, so the log holds the
-    latest word on every message; every spam stage instance folds it into the same model
-    (consumers/stages/spam/model.py). The message itself is never here: only its token set, hashed.
-
-    `digest` is the SHA-256 (hex) of the tokenizer version and the sorted token hashes: two copies of
-    a message that the tokenizer sees alike (the scanned one and the delivered one, which differ only
-    in headers the tokenizer leaves out) are the same message, and a record whose tokens do not give
-    its digest is refused. `tokens`: the token hashes, unsigned 64-bit little-endian, sorted, base64.
-    """
-
-    type: Literal["spam_learned"] = "spam_learned"
-    digest: str
-    label: Literal["spam", "ham", "forget"]
-    tokens: str
-    tokenizer_version: int
-    source: Literal["cli", "autolearn", "portal"] = "cli"
 
 
 def event_type_name(cls: type[Event]) -> str:

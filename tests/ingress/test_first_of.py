@@ -5,7 +5,7 @@ import time
 
 import uvloop
 
-from ingress.handler import _first_of
+from ingress.verdicts import first_of
 
 
 def test_the_wait_never_ends_short_of_its_timeout_under_uvloop():
@@ -13,7 +13,7 @@ def test_the_wait_never_ends_short_of_its_timeout_under_uvloop():
         took = []
         for _ in range(30):
             started = time.monotonic()
-            await _first_of(asyncio.Event(), timeout=0.0123)
+            await first_of(asyncio.Event(), timeout=0.0123)
             took.append(time.monotonic() - started)
         return took
 
@@ -25,7 +25,7 @@ def test_the_wait_ends_as_soon_as_one_event_is_set():
         first, second = asyncio.Event(), asyncio.Event()
         asyncio.get_running_loop().call_later(0.01, second.set)
         started = time.monotonic()
-        await _first_of(first, second, timeout=5)
+        await first_of(first, second, timeout=5)
         return time.monotonic() - started
 
     assert uvloop.run(waits()) < 1

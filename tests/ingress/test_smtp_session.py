@@ -7,6 +7,7 @@ in-memory implementation of `ingress.handler.EventSink`; the blob store is the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -28,6 +29,9 @@ class MemorySink:
     def __init__(self) -> None:
         self.persisted: list[Received] = []
         self.notified: list[Event] = []
+
+    def arriving(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     async def persist(self, event: Received) -> None:
         self.persisted.append(event)
@@ -154,6 +158,29 @@ async def test_ehlo_advertises_the_extensions(start):
     assert {"SIZE", "8BITMIME", "PIPELINING", "SMTPUTF8", "ENHANCEDSTATUSCODES"} <= keywords
     assert f"250-SIZE {IngressSettings().max_message_size}" in lines
     assert all(line.startswith("250-") for line in lines[:-1]) and lines[-1].startswith("250 ")
+
+
+async def test_a_multi_line_reply_leaves_in_one_write(tmp_path):
+    """The EHLO reply is one write (one TCP segment), not one per line; single-line replies too."""
+    settings = IngressSettings()
+    handler = IngressHandler(settings, FileBlobStore(tmp_path / "blobs"), MemorySink())
+    server = await asyncio.get_running_loop().create_server(make_protocol(handler, settings), "127.0.0.1", 0)
+    client = Client(*await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1]))
+    try:
+        assert await client.reply() == ["220 mx.school.test poststelle"]
+        (session,) = handler._sessions
+        writes: list[bytes] = []
+        write = session._writer.write  # the transport swapped for a recording one; the protocol is real
+        session._writer.write = lambda data: (writes.append(data), write(data))[1]
+        await client.send(b"EHLO client.ext.test\r\n")
+        lines = await client.reply()
+        assert len(lines) >= 6 and writes == [("\r\n".join(lines) + "\r\n").encode()]
+        assert await client.cmd("MAIL FROM:<alice@ext.test>") == "250 2.1.0 Sender OK"
+        assert len(writes) == 2 and writes[1] == b"250 2.1.0 Sender OK\r\n"
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_clean_message_is_queued_with_one_received_event(start):
