@@ -12,7 +12,9 @@ Each client runs in a child process of its own on the same pre-produced input to
 N records of SIZE bytes, keyed like events) with its own consumer group: poll up to BATCH records,
 begin a transaction, produce each record to an output topic, add the consumed offsets, commit; until
 N records are committed. Both clients get the same settings where they have them (acks=all,
-idempotence, read_committed, a long linger so a batch leaves in one request at its commit). Printed
+idempotence, read_committed, a long linger so a batch leaves in one request at its commit;
+`--linger-ms` changes it for both; librdkafka's `retry.backoff.ms` is 10, as its default of 100 ms
+after the broker's CONCURRENT_TRANSACTIONS made small batches wait for it). Printed
 per client: records/s (wall) and the child's CPU (time.process_time(): every thread, librdkafka's
 included) per 1000 records. Nothing is done with the records: this is the client's share of the
 stage runner, not a stage.
@@ -38,7 +40,7 @@ def _topics(prefix: str) -> tuple[str, str]:
     return f"{prefix}.in", f"{prefix}.out"
 
 
-async def _aiokafka_hop(bootstrap: str, prefix: str, client: str, records: int, batch: int) -> None:
+async def _aiokafka_hop(bootstrap: str, prefix: str, client: str, records: int, batch: int, linger: int) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     source, sink = _topics(prefix)
@@ -47,7 +49,7 @@ async def _aiokafka_hop(bootstrap: str, prefix: str, client: str, records: int, 
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 isolation_level="read_committed")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                transactional_id=f"{prefix}.{client}.0", linger_ms=1000)
+                                transactional_id=f"{prefix}.{client}.0", linger_ms=linger)
     await consumer.start()
     await producer.start()
     done = 0
@@ -72,7 +74,7 @@ async def _aiokafka_hop(bootstrap: str, prefix: str, client: str, records: int, 
     print(f"{done} {wall} {cpu}")
 
 
-def _confluent_hop(bootstrap: str, prefix: str, client: str, records: int, batch: int) -> None:
+def _confluent_hop(bootstrap: str, prefix: str, client: str, records: int, batch: int, linger: int) -> None:
     from confluent_kafka import Consumer, Producer
 
     source, sink = _topics(prefix)
@@ -81,7 +83,8 @@ def _confluent_hop(bootstrap: str, prefix: str, client: str, records: int, batch
                          "enable.auto.commit": False, "auto.offset.reset": "earliest",
                          "isolation.level": "read_committed"})
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-                         "transactional.id": f"{prefix}.{client}.0", "linger.ms": 1000})
+                         "transactional.id": f"{prefix}.{client}.0", "linger.ms": linger,
+                         "retry.backoff.ms": 10})  # librdkafka waits 100 ms after CONCURRENT_TRANSACTIONS
     producer.init_transactions()
     consumer.subscribe([source])
     done = 0
@@ -121,9 +124,10 @@ def _prepare(bootstrap: str, prefix: str, records: int, size: int) -> None:
     producer.flush()
 
 
-def _run_child(client: str, bootstrap: str, prefix: str, records: int, batch: int) -> tuple[int, float, float]:
+def _run_child(client: str, bootstrap: str, prefix: str, records: int, batch: int,
+               linger: int) -> tuple[int, float, float]:
     out = subprocess.run([sys.executable, __file__, "--child", client, "--bootstrap", bootstrap, "--prefix", prefix,
-                          "--records", str(records), "--batch", str(batch)],
+                          "--records", str(records), "--batch", str(batch), "--linger-ms", str(linger)],
                          check=True, capture_output=True, text=True, timeout=900)
     done, wall, cpu = out.stdout.split()[-3:]
     return int(done), float(wall), float(cpu)
@@ -135,16 +139,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--size", type=int, default=1500)
     parser.add_argument("--base", type=int, default=46150)
+    parser.add_argument("--linger-ms", type=int, default=1000, help="both producers' linger (poststelle's: 1000)")
     parser.add_argument("--bootstrap", default="")
     parser.add_argument("--prefix", default="")
     parser.add_argument("--child", choices=["aiokafka", "confluent"])
     args = parser.parse_args()
     if args.child == "aiokafka":
         from pipeline import eventloop
-        eventloop.run(_aiokafka_hop(args.bootstrap, args.prefix, "aiokafka", args.records, args.batch))
+        eventloop.run(_aiokafka_hop(args.bootstrap, args.prefix, "aiokafka", args.records, args.batch,
+                                     args.linger_ms))
         return
     if args.child == "confluent":
-        _confluent_hop(args.bootstrap, args.prefix, "confluent", args.records, args.batch)
+        _confluent_hop(args.bootstrap, args.prefix, "confluent", args.records, args.batch, args.linger_ms)
         return
     try:
         import confluent_kafka
@@ -154,13 +160,13 @@ def main() -> None:
     def measure(bootstrap: str) -> None:
         prefix = f"clients{secrets.token_hex(4)}"
         print(f"bench/kafka_clients.py {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {args.records} records"
-              f" of {args.size} bytes, batches of {args.batch}, {PARTITIONS} partitions; aiokafka "
-              f"{__import__('aiokafka').__version__}, confluent-kafka {confluent_kafka.version()[0]} (librdkafka "
+              f" of {args.size} bytes, batches of {args.batch}, linger {args.linger_ms} ms, {PARTITIONS} partitions; aiokafka "
+              f"{__import__('aiokafka').__version__}, confluent-kafka {confluent_kafka.version()} (librdkafka "
               f"{confluent_kafka.libversion()[0]}); {os.cpu_count()} cores, load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         _prepare(bootstrap, prefix, args.records, args.size)
         for client in ("aiokafka", "confluent"):
-            done, wall, cpu = _run_child(client, bootstrap, prefix, args.records, args.batch)
+            done, wall, cpu = _run_child(client, bootstrap, prefix, args.records, args.batch, args.linger_ms)
             print(f"  {client:10s} {done} records in {wall:.1f}s: {done / wall:,.0f} records/s; "
                   f"{cpu:.1f} CPU-s = {cpu / done * 1000:.3f} CPU-s per 1000 records "
                   f"({done / cpu:,.0f} records per CPU-second)")

@@ -79,9 +79,10 @@ pf_start() {
     postfix -c "$dir/etc" check >/dev/null 2>&1 || true  # creates the queue directories
     # after the bench stack ran, `postfix start` sometimes fails in postfix-script ("mail system
     # startup failed", nothing else logged; seen on 2026-12-04) while master(8) itself starts
-    # fine: then start master directly, as postfix-script would
-    postfix -c "$dir/etc" start >/dev/null 2>&1 ||
-        "$(postconf -h daemon_directory)/master" -c "$dir/etc" -w ||
+    # fine: then start master directly, as postfix-script would (what `postfix start` said is kept in
+    # $dir/start.log; postconf is asked with -c, as a fresh machine has no /etc/postfix/main.cf)
+    postfix -c "$dir/etc" start >"$dir/start.log" 2>&1 ||
+        "$(postconf -c "$dir/etc" -h daemon_directory)/master" -c "$dir/etc" -w ||
         echo "private Postfix $dir: master(8) did not start" >&2
     for port in "$@"; do
         for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue 2; sleep 0.2; done

@@ -18,9 +18,9 @@ from aiokafka.structs import ConsumerRecord
 
 from pipeline.settings import DESTINATIONS, KafkaSettings, Settings
 
-__all__ = ["Topics", "make_producer", "make_bulk_producer", "make_transactional_producer", "make_consumer", "make_admin", "ensure_topics",
-           "DrainOnRevoke", "PartitionBackoff", "hold_partition", "topic_partitions", "behind", "read_topic",
-           "MetadataProbe", "kafka_bound", "start_or_release", "stop_quietly"]
+__all__ = ["Topics", "make_producer", "make_bulk_producer", "make_transactional_producer", "make_consumer",
+           "make_admin", "ensure_topics", "DrainOnRevoke", "PartitionBackoff", "hold_partition", "topic_partitions",
+           "behind", "read_topic", "MetadataProbe", "kafka_bound", "start_or_release", "stop_quietly"]
 
 log = logging.getLogger(__name__)
 
@@ -174,14 +174,14 @@ def _common(k: KafkaSettings, client_id: str) -> dict:
     }
 
 
-def make_producer(k: KafkaSettings, client_id: str) -> AIOKafkaProducer:
+def make_producer(k: KafkaSettings, client_id: str, *, linger_ms: int = 2) -> AIOKafkaProducer:
     """A durable producer: a send completes only when every in-sync replica has the record."""
     return AIOKafkaProducer(
         **_common(k, client_id),
         acks="all",
         enable_idempotence=True,
         max_request_size=k.max_request_size,
-        linger_ms=2,
+        linger_ms=linger_ms,
     )
 
 
@@ -191,13 +191,7 @@ BULK_LINGER_MS = 100
 
 def make_bulk_producer(k: KafkaSettings, client_id: str) -> AIOKafkaProducer:
     """A durable producer for records nobody waits for: they linger `BULK_LINGER_MS` to share a request."""
-    return AIOKafkaProducer(
-        **_common(k, client_id),
-        acks="all",
-        enable_idempotence=True,
-        max_request_size=k.max_request_size,
-        linger_ms=BULK_LINGER_MS,
-    )
+    return make_producer(k, client_id, linger_ms=BULK_LINGER_MS)
 
 
 # records of a transaction wait for its end (`pipeline.producers`), which sends them in one request
