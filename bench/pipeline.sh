@@ -112,7 +112,7 @@ ONLY=${ONLY:-}
 if [ "$ONLY" != amavis ]; then
 echo "== poststelle"
 stack_up
-echo "  stages: $(stack_cli status | awk '/^stage:/ {printf "%s ", $1}')"
+echo "  stages: $(stack_cli status | awk '/^(stage|chain):/ {printf "%s ", $1}')"
 expect_rcpt_reply "$STACK_SMTP_PORT" nobody.here@school.test 550
 # warm-up, delivered before anything is measured (as the amavis half's): a fresh Kafka broker spends
 # its first minute compiling (on 2026-12-04 the JIT took 40 % of the broker's CPU in the first 30 s
