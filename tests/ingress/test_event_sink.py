@@ -76,12 +76,11 @@ def _committing_sink(tmp_path, wait: float) -> tuple[KafkaEventSink, list[_Commi
     return sink, made
 
 
-async def _on_its_way(sink: KafkaEventSink, n: int, writing: float) -> float:
-    """A message whose blob takes `writing` seconds, then persisted; returns when it was answered."""
+async def _on_its_way(sink: KafkaEventSink, n: int, writing: float) -> None:
+    """A message whose blob takes `writing` seconds, then persisted."""
     with sink.arriving():
         await asyncio.sleep(writing)
     await sink.persist(received(n))
-    return time.monotonic()
 
 
 async def test_a_group_commit_waits_for_the_messages_on_their_way(tmp_path):
