@@ -12,6 +12,7 @@
 #
 #   bash bench/ingress_cpu.sh        # POSTSTELLE_* variables reach the ingress, e.g.
 #   POSTSTELLE_INGRESS__GROUP_COMMIT_WAIT=0 bash bench/ingress_cpu.sh
+#   MODES="reuse new new" bash bench/ingress_cpu.sh   # other modes, other order (new: one connection per message)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/stack.sh
@@ -41,7 +42,7 @@ smtp-source -d -s 20 -l 4096 -m 4000 -f bench@example.org -t "$TO" "127.0.0.1:$S
 INGRESS=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["components"]["ingress"]["pid"])' \
           "$STACK_HOME/run/status.json")
 echo "bench/ingress_cpu.sh $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD): $MESSAGES messages per mode"
-for mode in new reuse; do
+for mode in ${MODES:-new reuse}; do
     flags=()
     [ $mode = reuse ] && flags=(-d)
     cpu0=$(stack_cpu) th0=$(threads "$INGRESS") b0=$(busy_ticks) t0=$(date +%s.%N)

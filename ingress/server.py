@@ -211,7 +211,7 @@ def make_protocol(handler: IngressHandler, settings: IngressSettings, *, tls_con
             data_size_limit=settings.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
-            hostname=settings.hostname,
+            hostname=handler.hostname,  # never None: aiosmtpd would call getfqdn() per connection
             ident="poststelle",
             timeout=settings.data_timeout,
             max_bad_commands=settings.max_bad_commands,

@@ -1,5 +1,6 @@
 """aiosmtpd's SMTP protocol, hardened for a gateway.
 
+- DATA is read in blocks, not line by line (`ingress.smtp_data`), with aiosmtpd's limits and replies.
 - Only CRLF ends a line. A bare LF or bare CR in a command, or anywhere in DATA, and a NUL byte, are
   refused with a 5xx and the connection is closed (the rest of the stream is suspect): this is the
   SMTP smuggling class of CVE-2023-51766, where a downstream MTA would see a second message.
@@ -28,6 +29,7 @@ import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult
 
 from ingress.replies import Replies, with_enhanced_code
+from ingress.smtp_data import read_data
 from ingress.smtp_fast import install_cached_introspection, plain_angle_address
 from pipeline.metrics import SMTP_REPLIES, SMTP_SESSIONS, SMTP_SESSIONS_ACTIVE
 
@@ -40,6 +42,8 @@ COMMAND_SEPARATOR = b"\n"  # aiosmtpd reads commands up to LF; DATA lines up to 
 # erroneous command itself (max_bad_commands) and answers 421, so aiosmtpd's budget is lifted
 aiosmtpd.smtp.BOGUS_LIMIT = 1_000_000
 TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
+_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's texts
+_TOO_MUCH = "552 Error: Too much mail data"
 _ERROR_REPLIES = ("500", "501", "502", "503", "504")
 install_cached_introspection()  # per-connection command tables from per-class memory (ingress.smtp_fast)
 _ROUTED_RCPT = re.compile(r"\s*<(?P<address>[^<>\s@]+(?:@[^<>\s@]+){2,})>(?P<rest>(?:\s.*)?)")
@@ -286,14 +290,37 @@ class IngressSMTP(SMTP):
         return address, rest
 
     async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, with the data read in blocks (`ingress.smtp_data`), not line by line."""
         self.clear_data_offence()
         self._reset_timeout(self._timeout_duration)  # the message itself gets data_timeout, stress or not
-        await super().smtp_DATA(arg)
-        if self.data_offence is not None:
-            # aiosmtpd answered DATA itself (size or line limit) without asking the handler; the
-            # stream still carried bare line endings, so the session ends here too
-            self.clear_data_offence()
-            self.close_after_reply()
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            block = await read_data(self._reader, self.data_size_limit, self.line_length_limit, _illegal_reply)
+        except asyncio.CancelledError:
+            log.info("connection lost during DATA")
+            self._writer.close()
+            raise
+        if block.too_long or block.too_much:
+            self._set_post_data_state()
+            await self.push(_TOO_LONG if block.too_long else _TOO_MUCH)
+            if block.offence is not None:  # the stream carried bare line endings too: the session ends
+                self.close_after_reply()
+            return
+        if isinstance(self._reader, StrictStreamReader):
+            self._reader.data_offence = block.offence  # the handler refuses the message for it
+        self.envelope.content = self.envelope.original_content = block.content
+        status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else aiosmtpd.smtp.MISSING
+        self._set_post_data_state()
+        await self.push("250 OK" if status is aiosmtpd.smtp.MISSING else status)
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._plain_replies = True

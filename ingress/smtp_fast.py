@@ -3,8 +3,9 @@
 - Every connection builds its command tables in `SMTP.__init__` with `inspect.getmembers` and
   `dir()` over the protocol object and the handler, and `inspect.signature` of the EHLO hook
   (measured: 6 % of the ingress's CPU at 250 connections/s). `install_cached_introspection` gives
-  the `aiosmtpd.smtp` module an `inspect` and a `dir` that remember, per class, which names exist,
-  so the tables come out the same (a unit test compares them with the uncached ones).
+  the `aiosmtpd.smtp` module an `inspect` and a `dir` that remember, per class, which of the names
+  aiosmtpd builds tables from exist (`handle_`, `smtp_`, `auth_`; it looks at no other), so the
+  tables come out the same (a unit test compares them with the uncached ones).
 - Every MAIL and RCPT parses the address with the email package's header parser, and aiosmtpd's
   `_getaddr` defines a `typing.Protocol` class on each call (5 %). `plain_angle_address` reads the
   common form `<local@domain>` (a dot-atom local part, a host name) with one regex; anything else
@@ -38,17 +39,24 @@ def plain_angle_address(arg: str, local_part_limit: int) -> tuple[str, str] | No
     return m[1], rest
 
 
+# aiosmtpd calls `dir` only to collect these methods (`handle_` hooks, `smtp_` commands; `auth_` via
+# getmembers): the other names of an object are never looked at, so they are left out
+_TABLE_PREFIXES = ("handle_", "smtp_", "auth_")
+
+
 @lru_cache(maxsize=64)
 def _class_names(cls: type) -> frozenset[str]:
-    return frozenset(dir(cls))
+    return frozenset(name for name in dir(cls) if name.startswith(_TABLE_PREFIXES))
 
 
 def _dir(obj: Any = None) -> list[str]:
-    """`dir(obj)` for an ordinary object: its class's names and its own attributes, sorted."""
+    """The names of `dir(obj)` that aiosmtpd builds tables from (class and own attributes), sorted."""
     own = getattr(obj, "__dict__", None)
     if own is None or type(obj).__dir__ is not object.__dir__:
-        return dir(obj)
-    return sorted(_class_names(type(obj)) | own.keys())
+        return [name for name in dir(obj) if name.startswith(_TABLE_PREFIXES)]
+    names = _class_names(type(obj))
+    extra = [name for name in own if name.startswith(_TABLE_PREFIXES)]
+    return sorted(names.union(extra)) if extra else sorted(names)
 
 
 class _CachedInspect:
