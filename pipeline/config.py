@@ -40,7 +40,8 @@ __all__ = ["load_settings", "raw_config", "parse_section", "ENV_PREFIX"]
 ENV_PREFIX = "POSTSTELLE_"
 # environment variables with the prefix that are not config keys
 _ENV_NOT_KEYS = {"POSTSTELLE_HOME", "POSTSTELLE_CONFIG", "POSTSTELLE_INSTANCE", "POSTSTELLE_LOG_LEVEL",
-                 "POSTSTELLE_TEST_BASE", "POSTSTELLE_SCREENSHOTS", "POSTSTELLE_EVENT_LOOP"}
+                 "POSTSTELLE_TEST_BASE", "POSTSTELLE_SCREENSHOTS", "POSTSTELLE_EVENT_LOOP",
+                 "POSTSTELLE_GC"}
 
 
 def _type_name(tp: Any) -> str:

@@ -189,6 +189,9 @@ class Directory:
     # ---- async plumbing ---------------------------------------------------------------------------
 
     async def _cached(self, kind: str, key: str, fetch: Callable[[str], T]) -> T:
+        hit = self._cache.get((kind, key))
+        if hit is not TtlCache.MISSING:  # the common case, without _cached_many's machinery
+            return hit
         return (await self._cached_many(kind, [key], lambda keys: {keys[0]: fetch(keys[0])}))[key]
 
     async def _cached_many(self, kind: str, keys: Sequence[str],
@@ -201,6 +204,8 @@ class Directory:
             if hit is not TtlCache.MISSING:
                 found[key] = hit
         missing = [k for k in dict.fromkeys(keys) if k not in found]
+        if not missing:
+            return {key: found[key] for key in keys}
         chunks = [missing[i:i + BATCH] for i in range(0, len(missing), BATCH)]  # each within `timeout`
         slots = asyncio.Semaphore(self._threads)  # a chunk's time bound starts when a thread is free for it
 
