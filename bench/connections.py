@@ -19,7 +19,7 @@ After the last step, connections are opened up to `ingress.max_connections` (`--
 `ingress.stress_timeout` is off by default here (`--stress-timeout`), so idle connections are held
 for the whole run; with it on, `--linger` shows how many the ingress shed meanwhile.
 
-    .venv/bin/python bench/connections.py [--connections 5000] [--step 1000] [--per-ip 2] [--base 46110]
+    .venv/bin/python bench/connections.py [--connections 5000] [--step 1000] [--per-ip 2] [--base 26110]
 
 The client raises its own RLIMIT_NOFILE soft limit to the hard limit (it holds every socket too);
 `poststelle up` starts with a soft limit of `--ingress-nofile` (1024, as under systemd), so the
@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--ingress-nofile", type=int, default=1024,
                         help="soft RLIMIT_NOFILE `poststelle up` starts with (a service manager's usual 1024)")
     parser.add_argument("--bound", type=float, default=5.0, help="seconds the normal client may wait for its 250")
-    parser.add_argument("--base", type=int, default=46110, help="first port of the private stack (see bench/pystack.py)")
+    parser.add_argument("--base", type=int, default=26110, help="first port of the private stack (see bench/pystack.py)")
     args = parser.parse_args()
     args.max = args.max or args.connections + 1 + args.over // 2
     nofile = raise_nofile()

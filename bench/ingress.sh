@@ -4,7 +4,7 @@
 # Prerequisites (what `make run` installs): .venv, the Kafka jars in var/kafka/lib, Postfix
 # (smtp-source, postfix, postconf, postfix-ldap) and swaks. Run as root: the private Postfix's
 # master(8) needs it (without root only the poststelle half runs). Loopback only; ports
-# 46088-46102 (poststelle), 46103 (Postfix); BENCH_PORT_BASE (bench/stack.sh) moves them.
+# 26088-26102 (poststelle), 26103 (Postfix); BENCH_PORT_BASE (bench/stack.sh) moves them.
 #
 #   bash bench/ingress.sh            # MESSAGES=10000 SESSIONS=20 SIZE=4096 by default
 #

@@ -6,7 +6,7 @@ half (`.venv/bin/pip install confluent-kafka`; it is no dependency of poststelle
 whether it should become one, docs/decisions/0007-kafka-client.md). Starts its own broker
 (bench/pystack.py, Kafka only, ports from `--base`) unless `--bootstrap HOST:PORT` is given.
 
-    .venv/bin/python bench/kafka_clients.py [--records 100000] [--batch 200] [--size 1500] [--base 46150]
+    .venv/bin/python bench/kafka_clients.py [--records 100000] [--batch 200] [--size 1500] [--base 26150]
 
 Each client runs in a child process of its own on the same pre-produced input topic (4 partitions,
 N records of SIZE bytes, keyed like events) with its own consumer group: poll up to BATCH records,
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--size", type=int, default=1500)
-    parser.add_argument("--base", type=int, default=46150)
+    parser.add_argument("--base", type=int, default=26150)
     parser.add_argument("--linger-ms", type=int, default=1000, help="both producers' linger (poststelle's: 1000)")
     parser.add_argument("--bootstrap", default="")
     parser.add_argument("--prefix", default="")

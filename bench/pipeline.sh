@@ -4,7 +4,7 @@
 #
 # Prerequisites (what `make run` installs): .venv, the Kafka jars in var/kafka/lib, Postfix
 # (smtp-source, postfix-ldap), Dovecot, clamd, amavisd-new, spamassassin, swaks. Loopback only,
-# ports BENCH_PORT_BASE (46088) .. +18, state in var/bench/ (emptied first). Run as root: the
+# ports BENCH_PORT_BASE (26088) .. +18, state in var/bench/ (emptied first). Run as root: the
 # private Postfix's master(8) and amavisd (which drops to the amavis user) need it; without root
 # only the poststelle half runs.
 #

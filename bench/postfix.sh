@@ -77,9 +77,10 @@ pf_start() {
     local dir=$1 port
     shift
     postfix -c "$dir/etc" check >/dev/null 2>&1 || true  # creates the queue directories
-    # after the bench stack ran, `postfix start` sometimes fails in postfix-script ("mail system
-    # startup failed", nothing else logged; seen on 2026-12-04) while master(8) itself starts
-    # fine: then start master directly, as postfix-script would (what `postfix start` said is kept in
+    # after the bench stack ran, `postfix start` sometimes failed in postfix-script ("mail system
+    # startup failed", nothing else logged; seen on 2026-12-04), most likely a port of ours taken as
+    # a client's source port (bench/stack.sh now keeps the ports below the ephemeral range); if it
+    # fails, start master directly, as postfix-script would (what `postfix start` said is kept in
     # $dir/start.log; postconf is asked with -c, as a fresh machine has no /etc/postfix/main.cf)
     postfix -c "$dir/etc" start >"$dir/start.log" 2>&1 ||
         "$(postconf -c "$dir/etc" -h daemon_directory)/master" -c "$dir/etc" -w ||

@@ -1,6 +1,6 @@
 """A private `poststelle up` for the Python benches (bench/connections.py, bench/scaleout.py).
 
-bench/stack.sh does the same for the shell benches on the fixed ports 46088-46098; this one takes a
+bench/stack.sh does the same for the shell benches on the fixed ports 26088-26107; this one takes a
 port base, so a Python bench can run while a shell bench (or another Python bench) holds those:
 
     base+0 Kafka   base+1 Kafka controller   base+2 SMTP (ingress)   base+6 slapd   base+7 NSD

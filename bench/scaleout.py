@@ -3,7 +3,7 @@
 Prerequisites: `.venv` and the Kafka jars (var/kafka/lib). Starts its own broker (bench/pystack.py,
 Kafka only, ports from `--base`), or uses `--bootstrap HOST:PORT`.
 
-    .venv/bin/python bench/scaleout.py [--events 20000] [--base 46130] [--bootstrap HOST:PORT]
+    .venv/bin/python bench/scaleout.py [--events 20000] [--base 26130] [--bootstrap HOST:PORT]
 
 The stage is bench/cpu_stage.py (`bench_cpu`: ~2 ms of SHA-256 per message, no sleep, no I/O),
 loaded as a site's own stage through `topology.stage_modules`. Each run uses a fresh topic prefix
@@ -361,7 +361,7 @@ async def main_async(args, broker_pid: int | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--base", type=int, default=46130, help="first port of the private broker (bench/pystack.py)")
+    parser.add_argument("--base", type=int, default=26130, help="first port of the private broker (bench/pystack.py)")
     parser.add_argument("--bootstrap", default="", help="use this broker instead of starting one")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--keep", action="store_true", help="do not delete the topics")

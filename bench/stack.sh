@@ -1,7 +1,10 @@
 # Sourced by bench/ingress.sh and bench/pipeline.sh: a poststelle stack of its own for benchmarks.
 #
-# Ports BENCH_PORT_BASE (46088) .. +14 on 127.0.0.1 (the comparisons' private daemons use +15 .. +19;
-# set BENCH_PORT_BASE to run a second bench beside one that is running), state in var/bench/stack
+# Ports BENCH_PORT_BASE (26088) .. +14 on 127.0.0.1 (the comparisons' private daemons use +15 .. +19;
+# set BENCH_PORT_BASE to run a second bench beside one that is running; keep it below 32768: a port
+# in Linux's ephemeral range can be taken by a client connection's source port before the
+# comparison's Postfix binds it, after the thousands of connections of a run, and then its master(8)
+# fails to start, as happened with the old base 46088), state in var/bench/stack
 # (Kafka data, blobs, maildirs, chDB, logs in var/bench/stack/log/). Needs .venv and the Kafka jars
 # in var/kafka/lib (`make run`'s install steps: make deps venv kafka-jars).
 #
@@ -15,7 +18,7 @@
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=$ROOT/.venv/bin/python
 STACK_HOME=$ROOT/var/bench/stack
-BENCH_PORT_BASE=${BENCH_PORT_BASE:-46088}
+BENCH_PORT_BASE=${BENCH_PORT_BASE:-26088}  # below the ephemeral ports (32768-60999), see below
 STACK_SMTP_PORT=$((BENCH_PORT_BASE + 6)) STACK_LDAP_PORT=$((BENCH_PORT_BASE + 2))
 STACK_LMTP_PORT=$((BENCH_PORT_BASE + 7)) STACK_CLAMD_PORT=$((BENCH_PORT_BASE + 10))
 STACK_PID=
