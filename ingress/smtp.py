@@ -75,15 +75,13 @@ def _illegal_reply(line: bytes) -> str | None:
 
 
 class StrictStreamReader(asyncio.StreamReader):
-    """A StreamReader that enforces CRLF line endings.
+    """A StreamReader that enforces CRLF line endings on command lines.
 
-    Command lines that break the rules raise `IllegalInput` at once. DATA lines cannot be refused
-    mid-stream (the client is still sending), so the first offence is remembered in `data_offence`
-    and the ingress refuses the message when DATA ends. `awaiting_command` is true while the session
-    waits for the client's next command line (it is idle).
+    A command line (or AUTH response) that breaks the rules raises `IllegalInput` at once. DATA is not
+    read through here but in blocks (`ingress.smtp_data`), which checks its lines itself.
+    `awaiting_command` is true while the session waits for the client's next command line (it is idle).
     """
 
-    data_offence: str | None = None
     awaiting_command = False
     on_command_wait: Callable[[], None] | None = None  # the session is about to read its next command
 
@@ -99,10 +97,7 @@ class StrictStreamReader(asyncio.StreamReader):
                 self.awaiting_command = False
         reply = _illegal_reply(line)
         if reply is not None:
-            if command:
-                raise IllegalInput(reply)
-            if self.data_offence is None:
-                self.data_offence = reply
+            raise IllegalInput(reply)
         return line
 
 
@@ -193,13 +188,11 @@ class IngressSMTP(SMTP):
             self.transport.write(self._goodbye.encode() + b"\r\n")
             self.transport.close()
 
-    @property
-    def data_offence(self) -> str | None:
-        return getattr(self._reader, "data_offence", None)
+    # the first NUL or bare CR/LF line of the last DATA: the handler refuses the message for it
+    data_offence: str | None = None
 
     def clear_data_offence(self) -> None:
-        if isinstance(self._reader, StrictStreamReader):
-            self._reader.data_offence = None
+        self.data_offence = None
 
     # RFC 2034 3: no enhanced code in the greeting and in the replies to HELO and EHLO
     _plain_replies = False
@@ -315,8 +308,7 @@ class IngressSMTP(SMTP):
             if block.offence is not None:  # the stream carried bare line endings too: the session ends
                 self.close_after_reply()
             return
-        if isinstance(self._reader, StrictStreamReader):
-            self._reader.data_offence = block.offence  # the handler refuses the message for it
+        self.data_offence = block.offence  # the handler refuses the message for it
         self.envelope.content = self.envelope.original_content = block.content
         status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else aiosmtpd.smtp.MISSING
         self._set_post_data_state()
