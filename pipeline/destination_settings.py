@@ -75,6 +75,9 @@ class DestinationSettings:
     helo_name: str = "mx.school.test"  # EHLO/LHLO name
     inflight: int = 16  # routed events delivered concurrently
     timeout: float = 60.0
+    # seconds an unused connection is kept for the next delivery (0: QUIT after each; kinds lmtp and
+    # smtp; Postfix: lmtp_/smtp_connection_cache_time_limit)
+    reuse_seconds: float = 2.0
     # the directory's mailHost values this destination serves (inetLocalMailRecipient routing)
     mail_hosts: list[str] = field(default_factory=list)
     description: str = ""  # shown by `poststelle status` and in the component list
@@ -93,8 +96,8 @@ class DestinationSettings:
             raise ConfigError(f"{key}.tls: expected one of {', '.join(modes[1:])}, got {self.tls!r}")
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"{key}.port: expected 1..65535, got {self.port}")
-        if self.inflight < 1 or self.timeout <= 0:
-            raise ConfigError(f"{key}: inflight must be at least 1 and timeout above 0")
+        if self.inflight < 1 or self.timeout <= 0 or self.reuse_seconds < 0:
+            raise ConfigError(f"{key}: inflight must be at least 1, timeout above 0 and reuse_seconds at least 0")
         if self.username and not self.password_file:
             raise ConfigError(f"{key}.password_file: required when {key}.username is set")
         if self.max_addresses < 1 or self.connections_per_domain < 1:
@@ -107,9 +110,10 @@ def default_destination(settings: Any, name: str) -> DestinationSettings:
         lmtp = settings.sinks.lmtp
         return DestinationSettings(kind="lmtp", host=lmtp.host, port=lmtp.port, tls="none", helo_name=lmtp.lhlo_name,
                                    inflight=lmtp.inflight, timeout=lmtp.timeout,
-                                   description="the local mailbox server")
+                                   reuse_seconds=lmtp.reuse_seconds, description="the local mailbox server")
     smart = settings.sinks.smarthost
     return DestinationSettings(kind="smtp", host=smart.host, port=smart.port, tls=smart.tls, verify=smart.verify,
                                ca_file=smart.ca_file, username=smart.username, password_file=smart.password_file,
                                helo_name=smart.helo_name, inflight=smart.inflight, timeout=smart.timeout,
+                               reuse_seconds=smart.reuse_seconds,
                                description="the smarthost: the next hop for everything else")

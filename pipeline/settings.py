@@ -179,6 +179,7 @@ class LmtpSinkSettings:
     inflight: int = 16  # routed events delivered concurrently; bounds duplicates after a crash
     timeout: float = 60.0
     lhlo_name: str = "mx.school.test"
+    reuse_seconds: float = 2.0  # an unused connection is kept this long for the next delivery (0: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +198,7 @@ class SmarthostSinkSettings:
     helo_name: str = "mx.school.test"
     inflight: int = 16
     timeout: float = 60.0
+    reuse_seconds: float = 2.0  # an unused connection is kept this long for the next delivery (0: never)
 
     def __post_init__(self) -> None:
         if self.tls not in ("none", "opportunistic", "required", "implicit"):

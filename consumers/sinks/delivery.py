@@ -189,6 +189,9 @@ class DeliverySink:
         finally:
             await loop.close()
             await self.ledger.close()
+            close = getattr(self.transport, "close", None)  # kept connections (SmtpClientTransport)
+            if close is not None:
+                await close()
 
     async def _process_batch(self, producer, batch: dict[TopicPartition, list]) -> None:
         records = [r for rs in batch.values() for r in rs]

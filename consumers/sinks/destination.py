@@ -66,7 +66,8 @@ def _client(s: Any, key: str, *, lmtp: bool) -> SmtpClientTransport:
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a file that is not PEM
             raise ConfigError(f"{key}.ca_file: {exc}") from None
     return SmtpClientTransport(s.host, s.port, lmtp=lmtp, helo_name=s.helo_name, timeout=s.timeout,
-                               tls=tls, ssl_context=context, username=s.username, password=read_password(s, key))
+                               tls=tls, ssl_context=context, username=s.username, password=read_password(s, key),
+                               reuse_seconds=s.reuse_seconds)
 
 
 def smtp_transport(s: Any, key: str) -> SmtpClientTransport:

@@ -9,6 +9,13 @@ A problem on our side of the TLS or AUTH set-up (no TLS where it is required, a 
 does not verify, credentials the smarthost refuses, no AUTH offered) is answered for every recipient
 with a 4xx reply (454 4.7.0, the text says why): the delivery is deferred, never sent in clear and
 never bounced to the sender for a fault of ours.
+
+Connection reuse (Postfix's connection cache): with `reuse_seconds` above 0, a session whose last
+transaction ended normally (DATA sent, every reply read) is kept for the next delivery instead of
+QUIT (`consumers.sinks.session_cache`): closed with QUIT after `reuse_seconds` unused, not reused
+once it is older than `REUSE_LIFETIME`. A kept session that turns out dead at the next MAIL (closed,
+reset, a 421) costs nothing: nothing of the delivery was accepted yet, so it goes over a new
+connection.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from consumers.sinks.session_cache import SessionCache
 from schemas.events import Reply
 
 __all__ = [
@@ -114,11 +122,20 @@ class _Refused(Exception):
         self.reply, self.quit = reply, quit
 
 
+class _Stale(Exception):
+    """A kept session failed before the delivery's MAIL was accepted: use a new connection."""
+
+
 class _Session:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float,
                  encrypted: bool = False) -> None:
         self.reader, self.writer, self.timeout = reader, writer, timeout
         self.encrypted = encrypted
+        self.opened = asyncio.get_running_loop().time()
+
+    def alive(self) -> bool:
+        """Still open, and nothing unasked-for from the server (such as a 421 before it closes)."""
+        return not self.writer.is_closing() and not self.reader.at_eof() and not self.unread()
 
     async def reply_lines(self) -> tuple[int, list[str]]:
         lines: list[str] = []
@@ -176,7 +193,7 @@ def _b64(text: str) -> str:
 
 
 class SmtpClientTransport:
-    """LMTP (`lmtp=True`) or SMTP delivery to one server, one connection per delivery.
+    """LMTP (`lmtp=True`) or SMTP delivery to one server; connections kept for `reuse_seconds` (0: one per delivery).
 
     `tls` is one of `TLS_MODES`; `ssl_context` defaults to a verifying one (`client_ssl_context`),
     checked against `server_name` (default: `host`; the MX sink connects to an address and checks the
@@ -186,9 +203,12 @@ class SmtpClientTransport:
 
     def __init__(self, host: str, port: int, *, lmtp: bool, helo_name: str, timeout: float = 60.0,
                  tls: str = "none", ssl_context: ssl.SSLContext | None = None, username: str = "",
-                 password: str = "", server_name: str = "", peer: str = "smarthost") -> None:
+                 password: str = "", server_name: str = "", peer: str = "smarthost",
+                 reuse_seconds: float = 0.0) -> None:
         if tls not in TLS_MODES:
             raise ValueError(f"tls: expected one of {', '.join(TLS_MODES)}, got {tls!r}")
+        self.reuse_seconds = reuse_seconds
+        self._kept: SessionCache[_Session] = SessionCache(reuse_seconds, self._quit_and_close)
         self.host, self.port, self.lmtp = host, port, lmtp
         self.helo_name, self.timeout = helo_name, timeout
         self.tls, self.username, self.password = tls, username, password
@@ -199,18 +219,46 @@ class SmtpClientTransport:
         return f"SmtpClientTransport({self.host}:{self.port}, lmtp={self.lmtp}, tls={self.tls})"
 
     async def deliver(self, delivery: Delivery) -> dict[str, Reply]:
+        kept = self._kept.take()
+        if kept is not None:
+            try:
+                return await self._deliver_over(kept, delivery, reused=True)
+            except _Stale:
+                await kept.close()
         try:
             session = await self._connect()
         except ssl.SSLError as exc:  # implicit TLS: the handshake is part of connecting
             return dict.fromkeys(delivery.recipients, _defer(f"{_HANDSHAKE_FAILED}{self.peer} failed: {exc}"))
+        return await self._deliver_over(session, delivery, reused=False)
+
+    async def close(self) -> None:
+        """QUIT and close the kept sessions (a sink calls this when it stops)."""
+        await self._kept.close()
+
+    async def _deliver_over(self, session: _Session, delivery: Delivery, *, reused: bool) -> dict[str, Reply]:
+        """One transaction; the session is then kept or closed (a `_Stale` one is the caller's)."""
         try:
-            return await self._transaction(session, delivery)
+            replies, keep = await self._transaction(session, delivery, reused)
         except _Refused as refused:
             if refused.quit:
                 await self._quit(session)
-            return dict.fromkeys(delivery.recipients, refused.reply)
-        finally:
             await session.close()
+            return dict.fromkeys(delivery.recipients, refused.reply)
+        except _Stale:
+            raise
+        except BaseException:
+            await session.close()
+            raise
+        if keep:
+            self._kept.keep(session)
+        else:
+            await session.close()
+        return replies
+
+    async def _quit_and_close(self, session: _Session) -> None:
+        if session.alive():
+            await self._quit(session)
+        await session.close()
 
     async def _connect(self) -> _Session:
         context = self.ssl_context if self.tls == "implicit" else None
@@ -220,20 +268,26 @@ class SmtpClientTransport:
                                                 self.timeout)
         return _Session(reader, writer, self.timeout, encrypted=context is not None)
 
-    async def _transaction(self, s: _Session, d: Delivery) -> dict[str, Reply]:
-        greeting = await s.reply()
-        if greeting.code != 220:
-            raise _Refused(greeting)
-        extensions = await self._hello(s)
-        if self.tls in ("opportunistic", "required"):
-            extensions = await self._starttls(s, extensions)
-        if self.username:
-            await self._authenticate(s, extensions)
-        replies, accepted = await self._envelope(s, d)
+    async def _transaction(self, s: _Session, d: Delivery, reused: bool) -> tuple[dict[str, Reply], bool]:
+        """Every recipient's reply, and whether the session may be kept for the next delivery."""
+        if not reused:
+            greeting = await s.reply()
+            if greeting.code != 220:
+                raise _Refused(greeting)
+            extensions = await self._hello(s)
+            if self.tls in ("opportunistic", "required"):
+                extensions = await self._starttls(s, extensions)
+            if self.username:
+                await self._authenticate(s, extensions)
+        replies, accepted = await self._envelope(s, d, reused)
+        completed = False
         if accepted:
-            replies.update(await self._data(s, d, accepted))
+            data_replies, completed = await self._data(s, d, accepted)
+            replies.update(data_replies)
+        if completed and self.reuse_seconds > 0:
+            return replies, True
         await self._quit(s)
-        return replies
+        return replies, False
 
     async def _hello(self, s: _Session) -> dict[str, str]:
         await s.send(f"{'LHLO' if self.lmtp else 'EHLO'} {self.helo_name}")
@@ -286,26 +340,34 @@ class SmtpClientTransport:
             reply = await s.command(_b64(secret))
         return reply
 
-    async def _envelope(self, s: _Session, d: Delivery) -> tuple[dict[str, Reply], list[str]]:
+    async def _envelope(self, s: _Session, d: Delivery, reused: bool) -> tuple[dict[str, Reply], list[str]]:
         """MAIL and one RCPT per recipient: every recipient's reply, and those accepted."""
         params = (" BODY=8BITMIME" if d.body_8bit else "") + (" SMTPUTF8" if d.smtputf8 else "")
-        mail = await s.command(f"MAIL FROM:<{d.mail_from}>{params}")
+        try:
+            mail = await s.command(f"MAIL FROM:<{d.mail_from}>{params}")
+        except (OSError, asyncio.TimeoutError):
+            if reused:  # the kept connection died while it waited: nothing was accepted yet
+                raise _Stale from None
+            raise
         if mail.code != 250:
+            if reused and mail.code == 421:
+                raise _Stale
             raise _Refused(mail)
         replies: dict[str, Reply] = {}
         for rcpt in d.recipients:
             replies[rcpt] = await s.command(f"RCPT TO:<{rcpt}>")
         return replies, [r for r in d.recipients if replies[r].code in (250, 251)]
 
-    async def _data(self, s: _Session, d: Delivery, accepted: list[str]) -> dict[str, Reply]:
+    async def _data(self, s: _Session, d: Delivery, accepted: list[str]) -> tuple[dict[str, Reply], bool]:
+        """The replies after DATA, and whether the transaction ended normally (the message was sent)."""
         data_reply = await s.command("DATA")
         if data_reply.code != 354:
-            return dict.fromkeys(accepted, data_reply)
+            return dict.fromkeys(accepted, data_reply), False
         s.writer.write(dot_stuff(d.data))
         await s.writer.drain()
         if self.lmtp:  # one reply per accepted recipient, in RCPT order (RFC 2033 4.2)
-            return {rcpt: await s.reply() for rcpt in accepted}
-        return dict.fromkeys(accepted, await s.reply())
+            return {rcpt: await s.reply() for rcpt in accepted}, True
+        return dict.fromkeys(accepted, await s.reply()), True
 
     async def _quit(self, s: _Session) -> None:
         try:

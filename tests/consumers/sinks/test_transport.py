@@ -84,12 +84,15 @@ class Script:
     after_data: dict[str, str] = field(default_factory=dict)  # recipient -> reply after DATA (LMTP)
     final: str = "250 2.0.0 Ok: queued"  # SMTP: the one reply after DATA
     greeting: str = "220 lmtp.school.test LMTP ready"
+    transactions_per_connection: int = 0  # > 0: hang up after this many (a server's idle timeout)
+    second_mail: str = "250 2.1.0 Ok"  # the reply to every MAIL after a connection's first
 
 
 @dataclass
 class Seen:
     commands: list[str] = field(default_factory=list)
     data: list[bytes] = field(default_factory=list)  # the raw DATA stream, stuffed, up to the final dot
+    connections: int = 0
 
 
 class ScriptedServer:
@@ -111,6 +114,8 @@ class ScriptedServer:
             writer.write(b"".join(line.encode() + b"\r\n" for line in lines))
 
         accepted: list[str] = []
+        mails = transactions = 0
+        self.seen.connections += 1
         try:
             say(self.script.greeting)
             if not self.script.greeting.startswith("220"):
@@ -123,7 +128,12 @@ class ScriptedServer:
                 if verb in ("LHLO", "EHLO"):
                     say("250-lmtp.school.test", "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 8BITMIME")
                 elif verb == "MAIL":
-                    say("250 2.1.0 Ok")
+                    mails += 1
+                    accepted = []
+                    say("250 2.1.0 Ok" if mails == 1 else self.script.second_mail)
+                    if mails > 1 and self.script.second_mail.startswith("421"):
+                        await writer.drain()
+                        return
                 elif verb == "RCPT":
                     rcpt = command[len("RCPT TO:<"):-1]
                     reply = self.script.rcpt.get(rcpt, "250 2.1.5 Ok")
@@ -143,6 +153,10 @@ class ScriptedServer:
                         say(*(self.script.after_data.get(r, "250 2.0.0 Saved") for r in accepted))
                     else:
                         say(self.script.final)
+                    transactions += 1
+                    if transactions == self.script.transactions_per_connection:
+                        await writer.drain()
+                        return
                 elif verb == "QUIT":
                     say("221 2.0.0 Bye")
                     await writer.drain()
