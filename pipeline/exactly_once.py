@@ -47,7 +47,8 @@ class ExactlyOnceLoop:
                  topics: list[str], max_records: int, poll_timeout_ms: int, lock: asyncio.Lock,
                  on_assigned: Callable[[], Awaitable[object]] | None = None,
                  producer: TransactionalProducer | None = None,
-                 consumer_factory: Callable[..., AIOKafkaConsumer] = make_consumer) -> None:
+                 consumer_factory: Callable[..., AIOKafkaConsumer] = make_consumer,
+                 consumer_options: dict[str, int] | None = None) -> None:
         self.kafka = kafka
         self.name = name
         self.group_id = group_id
@@ -60,6 +61,7 @@ class ExactlyOnceLoop:
         self.producer = producer or TransactionalProducer(kafka, transactional_id,
                                                               rotation=kafka.transaction_rotation)
         self._consumer_factory = consumer_factory
+        self._consumer_options = consumer_options or {}  # more settings of the consumer (fetch sizes)
         self.consumer: AIOKafkaConsumer | None = None
         self.redone = 0  # batches given up and redone after a broker failure
         self._redone_in_a_row = 0
@@ -70,7 +72,8 @@ class ExactlyOnceLoop:
         await watch().retry(self.name, self._start_consumer)
 
     async def _start_consumer(self) -> None:
-        consumer = self._consumer_factory(self.kafka, self.group_id, self.name, max_poll_records=self.max_records)
+        consumer = self._consumer_factory(self.kafka, self.group_id, self.name, max_poll_records=self.max_records,
+                                          **self._consumer_options)
         await start_or_release(consumer, self.bound)
         # subscribed only once started: `start()` of a subscribed consumer also waits for the group to
         # assign it partitions, which after an outage takes until the broker drops the members that

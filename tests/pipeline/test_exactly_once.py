@@ -107,3 +107,21 @@ async def test_a_batch_that_fails_again_and_again_is_not_redone_in_a_hot_loop():
     await asyncio.wait_for(loop.consume(stop, process), 10)
     pauses = [b - a for a, b in zip(tries, tries[1:])]
     assert pauses[0] < 0.4 and pauses[1] >= 0.5 and pauses[2] >= 1.0
+
+
+async def test_consumer_options_reach_the_consumer_a_gathering_hop_asks_for():
+    made: list[dict] = []
+
+    def factory_of_consumers(*args, **kwargs):
+        made.append(kwargs)
+        return StandInConsumer()
+
+    loop = ExactlyOnceLoop(KAFKA, name="bounce", group_id="g", transactional_id="g.0", topics=["in"], max_records=10,
+                           poll_timeout_ms=10, lock=asyncio.Lock(),
+                           producer=TransactionalProducer(KAFKA, "g.0", make=Factory()),
+                           consumer_factory=factory_of_consumers,
+                           consumer_options={"fetch_min_bytes": 65536, "fetch_max_wait_ms": 500})
+    await loop.open()
+    await loop.close()
+    assert made == [{"max_poll_records": 10, "fetch_min_bytes": 65536, "fetch_max_wait_ms": 500}]
+
