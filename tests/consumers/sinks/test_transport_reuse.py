@@ -2,27 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 from consumers.sinks.transport import Delivery, SmtpClientTransport
-from tests.consumers.sinks.test_transport import Script, ScriptedServer
+from tests.consumers.sinks.scripted_server import Script
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator:
-    servers: list[ScriptedServer] = []
-
-    async def _serve(script: Script) -> tuple[ScriptedServer, int]:
-        servers.append(ScriptedServer(script))
-        return servers[-1], await servers[-1].start()
-
-    yield _serve
-    for server in servers:
-        await server.close()
 
 
 def _reusing(port: int, reuse_seconds: float = 5.0, *, lmtp: bool = True) -> SmtpClientTransport:
