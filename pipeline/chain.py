@@ -42,7 +42,7 @@ from pipeline.handover import take_over
 from pipeline.hop import Output, TransactionalHop
 from pipeline.metrics import HopMetrics
 from pipeline.registry import get_stage
-from pipeline.runner import CHAINED_HEADER, TEMPORARY_ERRORS, decode_work, ran_already, stage_timeout
+from pipeline.runner import TEMPORARY_ERRORS, decode_work, ran_already, stage_timeout
 from pipeline.settings import Settings
 from pipeline.stage import Outcome, PoisonMessage, Stage, StageContext, TemporaryFailure, Work
 from pipeline.stage_outputs import stage_step
@@ -116,7 +116,7 @@ class ChainRunner(TransactionalHop):
             outcome = await self._process(stage, self.timeouts[i], work)
             self.metrics.verdict(stage.name, str(outcome.verdict))  # metrics
             step = stage_step(self.topics, stage.name, work, outcome, (time.perf_counter() - started) * 1000,
-                              passed_headers=((CHAINED_HEADER, following.encode()),) if following else ())
+                              chained_to=following)
             outputs.extend(step.outputs)
             work = step.next
         self.processed += 1

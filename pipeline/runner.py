@@ -29,7 +29,7 @@ from pipeline.hop import Output, TransactionalHop
 from pipeline.registry import get_stage
 from pipeline.settings import Settings
 from pipeline.stage import Outcome, PoisonMessage, Stage, StageContext, TemporaryFailure, Work
-from pipeline.stage_outputs import stage_step
+from pipeline.stage_outputs import CHAINED_HEADER, stage_step
 from schemas.codec import DecodeError
 from schemas.events import Received, StageResult, decode_event
 
@@ -39,8 +39,6 @@ __all__ = ["StageRunner", "Output", "run_stage", "decode_work", "ran_already", "
 log = logging.getLogger(__name__)
 
 TEMPORARY_ERRORS = (TemporaryFailure, TimeoutError, ConnectionError)
-# on a stage_result a chain wrote: the next stage, which the chain already ran on the message
-CHAINED_HEADER = "poststelle-chained-to"
 
 
 def stage_timeout(settings: Settings, stage: Stage) -> float:

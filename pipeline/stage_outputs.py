@@ -10,7 +10,11 @@ either way. `stage_step` applies the outcome (`pipeline.recipients`) and returns
   `outcome`;
 - `stage_result` to the stage's `checked.<stage>` topic with the recipients left in play (none when
   the stage decided for all of them; routed ones leave too), every edit so far and every replacement
-  so far;
+  so far, and the earlier stages' results (`history`), which the next stage reads from it. In a chain
+  (`chained_to`, the next stage, which the chain runs on `next` in the same transaction) no stage
+  reads the record: it is marked for the next stage (`CHAINED_HEADER`, which skips it) and carries no
+  history, since each earlier stage's own `stage_result` has its result
+  (docs/decisions/0008-history-where-read.md);
 - `held` events (parts held back) to the quarantine topic and injected messages (notices) to the
   received topic;
 - for a routing stage, one `routed` event per destination and set of edits (`recipients.copies`),
@@ -30,7 +34,10 @@ from pipeline.recipients import Fanout, apply_outcome, copies
 from pipeline.stage import Outcome, Work
 from schemas.events import MessageOutcome, Quarantined, Rejected, Result, Routed, StageResult
 
-__all__ = ["StageStep", "stage_step"]
+__all__ = ["StageStep", "stage_step", "CHAINED_HEADER"]
+
+# on a stage_result a chain wrote: the next stage, which the chain already ran on the message
+CHAINED_HEADER = "poststelle-chained-to"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +49,10 @@ class StageStep:
 
 
 def stage_step(topics: Topics, stage: str, work: Work, outcome: Outcome, duration_ms: float,
-               passed_headers: tuple[tuple[str, bytes], ...] = ()) -> StageStep:
-    """The events of `stage`'s `outcome` for `work` (see the module docstring); `passed_headers` go on
-    the `stage_result` record. A bad outcome (naming a recipient not in play) is a `PoisonMessage`."""
+               chained_to: str = "") -> StageStep:
+    """The events of `stage`'s `outcome` for `work` (see the module docstring); `chained_to`: the
+    stage a chain runs next on the message. A bad outcome (naming a recipient not in play) is a
+    `PoisonMessage`."""
     try:
         fan = apply_outcome(work, outcome, stage)
     except ValueError as exc:
@@ -53,7 +61,7 @@ def stage_step(topics: Topics, stage: str, work: Work, outcome: Outcome, duratio
                     duration_ms=round(duration_ms, 3))
     write = _Writer(topics, stage, work, fan, result)
     goes_on = bool(fan.remaining or fan.routed)  # held parts and notices only for a message that goes on
-    outputs = [*write.replaced(), *write.decided(), *write.passed(passed_headers),
+    outputs = [*write.replaced(), *write.decided(), *write.passed(chained_to),
                *(Output(topics.quarantine, write.key, held) for held in outcome.held if goes_on),
                *(Output(topics.received, new.message_id.encode(), new) for new in outcome.inject if goes_on),
                *write.routed()]
@@ -110,13 +118,15 @@ class _Writer:
             outputs.append(self.outcome("quarantined", recipients, reason))
         return outputs
 
-    def passed(self, headers: tuple[tuple[str, bytes], ...]) -> list[Output]:
-        """The stage_result, unless every recipient's way ended here by a rejection or quarantine."""
+    def passed(self, chained_to: str) -> list[Output]:
+        """The stage_result, unless every recipient's way ended here by a rejection or quarantine;
+        marked and without history when a chain runs `chained_to` on the message itself."""
         if not (self.fan.remaining or self.fan.routed):
             return []
         passed = StageResult(message_id=self.work.message.message_id, result=self.result, message=self.work.message,
-                             recipients=self.fan.remaining, history=list(self.work.history), edits=self.fan.edits,
-                             replacements=self.replacements)
+                             recipients=self.fan.remaining, history=[] if chained_to else list(self.work.history),
+                             edits=self.fan.edits, replacements=self.replacements)
+        headers = ((CHAINED_HEADER, chained_to.encode()),) if chained_to else ()
         return [Output(self.topics.checked(self.stage), self.key, passed, headers)]
 
     def routed(self) -> list[Output]:

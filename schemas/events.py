@@ -136,7 +136,9 @@ class StageResult(Event):
     result: Result
     message: Received
     recipients: list[str]
-    history: list[Result] = field(default_factory=list)  # results of earlier stages, in order
+    # results of earlier stages, in order, for the stage that reads this record; empty on a record a
+    # chain marked `poststelle-chained-to` (no stage reads it; see docs/decisions/0008-history-where-read.md)
+    history: list[Result] = field(default_factory=list)
     edits: list[Edit] = field(default_factory=list)  # every edit so far; each names its recipients ([] all)
     replacements: list[Replacement] = field(default_factory=list)  # every replacement so far, in order
 
