@@ -146,6 +146,10 @@ report "$paced_ms"
 echo "  stage results: $(sql "SELECT arrayStringConcat(groupArray(concat(stage, '=', toString(c))), ' ')
     FROM (SELECT stage, count() AS c FROM poststelle.events FINAL WHERE type = 'stage_result'
           GROUP BY stage ORDER BY stage)")"
+echo "  event JSON per message (analytics payloads, about what Kafka carries): $(sql "
+    SELECT arrayStringConcat(groupArray(concat(type, '=', toString(b))), ' ') FROM (
+        SELECT type, round(sum(length(payload)) / (SELECT countIf(type = 'received') FROM poststelle.events FINAL)) AS b
+        FROM poststelle.events FINAL GROUP BY type ORDER BY b DESC LIMIT 6)") bytes"
 echo "  outcomes: $(sql "SELECT countIf(type = 'delivered'), countIf(type = 'deferred'), countIf(type = 'bounced'),
     countIf(type = 'deadlettered') FROM poststelle.events FINAL" |
     awk '{printf "delivered=%s deferred=%s bounced=%s deadlettered=%s", $1, $2, $3, $4}');" \

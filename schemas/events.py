@@ -128,7 +128,9 @@ class StageResult(Event):
     """A stage passed the message on: its own result plus everything earlier stages recorded.
 
     `recipients` are those still in play: the envelope's, less those an earlier stage rejected,
-    quarantined or routed, with `replacements` applied.
+    quarantined or routed, with `replacements` applied. `history` holds the earlier stages' results
+    for the stage that reads the record; a record a chain of stages marked (Kafka header
+    `poststelle-chained-to`: the chain ran the next stage itself, and no stage reads it) leaves it empty.
     """
 
     type: Literal["stage_result"] = "stage_result"
