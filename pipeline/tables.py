@@ -29,12 +29,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Protocol
 
 from aiokafka import TopicPartition
 
 from pipeline.broker import watch
-from pipeline.bus import behind, kafka_bound, make_consumer, start_or_release, stop_quietly, topic_partitions
+from pipeline.bus import (
+    behind,
+    kafka_bound,
+    make_consumer,
+    make_producer,
+    start_or_release,
+    stop_quietly,
+    topic_partitions,
+)
 from pipeline.producers import RenewingProducer
 from pipeline.settings import KafkaSettings
 
@@ -156,8 +165,10 @@ class TopicMissing(RuntimeError):
 class KafkaTransport:
     """A `Transport` over compacted topics; reads every partition, in no consumer group."""
 
-    def __init__(self, kafka: KafkaSettings, topics: Mapping[str, str], client_id: str = "tables") -> None:
+    def __init__(self, kafka: KafkaSettings, topics: Mapping[str, str], client_id: str = "tables",
+                 linger_ms: int | None = None) -> None:
         self.kafka = kafka
+        self.linger_ms = linger_ms  # how long a write waits for others to share its request (None: the default)
         self.topics = dict(topics)  # table -> topic
         self._table_of = {topic: table for table, topic in self.topics.items()}
         self.client_id = client_id
@@ -167,7 +178,8 @@ class KafkaTransport:
 
     async def open(self, start: Positions | None = None) -> bool:
         await self.close()
-        self._writer = RenewingProducer(self.kafka, f"{self.client_id}-writer")  # starts on the first write
+        make = make_producer if self.linger_ms is None else partial(make_producer, linger_ms=self.linger_ms)
+        self._writer = RenewingProducer(self.kafka, f"{self.client_id}-writer", make)  # starts on the first write
         self._consumer = make_consumer(self.kafka, None, f"{self.client_id}-reader")
         await start_or_release(self._consumer, kafka_bound(self.kafka))
         partitions = [tp for topic in self.topics.values() for tp in await self._partitions(topic)]

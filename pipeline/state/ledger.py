@@ -22,6 +22,10 @@ from schemas.events import Bounced, Deferred, Delivered, decode_event, encode_ev
 __all__ = ["Ledger", "ledger_key", "State", "FinalEvent"]
 
 log = logging.getLogger(__name__)
+# a sink's deliveries of one batch finish within milliseconds of each other: their entries wait this
+# long to share one produce request (the broker's cost is per request); a delivery's entry is still
+# written before its batch commits, a few milliseconds later than alone
+LEDGER_LINGER_MS = 10
 FinalEvent = Delivered | Bounced
 State = Delivered | Bounced | Deferred
 
@@ -34,7 +38,7 @@ class Ledger:
     def __init__(self, kafka: KafkaSettings, topic: str, client_id: str) -> None:
         self.kafka, self.topic, self.client_id = kafka, topic, client_id
         self.entries: dict[str, State] = {}
-        self._log = KafkaTransport(kafka, {"ledger": topic}, f"{client_id}-ledger")
+        self._log = KafkaTransport(kafka, {"ledger": topic}, f"{client_id}-ledger", linger_ms=LEDGER_LINGER_MS)
         self._part = f"{client_id}-ledger"  # how it is named while it waits for the broker
 
     async def start(self) -> None:
