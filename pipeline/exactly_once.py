@@ -83,15 +83,17 @@ class ExactlyOnceLoop:
         consumer.subscribe(self.topics, listener=DrainOnRevoke(self.lock, self.on_assigned))
         self.consumer = consumer
 
-    async def consume(self, stop: asyncio.Event, process: Callable[[Batch], Awaitable[None]]) -> None:
-        """Hand batches to `process` until `stop` is set; a batch that failed on Kafka is redone."""
+    async def consume(self, stop: asyncio.Event, process: Callable[[Batch], Awaitable[None]],
+                      idle: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Hand batches to `process` until `stop` is set; a batch that failed on Kafka is redone.
+        `idle` (if given) runs after a poll that found nothing, under the same lock and rules."""
         while not stop.is_set():
             batch = await watch().retry(self.name, self._poll, errors=(KafkaError,))
-            if not batch:
+            if not batch and idle is None:
                 continue
             async with self.lock:
                 try:
-                    await process(batch)
+                    await (process(batch) if batch else idle())  # type: ignore[misc]
                 except BATCH_FAILURES as exc:
                     await self._redo_after(exc)
                 else:

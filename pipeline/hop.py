@@ -14,6 +14,10 @@ batch is processed again from the last committed offset.
 - A record that can never be handled — `PoisonMessage` (undecodable, ...) or any other exception
   of `handle` — is dead-lettered whole with the reason (`pipeline.deadletter`), in the same
   transaction, and the hop goes on with the next record: never a crash loop.
+- A batch without outputs (a chain reading back what it wrote, `pipeline.chain`) opens no
+  transaction of its own: its offsets are committed with the next batch that has outputs, or when
+  the input goes quiet (a poll that finds nothing), or after `CARRY_SECONDS`. Until then a crash or
+  a rebalance only makes the hop read those records again, and they have no outputs.
 - Revocation waits until the batch in flight is committed (drain on rebalance).
 - A broker outage is ridden out, not crashed on (`pipeline.exactly_once`): the hop waits for the
   broker, and a batch whose transaction failed is redone from the last committed offsets.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -59,6 +64,7 @@ class Hold(Exception):
 
 
 GATHER_BYTES = 64 * 1024  # what a gathering hop's fetch waits for (see `gather_ms`)
+CARRY_SECONDS = 5.0  # the longest the offsets of batches without outputs wait for a transaction
 
 
 class TransactionalHop:
@@ -87,6 +93,9 @@ class TransactionalHop:
         self.blobs = FileBlobStore(settings.home / "blobs")  # for dead letters too large for an event
         self.deadlettered = 0
         self._lock = asyncio.Lock()
+        # offsets past batches without outputs, for the next transaction; since when (monotonic)
+        self._carried: dict[TopicPartition, int] = {}
+        self._carried_since = 0.0
         self.metrics = HopMetrics(f"{self.component_prefix}{name}", self.group_id, settings.metrics.lag_interval)
 
     async def handle(self, record: ConsumerRecord) -> list[Output]:  # pragma: no cover - abstract
@@ -106,6 +115,7 @@ class TransactionalHop:
         loop = ExactlyOnceLoop(self.settings.kafka, name=self.name, group_id=self.group_id,
                                transactional_id=self.transactional_id, topics=self.input_topics,
                                max_records=r.batch_size, poll_timeout_ms=r.poll_timeout_ms, lock=self._lock,
+                               on_assigned=self._forget_carried,  # another generation: read them again
                                consumer_options=dict(fetch_min_bytes=GATHER_BYTES, fetch_max_wait_ms=self.gather_ms)
                                if self.gather_ms > 0 else None)
         try:
@@ -116,11 +126,15 @@ class TransactionalHop:
                 on_ready()
 
             async def one_batch(batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-                await self.before_batch()
-                await self._process_batch(loop.consumer, loop.producer, batch)
+                try:
+                    await self.before_batch()
+                    await self._process_batch(loop.consumer, loop.producer, batch)
+                except BATCH_FAILURES:
+                    await self._forget_carried()  # the loop rewinds to the committed offsets
+                    raise
 
             async with self.metrics.lag_of(lambda: loop.consumer):  # metrics: the group's lag
-                await loop.consume(stop, one_batch)
+                await loop.consume(stop, one_batch, idle=lambda: self._commit_quiet(loop.producer))
         finally:
             await self.close()
             await loop.close()
@@ -130,25 +144,27 @@ class TransactionalHop:
         offsets in record order, each partition up to its first record that must wait."""
         handled = self._handle_all(batch)
         offsets: dict[TopicPartition, int] = {}
+        outputs: list[Output] = []
         try:
-            async with producer.transaction():
-                for tp, records in batch.items():
-                    for record, attempt in zip(records, handled[tp]):
-                        try:
-                            outputs = await attempt
-                        except Hold as hold:
-                            hold_partition(consumer, tp, record.offset, hold.delay)
-                            break
-                        except self.temporary_errors as exc:
-                            self._retry_later(consumer, tp, record, exc)
-                            break
-                        for out in outputs:
-                            await producer.send(out.topic, encode_event(out.event), key=out.key,
-                                                headers=list(out.headers) or None)
-                        offsets[tp] = record.offset + 1
-                        self.backoff.reset(tp)
-                if offsets:
-                    await producer.send_offsets_to_transaction(offsets, self.group_id)
+            for tp, records in batch.items():
+                for record, attempt in zip(records, handled[tp]):
+                    try:
+                        outputs.extend(await attempt)
+                    except Hold as hold:
+                        hold_partition(consumer, tp, record.offset, hold.delay)
+                        break
+                    except self.temporary_errors as exc:
+                        self._retry_later(consumer, tp, record, exc)
+                        break
+                    offsets[tp] = record.offset + 1
+                    self.backoff.reset(tp)
+            if not offsets:
+                return
+            if not self._carried:
+                self._carried_since = time.monotonic()
+            self._carried.update(offsets)
+            if outputs or time.monotonic() - self._carried_since >= CARRY_SECONDS:
+                await self._commit_carried(producer, outputs)
         finally:  # records after a partition's first wait are handled again later: drop their work
             tasks = []
             for attempt in (a for attempts in handled.values() for a in attempts):
@@ -158,6 +174,23 @@ class TransactionalHop:
                 else:
                     attempt.close()  # a coroutine not awaited yet never runs (closing an awaited one: no-op)
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _commit_carried(self, producer, outputs: list[Output] = ()) -> None:  # type: ignore[assignment]
+        """One transaction: `outputs` and every offset carried so far."""
+        async with producer.transaction():
+            for out in outputs:
+                await producer.send(out.topic, encode_event(out.event), key=out.key, headers=list(out.headers) or None)
+            await producer.send_offsets_to_transaction(dict(self._carried), self.group_id)
+        self._carried.clear()
+
+    async def _commit_quiet(self, producer) -> None:
+        """The input went quiet: commit the offsets carried so far, if any."""
+        if self._carried:
+            await self._commit_carried(producer)
+
+    async def _forget_carried(self) -> None:
+        """Drop the offsets not committed yet: their records are read again (and have no outputs)."""
+        self._carried.clear()
 
     @property
     def concurrency(self) -> int:

@@ -7,7 +7,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.config import load_settings
-from pipeline.hop import Hold, Output, TransactionalHop
+from pipeline.hop import CARRY_SECONDS, Hold, Output, TransactionalHop
 from pipeline.producers import TransactionalProducer
 from schemas.events import MessageOutcome, decode_event
 from tests.pipeline.test_producers import KAFKA, Factory
@@ -51,6 +51,8 @@ class SleepingHop(TransactionalHop):
         kind, _, arg = record.value.decode().partition(":")
         if kind == "hold":
             raise Hold(30)
+        if kind == "skip":  # no outputs (a chain's own record read back)
+            return []
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
@@ -63,8 +65,8 @@ class SleepingHop(TransactionalHop):
         return [Output("out", b"k", event)]
 
 
-async def _run(hop: SleepingHop, batch) -> tuple[Factory, _Consumer, float]:
-    factory = Factory()
+async def _run(hop: SleepingHop, batch, factory: Factory | None = None) -> tuple[Factory, _Consumer, float]:
+    factory = factory or Factory()
     producer = TransactionalProducer(KAFKA, "g.0", make=factory)
     consumer = _Consumer()
     started = asyncio.get_running_loop().time()
@@ -111,3 +113,49 @@ async def test_the_services_take_one_record_after_another(tmp_path):
     batch = {TP0: [_record(TP0, i, b"sleep:0.01") for i in range(3)]}
     await _run(hop, batch)
     assert hop.most_running == 1
+
+
+# ---- batches without outputs: their offsets ride with the next transaction ---------------------
+
+def _transactions(factory: Factory) -> list[dict]:
+    """The offsets each committed transaction carried."""
+    return [offsets for made in factory.made if made.committed for offsets in made.offsets]
+
+
+async def test_a_batch_without_outputs_opens_no_transaction_and_its_offsets_go_with_the_next(tmp_path):
+    hop = SleepingHop(tmp_path, concurrency=8)
+    factory = Factory()
+    await _run(hop, {TP0: [_record(TP0, 0, b"skip"), _record(TP0, 1, b"skip")]}, factory)
+    assert factory.made == [] or _transactions(factory) == []  # nothing sent, no transaction
+    await _run(hop, {TP1: [_record(TP1, 4, b"sleep:0")]}, factory)
+    assert _transactions(factory) == [{TP0: 2, TP1: 5}]
+    assert hop._carried == {}
+
+
+async def test_carried_offsets_are_committed_when_the_input_goes_quiet(tmp_path):
+    hop = SleepingHop(tmp_path, concurrency=8)
+    factory = Factory()
+    await _run(hop, {TP0: [_record(TP0, 0, b"skip")]}, factory)
+    producer = TransactionalProducer(KAFKA, "g.0", make=factory)
+    await hop._commit_quiet(producer)
+    assert _transactions(factory) == [{TP0: 1}] and factory.made[-1].sent == []
+    await hop._commit_quiet(producer)  # nothing carried: no transaction
+    assert _transactions(factory) == [{TP0: 1}]
+
+
+async def test_carried_offsets_wait_no_longer_than_carry_seconds(tmp_path):
+    hop = SleepingHop(tmp_path, concurrency=8)
+    factory = Factory()
+    await _run(hop, {TP0: [_record(TP0, 0, b"skip")]}, factory)
+    hop._carried_since -= CARRY_SECONDS  # as if the first one had waited that long
+    await _run(hop, {TP0: [_record(TP0, 1, b"skip")]}, factory)
+    assert _transactions(factory) == [{TP0: 2}]
+
+
+async def test_carried_offsets_are_forgotten_on_a_rebalance_or_a_failed_batch(tmp_path):
+    hop = SleepingHop(tmp_path, concurrency=8)
+    factory = Factory()
+    await _run(hop, {TP0: [_record(TP0, 0, b"skip")]}, factory)
+    await hop._forget_carried()  # their records are read again, and have no outputs
+    await _run(hop, {TP1: [_record(TP1, 4, b"sleep:0")]}, factory)
+    assert _transactions(factory) == [{TP1: 5}]
