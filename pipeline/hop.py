@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
@@ -175,7 +175,7 @@ class TransactionalHop:
                     attempt.close()  # a coroutine not awaited yet never runs (closing an awaited one: no-op)
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _commit_carried(self, producer, outputs: list[Output] = ()) -> None:  # type: ignore[assignment]
+    async def _commit_carried(self, producer, outputs: Sequence[Output] = ()) -> None:
         """One transaction: `outputs` and every offset carried so far."""
         async with producer.transaction():
             for out in outputs:
