@@ -237,7 +237,8 @@ def make_consumer(k: KafkaSettings, group_id: str | None, client_id: str, **extr
         isolation_level="read_committed",
         max_partition_fetch_bytes=k.max_partition_fetch_bytes,
         fetch_max_bytes=max(52_428_800, k.max_partition_fetch_bytes),
-        **{"fetch_max_wait_ms": IDLE_FETCH_WAIT_MS, **extra},
+        # (at most half the request timeout, which a held fetch must not run into)
+        **{"fetch_max_wait_ms": min(IDLE_FETCH_WAIT_MS, k.request_timeout_ms // 2), **extra},
     )
 
 
