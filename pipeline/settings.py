@@ -296,9 +296,10 @@ class DnsSettings:
     port: int = 5353
     timeout: float = 3.0  # budget of one whole lookup (all tries)
     tries: int = 2  # UDP attempts within the timeout (TCP when an answer is truncated)
-    cache_size: int = 10_000  # answers kept in process; 0: no cache (temporary failures are never cached)
+    cache_size: int = 10_000  # answers kept in process; 0: no cache
     cache_max_ttl: float = 300.0  # most seconds a positive answer is reused
     cache_negative_max_ttl: float = 60.0  # the same for NXDOMAIN / NODATA
+    cache_tempfail_ttl: float = 1.0  # the same for SERVFAIL / REFUSED (never for a timeout)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,11 @@ not a failed lookup. Every attempt is bounded by `asyncio.timeout` whatever the 
 
 Cache: answers with status ok, nxdomain or nodata are kept for their TTL (the SOA minimum for
 negative answers, RFC 2308), capped at `cache_max_ttl` / `cache_negative_max_ttl` seconds, in an
-LRU of `cache_size` entries. Temporary failures are never cached. `cache_size = 0` turns it off.
+LRU of `cache_size` entries. A failure the server answered (SERVFAIL, REFUSED, a malformed response)
+is kept `cache_tempfail_ttl` seconds, 1 by default, as BIND's `servfail-ttl` (RFC 2308 section 7.1
+allows up to five minutes): a broken or refusing server is not asked again for every message while
+mail arrives. A timeout or network error is never cached; the next lookup asks again.
+`cache_size = 0` turns the cache off.
 
 The transport (`UdpTcpTransport` by default) is a callable `(request, timeout) -> response`, so
 tests can swap it for one that returns SERVFAIL or never answers.
@@ -71,8 +75,9 @@ DEFAULT_TRIES = 2
 DEFAULT_CACHE_SIZE = 10_000
 DEFAULT_CACHE_MAX_TTL = 300.0  # seconds a positive answer may be reused, whatever its TTL
 DEFAULT_CACHE_NEGATIVE_MAX_TTL = 60.0  # the same for NXDOMAIN / NODATA
+DEFAULT_CACHE_TEMPFAIL_TTL = 1.0  # seconds a failure the server answered (SERVFAIL, REFUSED) is reused
 # optional [dns] keys passed on by Resolver.from_settings
-SETTINGS_OPTIONS = ("tries", "cache_size", "cache_max_ttl", "cache_negative_max_ttl")
+SETTINGS_OPTIONS = ("tries", "cache_size", "cache_max_ttl", "cache_negative_max_ttl", "cache_tempfail_ttl")
 EDNS_PAYLOAD = 1232  # the DNS flag day 2020 size: no fragmentation, few TCP fallbacks
 
 
@@ -221,13 +226,14 @@ def _answer_from(name: str, rdtype: str, response: dns.message.Message) -> Answe
 
 
 class _AnswerCache:
-    """LRU of answers with a TTL each, capped; tempfails are not stored."""
+    """LRU of answers with a TTL each, capped; a tempfail (one the server answered) for `tempfail_ttl`."""
 
-    def __init__(self, size: int, max_ttl: float, negative_max_ttl: float,
+    def __init__(self, size: int, max_ttl: float, negative_max_ttl: float, tempfail_ttl: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.size = size
         self.max_ttl = max_ttl
         self.negative_max_ttl = negative_max_ttl
+        self.tempfail_ttl = tempfail_ttl
         self.clock = clock
         self._entries: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
 
@@ -243,8 +249,10 @@ class _AnswerCache:
         return answer
 
     def put(self, key: tuple[str, str], answer: Answer) -> None:
-        cap = self.max_ttl if answer.ok else self.negative_max_ttl
-        lifetime = 0.0 if answer.tempfail else min(float(answer.ttl), cap)
+        if answer.tempfail:
+            lifetime = self.tempfail_ttl
+        else:
+            lifetime = min(float(answer.ttl), self.max_ttl if answer.ok else self.negative_max_ttl)
         if self.size <= 0 or lifetime <= 0:
             return
         self._entries[key] = (self.clock() + lifetime, answer)
@@ -276,6 +284,7 @@ class Resolver:
         cache_size: int = DEFAULT_CACHE_SIZE,
         cache_max_ttl: float = DEFAULT_CACHE_MAX_TTL,
         cache_negative_max_ttl: float = DEFAULT_CACHE_NEGATIVE_MAX_TTL,
+        cache_tempfail_ttl: float = DEFAULT_CACHE_TEMPFAIL_TTL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if timeout <= 0 or tries < 1:
@@ -285,7 +294,7 @@ class Resolver:
         self.timeout = timeout
         self.tries = tries
         self.transport = transport or UdpTcpTransport(nameserver, port)
-        self.cache = _AnswerCache(cache_size, cache_max_ttl, cache_negative_max_ttl, clock)
+        self.cache = _AnswerCache(cache_size, cache_max_ttl, cache_negative_max_ttl, cache_tempfail_ttl, clock)
 
     @classmethod
     def from_settings(cls, settings: Any, **options: Any) -> Resolver:
@@ -337,13 +346,15 @@ class Resolver:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        answer = await self._ask(qname, rdtype)
+        answer, answered = await self._ask(qname, rdtype)
         if answer.tempfail:
             log.debug("DNS %s", answer.describe())
-        self.cache.put(key, answer)
+        if answered:  # a timeout or network error says nothing about the next lookup
+            self.cache.put(key, answer)
         return answer
 
-    async def _ask(self, qname: dns.name.Name, rdtype: str) -> Answer:
+    async def _ask(self, qname: dns.name.Name, rdtype: str) -> tuple[Answer, bool]:
+        """The answer, and whether the server gave it (False: a timeout or network error)."""
         name = _name_text(qname)
         request = dns.message.make_query(qname, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
         per_try = self.timeout / self.tries
@@ -357,8 +368,8 @@ class Resolver:
                 continue  # a lost datagram: ask again
             except (OSError, EOFError, dns.exception.DNSException) as exc:
                 DNS_UP.set(0)
-                return Answer(name, rdtype, "tempfail", error=f"{type(exc).__name__}: {exc}")
+                return Answer(name, rdtype, "tempfail", error=f"{type(exc).__name__}: {exc}"), False
             DNS_UP.set(1)
-            return _answer_from(name, rdtype, response)
+            return _answer_from(name, rdtype, response), True
         DNS_UP.set(0)
-        return Answer(name, rdtype, "tempfail", error=error)
+        return Answer(name, rdtype, "tempfail", error=error), False

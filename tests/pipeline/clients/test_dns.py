@@ -87,10 +87,11 @@ def test_from_settings() -> None:
     assert (resolver.tries, resolver.cache.size, resolver.cache.max_ttl) == (2, 10_000, 300.0)
     # cache keys [dns] may grow later are passed on
     more = SimpleNamespace(nameserver="192.0.2.53", port=53, timeout=2.0, tries=3, cache_size=0,
-                           cache_max_ttl=30.0, cache_negative_max_ttl=10.0)
+                           cache_max_ttl=30.0, cache_negative_max_ttl=10.0, cache_tempfail_ttl=0.5)
     resolver = Resolver.from_settings(more)
-    assert (resolver.tries, resolver.cache.size, resolver.cache.max_ttl, resolver.cache.negative_max_ttl) == (
-        3, 0, 30.0, 10.0)
+    cache = resolver.cache
+    assert (resolver.tries, cache.size, cache.max_ttl, cache.negative_max_ttl, cache.tempfail_ttl) == (
+        3, 0, 30.0, 10.0, 0.5)
 
 
 # --- names ---------------------------------------------------------------------------------------
@@ -246,17 +247,45 @@ async def test_cache_honours_ttl_capped(nsd) -> None:
     assert len(transport.asked) == 5
 
 
-async def test_tempfails_are_not_cached() -> None:
-    calls = 0
+async def test_a_server_failure_is_cached_briefly() -> None:
+    calls, clock = 0, Clock()
 
     async def servfail(request: dns.message.Message, timeout: float) -> dns.message.Message:
         nonlocal calls
         calls += 1
         return await _reply_with(dns.rcode.SERVFAIL)(request, timeout)
 
-    resolver = Resolver(NSD_HOST, 53, transport=servfail)
+    resolver = Resolver(NSD_HOST, 53, transport=servfail, clock=clock)
     assert (await resolver.a("mx.good.test")).tempfail
+    clock.now += 0.9
     assert (await resolver.a("mx.good.test")).tempfail
+    assert calls == 1  # within the default second: not asked again
+    clock.now += 0.2
+    assert (await resolver.a("mx.good.test")).tempfail
+    assert calls == 2
+
+    calls = 0
+    never = Resolver(NSD_HOST, 53, transport=servfail, clock=clock, cache_tempfail_ttl=0)
+    assert (await never.a("mx.good.test")).tempfail and (await never.a("mx.good.test")).tempfail
+    assert calls == 2
+
+
+async def test_timeouts_and_network_errors_are_not_cached(nsd) -> None:
+    transport = DropFirst(nsd.port, drop=2)
+    resolver = Resolver(NSD_HOST, nsd.port, timeout=0.4, transport=transport)
+    assert (await resolver.a("mx.good.test")).tempfail  # both tries lost
+    assert (await resolver.a("mx.good.test")).records == ("127.0.2.10",)  # asked again at once
+    assert transport.calls == 3
+
+    calls = 0
+
+    async def unreachable(request: dns.message.Message, timeout: float) -> dns.message.Message:
+        nonlocal calls
+        calls += 1
+        raise OSError(101, "Network is unreachable")
+
+    resolver = Resolver(NSD_HOST, 53, transport=unreachable)
+    assert (await resolver.a("mx.good.test")).tempfail and (await resolver.a("mx.good.test")).tempfail
     assert calls == 2
 
 
