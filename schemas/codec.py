@@ -3,6 +3,12 @@
 Decoding is tolerant of additions (unknown fields are ignored, so a newer writer does not break an
 older reader) and strict about the rest: a missing field without default or a value of the wrong type
 raises `DecodeError` with the path of the offending field.
+
+Two ways in: `from_dict` checks and builds from JSON already decoded (orjson), and says where a value
+is wrong; `json_decoder(cls)` goes from the JSON text straight to `cls` in one pass of msgspec's C
+decoder, with the same checks and the same nesting limit, about four times less CPU. It only says
+*that* a payload is wrong: a caller hands a refused payload to `from_dict` for the reason, so a
+payload is accepted or refused alike on both ways and only the valid ones take the fast one.
 """
 from __future__ import annotations
 
@@ -14,9 +20,10 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any, Literal, TypeVar
 
+import msgspec
 import orjson
 
-__all__ = ["DecodeError", "from_dict", "to_json", "MAX_DEPTH"]
+__all__ = ["DecodeError", "from_dict", "json_decoder", "to_json", "MAX_DEPTH"]
 
 T = TypeVar("T")
 MAX_DEPTH = 32  # nesting deeper than this in an event is refused (a poison event, not a crash)
@@ -247,3 +254,76 @@ def _check_depth(value: Any, depth: int) -> None:
             stack.extend((v, level + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, level + 1) for v in item)
+
+
+# ---- straight from JSON (msgspec) -----------------------------------------------------------------
+
+@cache
+def json_decoder(cls: type[T]) -> Callable[[bytes | str], T | None] | None:
+    """A decoder from JSON text to `cls` that returns None for a payload it refuses (for any reason
+    `from_dict` would, and a few more: a caller asks `from_dict` why); None when msgspec cannot
+    express the type (e.g. a union of two dataclasses)."""
+    try:
+        decoder = msgspec.json.Decoder(cls)
+        guard = _depth_guard(cls, frozenset())
+    except TypeError:
+        return None
+
+    def decode(payload: bytes | str) -> T | None:
+        try:
+            value = decoder.decode(payload)
+        except (msgspec.DecodeError, RecursionError):
+            return None
+        if guard is not None:
+            try:
+                guard(value, 0)
+            except _Invalid:
+                return None
+        return value
+    return decode
+
+
+DepthGuard = Callable[[Any, int], None]
+
+
+def _depth_guard(tp: Any, seen: frozenset[Any]) -> DepthGuard | None:
+    """What enforces `MAX_DEPTH` on the free-form (`Any`) values inside a value of type `tp`, at the
+    depths `from_dict` counts; None when `tp` holds none (typed values nest only as deep as their
+    type, far less than the limit)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return _check_depth
+    if dataclasses.is_dataclass(tp):
+        if tp in seen:  # a type that holds itself: check every level
+            raise TypeError(f"recursive type {tp!r}")
+        hints = _hints(tp)
+        guards = [(f.name, g) for f in _fields(tp) if (g := _depth_guard(hints[f.name], seen | {tp}))]
+        if not guards:
+            return None
+
+        def dataclass_guard(value: Any, depth: int) -> None:
+            for name, guard in guards:
+                guard(getattr(value, name), depth + 1)
+        return dataclass_guard
+    if origin in (list, dict):
+        item = _depth_guard(typing.get_args(tp)[-1], seen)
+        if item is None:
+            return None
+
+        def container_guard(value: Any, depth: int) -> None:
+            for v in (value.values() if isinstance(value, dict) else value):
+                item(v, depth + 1)
+        return container_guard
+    if origin in (typing.Union, types.UnionType):
+        choices = [g for a in typing.get_args(tp) if a is not type(None) and (g := _depth_guard(a, seen))]
+        if not choices:
+            return None
+        if len(choices) > 1:
+            raise TypeError(f"more than one guarded choice in {tp!r}")
+        (choice,) = choices
+
+        def optional_guard(value: Any, depth: int) -> None:
+            if value is not None:
+                choice(value, depth)
+        return optional_guard
+    return None
