@@ -10,6 +10,12 @@ does not verify, credentials the smarthost refuses, no AUTH offered) is answered
 with a 4xx reply (454 4.7.0, the text says why): the delivery is deferred, never sent in clear and
 never bounced to the sender for a fault of ours.
 
+Pipelining (RFC 2920): when the server offers PIPELINING (every LMTP server must, RFC 2033 5), MAIL,
+the RCPTs and DATA go out in one write (up to `PIPELINE_GROUP` commands) and their replies are read
+after it, as Postfix does: one round trip where there were two plus one per recipient. The server
+refuses DATA when it accepted no recipient; a broken one that answers it with 354 anyway gets an
+empty message, and the connection is not kept.
+
 Connection reuse (Postfix's connection cache): with `reuse_seconds` above 0, a session whose last
 transaction ended normally (DATA sent, every reply read) is kept for the next delivery instead of
 QUIT (`consumers.sinks.session_cache`): closed with QUIT after `reuse_seconds` unused, not reused
@@ -43,6 +49,9 @@ __all__ = [
 
 # none: plain; opportunistic: STARTTLS when offered; required: STARTTLS or defer; implicit: TLS first
 TLS_MODES = ("none", "opportunistic", "required", "implicit")
+# pipelined commands per write: the replies of one group (about 30 bytes each) fit any socket buffer,
+# so a transaction to many recipients cannot deadlock with both sides writing (RFC 2920 3.2)
+PIPELINE_GROUP = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +140,7 @@ class _Session:
                  encrypted: bool = False) -> None:
         self.reader, self.writer, self.timeout = reader, writer, timeout
         self.encrypted = encrypted
+        self.pipelining = False  # the server offered PIPELINING in its (last) EHLO/LHLO answer
         self.opened = asyncio.get_running_loop().time()
 
     def alive(self) -> bool:
@@ -154,8 +164,8 @@ class _Session:
         code, lines = await self.reply_lines()
         return parse_reply_text(code, " ".join(lines).strip())
 
-    async def send(self, line: str) -> None:
-        self.writer.write(line.encode("utf-8") + b"\r\n")
+    async def send(self, *lines: str) -> None:
+        self.writer.write(b"".join(line.encode("utf-8") + b"\r\n" for line in lines))
         await self.writer.drain()
 
     async def command(self, line: str) -> Reply:
@@ -279,11 +289,13 @@ class SmtpClientTransport:
                 extensions = await self._starttls(s, extensions)
             if self.username:
                 await self._authenticate(s, extensions)
-        replies, accepted = await self._envelope(s, d, reused)
+        replies, accepted, data_reply = await self._envelope(s, d, reused)
         completed = False
-        if accepted:
-            data_replies, completed = await self._data(s, d, accepted)
+        if accepted and data_reply is not None:
+            data_replies, completed = await self._data(s, d, accepted, data_reply)
             replies.update(data_replies)
+        elif data_reply is not None and data_reply.code == 354:  # pipelined DATA the server should have refused
+            await s.send(".")
         if completed and self.reuse_seconds > 0:
             return replies, True
         await self._quit(s)
@@ -294,7 +306,9 @@ class SmtpClientTransport:
         code, lines = await s.reply_lines()
         if code != 250:
             raise _Refused(parse_reply_text(code, " ".join(lines).strip()))
-        return parse_extensions(lines[1:])
+        extensions = parse_extensions(lines[1:])
+        s.pipelining = "PIPELINING" in extensions
+        return extensions
 
     async def _starttls(self, s: _Session, extensions: dict[str, str]) -> dict[str, str]:
         """STARTTLS and a new EHLO (RFC 3207 4.2); opportunistic mode goes on in clear when not offered."""
@@ -340,27 +354,39 @@ class SmtpClientTransport:
             reply = await s.command(_b64(secret))
         return reply
 
-    async def _envelope(self, s: _Session, d: Delivery, reused: bool) -> tuple[dict[str, Reply], list[str]]:
-        """MAIL and one RCPT per recipient: every recipient's reply, and those accepted."""
+    async def _envelope(self, s: _Session, d: Delivery,
+                        reused: bool) -> tuple[dict[str, Reply], list[str], Reply | None]:
+        """MAIL, one RCPT per recipient and DATA: every recipient's reply, those accepted, and the reply
+        to DATA (None: not sent, as no recipient was accepted). A pipelining server gets the commands in
+        writes of `PIPELINE_GROUP` and DATA with the last; any other one command at a time."""
         params = (" BODY=8BITMIME" if d.body_8bit else "") + (" SMTPUTF8" if d.smtputf8 else "")
-        try:
-            mail = await s.command(f"MAIL FROM:<{d.mail_from}>{params}")
-        except (OSError, asyncio.TimeoutError):
-            if reused:  # the kept connection died while it waited: nothing was accepted yet
-                raise _Stale from None
-            raise
-        if mail.code != 250:
-            if reused and mail.code == 421:
-                raise _Stale
-            raise _Refused(mail)
-        replies: dict[str, Reply] = {}
-        for rcpt in d.recipients:
-            replies[rcpt] = await s.command(f"RCPT TO:<{rcpt}>")
-        return replies, [r for r in d.recipients if replies[r].code in (250, 251)]
+        lines = [f"MAIL FROM:<{d.mail_from}>{params}"] + [f"RCPT TO:<{rcpt}>" for rcpt in d.recipients]
+        lines += ["DATA"] if s.pipelining else []
+        step = PIPELINE_GROUP if s.pipelining else 1
+        answers: list[Reply] = []
+        for start in range(0, len(lines), step):
+            group = lines[start:start + step]
+            try:
+                await s.send(*group)
+                first = await s.reply()
+            except (OSError, asyncio.TimeoutError):
+                if reused and start == 0:  # the kept connection died while it waited: nothing was accepted yet
+                    raise _Stale from None
+                raise
+            if start == 0 and first.code != 250:  # MAIL refused
+                if reused and first.code == 421:
+                    raise _Stale
+                raise _Refused(first)
+            answers += [first] + [await s.reply() for _ in group[1:]]
+        replies = dict(zip(d.recipients, answers[1:]))
+        accepted = [r for r in d.recipients if replies[r].code in (250, 251)]
+        if s.pipelining:
+            return replies, accepted, answers[-1]
+        return replies, accepted, (await s.command("DATA") if accepted else None)
 
-    async def _data(self, s: _Session, d: Delivery, accepted: list[str]) -> tuple[dict[str, Reply], bool]:
-        """The replies after DATA, and whether the transaction ended normally (the message was sent)."""
-        data_reply = await s.command("DATA")
+    async def _data(self, s: _Session, d: Delivery, accepted: list[str],
+                    data_reply: Reply) -> tuple[dict[str, Reply], bool]:
+        """The replies after the message, and whether the transaction ended normally (the message was sent)."""
         if data_reply.code != 354:
             return dict.fromkeys(accepted, data_reply), False
         s.writer.write(dot_stuff(d.data))

@@ -133,6 +133,8 @@ def _lmtp(running: Running) -> smtplib.LMTP:
     client = smtplib.LMTP(host, port, timeout=10)
     code, _ = client.ehlo("test.invalid")  # LMTP's LHLO
     assert code == 250
+    # the LMTP sink pipelines to a server that offers it (consumers/sinks/transport.py): this one does
+    assert client.has_extn("pipelining")
     return client
 
 

@@ -13,6 +13,9 @@ class Script:
     greeting: str = "220 lmtp.school.test LMTP ready"
     transactions_per_connection: int = 0  # > 0: hang up after this many (a server's idle timeout)
     second_mail: str = "250 2.1.0 Ok"  # the reply to every MAIL after a connection's first
+    pipelining: bool = True  # offer PIPELINING (RFC 2920) in the EHLO/LHLO answer
+    # the reply to DATA when no recipient was accepted (RFC 2920 3.1: refused); "354 ...": a broken server
+    data_without_recipients: str = "554 5.5.1 Error: no valid recipients"
 
 
 @dataclass
@@ -20,6 +23,8 @@ class Seen:
     commands: list[str] = field(default_factory=list)
     data: list[bytes] = field(default_factory=list)  # the raw DATA stream, stuffed, up to the final dot
     connections: int = 0
+    # the commands as they arrived: those read from the server's buffer without waiting form one group
+    groups: list[list[str]] = field(default_factory=list)
 
 
 class ScriptedServer:
@@ -42,22 +47,35 @@ class ScriptedServer:
 
         accepted: list[str] = []
         mails = transactions = 0
+        in_mail = False  # a MAIL was accepted and its transaction is open
         self.seen.connections += 1
         try:
             say(self.script.greeting)
             if not self.script.greeting.startswith("220"):
                 return
-            while line := await reader.readline():
+            while True:
+                waited = not getattr(reader, "_buffer", b"")  # nothing of the client's next write read yet
+                line = await reader.readline()
+                if not line:
+                    break
                 assert line.endswith(b"\r\n"), line
                 command = line[:-2].decode()
                 self.seen.commands.append(command)
+                if waited or not self.seen.groups:
+                    self.seen.groups.append([])
+                self.seen.groups[-1].append(command)
                 verb = command.split(" ", 1)[0].upper()
                 if verb in ("LHLO", "EHLO"):
-                    say("250-lmtp.school.test", "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 8BITMIME")
+                    say("250-lmtp.school.test", *(["250-PIPELINING"] if self.script.pipelining else []),
+                        "250-ENHANCEDSTATUSCODES", "250 8BITMIME")
+                elif verb in ("RCPT", "DATA") and not in_mail:  # after a refused MAIL, as RFC 2920 expects
+                    say("503 5.5.1 Error: need MAIL command")
                 elif verb == "MAIL":
                     mails += 1
                     accepted = []
-                    say("250 2.1.0 Ok" if mails == 1 else self.script.second_mail)
+                    reply = "250 2.1.0 Ok" if mails == 1 else self.script.second_mail
+                    in_mail = reply.startswith("2")
+                    say(reply)
                     if mails > 1 and self.script.second_mail.startswith("421"):
                         await writer.drain()
                         return
@@ -67,7 +85,11 @@ class ScriptedServer:
                     if reply.startswith("2"):
                         accepted.append(rcpt)
                     say(reply)
+                elif verb == "DATA" and not accepted and not self.script.data_without_recipients.startswith("354"):
+                    say(self.script.data_without_recipients)
+                    in_mail = False
                 elif verb == "DATA":
+                    in_mail = False
                     say("354 End data with <CR><LF>.<CR><LF>")
                     await writer.drain()
                     stream = b""

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from consumers.sinks.transport import Delivery, SmtpClientTransport, dot_stuff, parse_reply_text
+from consumers.sinks.transport import PIPELINE_GROUP, Delivery, SmtpClientTransport, dot_stuff, parse_reply_text
 from schemas.events import Reply
 from tests.consumers.sinks.scripted_server import Script
 
@@ -116,6 +116,8 @@ async def test_lmtp_per_recipient_replies(serve):
         "DATA",
         "QUIT",
     ]
+    # pipelined (RFC 2920): the envelope and DATA in one write
+    assert [len(group) for group in server.seen.groups] == [1, 5, 1]
     # the server got the stuffed body, which unstuffs to the message byte for byte
     assert server.seen.data == [
         b"From: alice@ext.test\r\n"
@@ -140,15 +142,67 @@ async def test_lmtp_reply_order_follows_rcpt_order(serve):
     assert replies["a@school.test"].code == 452 and replies["b@school.test"].code == 250
 
 
-async def test_no_data_when_every_recipient_is_refused(serve):
-    script = Script(rcpt={"x@school.test": "550 5.1.1 no", "y@school.test": "450 4.2.1 later"})
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_no_data_when_every_recipient_is_refused(serve, pipelining: bool):
+    script = Script(rcpt={"x@school.test": "550 5.1.1 no", "y@school.test": "450 4.2.1 later"}, pipelining=pipelining)
     server, port = await serve(script)
     replies = await _transport(port).deliver(Delivery(mail_from="a@ext.test",
                                                       recipients=["x@school.test", "y@school.test"], data=b"x\r\n"))
     assert replies == {"x@school.test": Reply(code=550, enhanced="5.1.1", text="no"),
                        "y@school.test": Reply(code=450, enhanced="4.2.1", text="later")}
-    assert "DATA" not in server.seen.commands and server.seen.commands[-1] == "QUIT"
+    # pipelined, DATA went with the RCPTs and the server refused it; else DATA is never sent
+    assert ("DATA" in server.seen.commands) is pipelining and server.seen.commands[-1] == "QUIT"
     assert server.seen.data == []
+
+
+async def test_a_server_that_does_not_pipeline_gets_one_command_at_a_time(serve):
+    server, port = await serve(Script(pipelining=False))
+    replies = await _transport(port).deliver(Delivery(mail_from="a@ext.test", recipients=["b@school.test",
+                                                                                         "c@school.test"],
+                                                      data=b"x\r\n"))
+    assert {r.code for r in replies.values()} == {250}
+    assert [len(group) for group in server.seen.groups] == [1] * len(server.seen.commands)
+    assert server.seen.commands[1:5] == ["MAIL FROM:<a@ext.test>", "RCPT TO:<b@school.test>",
+                                         "RCPT TO:<c@school.test>", "DATA"]
+
+
+async def test_many_recipients_are_pipelined_in_groups(serve):
+    recipients = [f"s{i}@school.test" for i in range(PIPELINE_GROUP * 2 + 50)]
+    script = Script(rcpt={"s7@school.test": "550 5.1.1 no"}, after_data={"s150@school.test": "452 4.2.2 full"})
+    server, port = await serve(script)
+    replies = await _transport(port).deliver(Delivery(mail_from="a@ext.test", recipients=recipients, data=b"x\r\n"))
+    assert list(replies) == recipients
+    assert replies["s7@school.test"].code == 550 and replies["s150@school.test"].code == 452
+    assert sum(r.code == 250 for r in replies.values()) == len(recipients) - 2
+    # MAIL, 250 RCPT and DATA: two full groups and the rest with DATA; then QUIT
+    assert [len(group) for group in server.seen.groups[1:]] == [PIPELINE_GROUP, PIPELINE_GROUP, 52, 1]
+
+
+async def test_a_refused_mail_applies_to_every_recipient_when_pipelined(serve):
+    server, port = await serve(Script(greeting="220 lmtp.school.test LMTP ready"))
+    server.script.second_mail = "452 4.3.1 insufficient system storage"
+    transport = SmtpClientTransport("127.0.0.1", port, lmtp=True, helo_name="mx.school.test", timeout=5.0,
+                                    reuse_seconds=30)
+    await transport.deliver(Delivery(mail_from="a@ext.test", recipients=["b@school.test"], data=b"x\r\n"))
+    replies = await transport.deliver(Delivery(mail_from="a@ext.test", recipients=["b@school.test", "c@school.test"],
+                                               data=b"y\r\n"))
+    assert replies == dict.fromkeys(["b@school.test", "c@school.test"],
+                                    Reply(code=452, enhanced="4.3.1", text="insufficient system storage"))
+    assert len(server.seen.data) == 1  # the second message was not sent
+    await transport.close()
+
+
+async def test_a_broken_server_that_takes_data_without_recipients_gets_an_empty_message(serve):
+    script = Script(rcpt={"x@school.test": "550 5.1.1 no"}, data_without_recipients="354 go ahead")
+    server, port = await serve(script)
+    transport = SmtpClientTransport("127.0.0.1", port, lmtp=True, helo_name="mx.school.test", timeout=5.0,
+                                    reuse_seconds=30)
+    replies = await transport.deliver(Delivery(mail_from="a@ext.test", recipients=["x@school.test"], data=b"x\r\n"))
+    assert replies == {"x@school.test": Reply(code=550, enhanced="5.1.1", text="no")}
+    assert server.seen.data == [b".\r\n"]  # nothing of the message
+    await transport.deliver(Delivery(mail_from="a@ext.test", recipients=["b@school.test"], data=b"x\r\n"))
+    assert server.seen.connections == 2  # that session was not kept
+    await transport.close()
 
 
 async def test_mail_parameters(serve):

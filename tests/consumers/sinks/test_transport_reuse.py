@@ -87,13 +87,14 @@ async def test_a_transaction_without_data_is_not_kept(serve):
     transport = _reusing(port)
     replies = await transport.deliver(_mail(1, to="nobody@school.test"))
     assert replies["nobody@school.test"].code == 550
-    assert _verbs(server.seen.commands) == ["LHLO", "MAIL", "RCPT", "QUIT"]
+    assert _verbs(server.seen.commands) == ["LHLO", "MAIL", "RCPT", "DATA", "QUIT"]  # DATA refused: 554
     await transport.deliver(_mail(2))
     assert server.seen.connections == 2
     await transport.close()
 
 
-async def test_a_failure_after_mail_on_a_reused_connection_is_not_retried():
+@pytest.mark.parametrize("pipelining", [False, True])
+async def test_a_failure_after_mail_on_a_reused_connection_is_not_retried(pipelining: bool):
     """Once MAIL was accepted the delivery may have happened: the error goes to the sink (deferred), no resend."""
     sessions = 0
 
@@ -105,7 +106,7 @@ async def test_a_failure_after_mail_on_a_reused_connection_is_not_retried():
         while line := await reader.readline():
             verb = line.strip().split(b" ", 1)[0].split(b":", 1)[0].upper()
             if verb == b"LHLO":
-                writer.write(b"250 hi\r\n")
+                writer.write(b"250-hi\r\n250 PIPELINING\r\n" if pipelining else b"250 hi\r\n")
             elif verb in (b"MAIL", b"RCPT"):
                 writer.write(b"250 ok\r\n")
             elif verb == b"DATA":
