@@ -26,7 +26,6 @@ stay bounded. A missing blob is a poison message; blob store I/O errors are temp
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import email.header
 import email.utils
@@ -46,6 +45,7 @@ from pipeline.mail.zipdir import ZIP_MAGIC, BrokenZip, ZipEntry, list_zip
 from pipeline.registry import register
 from pipeline.settings import ConfigError
 from pipeline.stage import Outcome, PoisonMessage, StageContext, TemporaryFailure, Work
+from schemas.codec import plain
 from schemas.events import Edit, Held, Received, Result, Verdict, epoch_from_iso
 from schemas.ids import derived_id
 from schemas.stages.attachment import AttachmentDetails, HeldPartDetails
@@ -355,12 +355,12 @@ class AttachmentStage:
                                                           content_type=f.part.content_type, reasons=f.reasons)
                                           for f in inspection.findings])
         if not inspection.findings:
-            return Outcome(verdict=Verdict.PASS, details=dataclasses.asdict(details))
+            return Outcome(verdict=Verdict.PASS, details=plain(details))
         held = [self._held(message, f, work.recipients, work.history) for f in inspection.findings]
         edits = [Edit(stage=self.name, kind="replace_part", part=f.part.path, sha256=f.sha256,
                       value=part_notice(f, message.message_id, self.contact)) for f in inspection.findings]
         notices = await self._notices(message, inspection.findings, work.recipients) if self.settings.notify else []
-        return Outcome(verdict=Verdict.FAIL, details=dataclasses.asdict(details), edits=edits, held=held,
+        return Outcome(verdict=Verdict.FAIL, details=plain(details), edits=edits, held=held,
                        inject=notices)
 
     def _over_limit(self, cap: CapHit) -> Outcome:
@@ -369,7 +369,7 @@ class AttachmentStage:
         if self.settings.on_limit == "deadletter":
             raise PoisonMessage(reason, cap.detail)
         details = AttachmentDetails(limit=limit)
-        return Outcome(verdict=Verdict.FAIL, details=dataclasses.asdict(details), quarantine=f"{reason}: {cap.detail}")
+        return Outcome(verdict=Verdict.FAIL, details=plain(details), quarantine=f"{reason}: {cap.detail}")
 
     def _held(self, message: Received, finding: Finding, recipients: list[str], history: list[Result]) -> Held:
         return Held(id=derived_id(message.message_id, f"held:{finding.part.path}"), message_id=message.message_id,

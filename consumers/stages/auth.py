@@ -19,7 +19,6 @@ process's one `pipeline.mail.reader`, which reads the blob once and off the even
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -34,6 +33,7 @@ from pipeline.mail.reader import message_reader
 from pipeline.registry import register
 from pipeline.settings import ConfigError
 from pipeline.stage import Outcome, StageContext, Work
+from schemas.codec import plain
 from schemas.events import Edit, Verdict
 from schemas.stages.auth import AuthDetails, DkimDetails, DmarcDetails, SpfDetails
 
@@ -152,5 +152,5 @@ class AuthStage:
         if reject:
             reason = (f"DMARC policy of {dmarc.policy_domain} is {dmarc.policy}: {dmarc.reason}")
         return Outcome(
-            verdict=verdict, details=dataclasses.asdict(details), edits=self._edits(header),
+            verdict=verdict, details=plain(details), edits=self._edits(header),
             reject=reason if action == "reject" else "", quarantine=reason if action == "quarantine" else "")

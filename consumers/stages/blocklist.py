@@ -51,6 +51,7 @@ from pipeline.registry import register
 from pipeline.settings import ConfigError
 from pipeline.stage import Outcome, StageContext, TemporaryFailure, Work
 from pipeline.state.sitelists import ALLOW, BLOCK, Match, SiteLists, kafka_transport
+from schemas.codec import plain
 from schemas.events import Received, Verdict
 from schemas.stages.blocklist import BlocklistDetails, Listing, SiteListHit
 
@@ -181,10 +182,10 @@ class BlocklistStage:
         blocked = None if sent_by_gateway(message) else self.site_block(message.client.ip, sender, facts)
         if blocked is not None:
             details = dataclasses.replace(details, site_block=blocked)
-            return Outcome(verdict=Verdict.FAIL, details=dataclasses.asdict(details), reject=_reject_reason(blocked))
+            return Outcome(verdict=Verdict.FAIL, details=plain(details), reject=_reject_reason(blocked))
         allowed = self.site_allow(message.client.ip, sender)
         if allowed is not None:
-            return Outcome(verdict=Verdict.PASS, details=dataclasses.asdict(dataclasses.replace(details, allowlisted=allowed)))
+            return Outcome(verdict=Verdict.PASS, details=plain(dataclasses.replace(details, allowlisted=allowed)))
         recheck_ip = self._recheck_ip(message)
         found = await self.lookups(facts, recheck_ip)
         details = dataclasses.replace(details, score=found.score, listed=found.listed, dnsbl_rechecked=recheck_ip)
@@ -254,11 +255,11 @@ class BlocklistStage:
     def _verdict(self, found: _Lookups, details: BlocklistDetails) -> Outcome:
         threshold = self.settings.threshold
         if found.score >= threshold:
-            return Outcome(verdict=Verdict.FAIL, score=float(found.score), details=dataclasses.asdict(details))
+            return Outcome(verdict=Verdict.FAIL, score=float(found.score), details=plain(details))
         if found.errors:
             failed = [answer.describe() for answer in found.errors]
             if self.settings.on_error == "tempfail":
                 raise TemporaryFailure(f"DNS list lookups failed temporarily: {'; '.join(failed)}")
             details = dataclasses.replace(details, skipped=failed)
-            return Outcome(verdict=Verdict.SKIP, score=float(found.score), details=dataclasses.asdict(details))
-        return Outcome(verdict=Verdict.PASS, score=float(found.score), details=dataclasses.asdict(details))
+            return Outcome(verdict=Verdict.SKIP, score=float(found.score), details=plain(details))
+        return Outcome(verdict=Verdict.PASS, score=float(found.score), details=plain(details))

@@ -31,7 +31,6 @@ be bounced), keep it too. ``"sender"`` (default): the original sender.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -41,6 +40,7 @@ from pipeline.metrics import counter
 from pipeline.registry import register
 from pipeline.settings import ConfigError
 from pipeline.stage import Outcome, StageContext, TemporaryFailure, Work
+from schemas.codec import plain
 from schemas.events import Edit, Replacement, Verdict
 from schemas.stages.expand import ExpandDetails, GroupExpansion
 
@@ -115,7 +115,7 @@ class ExpandStage:
                 continue
             self._decide(work, recipient, expansion, decided)
         details = ExpandDetails(groups=decided.groups, aliases=decided.aliases, refused=decided.rejected)
-        return Outcome(verdict=Verdict.PASS, details=dataclasses.asdict(details), replace=decided.replace,
+        return Outcome(verdict=Verdict.PASS, details=plain(details), replace=decided.replace,
                        rejected=decided.rejected, edits=decided.edits)
 
     def _limit_hit(self, work: Work, recipient: str, reason: str, decided: _Decisions) -> None:

@@ -44,7 +44,6 @@ The runner makes one `routed` event per destination and set of edits.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +53,7 @@ from pipeline.mail.srs import SrsError, is_srs, srs_signer
 from pipeline.registry import register
 from pipeline.settings import ConfigError
 from pipeline.stage import Outcome, StageContext, TemporaryFailure, Work
+from schemas.codec import plain
 from schemas.events import Edit, Replacement, Verdict
 from schemas.stages.route import RouteDetails
 
@@ -178,7 +178,7 @@ class RouteStage:
         self._sign_forwards(work, decided)
         details = RouteDetails(routes=decided.routes, reasons=decided.reasons, rewritten=decided.rewritten,
                                forwarded=decided.forwarded, refused=decided.refused)
-        return Outcome(verdict=Verdict.PASS, details=dataclasses.asdict(details), routes=decided.routes,
+        return Outcome(verdict=Verdict.PASS, details=plain(details), routes=decided.routes,
                        replace=decided.replace, rejected=decided.refused, edits=decided.edits)
 
     def _srs_address(self, recipient: str) -> bool:

@@ -25,7 +25,6 @@ a blob store I/O error is a `TemporaryFailure`.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -35,6 +34,7 @@ from pipeline.metrics import counter, gauge
 from pipeline.registry import register
 from pipeline.settings import ConfigError
 from pipeline.stage import Outcome, StageContext, TemporaryFailure, Work
+from schemas.codec import plain
 from schemas.events import Verdict
 from schemas.stages.virus import VirusDetails
 
@@ -120,7 +120,7 @@ class VirusStage:
     # -- helpers ------------------------------------------------------------------------------
 
     def _outcome(self, result: ScanResult, size: int) -> Outcome:
-        details = dataclasses.asdict(VirusDetails(result=result.status.value, signature=result.signature,
+        details = plain(VirusDetails(result=result.status.value, signature=result.signature,
                                                   scanner=self.scanner, reply=result.reply, size=size))
         if result.status is ScanStatus.CLEAN:
             return Outcome(verdict=Verdict.PASS, details=details)

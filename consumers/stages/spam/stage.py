@@ -30,7 +30,6 @@ DKIM (d= the domain or a parent) or DMARC in the auth stage, or the client logge
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from typing import Any
 
@@ -47,6 +46,7 @@ from pipeline.registry import register
 from pipeline.settings import Settings
 from pipeline.stage import Outcome, StageContext, TemporaryFailure, Work
 from pipeline.state.users import UserPrefs, UserSettings, UserSettingsUnavailable
+from schemas.codec import plain
 from schemas.events import Result, Verdict
 from schemas.stages.spam import RecipientAction, RuleHit, SpamDetails
 
@@ -181,6 +181,6 @@ class SpamStage:
         details = SpamDetails(score=scored.score, probability=scored.probability, required_score=s.required_score,
                               rules=hits, bayes=scored.bayes, actions=actions, autolearned=autolearned)
         verdict = Verdict.FAIL if scored.probability >= s.tag_probable and not gateway else Verdict.PASS
-        return Outcome(verdict=verdict, score=scored.score, details=dataclasses.asdict(details),
+        return Outcome(verdict=verdict, score=scored.score, details=plain(details),
                        edits=spam_edits(scored.score, scored.probability, hits, scored.bayes, actions, s),
                        rejected=rejected, quarantined=quarantined)
