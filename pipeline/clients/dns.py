@@ -34,6 +34,7 @@ tests can swap it for one that returns SERVFAIL or never answers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -141,6 +142,7 @@ def normalize_ip(ip: str) -> IpAddress:
     return address
 
 
+@functools.lru_cache(maxsize=4096)  # names repeat (the same zones, senders, clients); a Name is immutable
 def _to_name(text: str) -> dns.name.Name:
     if not text or not text.strip(". "):
         raise BadName(f"empty DNS name {text!r}")
@@ -150,6 +152,7 @@ def _to_name(text: str) -> dns.name.Name:
         raise BadName(f"not a DNS name {text!r}: {type(exc).__name__}") from None
 
 
+@functools.lru_cache(maxsize=4096)
 def _name_text(name: dns.name.Name) -> str:
     if name == dns.name.root:
         return "."
