@@ -121,7 +121,7 @@ class VirusStage:
 
     def _outcome(self, result: ScanResult, size: int) -> Outcome:
         details = plain(VirusDetails(result=result.status.value, signature=result.signature,
-                                                  scanner=self.scanner, reply=result.reply, size=size))
+                                     scanner=self.scanner, reply=result.reply, size=size))
         if result.status is ScanStatus.CLEAN:
             return Outcome(verdict=Verdict.PASS, details=details)
         if result.status is ScanStatus.INFECTED:
