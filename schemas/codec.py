@@ -251,16 +251,19 @@ def _make_scalar(tp: Any) -> Convert:
 
 
 def _check_depth(value: Any, depth: int) -> None:
-    """Free-form values (stage details) obey the same nesting limit as typed ones."""
+    """Free-form values (stage details) obey the same nesting limit as typed ones: nothing may sit
+    deeper than `MAX_DEPTH`. Only containers are visited; a non-empty one at the limit fails."""
+    if depth > MAX_DEPTH:
+        raise _too_deep()
     stack = [(value, depth)]
     while stack:
         item, level = stack.pop()
-        if level > MAX_DEPTH:
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        if not children:
+            continue
+        if level >= MAX_DEPTH:  # its children sit deeper than the limit
             raise _too_deep()
-        if isinstance(item, dict):
-            stack.extend((v, level + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, level + 1) for v in item)
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
 
 
 # ---- straight from JSON (msgspec) -----------------------------------------------------------------

@@ -92,6 +92,7 @@ __all__ = [
     "version_of",
     "encode_event",
     "decode_event",
+    "decode_current_event",
     "now_iso",
     "iso_from_epoch",
     "epoch_from_iso",
@@ -377,6 +378,13 @@ class _Head(msgspec.Struct):
 
 
 _HEAD = msgspec.json.Decoder(_Head)
+
+
+def decode_current_event(payload: bytes | str) -> Event | None:
+    """The event when `payload` is a valid event of its type's current version (so `payload` is what
+    encoding it would give, up to field order and fields a newer writer added); None for anything
+    else, which `decode_event` upgrades or refuses with the reason."""
+    return _decode_current(payload, None)
 
 
 def decode_event(payload: bytes | str, expect: tuple[type[Event], ...] | None = None) -> Event:

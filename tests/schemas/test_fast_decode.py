@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.codec import DecodeError, json_decoder
+from schemas.codec import MAX_DEPTH, DecodeError, from_dict, json_decoder
 from schemas.events import EVENT_TYPES, _decode_checked, _decode_current, decode_event, encode_event, event_type_name
 from tests.schemas.test_events import _nest, all_events
 
@@ -111,3 +111,35 @@ def test_odd_payloads_are_refused_or_agree(payload: bytes) -> None:
     if long is DecodeError:
         with pytest.raises(DecodeError):
             decode_event(payload)
+
+
+def _deepest(value: Any, level: int) -> int:
+    """The level of the deepest value (scalar, or container however empty) in `value`."""
+    children = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else []
+    return max([level] + [_deepest(child, level + 1) for child in children])
+
+
+def _random_value(rng: random.Random, levels: int) -> Any:
+    """A value about `levels` deep: one deep branch, the others shallow, containers empty or not."""
+    if levels <= 0 or rng.random() < 0.03:
+        return rng.choice([1, "x", None, 2.5, [], {}])
+    children = [_random_value(rng, levels - 1)] + [_random_value(rng, min(levels - 1, 2))
+                                                   for _ in range(rng.choice((0, 0, 1, 2)))]
+    rng.shuffle(children)
+    return children if rng.random() < 0.5 else {str(i): child for i, child in enumerate(children)}
+
+
+def test_the_nesting_limit_holds_exactly_at_max_depth() -> None:
+    rng = random.Random(7)
+    refused = 0
+    for _ in range(3000):
+        value, start = _random_value(rng, rng.randrange(MAX_DEPTH - 6, MAX_DEPTH + 4)), rng.randrange(4)
+        too_deep = _deepest(value, start) > MAX_DEPTH
+        try:
+            from_dict(dict[str, Any], {"v": value}, depth=start - 1)
+        except DecodeError as exc:
+            assert too_deep and "deeper" in str(exc)
+            refused += 1
+        else:
+            assert not too_deep
+    assert 300 < refused < 2700

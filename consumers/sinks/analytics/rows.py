@@ -55,11 +55,13 @@ _MAX_TIME = dt.datetime(2299, 12, 31, tzinfo=dt.timezone.utc)
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where a row's event was read from (for a person tracing a row back to the log)."""
+    """Where a row's event was read from (for a person tracing a row back to the log), and the bytes
+    read when they are the event's current encoding (stored as its payload instead of encoding it again)."""
 
     topic: str = ""
     partition: int = -1
     offset: int = -1
+    payload: bytes = b""
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -267,7 +269,7 @@ def event_row(event: Event, origin: Origin | None = None) -> list[Any]:
         "schema_version": _clamp(event.schema_version, 0, 65_535),
         "message_id": event.message_id,
         "time": event_time(event),
-        "payload": encode_event(event).decode(),
+        "payload": (origin.payload or encode_event(event)).decode(),
         "kafka_topic": origin.topic,
         "kafka_partition": _clamp(origin.partition, -1, 2**31 - 1),
         "kafka_offset": origin.offset,

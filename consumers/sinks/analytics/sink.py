@@ -33,7 +33,7 @@ from pipeline.bus import Topics, kafka_bound, make_consumer, start_or_release, s
 from pipeline.metrics import HopMetrics
 from pipeline.settings import AnalyticsSinkSettings, Settings
 from pipeline.web import serving
-from schemas.events import DecodeError, Event, decode_event
+from schemas.events import DecodeError, Event, decode_current_event, decode_event
 
 __all__ = ["SinkStats", "run_analytics_sink"]
 
@@ -98,14 +98,19 @@ class _Sink:
         if self._batch.started is None:
             self._batch.started = time.monotonic()
         self._batch.offsets[tp] = record.offset + 1
-        try:
-            event = decode_event(record.value if record.value is not None else b"")
-        except DecodeError as exc:
-            self.stats.undecodable += 1
-            log.warning("skipping undecodable record %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
-            return
+        value = record.value if record.value is not None else b""
+        event, current = decode_current_event(value), value  # the common case: stored as read
+        if event is None:
+            current = b""  # an older version (upgraded) is stored as the current one
+            try:
+                event = decode_event(value)
+            except DecodeError as exc:
+                self.stats.undecodable += 1
+                log.warning("skipping undecodable record %s[%d]@%d: %s", record.topic, record.partition, record.offset,
+                            exc)
+                return
         self._batch.events.append(event)
-        self._batch.origins.append(Origin(record.topic, record.partition, record.offset))
+        self._batch.origins.append(Origin(record.topic, record.partition, record.offset, current))
 
     def due(self) -> bool:
         """Whether the batch is full or old enough to write."""

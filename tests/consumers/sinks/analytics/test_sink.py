@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import pytest
 from aiokafka import TopicPartition
 
@@ -15,7 +16,7 @@ from consumers.sinks.analytics.rows import Origin
 from consumers.sinks.analytics.sink import SinkStats, _Sink
 from consumers.sinks.analytics.store import AsyncAnalyticsStore
 from pipeline.settings import AnalyticsSinkSettings
-from schemas.events import Event, encode_event
+from schemas.events import Event, MessageOutcome, decode_event, encode_event
 from tests.consumers.sinks.analytics.samples import make_settings, received
 
 TP0, TP1 = TopicPartition("poststelle.received", 0), TopicPartition("poststelle.received", 1)
@@ -141,3 +142,21 @@ async def test_partitions_revoked_meanwhile_are_not_committed(astore: AsyncAnaly
     await sink.flush()
     assert consumer.commits == [{TP1: 2}]
     assert await count(astore) == 2
+
+
+async def test_a_current_event_is_stored_as_read_and_an_older_one_upgraded(astore: AsyncAnalyticsStore) -> None:
+    consumer = ScriptedConsumer([])
+    sink = _Sink(consumer, astore, AnalyticsSinkSettings(), SinkStats(), asyncio.Event())  # type: ignore[arg-type]
+    current = orjson.loads(encode_event(received(1)))
+    current["added_by_a_newer_writer"] = [1, 2]  # a reader that knows less keeps it in the payload
+    older = orjson.loads(encode_event(MessageOutcome(message_id="msg-2", stage="virus", disposition="rejected",
+                                                     recipients=["bob@school.test"], reason="infected")))
+    older["schema_version"] = 1
+    sink.add(Record(TP0.topic, TP0.partition, 1, orjson.dumps(current)))
+    sink.add(Record(TP0.topic, TP0.partition, 2, orjson.dumps(older)))
+    await sink.flush()
+    _, rows = await astore.query("SELECT type, schema_version, payload FROM events ORDER BY kafka_offset")
+    assert [row[:2] for row in rows] == [["received", 1], ["outcome", 2]]
+    assert orjson.loads(rows[0][2]) == current
+    assert orjson.loads(rows[1][2])["schema_version"] == 2  # upgraded, then encoded
+    assert decode_event(rows[1][2]) == decode_event(orjson.dumps(older))
