@@ -1,6 +1,8 @@
 """A fake clamd for unit tests: a real asyncio server on loopback (TCP or unix socket) that speaks
-clamd's z-command protocol (PING, VERSION, INSTREAM with length-prefixed chunks) and records what it
-was sent. Its verdicts come from markers in the stream; `mode` makes it misbehave."""
+clamd's z-command protocol (PING, VERSION, INSTREAM with length-prefixed chunks, IDSESSION ... END
+with numbered answers) and records what it was sent. Its verdicts come from markers in the stream;
+`mode` makes it misbehave, `session_commands` closes a session after that many commands (clamd's
+IdleTimeout or a restart)."""
 from __future__ import annotations
 
 import asyncio
@@ -25,8 +27,11 @@ class FakeClamd:
     streams: list[bytes] = field(default_factory=list)  # every complete INSTREAM received
     chunk_sizes: list[int] = field(default_factory=list)
     commands: list[bytes] = field(default_factory=list)
+    connections: int = 0
+    session_commands: int = 0  # > 0: a session is closed, unanswered, at its command after this many
     port: int = 0
     _server: asyncio.AbstractServer | None = None
+    _open: set[asyncio.StreamWriter] = field(default_factory=set)
 
     @property
     def address(self) -> str:
@@ -43,12 +48,19 @@ class FakeClamd:
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
+        for writer in list(self._open):  # a clamd that stops ends its sessions too
+            writer.close()
         await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._open.add(writer)
         try:
             command = (await reader.readuntil(b"\0")).rstrip(b"\0")
             self.commands.append(command)
+            if command == b"zIDSESSION":
+                await self._session(reader, writer)
+                return
             reply = await self._answer(command, reader)
             if reply is not None:
                 writer.write(reply.encode() + b"\0")
@@ -56,9 +68,29 @@ class FakeClamd:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self._open.discard(writer)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """clamd's IDSESSION: answers numbered from 1 until END; an ERROR answer ends the session."""
+        number = 0
+        while True:
+            command = (await reader.readuntil(b"\0")).rstrip(b"\0")
+            self.commands.append(command)
+            if command == b"zEND":
+                return
+            number += 1
+            if self.session_commands and number > self.session_commands:
+                return  # closed without an answer
+            reply = await self._answer(command, reader)
+            if reply is None:
+                return
+            writer.write(f"{number}: {reply}".encode() + b"\0")
+            await writer.drain()
+            if reply.endswith("ERROR"):
+                return
 
     async def _answer(self, command: bytes, reader: asyncio.StreamReader) -> str | None:
         if self.mode == "hangup":

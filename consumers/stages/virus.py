@@ -103,7 +103,7 @@ class VirusStage:
             self._scanner_up()
 
     async def close(self) -> None:
-        pass
+        await self.client.close()  # ends the kept clamd sessions
 
     async def process(self, work: Work) -> Outcome:
         data = await self.reader.raw(work.message.blob)

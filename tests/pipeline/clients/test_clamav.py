@@ -8,6 +8,8 @@ import time
 import pytest
 
 from pipeline.clients.clamav import (
+    MAX_IDLE_SESSIONS,
+    SESSION_IDLE_SECONDS,
     SIZE_LIMIT,
     ClamdAddress,
     ClamdClient,
@@ -79,7 +81,8 @@ async def test_clean_infected_and_limit_over_tcp():
         deep = await client.scan(FAKE_DEEP)
         assert deep.status is ScanStatus.LIMIT_EXCEEDED
         assert deep.signature == "Heuristics.Limits.Exceeded.MaxRecursion"
-        assert clamd.commands == [b"zINSTREAM"] * 3
+        assert clamd.commands == [b"zIDSESSION"] + [b"zINSTREAM"] * 3  # one kept session
+        assert clamd.connections == 1
 
 
 async def test_the_stream_arrives_whole_in_chunks_of_the_configured_size():
@@ -169,3 +172,67 @@ async def test_connect_timeout():
         finally:
             for filler in fillers:
                 filler.close()
+
+
+# ---- kept sessions (IDSESSION) ----------------------------------------------------------------------
+
+
+async def test_a_session_clamd_closed_meanwhile_is_replaced_and_the_scan_answered():
+    async with FakeClamd(session_commands=2) as clamd:  # clamd drops each session at its third command
+        client = client_for(clamd.address)
+        results = [await client.scan(data) for data in (b"a", FAKE_VIRUS, b"c", b"d", FAKE_VIRUS)]
+        assert [r.status for r in results] == [ScanStatus.CLEAN, ScanStatus.INFECTED, ScanStatus.CLEAN,
+                                               ScanStatus.CLEAN, ScanStatus.INFECTED]
+        assert clamd.connections == 3 and clamd.streams == [b"a", FAKE_VIRUS, b"c", b"d", FAKE_VIRUS]
+        await client.close()
+
+
+async def test_a_session_unused_too_long_is_not_reused():
+    now = [1000.0]
+    async with FakeClamd() as clamd:
+        client = ClamdClient(ClamdTransport(ClamdAddress.parse(clamd.address), 2.0), scan_timeout=5.0,
+                             chunk_size=1000, stream_max_length=1000, clock=lambda: now[0])
+        await client.scan(b"a")
+        now[0] += SESSION_IDLE_SECONDS - 0.5
+        await client.scan(b"b")
+        assert clamd.connections == 1
+        now[0] += SESSION_IDLE_SECONDS + 0.5
+        await client.scan(b"c")
+        assert clamd.connections == 2
+        await client.close()
+
+
+async def test_concurrent_scans_each_have_a_session_and_a_few_are_kept():
+    async with FakeClamd() as clamd:
+        client = client_for(clamd.address)
+        many = MAX_IDLE_SESSIONS + 4
+        results = await asyncio.gather(*(client.scan(b"x%d" % i) for i in range(many)))
+        assert all(r.status is ScanStatus.CLEAN for r in results)
+        assert clamd.connections == many
+        await asyncio.gather(*(client.scan(b"y%d" % i) for i in range(MAX_IDLE_SESSIONS)))
+        assert clamd.connections == many  # the kept ones carried these
+        await client.close()
+        await asyncio.sleep(0.05)
+        assert clamd.commands.count(b"zEND") == many  # the extra ones at once, the kept ones at close
+
+
+@pytest.mark.parametrize(("mode", "match"), [
+    ("error", "answered an error"),
+    ("garbage", "unexpected"),
+])
+async def test_a_session_that_answered_no_verdict_is_not_kept(mode, match):
+    async with FakeClamd(mode=mode) as clamd:
+        client = client_for(clamd.address)
+        for _ in range(2):
+            with pytest.raises(ScannerError, match=match):
+                await client.scan(b"data")
+        assert clamd.connections == 2
+
+
+async def test_clamd_gone_after_a_kept_session_is_a_scanner_error():
+    clamd = FakeClamd()
+    async with clamd:
+        client = client_for(clamd.address)
+        assert (await client.scan(b"a")).status is ScanStatus.CLEAN
+    with pytest.raises(ScannerError, match="cannot connect"):  # the kept session is dead, a new one refused
+        await client.scan(b"b")
