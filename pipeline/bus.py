@@ -393,7 +393,8 @@ def _resume_if_assigned(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
 
 
 async def ensure_topics(settings: Settings, timeout: float = 60.0) -> None:
-    """Create every topic of the topology that does not exist yet (idempotent)."""
+    """Create every topic of the topology that does not exist yet (idempotent); returns when the
+    broker lists them, so a client may use them at once."""
     k = settings.kafka
     topics = Topics.from_settings(settings)
     deadline = asyncio.get_running_loop().time() + timeout
@@ -418,6 +419,11 @@ async def ensure_topics(settings: Settings, timeout: float = 60.0) -> None:
                 except TopicAlreadyExistsError:
                     pass  # another process created it first
                 log.info("created topics %s", ", ".join(t.name for t in wanted))
+                # the controller made them; the broker's metadata has them a moment later
+                while not {t.name for t in wanted} <= set(await admin.list_topics()):
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise KafkaError("the created topics are not listed by the broker")
+                    await asyncio.sleep(0.05)
             return
         except KafkaError as exc:
             if asyncio.get_running_loop().time() > deadline:
