@@ -38,7 +38,7 @@ import re
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
@@ -168,7 +168,7 @@ class _Session:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     requests: int = 0  # commands sent: clamd numbers its answers from 1
-    idle_since: float = field(default=0.0)
+    idle_since: float = 0.0
 
 
 class _SessionLost(Exception):
