@@ -93,7 +93,7 @@ __all__ = [
     "version_of",
     "encode_event",
     "decode_event",
-    "decode_current_event",
+    "decode_event_as_read",
     "now_iso",
     "iso_from_epoch",
     "epoch_from_iso",
@@ -346,18 +346,19 @@ class _Head(msgspec.Struct):
 _HEAD = msgspec.json.Decoder(_Head)
 
 
-def decode_current_event(payload: bytes | str) -> Event | None:
-    """The event when `payload` is a valid event of its type's current version (so `payload` is what
-    encoding it would give, up to field order and fields a newer writer added); None for anything
-    else, which `decode_event` upgrades or refuses with the reason."""
-    return _decode_current(payload, None)
-
-
 def decode_event(payload: bytes | str, expect: tuple[type[Event], ...] | None = None) -> Event:
     """Decode one event, refusing unknown types, newer versions and ill-typed fields; older
     versions come back upgraded to the current one."""
+    return decode_event_as_read(payload, expect)[0]
+
+
+def decode_event_as_read(payload: bytes | str,
+                         expect: tuple[type[Event], ...] | None = None) -> tuple[Event, bool]:
+    """`decode_event`, and whether `payload` is the event's current encoding (a valid event of its
+    type's current version: what encoding the event would give, up to field order and fields a newer
+    writer added) rather than an older version that was upgraded."""
     event = _decode_current(payload, expect)
-    return event if event is not None else _decode_checked(payload, expect)
+    return (event, True) if event is not None else (_decode_checked(payload, expect), False)
 
 
 def _decode_checked(payload: bytes | str, expect: tuple[type[Event], ...] | None) -> Event:

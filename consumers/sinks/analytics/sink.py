@@ -33,7 +33,7 @@ from pipeline.bus import Topics, kafka_bound, make_consumer, start_or_release, s
 from pipeline.metrics import HopMetrics
 from pipeline.settings import AnalyticsSinkSettings, Settings
 from pipeline.web import serving
-from schemas.events import DecodeError, Event, decode_current_event, decode_event
+from schemas.events import DecodeError, Event, decode_event_as_read
 
 __all__ = ["SinkStats", "run_analytics_sink"]
 
@@ -99,18 +99,15 @@ class _Sink:
             self._batch.started = time.monotonic()
         self._batch.offsets[tp] = record.offset + 1
         value = record.value if record.value is not None else b""
-        event, current = decode_current_event(value), value  # the common case: stored as read
-        if event is None:
-            current = b""  # an older version (upgraded) is stored as the current one
-            try:
-                event = decode_event(value)
-            except DecodeError as exc:
-                self.stats.undecodable += 1
-                log.warning("skipping undecodable record %s[%d]@%d: %s", record.topic, record.partition, record.offset,
-                            exc)
-                return
+        try:
+            event, current = decode_event_as_read(value)
+        except DecodeError as exc:
+            self.stats.undecodable += 1
+            log.warning("skipping undecodable record %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+            return
         self._batch.events.append(event)
-        self._batch.origins.append(Origin(record.topic, record.partition, record.offset, current))
+        # stored as read; an older version (upgraded) is stored as the current one
+        self._batch.origins.append(Origin(record.topic, record.partition, record.offset, value if current else b""))
 
     def due(self) -> bool:
         """Whether the batch is full or old enough to write."""
