@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from ingress.checks import CheckChain, CheckServices
 from ingress.descriptors import connection_capacity
@@ -30,16 +30,18 @@ MAX_PENDING_NOTIFICATIONS = 10_000
 class KafkaEventSink:
     """Sends ingress events to Kafka.
 
-    `received` events are committed in Kafka transactions with group commit: the sessions waiting
-    at the same moment share one transaction, and a commit waits up to `ingress.group_commit_wait`
-    for messages whose blob is being written (`arriving`). `persist` returns only after the commit;
-    when the commit fails or times out, the producer is discarded and its successor (same
-    transactional id) fences it, so the transaction is aborted and `read_committed` consumers do not
-    see a message whose sender was told `451`. (One window remains, as in every MTA: the broker
-    committed but the answer came too late; the sender's retry then makes a duplicate, never a loss.)
-    (An idempotent producer alone would keep the record and deliver it when the broker comes back:
-    the sender's retry would then make a second copy.) Session events, best effort, go through a
-    producer of their own that lingers (`pipeline.bus.make_bulk_producer`).
+    `received` events are committed in Kafka transactions with group commit: the messages waiting
+    at the same moment share one transaction. A message's record goes to the broker while its blob
+    is still being written, and the transaction commits once every blob in it is durable, so the
+    broker's round trips and the fsyncs overlap. `persist` returns only after the commit; when a
+    blob, the records or the commit fail or time out, the producer is discarded and its successor
+    (same transactional id) fences it, so the transaction is aborted and `read_committed` consumers
+    do not see a message whose sender was told `451` (a message whose blob failed fails alone: the
+    others of its transaction go again in the next). (One window remains, as in every MTA: the
+    broker committed but the answer came too late; the sender's retry then makes a duplicate, never
+    a loss.) (An idempotent producer alone would keep the record and deliver it when the broker
+    comes back: the sender's retry would then make a second copy.) Session events, best effort, go
+    through a producer of their own that lingers (`pipeline.bus.make_bulk_producer`).
 
     Producers start lazily, so a broker that is down at start-up gives `451` answers and the ingress
     recovers by itself. A transaction commits only once every record in it is acknowledged (see
@@ -56,10 +58,7 @@ class KafkaEventSink:
                                          rotation=settings.kafka.transaction_rotation)
         self._plain = RenewingProducer(settings.kafka, "ingress-accepted-early")  # durable, someone waits for it
         self._sessions = RenewingProducer(settings.kafka, "ingress-sessions", make=make_bulk_producer)  # best effort
-        self.gather = settings.ingress.group_commit_wait
-        self._arriving = 0  # messages whose blob is being written: they join the next group commit
-        self._arrived = asyncio.Event()
-        self._queue: list[tuple[Received, asyncio.Future]] = []
+        self._queue: list[_Pending] = []
         self._flushing: asyncio.Task | None = None
         self._notifications: list[Event] = []
         self._notifier: asyncio.Task | None = None
@@ -67,69 +66,51 @@ class KafkaEventSink:
 
     # -- received: transactional, group commit --------------------------------------------------
 
-    @contextlib.contextmanager
-    def arriving(self) -> Iterator[None]:
-        """A message is on its way to `persist` (its blob is being written): the group commit may wait for it.
-
-        Leave the block right before calling `persist` (with no await in between), or on failure."""
-        self._arriving += 1
-        try:
-            yield
-        finally:
-            self._arriving -= 1
-            self._arrived.set()
-
-    async def persist(self, event: Received) -> None:
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append((event, future))
+    async def persist(self, event: Received, stored: Awaitable[None]) -> None:
+        """Commit `event` once `stored` (its blob being written) is done; raise if either fails."""
+        pending = _Pending(event, asyncio.ensure_future(stored), asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush_queue())
-        await asyncio.shield(future)
+        try:
+            await asyncio.shield(pending.answer)
+        finally:  # (the blob's outcome is read even when nobody waits for it any more)
+            pending.stored.add_done_callback(_retrieved)
 
     async def _flush_queue(self) -> None:
-        """Commit whatever is queued, batch after batch, until the queue is empty."""
+        """Commit what is queued, batch after batch, until the queue is empty: what arrives during a
+        commit goes into the next."""
+        tx = self._tx
         while self._queue:
-            await self._gather()
             batch, self._queue = self._queue, []
             try:
                 async with asyncio.timeout(self.timeout):
-                    await self._commit(batch)
+                    await self._commit(tx, batch)
+            except _BlobsFailed as exc:  # the others go again, in a new transaction
+                await tx.discard()
+                self._queue[:0] = [p for p in batch if p not in exc.failed]
+                for pending in exc.failed:
+                    _answer(pending, _failure_of(pending.stored))
             except BaseException as exc:  # incl. timeout/cancel: every waiter must get an answer
-                await self._discard_transactional()
-                failure = exc if isinstance(exc, Exception) else ConnectionError("ingress stopping")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(failure)
+                await tx.discard()
+                for pending in batch:
+                    _answer(pending, exc if isinstance(exc, Exception) else ConnectionError("ingress stopping"))
                 if not isinstance(exc, Exception):
                     raise
             else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+                for pending in batch:
+                    _answer(pending, None)
 
-    async def _gather(self) -> None:
-        """Wait (at most `group_commit_wait`) for the messages already on their way, so they share this
-        commit instead of each paying one (PostgreSQL's commit_delay, with its commit_siblings as the
-        condition): with nothing on its way the commit starts at once, so a quiet ingress waits for nothing."""
-        if not self._arriving or self.gather <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.gather
-        while self._arriving:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            self._arrived.clear()
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._arrived.wait()
-            except TimeoutError:
-                return
-
-    async def _commit(self, batch: list[tuple[Received, asyncio.Future]]) -> None:
-        async with self._tx.transaction() as producer:
-            for event, _ in batch:
+    async def _commit(self, tx: TransactionalProducer, batch: list[_Pending]) -> None:
+        async with tx.transaction() as producer:
+            for pending in batch:
+                event = pending.event
                 await producer.send(self.topics.received, encode_event(event), key=event.message_id.encode())
+            await producer.send_pending()  # AddPartitionsToTxn and Produce while the blobs are written
+            await asyncio.wait([p.stored for p in batch])
+            failed = [p for p in batch if _failure_of(p.stored) is not None]
+            if failed:
+                raise _BlobsFailed(failed)
 
     async def _discard_transactional(self) -> None:
         await self._tx.discard()
@@ -175,6 +156,40 @@ class KafkaEventSink:
         await self._discard_transactional()
         await self._plain.stop()
         await self._sessions.stop()
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A `received` event on its way: its blob being stored, and the answer its session waits for."""
+    event: Received
+    stored: asyncio.Future
+    answer: asyncio.Future
+
+
+class _BlobsFailed(Exception):
+    def __init__(self, failed: list[_Pending]) -> None:
+        super().__init__(f"{len(failed)} blobs not stored")
+        self.failed = failed
+
+
+def _answer(pending: _Pending, failure: BaseException | None) -> None:
+    if pending.answer.done():
+        return
+    if failure is None:
+        pending.answer.set_result(None)
+    else:
+        pending.answer.set_exception(failure)
+
+
+def _failure_of(stored: asyncio.Future) -> BaseException | None:
+    if stored.cancelled():
+        return OSError("storing the blob was cancelled")
+    return stored.exception()
+
+
+def _retrieved(stored: asyncio.Future) -> None:
+    if not stored.cancelled():
+        stored.exception()  # read: asyncio would log an exception nobody read
 
 
 def _key(event: Event) -> bytes:

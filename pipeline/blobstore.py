@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 from schemas.events import BlobRef
@@ -22,7 +23,19 @@ class BlobNotFound(LookupError):
 class BlobStore:
     """The interface stages and sinks use; an S3-compatible backend would implement the same."""
 
-    def put(self, data: bytes) -> BlobRef:  # pragma: no cover - interface
+    def put(self, data: bytes) -> BlobRef:
+        """Store `data` durably; its reference."""
+        ref = self.reference(data)
+        self.store(ref, data)
+        return ref
+
+    @staticmethod
+    def reference(data: bytes) -> BlobRef:
+        """The reference `data` will have once stored (its sha256 and size), before it is."""
+        return BlobRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+    def store(self, ref: BlobRef, data: bytes) -> None:  # pragma: no cover - interface
+        """Store `data` (whose reference is `ref`) durably."""
         raise NotImplementedError
 
     def get(self, ref: BlobRef) -> bytes:  # pragma: no cover - interface
@@ -42,19 +55,19 @@ class FileBlobStore(BlobStore):
             raise ValueError("not a sha256 hex digest")
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
-    def put(self, data: bytes) -> BlobRef:
-        digest = hashlib.sha256(data).hexdigest()
-        path = self.path_of(digest)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{digest}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-        return BlobRef(sha256=digest, size=len(data))
+    def store(self, ref: BlobRef, data: bytes) -> None:
+        path = self.path_of(ref.sha256)
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # per process and thread: two threads storing the same bytes must not share a temporary file
+        tmp = path.with_name(f".{ref.sha256}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
 
     def get(self, ref: BlobRef) -> bytes:
         try:

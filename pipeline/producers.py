@@ -178,6 +178,13 @@ class TransactionalProducer:
         self._deliveries.append(delivery)
         return delivery
 
+    async def send_pending(self) -> None:
+        """Send the transaction's records so far now, not at its end, and wait for the broker's
+        acknowledgement (they still become visible only with the commit)."""
+        assert self._producer is not None, "send_pending() outside transaction()"
+        async with _bounded(self.bound, "the transaction's records"):
+            await _send_now(self._producer)
+
     async def send_offsets_to_transaction(self, offsets: dict[TopicPartition, int], group_id: str) -> None:
         assert self._producer is not None, "send_offsets_to_transaction() outside transaction()"
         async with _bounded(self.bound, "adding the offsets to the transaction"):

@@ -107,9 +107,6 @@ class IngressSettings:
     local_domains: list[str] = field(default_factory=lambda: ["school.test"])
     # seconds to wait for the blob fsync and the broker acknowledgement before answering 451
     persist_timeout: float = 15.0
-    # seconds a group commit may wait for messages whose blob is being written, so they share its Kafka
-    # transaction (nothing on its way: no wait). 0: commit at once
-    group_commit_wait: float = 0.003
     data_timeout: float = 300.0  # idle timeout per command/DATA chunk (RFC 5321 4.5.3.2)
     # SMTP-time checks of this (MX) listener, in order; each has a [checks.<name>] section
     checks: list[str] = field(default_factory=lambda: list(MX_CHECKS))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from ingress.server import KafkaEventSink
 from pipeline.config import load_settings
 from pipeline.producers import RenewingProducer, TransactionalProducer
@@ -55,15 +57,18 @@ class _Committing(StandInProducer):
     def __init__(self) -> None:
         super().__init__([])
         self.commits: list[int] = []
+        self.open = False
 
     async def begin_transaction(self) -> None:
         self._begun_at = len(self.sent)
+        self.open = True
 
     async def commit_transaction(self) -> None:
         self.commits.append(len(self.sent) - self._begun_at)
+        self.open = False
 
 
-def _committing_sink(tmp_path, wait: float) -> tuple[KafkaEventSink, list[_Committing]]:
+def _committing_sink(tmp_path, timeout: float = 5.0) -> tuple[KafkaEventSink, list[_Committing]]:
     made: list[_Committing] = []
 
     def make(kafka, name):
@@ -72,39 +77,72 @@ def _committing_sink(tmp_path, wait: float) -> tuple[KafkaEventSink, list[_Commi
 
     sink = _sink(tmp_path, Factory())
     sink._tx = TransactionalProducer(KAFKA, "ingress.0", make=make, rotation=1)
-    sink.gather = wait
+    sink.timeout = timeout
     return sink, made
 
 
-async def _on_its_way(sink: KafkaEventSink, n: int, writing: float) -> None:
-    """A message whose blob takes `writing` seconds, then persisted."""
-    with sink.arriving():
-        await asyncio.sleep(writing)
-    await sink.persist(received(n))
+def _commits(made: list[_Committing]) -> list[int]:
+    return sum((p.commits for p in made), [])
 
 
-async def test_a_group_commit_waits_for_the_messages_on_their_way(tmp_path):
-    sink, made = _committing_sink(tmp_path, wait=2.0)
-    later = asyncio.create_task(_on_its_way(sink, 2, writing=0.05))
-    await asyncio.sleep(0)  # its blob is being written
-    await asyncio.gather(sink.persist(received(1)), later)
-    assert sum((p.commits for p in made), []) == [2]  # one transaction for both
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
 
 
-async def test_with_nothing_on_its_way_a_group_commit_does_not_wait(tmp_path):
-    sink, made = _committing_sink(tmp_path, wait=2.0)
+async def test_a_record_goes_to_the_broker_while_its_blob_is_written_and_commits_after_it(tmp_path):
+    sink, made = _committing_sink(tmp_path)
+    blob = asyncio.get_running_loop().create_future()
+    persisting = asyncio.create_task(sink.persist(received(1), blob))
+    await asyncio.sleep(0.05)
+    assert [decode_event(v).message_id for v in made[0].sent] == [received(1).message_id]
+    assert made[0].open and _commits(made) == [] and not persisting.done()  # not before the blob is on disk
+    blob.set_result(None)
+    await asyncio.wait_for(persisting, 2)
+    assert _commits(made) == [1]
+
+
+async def test_a_message_whose_blob_fails_fails_alone(tmp_path):
+    sink, made = _committing_sink(tmp_path)
+    loop = asyncio.get_running_loop()
+    good, bad = loop.create_future(), loop.create_future()
+    first = asyncio.create_task(sink.persist(received(1), good))
+    second = asyncio.create_task(sink.persist(received(2), bad))
+    await asyncio.sleep(0.05)
+    bad.set_exception(OSError(28, "No space left on device"))
+    good.set_result(None)
+    with pytest.raises(OSError, match="No space"):
+        await asyncio.wait_for(second, 2)
+    await asyncio.wait_for(first, 2)
+    # the transaction holding both was abandoned (its successor fences it); the good one went again alone
+    assert made[0].commits == [] and _commits(made) == [1]
+    assert decode_event(made[-1].sent[-1]).message_id == received(1).message_id
+
+
+async def test_messages_that_arrive_during_a_commit_share_the_next_one(tmp_path):
+    sink, made = _committing_sink(tmp_path)
+    loop = asyncio.get_running_loop()
+    slow = loop.create_future()
+    first = asyncio.create_task(sink.persist(received(1), slow))
+    await asyncio.sleep(0.05)
+    later = [asyncio.create_task(sink.persist(received(n), _done(loop))) for n in (2, 3)]
+    await _settle()
+    assert not any(task.done() for task in later)
+    slow.set_result(None)
+    await asyncio.wait_for(asyncio.gather(first, *later), 2)
+    assert _commits(made) == [1, 2]
+
+
+async def test_a_blob_that_never_finishes_times_out_and_nothing_is_committed(tmp_path):
+    sink, made = _committing_sink(tmp_path, timeout=0.1)
     started = time.monotonic()
-    await sink.persist(received(1))
-    assert time.monotonic() - started < 0.5
-    assert sum((p.commits for p in made), []) == [1]
+    with pytest.raises(TimeoutError):
+        await sink.persist(received(1), asyncio.get_running_loop().create_future())
+    assert time.monotonic() - started < 1.0
+    assert _commits(made) == []
 
 
-async def test_the_wait_is_bounded_by_group_commit_wait(tmp_path):
-    sink, made = _committing_sink(tmp_path, wait=0.05)
-    slow = asyncio.create_task(_on_its_way(sink, 2, writing=1.0))  # a blob that takes its time
-    await asyncio.sleep(0)
-    started = time.monotonic()
-    await sink.persist(received(1))
-    assert time.monotonic() - started < 0.5  # committed without the slow one, after at most the wait
-    await slow
-    assert sum((p.commits for p in made), []) == [1, 1]
+def _done(loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+    future = loop.create_future()
+    future.set_result(None)
+    return future

@@ -8,6 +8,7 @@ protocol and blob store are real.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import pytest
 
@@ -30,10 +31,10 @@ class GatedSink(MemorySink):
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
 
-    async def persist(self, event: Received) -> None:
+    async def persist(self, event: Received, stored: Awaitable[None]) -> None:
         self.entered.set()
         await self.gate.wait()
-        await super().persist(event)
+        await super().persist(event, stored)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ in-memory implementation of `ingress.handler.EventSink`; the blob store is the r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -30,10 +29,8 @@ class MemorySink:
         self.persisted: list[Received] = []
         self.notified: list[Event] = []
 
-    def arriving(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    async def persist(self, event: Received) -> None:
+    async def persist(self, event: Received, stored: Awaitable[None]) -> None:
+        await stored  # the blob first, as the Kafka sink: never an event before its blob
         self.persisted.append(event)
 
     def notify(self, event: Event) -> None:
@@ -46,7 +43,7 @@ class MemorySink:
 class BrokerDownSink(MemorySink):
     """The broker is unreachable: persist fails the way the Kafka client does."""
 
-    async def persist(self, event: Received) -> None:
+    async def persist(self, event: Received, stored: Awaitable[None]) -> None:
         raise ConnectionError("KafkaConnectionError: kafka-internal-7.example:9092 unreachable")
 
 
@@ -393,7 +390,7 @@ async def test_broker_outage_answers_451_without_details(start):
 
 async def test_persist_timeout_answers_451(start):
     class SlowSink(MemorySink):
-        async def persist(self, event: Received) -> None:
+        async def persist(self, event: Received, stored: Awaitable[None]) -> None:
             await asyncio.sleep(10)
 
     sink, _, connect = await start(sink=SlowSink(), persist_timeout=0.2)

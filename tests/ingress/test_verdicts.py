@@ -7,6 +7,7 @@ logic are the real ones.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import pytest
 
@@ -29,8 +30,8 @@ class ScriptedPipeline(MemorySink):
         self.outcomes, self.script, self.delay, self.early_fails = outcomes, script, delay, early_fails
         self.early: list[AcceptedEarly] = []
 
-    async def persist(self, event: Received) -> None:
-        await super().persist(event)
+    async def persist(self, event: Received, stored: Awaitable[None]) -> None:
+        await super().persist(event, stored)
         loop = asyncio.get_running_loop()
         for outcome in self.script(event):
             loop.call_later(self.delay, self.outcomes.deliver, outcome)
