@@ -131,10 +131,10 @@ class KafkaEventSink:
             batch, self._notifications = self._notifications, []
             try:
                 async with asyncio.timeout(self.timeout):
-                    deliveries = [await self._sessions.send(self.topics.sessions, encode_event(event), key=_key(event))
-                                  for event in batch]
-                    answers = await asyncio.gather(*deliveries, return_exceptions=True)
-                failed = sum(isinstance(a, BaseException) for a in answers)
+                    records = [(_key(event), encode_event(event)) for event in batch]
+                    deliveries = await self._sessions.send_keyed(self.topics.sessions, records)
+                    answers = await asyncio.gather(*(d for d, _ in deliveries), return_exceptions=True)
+                failed = sum(n for (_, n), a in zip(deliveries, answers) if isinstance(a, BaseException))
             except Exception as exc:
                 failed = len(batch)
                 log.debug("%d session events not sent: %s", failed, exc)

@@ -24,6 +24,22 @@ class _Client:
         pass
 
 
+class StandInBatch:
+    """aiokafka's BatchBuilder as the code sees it: `append` answers None once it is full."""
+
+    def __init__(self, capacity: int = 3) -> None:
+        self.capacity = capacity
+        self.keys: list[bytes] = []
+        self.values: list[bytes] = []
+
+    def append(self, *, key: bytes, value: bytes, timestamp: int | None) -> dict | None:
+        if len(self.values) >= self.capacity:
+            return None
+        self.keys.append(key)
+        self.values.append(value)
+        return {"offset": len(self.values) - 1}
+
+
 class StandInProducer:
     """What the code under test sees of an AIOKafkaProducer; records what was done to it."""
 
@@ -31,6 +47,7 @@ class StandInProducer:
         self.outcomes = outcomes  # per record sent: "ok", "fail" (its batch expired) or "hang" (no answer)
         self.sent: list[bytes] = []
         self.offsets: list[dict] = []
+        self.batches: list[tuple[int, list[bytes]]] = []  # send_batch: (partition, keys)
         self.committed = self.started = self.stopped = False
         self._closed = False
         self._sender = None
@@ -54,6 +71,25 @@ class StandInProducer:
             delivery.set_result(None)
         elif outcome == "fail":
             delivery.set_exception(LeaderNotAvailableError())
+        return delivery
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2, 3}
+
+    def create_batch(self) -> "StandInBatch":
+        return StandInBatch()
+
+    async def send_batch(self, batch: "StandInBatch", topic: str, *, partition: int) -> asyncio.Future:
+        """A batch fails (or hangs) when one of its records' turns in `outcomes` says so."""
+        turns = [self.outcomes[k] for k in range(len(self.sent), len(self.sent) + len(batch.values))
+                 if k < len(self.outcomes)]
+        self.sent.extend(batch.values)
+        self.batches.append((partition, list(batch.keys)))
+        delivery = asyncio.get_running_loop().create_future()
+        if "fail" in turns:
+            delivery.set_exception(LeaderNotAvailableError())
+        elif "hang" not in turns:
+            delivery.set_result(None)
         return delivery
 
     async def send_offsets_to_transaction(self, offsets, group_id) -> None:
@@ -200,3 +236,32 @@ async def test_the_transactions_records_are_sent_at_its_end_through_aiokafkas_ac
         await asyncio.wait_for(_send_now(producer), 1)  # nothing queued: returns at once
     finally:
         await producer.stop()
+
+
+# ---- records in batches per partition (RenewingProducer.send_keyed) -------------------------------
+
+
+async def test_records_of_one_key_share_a_partition_in_order_and_full_batches_go_out_on_their_own():
+    factory = Factory()
+    producer = RenewingProducer(KAFKA, "sessions", make=factory)
+    records = [(b"s%d" % (n % 2), b"v%d" % n) for n in range(8)]  # two keys, four records each
+    deliveries = await producer.send_keyed("sessions", records)
+    await asyncio.gather(*(d for d, _ in deliveries))
+    batches = factory.made[0].batches
+    assert sum(n for _, n in deliveries) == 8 and all(len(keys) <= 3 for _, keys in batches)  # capacity 3
+    for key in (b"s0", b"s1"):
+        partitions = {p for p, keys in batches if key in keys}
+        assert len(partitions) == 1  # one partition per key ...
+    sent = factory.made[0].sent
+    assert [v for v in sent if int(v[1:]) % 2 == 0] == [b"v0", b"v2", b"v4", b"v6"]  # ... in order
+
+
+async def test_a_batch_that_fails_spends_the_producer():
+    factory = Factory(["fail"])
+    producer = RenewingProducer(KAFKA, "sessions", make=factory)
+    deliveries = await producer.send_keyed("sessions", [(b"k", b"v")])
+    with pytest.raises(LeaderNotAvailableError):
+        await deliveries[0][0]
+    await asyncio.sleep(0)
+    await producer.send_keyed("sessions", [(b"k", b"w")])
+    assert len(factory.made) == 2 and factory.made[1].sent == [b"w"]
