@@ -51,3 +51,43 @@ async def test_a_check_over_the_timeout_is_a_temporary_failure():
     chain, ctx = _chain(), CheckContext(session_id="s", client_ip="192.0.2.1")
     outcome = await chain.run("connect", ctx)
     assert outcome.check == "slow" and outcome.decision.reply.startswith("451 4.3.0")
+
+
+class Sleeps(Check):
+    """A check whose rcpt hook takes `seconds`."""
+
+    def __init__(self, name: str, seconds: float, services: CheckServices) -> None:
+        super().__init__(None, services)
+        self.name, self.seconds = name, seconds
+
+    async def rcpt(self, ctx, recipient):
+        await asyncio.sleep(self.seconds)
+        return PASS
+
+
+class OwnTimeout(Check):
+    name = "own_timeout"
+
+    async def rcpt(self, ctx, recipient):
+        raise TimeoutError("the check's own client gave up")
+
+
+async def test_each_check_has_the_whole_timeout_even_when_earlier_ones_used_most_of_it():
+    services = CheckServices()
+    chain = CheckChain([Sleeps("first", 0.3, services), Sleeps("second", 0.3, services)], timeout=0.4)
+    outcome = await chain.run("rcpt", CheckContext(session_id="s", client_ip="192.0.2.1"), "a@school.test")
+    assert outcome.decision is PASS  # 0.6 s in all, each under its 0.4
+
+
+async def test_the_check_that_runs_over_is_the_one_named():
+    services = CheckServices()
+    chain = CheckChain([Sleeps("quick", 0.0, services), Sleeps("stuck", 5, services)], timeout=0.1)
+    outcome = await chain.run("rcpt", CheckContext(session_id="s", client_ip="192.0.2.1"), "a@school.test")
+    assert outcome.check == "stuck" and outcome.decision.reason_code == "stuck_timeout"
+
+
+async def test_a_check_that_raises_its_own_timeout_is_a_timeout_and_the_phase_ends_there():
+    services = CheckServices()
+    chain = CheckChain([OwnTimeout(None, services), Sleeps("after", 0.0, services)], timeout=1.0)
+    outcome = await chain.run("rcpt", CheckContext(session_id="s", client_ip="192.0.2.1"), "a@school.test")
+    assert outcome.check == "own_timeout" and outcome.decision.reason_code == "own_timeout_timeout"
