@@ -16,7 +16,7 @@ from ingress.tls import server_context
 from ingress.verdicts import OutcomeFollower
 from pipeline.blobstore import FileBlobStore
 from pipeline.broker import watch
-from pipeline.bus import Topics, make_bulk_producer
+from pipeline.bus import BULK_LINGER_MS, Topics, make_bulk_producer
 from pipeline.producers import RenewingProducer, TransactionalProducer
 from pipeline.settings import IngressSettings, Settings
 from schemas.events import AcceptedEarly, Event, Received, encode_event
@@ -41,7 +41,7 @@ class KafkaEventSink:
     broker committed but the answer came too late; the sender's retry then makes a duplicate, never
     a loss.) (An idempotent producer alone would keep the record and deliver it when the broker
     comes back: the sender's retry would then make a second copy.) Session events, best effort, go
-    through a producer of their own that lingers (`pipeline.bus.make_bulk_producer`).
+    through a producer of their own, in one batch per partition at most every `BULK_LINGER_MS`.
 
     Producers start lazily, so a broker that is down at start-up gives `451` answers and the ingress
     recovers by itself. A transaction commits only once every record in it is acknowledged (see
@@ -63,6 +63,7 @@ class KafkaEventSink:
         self._notifications: list[Event] = []
         self._notifier: asyncio.Task | None = None
         self.dropped_notifications = 0
+        self.notification_pause = BULK_LINGER_MS / 1000
 
     # -- received: transactional, group commit --------------------------------------------------
 
@@ -139,6 +140,8 @@ class KafkaEventSink:
                 failed = len(batch)
                 log.debug("%d session events not sent: %s", failed, exc)
             self.dropped_notifications += failed
+            # what comes meanwhile waits for the next batch: a few requests a second, not one per SMTP command
+            await asyncio.sleep(self.notification_pause)
 
     # -- accepted before the verdict: durable -------------------------------------------------------
 

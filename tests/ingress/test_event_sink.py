@@ -18,6 +18,7 @@ from tests.pipeline.test_producers import KAFKA, Factory, StandInProducer
 def _sink(tmp_path, factory: Factory) -> KafkaEventSink:
     sink = KafkaEventSink(load_settings(None, environ={"POSTSTELLE_HOME": str(tmp_path)}))
     sink._sessions = RenewingProducer(KAFKA, "ingress-sessions", make=factory)  # the broker's stand-in
+    sink.notification_pause = 0.0
     return sink
 
 
@@ -39,6 +40,20 @@ async def test_session_events_queued_together_are_sent_by_one_task_in_order(tmp_
         assert [e.id for e in sent if e.session_id == session] == [e.id for e in events if e.session_id == session]
     assert len(factory.made[0].batches) <= 2  # a batch per partition, not a request per event
     assert sink.dropped_notifications == 0 and not sink._notifications
+
+
+async def test_events_that_come_while_a_batch_is_out_wait_for_the_next_one(tmp_path):
+    factory = Factory()
+    sink = _sink(tmp_path, factory)
+    sink.notification_pause = 0.2
+    sink.notify(_connect(0))
+    await asyncio.sleep(0.05)  # the first batch is out; the task pauses
+    for _ in range(3):
+        sink.notify(_connect(0))
+    await asyncio.sleep(0.05)
+    assert [len(keys) for _, keys in factory.made[0].batches] == [1]  # not yet: they wait for the pause
+    await asyncio.wait_for(sink._notifier, 2)
+    assert [len(keys) for _, keys in factory.made[0].batches] == [1, 3]
 
 
 async def test_events_the_broker_does_not_take_are_counted_not_raised(tmp_path):
