@@ -45,6 +45,7 @@ FROM_BYTES = 8_192  # the From fields together; the address parser is quadratic 
 _FIELD_START = re.compile(rb"^[^ \t]", re.MULTILINE)  # a line that is not a continuation
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 _LINE_BREAK = re.compile(rb"[\r\n]")
+_FIELD_NAME = re.compile(rb"[\x21-\x7e]+")
 # defects that leave the addresses certain: obsolete but defined syntax, UTF-8 local parts
 _HARMLESS_DEFECTS = (errors.ObsoleteHeaderDefect, errors.NonASCIILocalPartDefect, errors.UndecodableBytesDefect)
 
@@ -143,7 +144,9 @@ class MessageHeader:
 
 def unfolded(raw: bytes) -> str:
     """A field's raw value on one line, as text (not RFC 2047 decoded)."""
-    return decode_header_bytes(_LINE_BREAK.sub(b" ", _FOLD.sub(b"", raw))).strip()
+    if b"\n" in raw or b"\r" in raw:
+        raw = _LINE_BREAK.sub(b" ", _FOLD.sub(b"", raw))
+    return decode_header_bytes(raw).strip()
 
 
 def _field(chunk: bytes, offset: int) -> HeaderField | None:
@@ -152,7 +155,7 @@ def _field(chunk: bytes, offset: int) -> HeaderField | None:
     if colon <= 0:
         return None
     name = chunk[:colon].rstrip(b" \t")
-    if not name or any(c < 33 or c > 126 for c in name):
+    if _FIELD_NAME.fullmatch(name) is None:  # printable US-ASCII, at least one
         return None
     raw = chunk[colon + 1:]
     raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
