@@ -16,7 +16,7 @@ from ingress.tls import server_context
 from ingress.verdicts import OutcomeFollower
 from pipeline.blobstore import FileBlobStore
 from pipeline.broker import watch
-from pipeline.bus import BULK_LINGER_MS, Topics, make_bulk_producer
+from pipeline.bus import Topics
 from pipeline.producers import RenewingProducer, TransactionalProducer
 from pipeline.settings import IngressSettings, Settings
 from schemas.events import AcceptedEarly, Event, Received, encode_event
@@ -25,6 +25,7 @@ __all__ = ["KafkaEventSink", "run_ingress", "make_protocol", "build_services"]
 
 log = logging.getLogger(__name__)
 MAX_PENDING_NOTIFICATIONS = 10_000
+SESSION_EVENTS_EVERY = 0.1  # seconds: session events go out in batches, a few requests a second
 
 
 class KafkaEventSink:
@@ -41,7 +42,7 @@ class KafkaEventSink:
     broker committed but the answer came too late; the sender's retry then makes a duplicate, never
     a loss.) (An idempotent producer alone would keep the record and deliver it when the broker
     comes back: the sender's retry would then make a second copy.) Session events, best effort, go
-    through a producer of their own, in one batch per partition at most every `BULK_LINGER_MS`.
+    through a producer of their own, in one batch per partition at most every `SESSION_EVENTS_EVERY`.
 
     Producers start lazily, so a broker that is down at start-up gives `451` answers and the ingress
     recovers by itself. A transaction commits only once every record in it is acknowledged (see
@@ -57,13 +58,13 @@ class KafkaEventSink:
         self._tx = TransactionalProducer(settings.kafka, self.transactional_id,
                                          rotation=settings.kafka.transaction_rotation)
         self._plain = RenewingProducer(settings.kafka, "ingress-accepted-early")  # durable, someone waits for it
-        self._sessions = RenewingProducer(settings.kafka, "ingress-sessions", make=make_bulk_producer)  # best effort
+        self._sessions = RenewingProducer(settings.kafka, "ingress-sessions")  # best effort, in batches
         self._queue: list[_Pending] = []
         self._flushing: asyncio.Task | None = None
         self._notifications: list[Event] = []
         self._notifier: asyncio.Task | None = None
         self.dropped_notifications = 0
-        self.notification_pause = BULK_LINGER_MS / 1000
+        self.notification_pause = SESSION_EVENTS_EVERY
 
     # -- received: transactional, group commit --------------------------------------------------
 

@@ -18,7 +18,7 @@ from aiokafka.structs import ConsumerRecord
 
 from pipeline.settings import DESTINATIONS, KafkaSettings, Settings
 
-__all__ = ["Topics", "make_producer", "make_bulk_producer", "make_transactional_producer", "make_consumer",
+__all__ = ["Topics", "make_producer", "make_transactional_producer", "make_consumer",
            "make_admin", "ensure_topics", "DrainOnRevoke", "PartitionBackoff", "hold_partition", "topic_partitions",
            "behind", "read_topic", "MetadataProbe", "kafka_bound", "start_or_release", "stop_quietly"]
 
@@ -183,15 +183,6 @@ def make_producer(k: KafkaSettings, client_id: str, *, linger_ms: int = 2) -> AI
         max_request_size=k.max_request_size,
         linger_ms=linger_ms,
     )
-
-
-# records off the verdict path (the ingress's session events, best effort): fewer, bigger produce requests
-BULK_LINGER_MS = 100
-
-
-def make_bulk_producer(k: KafkaSettings, client_id: str) -> AIOKafkaProducer:
-    """A durable producer for records nobody waits for: they linger `BULK_LINGER_MS` to share a request."""
-    return make_producer(k, client_id, linger_ms=BULK_LINGER_MS)
 
 
 # records of a transaction wait for its end (`pipeline.producers`), which sends them in one request
