@@ -69,3 +69,18 @@ async def test_the_command_tables_are_those_aiosmtpd_builds_with_inspect() -> No
     assert protocol._ehlo_hook_ver == "new"
     second = IngressSMTP(handler)  # bound to its own instance, not to the first connection's
     assert second._smtp_methods["HELO"].__self__ is second and second._auth_methods["PLAIN"].method.__self__ is second
+
+
+async def test_a_hook_set_on_the_handler_instance_is_found_as_aiosmtpd_would() -> None:
+    handler = _Handler()
+
+    async def handle_NOOP(server, session, envelope, arg):  # an attribute of this handler, not of its class
+        return "250 OK own"
+
+    handler.handle_NOOP = handle_NOOP
+    handler.auth_OWN = lambda server, args: None
+    protocol = IngressSMTP(handler)
+    assert protocol._handle_hooks["NOOP"] is handle_NOOP
+    assert protocol._handle_hooks == {n.replace("handle_", ""): getattr(handler, n)
+                                      for n in dir(handler) if n.startswith("handle_")}
+    assert "OWN" in protocol._auth_methods and "PLAIN" in protocol._auth_methods
