@@ -56,11 +56,6 @@ def _class_names(cls: type) -> tuple[str, ...]:
     return tuple(sorted(name for name in dir(cls) if name.startswith(_TABLE_PREFIXES)))
 
 
-@lru_cache(maxsize=64)
-def _class_auth_names(cls: type) -> tuple[str, ...]:
-    return tuple(name for name in _class_names(cls) if name.startswith("auth_"))
-
-
 def _dir(obj: Any = None) -> list[str] | tuple[str, ...]:
     """The names of `dir(obj)` that aiosmtpd builds tables from (class and own attributes), sorted.
     (aiosmtpd only iterates over what `dir` gives it, so a per-class tuple serves.)"""
@@ -83,9 +78,7 @@ class _CachedInspect:
     @staticmethod
     def getmembers(obj: Any) -> list[tuple[str, Any]]:
         members = []
-        own = getattr(obj, "__dict__", None)
-        plain = own is not None and type(obj).__dir__ is object.__dir__ and not _own_table_names(own)
-        for name in _class_auth_names(type(obj)) if plain else _dir(obj):
+        for name in _dir(obj):
             if not name.startswith("auth_"):
                 continue
             try:

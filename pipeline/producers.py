@@ -47,9 +47,14 @@ async def _bounded(seconds: float, what: str) -> AsyncIterator[None]:
         raise BrokerUnavailable(f"no answer from kafka within {seconds:.0f}s ({what})") from None
 
 
-async def _partitions_of(producer: AIOKafkaProducer, bound: float, topic: str) -> set[int]:
+def _known_partitions(producer: AIOKafkaProducer, topic: str) -> set[int] | None:
+    """The topic's partitions as the producer's metadata has them; None while it does not know them."""
     cluster = getattr(getattr(producer, "client", None), "cluster", None)
-    known = cluster.partitions_for_topic(topic) if cluster is not None else None
+    return cluster.partitions_for_topic(topic) if cluster is not None else None
+
+
+async def _partitions_of(producer: AIOKafkaProducer, bound: float, topic: str) -> set[int]:
+    known = _known_partitions(producer, topic)
     if known:
         return known
     async with _bounded(bound, f"the partitions of {topic}"):
@@ -61,8 +66,7 @@ async def _queue(producer: AIOKafkaProducer, bound: float, topic: str, value: by
     """`producer.send`, bounded: by aiokafka itself once the topic's partitions are known (then only a
     full buffer makes it wait, `request_timeout_ms` at most), else by `bound` (in an outage the
     metadata update can hang). The common case thus costs no timer per record."""
-    cluster = getattr(getattr(producer, "client", None), "cluster", None)
-    if cluster is not None and cluster.partitions_for_topic(topic) is not None:
+    if _known_partitions(producer, topic) is not None:
         return await producer.send(topic, value, key=key, headers=headers)
     async with _bounded(bound, f"queueing a record for {topic}"):
         return await producer.send(topic, value, key=key, headers=headers)
