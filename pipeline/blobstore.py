@@ -2,13 +2,15 @@
 
 Layout: ``<root>/ab/cd/<sha256>``. A blob is written to a temporary file in the same directory,
 fsynced, renamed into place and the directory fsynced, so a crash never leaves a partial blob under
-its final name. Storing the same bytes twice is a no-op.
+its final name. Storing the same bytes twice writes nothing; it sets the blob's modification time
+to now, which is when retention (`[blobs] retention`, `stored_before`) counts from.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from schemas.events import BlobRef
@@ -45,19 +47,28 @@ class BlobStore:
         """Remove a blob; True if it was there. A blob already gone is not an error (cleanups repeat)."""
         raise NotImplementedError
 
+    def stored_before(self, cutoff: float) -> Iterator[BlobRef]:  # pragma: no cover - interface
+        """Every blob last stored before `cutoff` (POSIX seconds), in no particular order."""
+        raise NotImplementedError
+
+    def remove_temporaries(self, cutoff: float) -> int:
+        """Delete what writers that died mid-write left before `cutoff`; how many. (None here.)"""
+        return 0
+
 
 class FileBlobStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
     def path_of(self, sha256: str) -> Path:
-        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+        if not _is_digest(sha256):
             raise ValueError("not a sha256 hex digest")
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
     def store(self, ref: BlobRef, data: bytes) -> None:
         path = self.path_of(ref.sha256)
         if path.exists():
+            os.utime(path)  # stored again: retention counts from now
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         # per process and thread: two threads storing the same bytes must not share a temporary file
@@ -86,6 +97,45 @@ class FileBlobStore(BlobStore):
             return False
         _fsync_dir(path.parent)
         return True
+
+    def stored_before(self, cutoff: float) -> Iterator[BlobRef]:
+        for path, size, mtime in self._files():
+            if mtime < cutoff and _is_digest(path.name):
+                yield BlobRef(sha256=path.name, size=size)
+
+    def remove_temporaries(self, cutoff: float) -> int:
+        """Delete the temporary files of writers that died between write and rename, left before `cutoff`."""
+        removed = 0
+        for path, _, mtime in self._files():
+            if mtime < cutoff and path.name.startswith(".") and path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def _files(self) -> Iterator[tuple[Path, int, float]]:
+        """(path, size, modification time) of every file in the two levels of fan-out directories."""
+        for top in _subdirectories(self.root):
+            for leaf in _subdirectories(top):
+                with os.scandir(leaf) as entries:
+                    for entry in entries:
+                        try:
+                            if entry.is_file(follow_symlinks=False):
+                                stat = entry.stat(follow_symlinks=False)
+                                yield Path(entry.path), stat.st_size, stat.st_mtime
+                        except FileNotFoundError:  # deleted meanwhile
+                            continue
+
+
+def _subdirectories(path: Path) -> list[Path]:
+    try:
+        with os.scandir(path) as entries:
+            return sorted(Path(e.path) for e in entries if len(e.name) == 2 and e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
+def _is_digest(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -282,6 +282,7 @@ def _stage_timeouts(sections: Any) -> tuple[Any, dict[str, float]]:
 
 def _check_consistency(settings: Settings) -> None:
     """Rules that span keys: size limits that fit together, names that exist."""
+    settings.blobs.check_against(settings.delivery.lifetime_seconds)
     known_sinks = [*settings.destinations, *SINKS]
     unknown = sorted(set(settings.supervisor.sinks) - set(known_sinks))
     if unknown:

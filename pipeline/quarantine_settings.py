@@ -26,7 +26,7 @@ class QuarantineSettings:
     # categories a user may only *request* to be released; an admin approves (virus: a scan limit hit)
     approval: list[str] = field(default_factory=lambda: ["attachment", "virus", "dmarc", "rejected"])
     link_key_file: str = ""  # HMAC key of the digest links; "": <home>/keys/quarantine-links.key, made on first use
-    cleanup_every: str = "1h"  # how often the digest service removes expired entries
+    cleanup_every: str = "1h"  # how often the digest service removes expired entries and aged-out blobs
 
     def __post_init__(self) -> None:
         parse_duration("quarantine.lifetime", self.lifetime)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.blob_settings import BlobSettings
 from pipeline.destination_settings import DEFAULT_DESTINATIONS, DestinationSettings, default_destination
 from pipeline.metrics_settings import MetricsSettings
 from pipeline.outbound_settings import DkimSettings
@@ -59,6 +60,7 @@ __all__ = [
     "SmarthostSinkSettings",
     "DestinationSettings",
     "MetricsSettings",
+    "BlobSettings",
     "parse_duration",
 ]
 
@@ -367,6 +369,7 @@ class Settings:
     digest: DigestSettings = field(default_factory=DigestSettings)
     srs: SrsSettings = field(default_factory=SrsSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    blobs: BlobSettings = field(default_factory=BlobSettings)
     # [destinations.<name>]: the next hops, with the defaults lmtp and smarthost (see `destinations_from`)
     destinations: Mapping[str, DestinationSettings] = field(default_factory=dict)
     # [stages.<name>] sections, each validated against the stage's own settings dataclass

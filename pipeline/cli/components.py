@@ -113,7 +113,8 @@ RETRY = Component("retry", "sends deferred deliveries back to their sink when th
                   "consumers.services.retry:run_retry_service", group="retry")
 BOUNCE = Component("bounce", "turns bounced deliveries into DSNs to their senders",
                    "consumers.services.bounce:run_bounce_service", group="bounce")
-DIGEST = Component("digest", "mails each user the new entries of their quarantine; removes expired entries",
+DIGEST = Component("digest", "mails each user the new entries of their quarantine; removes expired entries "
+                   "and blobs past their retention",
                    "consumers.services.digest:run_digest_service")
 WEB = Component("web", "the quarantine portal: users release their held mail, admins approve requests",
                 "pipeline.cli.components:run_web")

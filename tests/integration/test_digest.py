@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import os
 import re
 import time
 from email.message import EmailMessage
@@ -20,6 +21,7 @@ from email.policy import default
 import httpx
 import pytest
 
+from pipeline.blobstore import FileBlobStore
 from pipeline.cli.components import load_config
 from pipeline.links import LinkToken, link_key, read_link_token
 from pipeline.state.quarantine import read_quarantine_state
@@ -108,5 +110,32 @@ def test_a_held_spam_is_listed_in_one_digest_and_its_release_link_delivers_it_on
         time.sleep(2.0)
         listing = [d for d in _digests(stack, LENA) if any(t.entry == entry for _, t in _links(stack, d))]
         assert len(listing) == 1
+    finally:
+        stack.cli("user", "reset", LENA, check=False)
+
+
+def test_the_cleanup_deletes_blobs_past_their_retention_but_not_a_held_one(stack: Stack) -> None:
+    """`[blobs] retention` (30 days): the digest service's cleanup, which runs at its start, deletes
+    a blob last stored longer ago that nothing needs, and keeps a younger one and one that an open
+    quarantine entry refers to, however old."""
+    settings = load_config(environ=stack.env)
+    blobs = FileBlobStore(settings.home / "blobs")
+    quarantine_on(stack, LENA)
+    try:
+        reply = send_data(stack, message(new_test_id(), [LENA], SPAM_SUBJECT, SPAM_BODY), [LENA])
+        assert reply.code == 250, reply
+        _entry_of(stack, reply.message_id)
+        [entry] = asyncio.run(read_quarantine_state(settings)).by_message(reply.message_id)
+        held = entry.event.message.blob
+        aged = blobs.put(b"Subject: delivered long ago\r\n\r\n" + new_test_id().encode() + b"\r\n")
+        young = blobs.put(b"Subject: delivered today\r\n\r\n" + new_test_id().encode() + b"\r\n")
+        long_ago = time.time() - 40 * 86_400
+        for ref in (aged, held):
+            os.utime(blobs.path_of(ref.sha256), (long_ago, long_ago))
+
+        stack.wait_restarted("digest", stack.kill("digest"))
+        stack.wait_for(lambda: not blobs.path_of(aged.sha256).exists(), timeout=60, what="the aged blob deleted")
+        assert blobs.get(held) and blobs.get(young)
+        assert "blob retention: " in (stack.home / "log" / "digest.log").read_text(errors="replace")
     finally:
         stack.cli("user", "reset", LENA, check=False)

@@ -332,3 +332,14 @@ def test_durations_with_spaces_are_refused_they_name_topics():
 
     with pytest.raises(ConfigError):
         parse_duration("delivery.retry_schedule[0]", "1 m")
+
+
+def test_blob_retention_must_outlast_the_retries_of_a_deferred_delivery(tmp_path):
+    assert load_settings(None, environ={}).blobs.retention_seconds == 30 * 86_400
+    with pytest.raises(ConfigError, match="blobs.retention: 7d is too short"):
+        load_settings(_toml(tmp_path, '[blobs]\nretention = "7d"\n'), environ={})  # delivery.lifetime is 7d
+    shorter = load_settings(_toml(tmp_path, '[blobs]\nretention = "3d"\n[delivery]\nlifetime = "1d"\n'), environ={})
+    assert shorter.blobs.retention_seconds == 3 * 86_400
+    assert load_settings(None, environ={"POSTSTELLE_BLOBS__RETENTION": "never"}).blobs.retention_seconds is None
+    with pytest.raises(ConfigError, match="blobs.retention: expected a duration"):
+        load_settings(None, environ={"POSTSTELLE_BLOBS__RETENTION": "forever"})

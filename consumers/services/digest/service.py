@@ -16,6 +16,12 @@ no open entry refers to it any more, no entry of it changed in the last `SETTLE`
 released just now may still be on its way through the stages), and the delivery ledger holds no
 deferred delivery of it (the retry service still needs the bytes). Deleting is repeated by every
 cleanup and harmless when the blob is gone.
+
+**Retention** (`[blobs] retention`, default 30 days; `pipeline.blob_settings`). The same cleanup
+deletes every other blob last stored longer ago than that: delivered and bounced mail, DSNs,
+digests, mail that was refused after its 250. It leaves alone a blob any quarantine entry refers to
+(the entries decide, above) and one a deferred delivery still needs. Temporary files of a writer that
+died between writing and renaming go after a day.
 """
 from __future__ import annotations
 
@@ -33,8 +39,8 @@ from pipeline.blobstore import BlobStore, FileBlobStore
 from pipeline.broker import describe
 from pipeline.bus import Topics
 from pipeline.links import link_key
-from pipeline.metrics import read_at_scrape
 from pipeline.mail.inject import DIGEST_LISTENER, inject_message
+from pipeline.metrics import read_at_scrape
 from pipeline.producers import TransactionalProducer
 from pipeline.settings import Settings
 from pipeline.state.ledger import Ledger
@@ -50,6 +56,7 @@ __all__ = ["Planned", "DigestSender", "Cleanup", "CleanupStats", "DigestService"
 log = logging.getLogger(__name__)
 
 SETTLE = 3600.0  # seconds after an entry's last action before its blob may go
+TEMPORARY_AGE = 86_400.0  # seconds before a blob writer's leftover temporary file is removed
 RETRY_AFTER = 300.0  # seconds before a run that failed (broker away, settings unreadable) is tried again
 START_TIMEOUT = 30.0  # seconds to wait for the quarantine and the users topics to be replayed
 
@@ -150,16 +157,23 @@ class CleanupStats:
     expired: list[str] = field(default_factory=list)  # entry ids
     blobs_deleted: int = 0
     blobs_kept: int = 0  # blobs of closed entries still needed (deferred delivery, a recent release)
+    blobs_aged_out: int = 0  # blobs past `[blobs] retention` that nothing needed
+    temporaries_removed: int = 0
 
 
 class Cleanup:
-    """Expires entries past their lifetime and deletes blobs nothing needs any more."""
+    """Expires entries past their lifetime and deletes blobs nothing needs any more.
 
-    def __init__(self, state: QuarantineState, actions: QuarantineActions, ledger: Ledger, blobs: BlobStore) -> None:
+    `retention`: seconds after its last store that a blob no entry and no deferred delivery needs is
+    deleted; None keeps such blobs for ever."""
+
+    def __init__(self, state: QuarantineState, actions: QuarantineActions, ledger: Ledger, blobs: BlobStore,
+                 retention: float | None = None) -> None:
         self.state = state
         self.actions = actions
         self.ledger = ledger
         self.blobs = blobs
+        self.retention = retention
 
     async def run(self, now: float | None = None) -> CleanupStats:
         now = time.time() if now is None else now
@@ -182,7 +196,19 @@ class Cleanup:
             if await asyncio.to_thread(self.blobs.delete, blob):
                 stats.blobs_deleted += 1
                 log.info("cleanup: blob %s of message %s deleted", blob.sha256, entries[0].message_id)
+        if self.retention is not None:
+            needed = deferred.union(self._by_blob())
+            stats.blobs_aged_out = await asyncio.to_thread(self._age_out, now - self.retention, needed)
+            stats.temporaries_removed = await asyncio.to_thread(self.blobs.remove_temporaries, now - TEMPORARY_AGE)
         return stats
+
+    def _age_out(self, cutoff: float, needed: set[str]) -> int:
+        """Delete the blobs last stored before `cutoff` that are not `needed`; how many."""
+        deleted = 0
+        for ref in self.blobs.stored_before(cutoff):
+            if ref.sha256 not in needed and self.blobs.delete(ref):
+                deleted += 1
+        return deleted
 
     def _by_blob(self) -> dict[str, list[Entry]]:
         found: dict[str, list[Entry]] = {}
@@ -206,6 +232,7 @@ class DigestService:
                  pause: Callable[[asyncio.Event, float], Awaitable[bool]] | None = None) -> None:
         self.at = parse_time_of_day(settings.digest.time)
         self.cleanup_every = settings.quarantine.cleanup_seconds
+        self.retention_text = settings.blobs.retention
         self.sender = sender
         self.cleanup = cleanup
         self.clock = clock
@@ -249,6 +276,9 @@ class DigestService:
         if stats.expired or stats.blobs_deleted:
             log.info("quarantine cleanup: %d entries expired, %d blobs deleted, %d kept", len(stats.expired),
                      stats.blobs_deleted, stats.blobs_kept)
+        if stats.blobs_aged_out or stats.temporaries_removed:
+            log.info("blob retention: %d blobs older than %s deleted, %d temporary files removed",
+                     stats.blobs_aged_out, self.retention_text, stats.temporaries_removed)
         return True
 
 
@@ -284,7 +314,8 @@ async def run_digest_service(settings: Settings, stop: asyncio.Event, on_ready: 
                 return
         actions = QuarantineActions(settings, view, producer, blobs, users=users)
         sender = DigestSender(settings, view.state, users, producer, blobs, link_key(settings))
-        service = DigestService(settings, sender, Cleanup(view.state, actions, ledger, blobs))
+        service = DigestService(settings, sender, Cleanup(view.state, actions, ledger, blobs,
+                                                                   settings.blobs.retention_seconds))
         if on_ready is not None:
             on_ready()
         with read_at_scrape("poststelle_quarantine_entries", "quarantine entries, by status", ["status"],

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import email
+import os
+import time
 from datetime import date, datetime
 from email.policy import default
 
@@ -29,8 +31,10 @@ from pipeline.state.quarantine_actions import QuarantineActions
 from pipeline.state.users import TABLE, UserSettings
 from pipeline.tables import MemoryLog, MemoryTransport
 from schemas.events import (
+    Client,
     Deferred,
     DigestSent,
+    Envelope,
     QuarantineAction,
     Received,
     Reply,
@@ -42,6 +46,7 @@ from schemas.events import (
     epoch_from_iso,
     iso_from_epoch,
 )
+from schemas.ids import new_id
 from tests.consumers.services.digest.samples import ANNA, KEY, LENA, SETTINGS, quarantined
 from tests.pipeline.state.test_quarantine_state import Recorder as QuarantineRecorder
 
@@ -257,3 +262,40 @@ async def test_a_blob_stays_for_an_hour_after_a_release_of_it(world, cleanup) ->
     stats = await run.run(now=AFTER_EXPIRY)
     assert stats.expired == [entry_id(held.id, ANNA)] and (stats.blobs_deleted, stats.blobs_kept) == (0, 1)
     assert (await run.run(now=AFTER_EXPIRY + 3600)).blobs_deleted == 1
+
+
+# ---- retention of the other blobs ----------------------------------------------------------------
+
+DAY = 86_400.0
+
+
+async def test_blobs_past_retention_go_unless_an_entry_or_a_deferred_delivery_needs_them(world, cleanup) -> None:
+    blobs, view, _, _ = world
+    _, ledger = cleanup
+    now = time.time()
+    held = _hold(blobs, view, [LENA], raw=b"Subject: held\r\n\r\nheld\r\n", time=iso_from_epoch(now - 10 * DAY))
+    delivered, young = blobs.put(b"Subject: delivered\r\n\r\nx\r\n"), blobs.put(b"Subject: young\r\n\r\ny\r\n")
+    retried = blobs.put(b"Subject: retried\r\n\r\nz\r\n")
+    message = Received(message_id=new_id(), envelope=Envelope(mail_from="a@b.test", rcpt_to=[ANNA]),
+                       client=Client(ip="192.0.2.1", port=1), blob=retried)
+    routed = Routed(message_id=message.message_id, destination="lmtp", recipients=[ANNA], message=message)
+    waiting = Deferred(message_id=message.message_id, destination="lmtp", recipient=ANNA, attempt=9,
+                       reply=Reply(code=452, text="mailbox full"), routed=routed)
+    await ledger._log.write("ledger", ledger_key(message.message_id, ANNA, "lmtp"), encode_event(waiting))
+    for ref in (held.message.blob, delivered, retried):
+        os.utime(blobs.path_of(ref.sha256), (now - 31 * DAY, now - 31 * DAY))
+    leftover = blobs.path_of(young.sha256).parent / f".{young.sha256}.1.2.tmp"
+    leftover.write_bytes(b"half")
+    os.utime(leftover, (now - 2 * DAY, now - 2 * DAY))
+
+    kept_all = Cleanup(view.state, QuarantineActions(SETTINGS, view, None, blobs), ledger, blobs, retention=None)
+    assert (await kept_all.run(now=now)).blobs_aged_out == 0 and blobs.get(delivered)
+
+    run = Cleanup(view.state, QuarantineActions(SETTINGS, view, None, blobs), ledger, blobs, retention=30 * DAY)
+    stats = await run.run(now=now)
+    assert (stats.blobs_aged_out, stats.temporaries_removed, stats.expired) == (1, 1, [])
+    with pytest.raises(BlobNotFound):
+        blobs.get(delivered)
+    assert blobs.get(held.message.blob) and blobs.get(retried) and blobs.get(young)  # an entry, a retry, young
+    assert not leftover.exists()
+    assert (await run.run(now=now)).blobs_aged_out == 0  # again: nothing more
