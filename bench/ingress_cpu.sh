@@ -11,7 +11,7 @@
 # makes the comparison.
 #
 #   bash bench/ingress_cpu.sh        # POSTSTELLE_* variables reach the ingress, e.g.
-#   POSTSTELLE_INGRESS__GROUP_COMMIT_WAIT=0 bash bench/ingress_cpu.sh
+#   POSTSTELLE_INGRESS__CHECK_TIMEOUT=2 bash bench/ingress_cpu.sh
 #   MODES="reuse new new" bash bench/ingress_cpu.sh   # other modes, other order (new: one connection per message)
 set -euo pipefail
 cd "$(dirname "$0")/.."
