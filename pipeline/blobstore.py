@@ -52,7 +52,7 @@ class BlobStore:
         raise NotImplementedError
 
     def remove_temporaries(self, cutoff: float) -> int:
-        """Delete what writers that died mid-write left before `cutoff`; how many. (None here.)"""
+        """Delete what writers that died mid-write left before `cutoff`; how many (none by default)."""
         return 0
 
 

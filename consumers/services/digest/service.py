@@ -314,8 +314,8 @@ async def run_digest_service(settings: Settings, stop: asyncio.Event, on_ready: 
                 return
         actions = QuarantineActions(settings, view, producer, blobs, users=users)
         sender = DigestSender(settings, view.state, users, producer, blobs, link_key(settings))
-        service = DigestService(settings, sender, Cleanup(view.state, actions, ledger, blobs,
-                                                                   settings.blobs.retention_seconds))
+        cleanup = Cleanup(view.state, actions, ledger, blobs, settings.blobs.retention_seconds)
+        service = DigestService(settings, sender, cleanup)
         if on_ready is not None:
             on_ready()
         with read_at_scrape("poststelle_quarantine_entries", "quarantine entries, by status", ["status"],
