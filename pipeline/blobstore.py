@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from schemas.events import BlobRef
 
-__all__ = ["BlobStore", "BlobNotFound", "FileBlobStore"]
+__all__ = ["BlobStore", "BlobNotFound", "FileBlobStore", "LEFTOVER_AGE"]
+
+LEFTOVER_AGE = 86_400.0  # seconds after which a temporary file is taken for a dead writer's leftover
 
 
 class BlobNotFound(LookupError):
@@ -47,13 +50,12 @@ class BlobStore:
         """Remove a blob; True if it was there. A blob already gone is not an error (cleanups repeat)."""
         raise NotImplementedError
 
-    def stored_before(self, cutoff: float) -> Iterator[BlobRef]:  # pragma: no cover - interface
-        """Every blob last stored before `cutoff` (POSIX seconds), in no particular order."""
-        raise NotImplementedError
+    leftovers_removed = 0  # what writers that died mid-write left, removed by `stored_before` so far
 
-    def remove_temporaries(self, cutoff: float) -> int:
-        """Delete what writers that died mid-write left before `cutoff`; how many (none by default)."""
-        return 0
+    def stored_before(self, cutoff: float) -> Iterator[BlobRef]:  # pragma: no cover - interface
+        """Every blob last stored before `cutoff` (POSIX seconds), in no particular order. On the way
+        it removes what writers that died mid-write left more than `LEFTOVER_AGE` ago."""
+        raise NotImplementedError
 
 
 class FileBlobStore(BlobStore):
@@ -99,18 +101,14 @@ class FileBlobStore(BlobStore):
         return True
 
     def stored_before(self, cutoff: float) -> Iterator[BlobRef]:
+        leftover_before = time.time() - LEFTOVER_AGE
         for path, size, mtime in self._files():
-            if mtime < cutoff and _is_digest(path.name):
-                yield BlobRef(sha256=path.name, size=size)
-
-    def remove_temporaries(self, cutoff: float) -> int:
-        """Delete the temporary files of writers that died between write and rename, left before `cutoff`."""
-        removed = 0
-        for path, _, mtime in self._files():
-            if mtime < cutoff and path.name.startswith(".") and path.name.endswith(".tmp"):
-                path.unlink(missing_ok=True)
-                removed += 1
-        return removed
+            if _is_digest(path.name):
+                if mtime < cutoff:
+                    yield BlobRef(sha256=path.name, size=size)
+            elif mtime < leftover_before and path.name.startswith(".") and path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)  # a writer died between write and rename
+                self.leftovers_removed += 1
 
     def _files(self) -> Iterator[tuple[Path, int, float]]:
         """(path, size, modification time) of every file in the two levels of fan-out directories."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.blobstore import BlobNotFound, FileBlobStore
+from pipeline.blobstore import LEFTOVER_AGE, BlobNotFound, FileBlobStore
 
 
 def test_put_get_delete_and_delete_again(tmp_path: Path) -> None:
@@ -64,14 +64,15 @@ def test_blobs_stored_before_a_time_storing_again_counts_from_now(tmp_path: Path
     assert store.get(new) == b"new" and list(FileBlobStore(tmp_path / "none").stored_before(time.time())) == []
 
 
-def test_temporaries_of_a_writer_that_died_go_once_they_are_old(tmp_path: Path) -> None:
+def test_temporaries_of_a_writer_that_died_go_once_they_are_a_day_old(tmp_path: Path) -> None:
     store = FileBlobStore(tmp_path)
     ref = store.put(b"kept")
     directory = store.path_of(ref.sha256).parent
     left, recent = directory / f".{ref.sha256}.123.456.tmp", directory / f".{'0' * 64}.123.789.tmp"
     left.write_bytes(b"half a mess")
     recent.write_bytes(b"being written")
-    os.utime(left, (1_000_000, 1_000_000))
-    assert store.remove_temporaries(2_000_000) == 1
-    assert not left.exists() and recent.exists() and store.get(ref) == b"kept"
+    long_ago = time.time() - LEFTOVER_AGE - 60
+    os.utime(left, (long_ago, long_ago))
     assert list(store.stored_before(time.time() + 60)) == [ref]  # a temporary is never taken for a blob
+    assert not left.exists() and recent.exists() and store.get(ref) == b"kept"
+    assert store.leftovers_removed == 1

@@ -56,7 +56,6 @@ __all__ = ["Planned", "DigestSender", "Cleanup", "CleanupStats", "DigestService"
 log = logging.getLogger(__name__)
 
 SETTLE = 3600.0  # seconds after an entry's last action before its blob may go
-TEMPORARY_AGE = 86_400.0  # seconds before a blob writer's leftover temporary file is removed
 RETRY_AFTER = 300.0  # seconds before a run that failed (broker away, settings unreadable) is tried again
 START_TIMEOUT = 30.0  # seconds to wait for the quarantine and the users topics to be replayed
 
@@ -198,8 +197,9 @@ class Cleanup:
                 log.info("cleanup: blob %s of message %s deleted", blob.sha256, entries[0].message_id)
         if self.retention is not None:
             needed = deferred.union(self._by_blob())
+            leftovers = self.blobs.leftovers_removed
             stats.blobs_aged_out = await asyncio.to_thread(self._age_out, now - self.retention, needed)
-            stats.temporaries_removed = await asyncio.to_thread(self.blobs.remove_temporaries, now - TEMPORARY_AGE)
+            stats.temporaries_removed = self.blobs.leftovers_removed - leftovers
         return stats
 
     def _age_out(self, cutoff: float, needed: set[str]) -> int:
