@@ -96,6 +96,12 @@ SMTP_SESSIONS = counter("poststelle_smtp_sessions", "SMTP connections accepted")
 SMTP_SESSIONS_ACTIVE = gauge("poststelle_smtp_sessions_active", "SMTP connections open now")
 SMTP_REPLIES = counter("poststelle_smtp_replies", "SMTP replies sent, by code (multi-line replies once)", ["code"])
 
+# -- the blob store -------------------------------------------------------------------------------
+
+BLOBS_DELETED = counter("poststelle_blobs_deleted", "blobs the cleanup deleted: of expired quarantine entries "
+                        "(quarantine), past [blobs] retention (retention), a dead writer's leftovers (leftover)",
+                        ["reason"])
+
 # -- outside services -------------------------------------------------------------------------------
 
 LDAP_UP = gauge("poststelle_ldap_up", "1 while the directory answers, 0 after it failed to", ["server"])

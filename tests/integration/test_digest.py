@@ -137,5 +137,7 @@ def test_the_cleanup_deletes_blobs_past_their_retention_but_not_a_held_one(stack
         stack.wait_for(lambda: not blobs.path_of(aged.sha256).exists(), timeout=60, what="the aged blob deleted")
         assert blobs.get(held) and blobs.get(young)
         assert "blob retention: " in (stack.home / "log" / "digest.log").read_text(errors="replace")
+        deleted = stack.scrape("digest").get(("poststelle_blobs_deleted_total", (("reason", "retention"),)), 0)
+        assert deleted >= 1  # the restarted process's own count
     finally:
         stack.cli("user", "reset", LENA, check=False)

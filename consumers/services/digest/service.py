@@ -40,7 +40,7 @@ from pipeline.broker import describe
 from pipeline.bus import Topics
 from pipeline.links import link_key
 from pipeline.mail.inject import DIGEST_LISTENER, inject_message
-from pipeline.metrics import read_at_scrape
+from pipeline.metrics import BLOBS_DELETED, read_at_scrape
 from pipeline.producers import TransactionalProducer
 from pipeline.settings import Settings
 from pipeline.state.ledger import Ledger
@@ -276,6 +276,9 @@ class DigestService:
         if stats.expired or stats.blobs_deleted:
             log.info("quarantine cleanup: %d entries expired, %d blobs deleted, %d kept", len(stats.expired),
                      stats.blobs_deleted, stats.blobs_kept)
+        for reason, count in (("quarantine", stats.blobs_deleted), ("retention", stats.blobs_aged_out),
+                              ("leftover", stats.temporaries_removed)):
+            BLOBS_DELETED.labels(reason).inc(count)
         if stats.blobs_aged_out or stats.temporaries_removed:
             log.info("blob retention: %d blobs older than %s deleted, %d temporary files removed",
                      stats.blobs_aged_out, self.retention_text, stats.temporaries_removed)
