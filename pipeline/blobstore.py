@@ -69,9 +69,11 @@ class FileBlobStore(BlobStore):
 
     def store(self, ref: BlobRef, data: bytes) -> None:
         path = self.path_of(ref.sha256)
-        if path.exists():
-            os.utime(path)  # stored again: retention counts from now
+        try:
+            os.utime(path)  # stored before: nothing to write, and retention counts from now
             return
+        except FileNotFoundError:
+            pass
         path.parent.mkdir(parents=True, exist_ok=True)
         # per process and thread: two threads storing the same bytes must not share a temporary file
         tmp = path.with_name(f".{ref.sha256}.{os.getpid()}.{threading.get_ident()}.tmp")
