@@ -31,6 +31,7 @@ from ingress.ports import Authenticator, EventSink
 from ingress.replies import Replies
 from ingress.smtp import IngressSMTP
 from ingress.verdicts import OutcomeFollower, Pending, first_of, refusal_text
+from pipeline.blobsegments import SegmentWriter
 from pipeline.blobstore import BlobStore
 from pipeline.failures import FailureWindow
 from pipeline.settings import IngressSettings, MessageSettings, SubmissionSettings
@@ -69,9 +70,11 @@ class IngressHandler:
         submission: SubmissionSettings | None = None,
         verdicts: OutcomeFollower | None = None,
         message: MessageSettings | None = None,
+        segments: SegmentWriter | None = None,
     ) -> None:
         self.settings = settings
         self.blobs = blobs
+        self.segments = segments  # where messages are appended (`[blobs] segments`), else a file each
         self.events = events
         self.listener = listener
         self.local_domains = local_domains or frozenset(d.lower() for d in settings.local_domains)
@@ -291,7 +294,10 @@ class IngressHandler:
                     ref = self.blobs.reference(raw)
                 else:  # hashing megabytes here would hold up every other session
                     ref = await loop.run_in_executor(None, self.blobs.reference, raw)
-                stored = loop.run_in_executor(None, self.blobs.store, ref, raw)
+                if self.segments is not None:
+                    ref, stored = self.segments.append(ref, raw)
+                else:
+                    stored = loop.run_in_executor(None, self.blobs.store, ref, raw)
                 event = received_event(session, envelope, ctx, message_id=message_id, blob=ref,
                                        listener="submission" if self.listener == "submission" else "smtp",
                                        ingress_host=self.hostname, answer_by=answer_by)

@@ -14,6 +14,7 @@ from ingress.limits import ConnectionLimits
 from ingress.smtp import IngressSMTP
 from ingress.tls import server_context
 from ingress.verdicts import OutcomeFollower
+from pipeline.blobsegments import SegmentWriter
 from pipeline.blobstore import FileBlobStore
 from pipeline.broker import watch
 from pipeline.bus import Topics
@@ -260,13 +261,14 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
                       instance: str = "0") -> None:
     s = settings.ingress
     blobs = FileBlobStore(settings.home / "blobs")
+    segments = SegmentWriter(blobs.root) if settings.blobs.segments else None
     sink = KafkaEventSink(settings, instance=instance)
     services = build_services(settings, sink)
     limits = ConnectionLimits(connection_capacity(s.max_connections), s.max_connections_per_ip)  # raises RLIMIT_NOFILE
     chains = [CheckChain.build(s.checks, settings.checks, services, s.check_timeout)]
     verdicts = OutcomeFollower(settings.kafka, sink.topics.outcomes) if s.verdict_wait > 0 else None
     handlers = [IngressHandler(s, blobs, sink, chains[0], listener="mx", local_domains=services.local_domains,
-                               limits=limits, verdicts=verdicts, message=settings.message)]
+                               limits=limits, verdicts=verdicts, message=settings.message, segments=segments)]
     loop = asyncio.get_running_loop()
     listeners = [(handlers[0], make_protocol(handlers[0], s), s.host, s.port, None)]
     sub = settings.submission
@@ -276,7 +278,7 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
         handler = IngressHandler(s, blobs, sink, chains[1], listener="submission",
                                  local_domains=services.local_domains, limits=limits,
                                  authenticator=services.directory, submission=sub, verdicts=verdicts,
-                                 message=settings.message)
+                                 message=settings.message, segments=segments)
         handlers.append(handler)
         if sub.port:
             listeners.append((handler, make_protocol(handler, s, tls_context=tls), sub.host, sub.port, None))
@@ -312,6 +314,8 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
         await asyncio.gather(follower_start, return_exceptions=True)
         await verdicts.close()
     await sink.close()
+    if segments is not None:
+        await segments.close()
     for chain in chains:
         await chain.close()
     for service in (services.resolver, services.directory):

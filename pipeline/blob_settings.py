@@ -20,6 +20,9 @@ MARGIN = 86_400.0  # seconds `retention` must exceed `delivery.lifetime` by
 @dataclass(frozen=True, slots=True)
 class BlobSettings:
     retention: str = "30d"  # after this a blob nothing needs any more is deleted; "never": kept
+    # the ingress appends messages to segment files (`pipeline.blobsegments`), one fdatasync per
+    # group; false: a file each (an inode and two fsyncs per message)
+    segments: bool = True
 
     def __post_init__(self) -> None:
         if self.retention != KEEP_FOREVER:

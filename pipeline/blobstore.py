@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.blobsegments import SEGMENTS, SegmentCorrupt, read_segment_blob, segment_digests
 from schemas.events import BlobRef
 
 __all__ = ["BlobStore", "BlobNotFound", "FileBlobStore", "LEFTOVER_AGE"]
@@ -52,6 +53,14 @@ class BlobStore:
 
     leftovers_removed = 0  # what writers that died mid-write left, removed by `stored_before` so far
 
+    def expire(self, cutoff: float, keep: set[str]) -> int:
+        """Delete the blobs last stored before `cutoff` whose sha256 is not in `keep`; how many."""
+        deleted = 0
+        for ref in self.stored_before(cutoff):
+            if ref.sha256 not in keep and self.delete(ref):
+                deleted += 1
+        return deleted
+
     def stored_before(self, cutoff: float) -> Iterator[BlobRef]:  # pragma: no cover - interface
         """Every blob last stored before `cutoff` (POSIX seconds), in no particular order. On the way
         it removes what writers that died mid-write left more than `LEFTOVER_AGE` ago."""
@@ -85,6 +94,11 @@ class FileBlobStore(BlobStore):
         _fsync_dir(path.parent)
 
     def get(self, ref: BlobRef) -> bytes:
+        if ref.segment:
+            try:
+                return read_segment_blob(self.root, ref)
+            except (FileNotFoundError, SegmentCorrupt) as exc:
+                raise BlobNotFound(f"{ref.sha256}: {exc}") from None
         try:
             data = self.path_of(ref.sha256).read_bytes()
         except FileNotFoundError:
@@ -94,6 +108,8 @@ class FileBlobStore(BlobStore):
         return data
 
     def delete(self, ref: BlobRef) -> bool:
+        if ref.segment:  # its bytes go with their segment (`expire`)
+            return False
         path = self.path_of(ref.sha256)
         try:
             path.unlink()
@@ -101,6 +117,22 @@ class FileBlobStore(BlobStore):
             return False
         _fsync_dir(path.parent)
         return True
+
+    def expire(self, cutoff: float, keep: set[str]) -> int:
+        """Delete the blob files and the segments last written before `cutoff` that hold no blob whose
+        sha256 is in `keep`; how many blobs went."""
+        deleted = super().expire(cutoff, keep)
+        for path in sorted((self.root / SEGMENTS).glob("*.seg")):
+            try:
+                if path.stat().st_mtime >= cutoff:
+                    continue
+                digests = list(segment_digests(path))
+            except FileNotFoundError:
+                continue
+            if not keep.intersection(digests):
+                path.unlink(missing_ok=True)
+                deleted += len(digests)
+        return deleted
 
     def stored_before(self, cutoff: float) -> Iterator[BlobRef]:
         leftover_before = time.time() - LEFTOVER_AGE

@@ -91,6 +91,10 @@ class Client:
 class BlobRef:
     sha256: str
     size: int
+    # where the blob is when not in a file of its own: a segment file of the blob store and the
+    # offset of its bytes in it (`pipeline.blobsegments`); "" and 0: the file <sha256>
+    segment: str = ""
+    offset: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -198,17 +198,9 @@ class Cleanup:
         if self.retention is not None:
             needed = deferred.union(self._by_blob())
             leftovers = self.blobs.leftovers_removed
-            stats.blobs_aged_out = await asyncio.to_thread(self._age_out, now - self.retention, needed)
+            stats.blobs_aged_out = await asyncio.to_thread(self.blobs.expire, now - self.retention, needed)
             stats.temporaries_removed = self.blobs.leftovers_removed - leftovers
         return stats
-
-    def _age_out(self, cutoff: float, needed: set[str]) -> int:
-        """Delete the blobs last stored before `cutoff` that are not `needed`; how many."""
-        deleted = 0
-        for ref in self.blobs.stored_before(cutoff):
-            if ref.sha256 not in needed and self.blobs.delete(ref):
-                deleted += 1
-        return deleted
 
     def _by_blob(self) -> dict[str, list[Entry]]:
         found: dict[str, list[Entry]] = {}
