@@ -21,6 +21,7 @@ from email.policy import default
 import httpx
 import pytest
 
+from pipeline.blobsegments import SEGMENTS
 from pipeline.blobstore import FileBlobStore
 from pipeline.cli.components import load_config
 from pipeline.links import LinkToken, link_key, read_link_token
@@ -116,8 +117,8 @@ def test_a_held_spam_is_listed_in_one_digest_and_its_release_link_delivers_it_on
 
 def test_the_cleanup_deletes_blobs_past_their_retention_but_not_a_held_one(stack: Stack) -> None:
     """`[blobs] retention` (30 days): the digest service's cleanup, which runs at its start, deletes
-    a blob last stored longer ago that nothing needs, and keeps a younger one and one that an open
-    quarantine entry refers to, however old."""
+    a blob last stored longer ago that nothing needs, and keeps a younger one, and the segment file
+    of a message an open quarantine entry refers to, however old."""
     settings = load_config(environ=stack.env)
     blobs = FileBlobStore(settings.home / "blobs")
     quarantine_on(stack, LENA)
@@ -130,8 +131,10 @@ def test_the_cleanup_deletes_blobs_past_their_retention_but_not_a_held_one(stack
         aged = blobs.put(b"Subject: delivered long ago\r\n\r\n" + new_test_id().encode() + b"\r\n")
         young = blobs.put(b"Subject: delivered today\r\n\r\n" + new_test_id().encode() + b"\r\n")
         long_ago = time.time() - 40 * 86_400
-        for ref in (aged, held):
-            os.utime(blobs.path_of(ref.sha256), (long_ago, long_ago))
+        assert held.segment  # the ingress appends to its segment files
+        held_file = blobs.root / SEGMENTS / held.segment  # (it may be written again meanwhile: kept either way)
+        for path in (blobs.path_of(aged.sha256), held_file):
+            os.utime(path, (long_ago, long_ago))
 
         stack.wait_restarted("digest", stack.kill("digest"))
         stack.wait_for(lambda: not blobs.path_of(aged.sha256).exists(), timeout=60, what="the aged blob deleted")
