@@ -125,10 +125,13 @@ class SegmentWriter:
             batch, self._pending = self._pending, []
             try:
                 await loop.run_in_executor(self._executor, self._write, [(s, o, h, d) for s, o, h, d, _ in batch])
-            except Exception as exc:  # nothing after a gap: the next blob starts a new segment
-                if any(s == self._segment for s, *_ in batch):
+            except Exception as exc:  # nothing after a gap: what was to follow fails too, and the next
+                failed = {segment for segment, *_ in batch}  # blob starts a new segment
+                if self._segment in failed:
                     self._next_segment()
-                for *_, done in batch:
+                behind = [p for p in self._pending if p[0] in failed]
+                self._pending = [p for p in self._pending if p[0] not in failed]
+                for *_, done in (*batch, *behind):
                     if not done.done():
                         done.set_exception(exc)
             else:
@@ -157,11 +160,12 @@ class SegmentWriter:
         path = _path(self.root, segment)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = self._fds[segment] = os.open(path, _APPEND, 0o644)
-        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:  # the new file's name is durable before any of its blobs is reported so
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        for directory in (path.parent, self.root):  # the new names are durable before any of its
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)  # blobs is reported so
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
         return fd
 
     def _close_all(self) -> None:

@@ -124,3 +124,28 @@ async def test_the_retention_deletes_a_segment_only_when_none_of_its_blobs_is_ne
     for ref in (*unneeded, file_blob):
         with pytest.raises(BlobNotFound):
             store.get(ref)
+
+
+async def test_what_was_placed_behind_a_failed_write_fails_too(tmp_path, monkeypatch) -> None:
+    """So that no record follows a gap."""
+    store, writer = FileBlobStore(tmp_path), SegmentWriter(tmp_path)
+    await _append_all(writer, [b"first"])
+    real, calls = os.pwrite, []
+
+    def fail_once(*args):
+        calls.append(args[2])
+        if len(calls) == 1:
+            raise OSError(5, "I/O error")
+        return real(*args)
+
+    monkeypatch.setattr(blobsegments.os, "pwrite", fail_once)
+    placed = [writer.append(BlobStore.reference(d), d) for d in (b"a", b"b")]  # a's write is under way ...
+    await asyncio.sleep(0)
+    behind = [writer.append(BlobStore.reference(d), d) for d in (b"c", b"d")]  # ... c and d wait behind it
+    results = await asyncio.gather(*(done for _, done in (*placed, *behind)), return_exceptions=True)
+    assert all(isinstance(r, OSError) for r in results)
+    [after] = await _append_all(writer, [b"after"])
+    assert after.segment != placed[0][0].segment and store.get(after) == b"after"
+    segment = tmp_path / SEGMENTS / placed[0][0].segment
+    assert list(segment_digests(segment)) == [BlobStore.reference(b"first").sha256]  # nothing beyond it
+    await writer.close()
