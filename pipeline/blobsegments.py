@@ -38,7 +38,7 @@ MAGIC = b"PSB1"
 HEADER = struct.Struct(">4s32sQ")  # magic, sha256 (raw), size
 SEGMENT_BYTES = 64 * 1024 * 1024  # a segment is closed once it holds this much
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
-_APPEND = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
 
 
 class SegmentCorrupt(LookupError):
@@ -159,7 +159,7 @@ class SegmentWriter:
     def _open(self, segment: str) -> int:
         path = _path(self.root, segment)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = self._fds[segment] = os.open(path, _APPEND, 0o644)
+        fd = self._fds[segment] = os.open(path, _CREATE, 0o644)
         for directory in (path.parent, self.root):  # the new names are durable before any of its
             dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)  # blobs is reported so
             try:
