@@ -37,6 +37,9 @@ SEGMENTS = "segments"  # the directory under the blob store's root
 MAGIC = b"PSB1"
 HEADER = struct.Struct(">4s32sQ")  # magic, sha256 (raw), size
 SEGMENT_BYTES = 64 * 1024 * 1024  # a segment is closed once it holds this much
+# ... or once it is this old: so a segment still being written is never as old as the retention
+# (at least a day past delivery.lifetime), which deletes segments by their modification time
+SEGMENT_SECONDS = 3600.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
 
@@ -83,9 +86,12 @@ def segment_digests(path: Path) -> Iterator[str]:
 class SegmentWriter:
     """The segment files of one process: `append` on the event loop, the writing in one thread."""
 
-    def __init__(self, root: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, root: Path, segment_bytes: int = SEGMENT_BYTES,
+                 segment_seconds: float = SEGMENT_SECONDS) -> None:
         self.root = Path(root)
         self.segment_bytes = segment_bytes
+        self.segment_seconds = segment_seconds
+        self._started = 0.0  # monotonic time the current segment got its first record
         self._prefix = f"{_safe(socket.gethostname())}-{os.getpid()}-{time.time_ns()}"
         self._count = 0
         self._segment = ""
@@ -97,7 +103,8 @@ class SegmentWriter:
 
     def append(self, ref: BlobRef, data: bytes) -> tuple[BlobRef, asyncio.Future]:
         """Where `data` (whose reference is `ref`) will be, and a future done once it is durable."""
-        if not self._segment or self._end + HEADER.size + len(data) > self.segment_bytes and self._end:
+        if (not self._segment or self._end + HEADER.size + len(data) > self.segment_bytes and self._end
+                or time.monotonic() - self._started > self.segment_seconds):
             self._next_segment()
         offset = self._end + HEADER.size
         header = HEADER.pack(MAGIC, bytes.fromhex(ref.sha256), len(data))
@@ -118,6 +125,7 @@ class SegmentWriter:
     def _next_segment(self) -> None:
         self._count += 1
         self._segment, self._end = f"{self._prefix}-{self._count}.seg", 0
+        self._started = time.monotonic()
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()

@@ -149,3 +149,13 @@ async def test_what_was_placed_behind_a_failed_write_fails_too(tmp_path, monkeyp
     segment = tmp_path / SEGMENTS / placed[0][0].segment
     assert list(segment_digests(segment)) == [BlobStore.reference(b"first").sha256]  # nothing beyond it
     await writer.close()
+
+
+async def test_a_segment_is_closed_once_it_is_old_so_the_retention_never_meets_one_being_written(tmp_path) -> None:
+    writer = SegmentWriter(tmp_path, segment_seconds=0.05)
+    [first] = await _append_all(writer, [b"first"])
+    [soon] = await _append_all(writer, [b"soon after"])
+    await asyncio.sleep(0.1)
+    [later] = await _append_all(writer, [b"later"])
+    assert first.segment == soon.segment != later.segment
+    await writer.close()
