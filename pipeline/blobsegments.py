@@ -31,7 +31,7 @@ from pathlib import Path
 
 from schemas.events import BlobRef
 
-__all__ = ["SegmentWriter", "read_segment_blob", "segment_digests", "SEGMENTS", "SegmentCorrupt"]
+__all__ = ["SegmentWriter", "read_segment_blob", "segment_digests", "fsync_dir", "SEGMENTS", "SegmentCorrupt"]
 
 SEGMENTS = "segments"  # the directory under the blob store's root
 MAGIC = b"PSB1"
@@ -169,17 +169,22 @@ class SegmentWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = self._fds[segment] = os.open(path, _CREATE, 0o644)
         for directory in (path.parent, self.root):  # the new names are durable before any of its
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)  # blobs is reported so
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_dir(directory)  # blobs is reported so
         return fd
 
     def _close_all(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def fsync_dir(path: Path | str) -> None:
+    """Make the entries of directory `path` (a file created, renamed or removed in it) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _safe(name: str) -> str:

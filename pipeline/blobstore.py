@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.blobsegments import SEGMENTS, SegmentCorrupt, read_segment_blob, segment_digests
+from pipeline.blobsegments import SEGMENTS, SegmentCorrupt, fsync_dir, read_segment_blob, segment_digests
 from schemas.events import BlobRef
 
 __all__ = ["BlobStore", "BlobNotFound", "FileBlobStore", "LEFTOVER_AGE"]
@@ -91,7 +91,7 @@ class FileBlobStore(BlobStore):
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def get(self, ref: BlobRef) -> bytes:
         if ref.segment:
@@ -115,7 +115,7 @@ class FileBlobStore(BlobStore):
             path.unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return True
 
     def expire(self, cutoff: float, keep: set[str]) -> int:
@@ -168,11 +168,3 @@ def _subdirectories(path: Path) -> list[Path]:
 
 def _is_digest(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
