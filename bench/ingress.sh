@@ -10,8 +10,9 @@
 #
 # Load: smtp-source, SESSIONS parallel sessions, MESSAGES messages of SIZE body bytes, one recipient,
 # once with one connection per message and once with -d ("don't disconnect after sending a message;
-# send the next message over the same connection"). 200 messages warm each server up first, and
-# WARMUP (15,000) messages the poststelle stack before its first measurement (the broker's JIT).
+# send the next message over the same connection"). 200 messages warm each server up first, and the
+# poststelle stack is warmed up before its first measurement until the broker's JIT compilers are
+# quiet (`warm_broker` in bench/stack.sh: rounds of 5,000 messages, usually 6-10).
 # Figures:
 # - msgs/s: MESSAGES / wall time of the smtp-source run (smtp-source exits non-zero at the first
 #   reply that is not 2xx, so a completed run means every message got its 250).
@@ -35,7 +36,7 @@ cd "$(dirname "$0")/.."
 source bench/stack.sh
 source bench/postfix.sh
 
-MESSAGES=${MESSAGES:-10000} SESSIONS=${SESSIONS:-20} SIZE=${SIZE:-4096} WARMUP=${WARMUP:-15000}
+MESSAGES=${MESSAGES:-10000} SESSIONS=${SESSIONS:-20} SIZE=${SIZE:-4096}
 FROM=bench@example.org TO=max.mustermann@school.test
 PF=$ROOT/var/bench/postfix PF_PORT=$((BENCH_PORT_BASE + 15))
 HZ=$(getconf CLK_TCK)
@@ -90,10 +91,8 @@ if [ $as_root = yes ]; then
     expect_rcpt_reply "$PF_PORT" nobody.here@school.test "550 5.1.1"
     expect_rcpt_reply "$PF_PORT" "$TO" 250
 fi
-# The broker's JIT: a freshly started Kafka spends a third of its CPU in the C2 compiler for about
-# the first 15,000 messages (bench/ingress_cpu.sh with MODES="reuse reuse reuse reuse"), which a
-# broker in service finished long ago; so poststelle is measured warm, as Postfix (no JIT) is.
-smtp-source -d -s "$SESSIONS" -l "$SIZE" -m "$WARMUP" -f "$FROM" -t "$TO" "127.0.0.1:$STACK_SMTP_PORT"
+# the broker's JIT (bench/stack.sh): poststelle is measured warm, as Postfix (no JIT) is
+warm_broker "$STACK_SMTP_PORT" "$TO"
 # both servers run through every measurement, so each one's idle twin costs the same in both
 measure poststelle "$STACK_SMTP_PORT" new
 measure poststelle "$STACK_SMTP_PORT" reuse

@@ -2,7 +2,7 @@
 # Where one ingress process spends its CPU per message: a quick A/B tool for ingress changes.
 #
 # Starts the ingress-only bench stack (bench/stack.sh: Kafka, slapd, NSD, one ingress process), warms
-# it up with WARMUP (15,000) messages, then runs smtp-source with MESSAGES (6000) messages of 4 KiB from 20
+# it up until the broker's JIT is quiet (`warm_broker`), then runs smtp-source with MESSAGES (6000) messages of 4 KiB from 20
 # sessions, once with one connection per message and once with connections reused (-d), and prints
 # per mode: msgs/s, the machine's busy CPU per message, each component's CPU per message (ingress,
 # kafka), and the ingress's threads: the event loop ("main") and the worker threads that write
@@ -38,8 +38,7 @@ PYEOF
 
 trap 'stack_down' EXIT
 stack_up ingress-only
-# warm-up: the broker's JIT compiles for about the first 15,000 messages (see bench/ingress.sh)
-smtp-source -d -s 20 -l 4096 -m "${WARMUP:-15000}" -f bench@example.org -t "$TO" "127.0.0.1:$STACK_SMTP_PORT"
+warm_broker "$STACK_SMTP_PORT" "$TO"  # the broker's JIT (bench/stack.sh)
 INGRESS=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["components"]["ingress"]["pid"])' \
           "$STACK_HOME/run/status.json")
 echo "bench/ingress_cpu.sh $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD): $MESSAGES messages per mode"
