@@ -106,9 +106,8 @@ class KafkaEventSink:
 
     async def _commit(self, tx: TransactionalProducer, batch: list[_Pending]) -> None:
         async with tx.transaction() as producer:
-            for pending in batch:
-                event = pending.event
-                await producer.send(self.topics.received, encode_event(event), key=event.message_id.encode())
+            await producer.send_keyed(self.topics.received,
+                                      [(p.event.message_id.encode(), encode_event(p.event)) for p in batch])
             await producer.send_pending()  # AddPartitionsToTxn and Produce while the blobs are written
             await asyncio.wait([p.stored for p in batch])
             failed = [p for p in batch if _failure_of(p.stored) is not None]

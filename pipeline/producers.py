@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -85,6 +85,32 @@ async def _send_now(producer: AIOKafkaProducer) -> None:
     accumulator = getattr(producer, "_message_accumulator", None)
     if accumulator is not None:
         await accumulator.flush_for_commit()
+
+
+async def _send_keyed(producer: AIOKafkaProducer, partitions: list[int], records: list[tuple[bytes, bytes]],
+                      send_batch: Callable[[Any, int], Awaitable[asyncio.Future]]) -> list[tuple[asyncio.Future, int]]:
+    """Put (key, value) records into one batch per partition and hand each batch to `send_batch` (a
+    full one at once, the rest at the end); per batch, its delivery future and how many records it holds.
+
+    The partition is the key's CRC-32 modulo the partition count, not Kafka's murmur2 (5 µs a key in
+    aiokafka's Python against 0.1), and a batch costs one append per record instead of a `send` each:
+    records of one key still share a partition, but another client would put that key elsewhere. Only
+    for topics whose keys no other client writes (session events; `received`, keyed by new message ids)."""
+    batches: dict[int, tuple[Any, int]] = {}
+    deliveries: list[tuple[asyncio.Future, int]] = []
+    for key, value in records:
+        partition = partitions[zlib.crc32(key) % len(partitions)]
+        batch, count = batches.get(partition, (None, 0))
+        if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
+            if batch is not None:  # full: on its way, and a new one
+                deliveries.append((await send_batch(batch, partition), count))
+            batch, count = producer.create_batch(), 0
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a record of {len(value)} bytes does not fit in a batch")
+        batches[partition] = (batch, count + 1)
+    for partition, (batch, count) in batches.items():
+        deliveries.append((await send_batch(batch, partition), count))
+    return deliveries
 
 
 async def abandon(producer: AIOKafkaProducer) -> None:
@@ -193,6 +219,21 @@ class TransactionalProducer:
         self._deliveries.append(delivery)
         return delivery
 
+    async def send_keyed(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+        """Queue (key, value) records in the transaction, one batch per partition (`_send_keyed`: the
+        partition is the key's CRC-32, so only for topics whose keys no other client writes)."""
+        producer = self._producer
+        assert producer is not None, "send_keyed() outside transaction()"
+        partitions = sorted(await _partitions_of(producer, self.bound, topic))
+
+        async def send_batch(batch: Any, partition: int) -> asyncio.Future:
+            async with _bounded(self.bound, f"queueing a batch for {topic}"):
+                delivery = await producer.send_batch(batch, topic, partition=partition)
+            self._deliveries.append(delivery)
+            return delivery
+
+        await _send_keyed(producer, partitions, records, send_batch)
+
     async def send_pending(self) -> None:
         """Send the transaction's records so far now, not at its end, and wait for the broker's
         acknowledgement (they still become visible only with the commit)."""
@@ -250,29 +291,12 @@ class RenewingProducer:
         return delivery
 
     async def send_keyed(self, topic: str, records: list[tuple[bytes, bytes]]) -> list[tuple[asyncio.Future, int]]:
-        """Queue (key, value) records in one batch per partition; per batch, the future of its
-        acknowledgement and how many records it holds.
-
-        The partition is the key's CRC-32 modulo the partition count, not Kafka's murmur2 (5 µs a key in
-        aiokafka's Python against 0.1): records of one key still share a partition, but another client
-        would put that key elsewhere. Only for topics that this producer alone writes."""
+        """Queue (key, value) records in one batch per partition (`_send_keyed`); per batch, the future
+        of its acknowledgement and how many records it holds."""
         producer = await self._current()
         partitions = sorted(await _partitions_of(producer, self.bound, topic))
-        batches: dict[int, tuple[Any, int]] = {}
-        deliveries: list[tuple[asyncio.Future, int]] = []
-        for key, value in records:
-            partition = partitions[zlib.crc32(key) % len(partitions)]
-            batch, count = batches.get(partition, (None, 0))
-            if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
-                if batch is not None:  # full: on its way, and a new one
-                    deliveries.append((await self._send_batch(producer, batch, topic, partition), count))
-                batch, count = producer.create_batch(), 0
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    raise ValueError(f"a record of {len(value)} bytes does not fit in a batch")
-            batches[partition] = (batch, count + 1)
-        for partition, (batch, count) in batches.items():
-            deliveries.append((await self._send_batch(producer, batch, topic, partition), count))
-        return deliveries
+        return await _send_keyed(producer, partitions, records,
+                                 lambda batch, partition: self._send_batch(producer, batch, topic, partition))
 
     async def _send_batch(self, producer: AIOKafkaProducer, batch: Any, topic: str, partition: int) -> asyncio.Future:
         async with _bounded(self.bound, f"queueing a batch for {topic}"):

@@ -303,15 +303,25 @@ def _looks_at(check: Check, phase: Phase) -> bool:
 class Networks:
     """A set of CIDRs (IPv4 and IPv6) with a membership test; bad entries raise ValueError."""
 
+    MEMO_SIZE = 4096  # answers remembered per address (client addresses repeat; parsing one takes µs)
+
     def __init__(self, cidrs: list[str]) -> None:
         self.networks = [ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip()]
+        self._memo: dict[str, bool] = {}
 
     def __contains__(self, ip: str) -> bool:
+        known = self._memo.get(ip)
+        if known is not None:
+            return known
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
             return False
-        return any(address in net for net in self.networks if net.version == address.version)
+        inside = any(address in net for net in self.networks if net.version == address.version)
+        if len(self._memo) >= self.MEMO_SIZE:
+            self._memo.clear()
+        self._memo[ip] = inside
+        return inside
 
     def __bool__(self) -> bool:
         return bool(self.networks)

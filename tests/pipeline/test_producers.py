@@ -265,3 +265,27 @@ async def test_a_batch_that_fails_spends_the_producer():
     await asyncio.sleep(0)
     await producer.send_keyed("sessions", [(b"k", b"w")])
     assert len(factory.made) == 2 and factory.made[1].sent == [b"w"]
+
+
+# ---- a transaction's records in batches per partition (TransactionalProducer.send_keyed) -----------
+
+
+async def test_a_transactions_keyed_records_go_in_batches_per_partition_and_commit_with_it():
+    factory = Factory()
+    tx = TransactionalProducer(KAFKA, "ingress.0", make=factory)
+    records = [(b"m%d" % n, b"v%d" % n) for n in range(5)]
+    async with tx.transaction() as producer:
+        await producer.send_keyed("received", records)
+    made = factory.made[0]
+    assert made.committed and sorted(made.sent) == sorted(v for _, v in records)
+    assert sorted(k for _, keys in made.batches for k in keys) == sorted(k for k, _ in records)
+    assert all(len(keys) <= 3 for _, keys in made.batches)  # a full batch went out on its own
+
+
+async def test_a_transaction_whose_keyed_batch_fails_is_not_committed():
+    factory = Factory(["ok", "fail"])
+    tx = TransactionalProducer(KAFKA, "ingress.0", make=factory)
+    with pytest.raises(LeaderNotAvailableError):
+        async with tx.transaction() as producer:
+            await producer.send_keyed("received", [(b"a", b"1"), (b"a", b"2")])  # one batch, its 2nd record fails
+    assert not factory.made[0].committed and factory.made[0]._closed

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from ingress.checks import PASS, Check, CheckChain, CheckContext, CheckServices, refuse
+from ingress.checks import PASS, Check, CheckChain, CheckContext, CheckServices, Networks, refuse
 
 CALLS: list[str] = []
 
@@ -91,3 +91,15 @@ async def test_a_check_that_raises_its_own_timeout_is_a_timeout_and_the_phase_en
     chain = CheckChain([OwnTimeout(None, services), Sleeps("after", 0.0, services)], timeout=1.0)
     outcome = await chain.run("rcpt", CheckContext(session_id="s", client_ip="192.0.2.1"), "a@school.test")
     assert outcome.check == "own_timeout" and outcome.decision.reason_code == "own_timeout_timeout"
+
+
+def test_networks_answer_membership_for_both_families_and_remember_the_answers():
+    networks = Networks(["127.0.0.0/8", " 2001:db8::/32 ", ""])
+    assert "127.1.2.3" in networks and "2001:db8::1" in networks
+    assert "192.0.2.1" not in networks and "2001:db9::1" not in networks and "not an address" not in networks
+    assert "127.1.2.3" in networks and "192.0.2.1" not in networks  # the remembered answers are the same
+    networks.MEMO_SIZE = 2
+    for n in range(5):  # a full memory starts over: bounded however many addresses come
+        assert f"10.0.0.{n}" not in networks
+    assert len(networks._memo) <= 2 and "127.0.0.1" in networks
+    assert not Networks([]) and "127.0.0.1" not in Networks([])
