@@ -237,6 +237,7 @@ def make_protocol(handler: IngressHandler, settings: IngressSettings, *, tls_con
             tls_context=None if implicit_tls else tls_context,
             require_starttls=tls_context is not None and not implicit_tls,
             auth_require_tls=not implicit_tls,
+            loop=asyncio.get_running_loop(),  # else aiosmtpd asks for it under warnings.catch_warnings()
         )
 
     return protocol

@@ -30,7 +30,7 @@ from aiosmtpd.smtp import SMTP, AuthResult
 
 from ingress.replies import Replies, with_enhanced_code
 from ingress.smtp_data import read_data
-from ingress.smtp_fast import install_cached_introspection, plain_angle_address
+from ingress.smtp_fast import fast_init, install_cached_introspection, plain_angle_address
 from pipeline.metrics import SMTP_REPLIES, SMTP_SESSIONS, SMTP_SESSIONS_ACTIVE
 
 __all__ = ["IngressSMTP", "IllegalInput"]
@@ -110,7 +110,8 @@ class IngressSMTP(SMTP):
     """
 
     def __init__(self, handler, *args, max_bad_commands: int = 10, **kwargs) -> None:
-        super().__init__(handler, *args, **kwargs)
+        if args or not fast_init(self, handler, **kwargs):  # aiosmtpd's work, from memory (ingress.smtp_fast)
+            super().__init__(handler, *args, **kwargs)
         self.max_bad_commands = max_bad_commands
         self.bad_commands = 0
         self.context = None

@@ -1,13 +1,20 @@
 """The ingress's shortcuts around aiosmtpd (ingress/smtp_fast.py) give aiosmtpd's own results."""
 from __future__ import annotations
 
+import asyncio
+import collections
 import inspect
+import ssl
+import types
+import weakref
 
+import aiosmtpd
+import aiosmtpd.smtp
 import pytest
 from aiosmtpd.smtp import SMTP
 
 from ingress.smtp import IngressSMTP
-from ingress.smtp_fast import plain_angle_address
+from ingress.smtp_fast import fast_init, plain_angle_address
 
 TAKEN = [
     "<anna@school.test>", "<anna@school.test> SIZE=4096", "<a.b+c@Sub.School.test>  BODY=8BITMIME SMTPUTF8",
@@ -84,3 +91,62 @@ async def test_a_hook_set_on_the_handler_instance_is_found_as_aiosmtpd_would() -
     assert protocol._handle_hooks == {n.replace("handle_", ""): getattr(handler, n)
                                       for n in dir(handler) if n.startswith("handle_")}
     assert "OWN" in protocol._auth_methods and "PLAIN" in protocol._auth_methods
+
+
+# ---- the constructor from memory (fast_init) ---------------------------------------------------------
+
+
+def _comparable(value, owner):
+    """A value of a protocol object's attribute in a form that two equivalent objects share."""
+    if isinstance(value, types.MethodType):
+        return "method", value.__func__, "self" if value.__self__ is owner else value.__self__
+    if isinstance(value, aiosmtpd.smtp._AuthMechAttr):
+        return "auth", _comparable(value.method, owner), value.is_builtin
+    if isinstance(value, dict):
+        return {k: _comparable(v, owner) for k, v in value.items()}
+    if isinstance(value, weakref.ref):
+        return "weakref", _comparable(value(), owner)
+    if isinstance(value, asyncio.StreamReader):
+        return "reader", type(value), value._limit, value._loop
+    if isinstance(value, asyncio.Future):
+        return "future", value.done()
+    if isinstance(value, collections.deque):
+        return "deque", list(value)
+    return value
+
+
+def _built_by_aiosmtpd(handler, **kwargs) -> IngressSMTP:
+    protocol = IngressSMTP.__new__(IngressSMTP)
+    SMTP.__init__(protocol, handler, **kwargs)
+    return protocol
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_the_constructor_from_memory_builds_what_aiosmtpds_builds(tls: bool) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) if tls else None
+    kwargs = dict(data_size_limit=4096, enable_SMTPUTF8=True, decode_data=False, hostname="mx.school.test",
+                  ident="poststelle", timeout=30, tls_context=context, require_starttls=tls,
+                  auth_require_tls=not tls, loop=asyncio.get_running_loop())
+    handler = _Handler()
+    ours = IngressSMTP.__new__(IngressSMTP)
+    assert fast_init(ours, handler, **kwargs), "aiosmtpd is the release fast_init was written for"
+    for _ in range(2):  # the first from fresh tables, the second from memory
+        theirs = _built_by_aiosmtpd(handler, **kwargs)
+        assert vars(ours).keys() == vars(theirs).keys()
+        for name in vars(theirs):
+            assert _comparable(getattr(ours, name), ours) == _comparable(getattr(theirs, name), theirs), name
+        ours = IngressSMTP.__new__(IngressSMTP)
+        fast_init(ours, handler, **kwargs)
+    assert ours._smtp_methods["HELO"].__self__ is ours and ours._auth_methods["PLAIN"].method.__self__ is ours
+
+
+async def test_the_constructor_from_memory_leaves_other_cases_to_aiosmtpd(monkeypatch) -> None:
+    loop = asyncio.get_running_loop()
+    assert not fast_init(IngressSMTP.__new__(IngressSMTP), _Handler(), loop=loop)  # no hostname: getfqdn()
+    assert not fast_init(IngressSMTP.__new__(IngressSMTP), _Handler(), hostname="mx", auth_required=True)
+    verifying = ssl.create_default_context()  # CERT_REQUIRED: aiosmtpd warns about it
+    assert not fast_init(IngressSMTP.__new__(IngressSMTP), _Handler(), hostname="mx", tls_context=verifying)
+    monkeypatch.setattr(aiosmtpd, "__version__", "1.5.0")  # an aiosmtpd it was not written for
+    assert not fast_init(IngressSMTP.__new__(IngressSMTP), _Handler(), hostname="mx", loop=loop)
+    protocol = IngressSMTP(_Handler(), hostname="mx", loop=loop)  # ... builds with aiosmtpd's constructor
+    assert protocol._smtp_methods["HELO"].__self__ is protocol
