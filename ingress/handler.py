@@ -140,8 +140,10 @@ class IngressHandler:
         if refusal is not None:
             ctx.client_ip = ""  # not counted: nothing to release on disconnect
             return self._reject(ctx, "connect", "limits", "too_many_connections", refusal, ip=ip)
-        checks = asyncio.ensure_future(self._run(ctx, "connect"))
-        if self.settings.greet_delay > 0 and await _talks_first(server, self.settings.greet_delay):
+        if self.settings.greet_delay <= 0:
+            return await self._run(ctx, "connect")
+        checks = asyncio.ensure_future(self._run(ctx, "connect"))  # during the wait for an early talker
+        if await _talks_first(server, self.settings.greet_delay):
             checks.cancel()
             return self._reject(ctx, "connect", "early_talker", "early_talker", Replies.EARLY_TALKER)
         return await checks
@@ -366,13 +368,19 @@ class IngressHandler:
     async def _run(self, ctx: CheckContext, phase: Phase, *args: Any) -> str | None:
         """Run one phase of the chain; record its refusal and its notes; return the refusal."""
         ctx.notes.clear()
+        ctx.standing_notes.clear()
         outcome = await self.chain.run(phase, ctx, *args)
         recipient = args[0] if phase == "rcpt" else ""
         for check, result in ctx.notes.items():
-            self._note(ctx, phase, check, result, recipient=recipient)
             ctx.results[check] = (result, phase)
             if result == SKIPPED_TEMPFAIL:
                 ctx.skipped.setdefault(check, phase)
+            if check in ctx.standing_notes:  # the session's standing, not the check's finding: once a session
+                if ctx.standing_reported != result:
+                    ctx.standing_reported = result
+                    self._note(ctx, phase, "reputation", result)
+                continue
+            self._note(ctx, phase, check, result, recipient=recipient)
         if not outcome.refused:
             return None
         decision = outcome.decision

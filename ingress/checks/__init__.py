@@ -104,6 +104,10 @@ class CheckContext:
     # every check's last note in this session (connect, helo) and transaction (mail, rcpt, data), with
     # its phase: copied into the `received` event, where the spam stage weighs them
     results: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # the checks of this phase whose note is the session's standing (`skip_for_standing`), and the
+    # standing already reported for this session (the handler reports it once, as check "reputation")
+    standing_notes: set[str] = field(default_factory=set)
+    standing_reported: str = ""
     message_caps: MessageSettings = field(default_factory=MessageSettings)  # [message], for message_header
     _header: tuple[bytes, MessageHeader] | None = field(default=None, init=False, repr=False)
 
@@ -131,6 +135,16 @@ class CheckContext:
         if self.listener != "mx":
             return "not_mx"
         return ""
+
+    def skip_for_standing(self, check: str) -> bool:
+        """Whether `check`, a reputation check, does not apply to this session (`reputation_skip`).
+        If so, its note is the reason: kept per check in the `received` event, but reported once
+        per session, as check "reputation", not once per check and transaction."""
+        skip = self.reputation_skip()
+        if skip:
+            self.notes[check] = skip
+            self.standing_notes.add(check)
+        return bool(skip)
 
     def reset_transaction(self) -> None:
         """RSET, or a new MAIL FROM: the envelope starts over, the session facts stay."""

@@ -63,9 +63,7 @@ class DnsblCheck(Check):
             log.info("dnsbl: no [[checks.dnsbl.sites]] configured; the check passes every client")
 
     async def connect(self, ctx: CheckContext) -> Decision:
-        skip = ctx.reputation_skip()
-        if skip:
-            ctx.notes["dnsbl"] = skip
+        if ctx.skip_for_standing("dnsbl"):
             return PASS
         if not self.settings.sites:
             return PASS

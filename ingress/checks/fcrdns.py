@@ -76,9 +76,7 @@ class FcrdnsCheck(Check):
     Settings = FcrdnsSettings
 
     async def connect(self, ctx: CheckContext) -> Decision:
-        skip = ctx.reputation_skip()
-        if skip:
-            ctx.notes["fcrdns"] = skip
+        if ctx.skip_for_standing("fcrdns"):
             return PASS
         verdict = await self.verify(ctx.client_ip)
         if verdict.status == "pass":

@@ -11,8 +11,9 @@ over. A passed triplet stays passed for `whitelist_lifetime`, refreshed by use. 
 retries from one sender domain on a client network, that pair does. There is no automatic /24
 grouping: set `netmask_v4 = 24` for that. The null sender is greylisted like any other.
 
-Not greylisted: authenticated sessions, `ingress.relay_networks` (trusted), `ingress.client_allowlist`
-and any listener but "mx" (note "skipped"); clients in the static whitelist — `whitelist` (CIDRs) and
+Not greylisted: authenticated sessions, `ingress.client_allowlist` and any listener but "mx" (note
+the standing: "authenticated", "allowlisted", "not_mx"), `ingress.relay_networks` (trusted; note
+"skipped"); clients in the static whitelist — `whitelist` (CIDRs) and
 the file `whitelist_file` (one CIDR per line, `#` comments; relative to the source tree) — (note
 "whitelisted").
 
@@ -22,7 +23,7 @@ or lets mail pass when `on_unavailable = "pass"`. Once replayed, a broker outage
 instances do not learn this instance's decisions until it is back.
 
 Notes (`ctx.notes["greylist"]`, for analytics): "delayed", "too_early", "passed_after_retry",
-"passed", "auto_whitelisted", "whitelisted", "skipped", "unavailable".
+"passed", "auto_whitelisted", "whitelisted", "skipped", "unavailable", or the session's standing.
 
 Settings (`[checks.greylist]`; durations are strings such as "90s", "5m", "24h", "35d"):
   delay = "5m", retry_window = "24h", whitelist_lifetime = "35d", auto_whitelist_after = 5,
@@ -164,7 +165,9 @@ class GreylistCheck(Check):
             await self.store.close()
 
     async def rcpt(self, ctx: CheckContext, recipient: str) -> Decision:
-        if _exempt(ctx):
+        if ctx.skip_for_standing("greylist"):
+            return PASS
+        if ctx.trusted:  # relay networks are not greylisted
             return _note(ctx, "skipped")
         if ctx.client_ip in self.whitelist:
             return _note(ctx, "whitelisted")
@@ -187,11 +190,6 @@ class GreylistCheck(Check):
         if self.settings.on_unavailable == "pass":
             return PASS
         return refuse(UNAVAILABLE, "greylist_unavailable", "greylisting state not replayed from Kafka yet")
-
-
-def _exempt(ctx: CheckContext) -> bool:
-    """Reputation-exempt sessions, and relay networks (trusted senders are not greylisted)."""
-    return bool(ctx.reputation_skip()) or ctx.trusted
 
 
 def _note(ctx: CheckContext, result: str) -> Decision:

@@ -82,9 +82,7 @@ class RhsblCheck(Check):
     async def mail(self, ctx: CheckContext, sender: str) -> Decision:
         if sender == "":
             return PASS
-        skip = ctx.reputation_skip()
-        if skip:
-            ctx.notes["rhsbl"] = skip
+        if ctx.skip_for_standing("rhsbl"):
             return PASS
         if not self.settings.sites:
             return PASS

@@ -69,9 +69,7 @@ class SenderDomainCheck(Check):
     async def mail(self, ctx: CheckContext, sender: str) -> Decision:
         if sender == "":
             return PASS
-        skip = ctx.reputation_skip()
-        if skip:
-            ctx.notes["sender_domain"] = skip
+        if ctx.skip_for_standing("sender_domain"):
             return PASS
         try:
             domain = sender_domain(sender)

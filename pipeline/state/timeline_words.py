@@ -76,6 +76,13 @@ _GREYLIST_NOTES = {
     "skipped": "greylisting: not applied to this connection",
     "unavailable": "greylisting: state not available yet",
 }
+# check "reputation": why the reputation checks (DNS lists, FCrDNS, sender domain, greylisting) did
+# not apply to the session (reported once a session, each check's note says the same)
+_STANDING_NOTES = {
+    "allowlisted": "reputation checks not applied: the client is on the allowlist",
+    "authenticated": "reputation checks not applied: the session is authenticated",
+    "not_mx": "reputation checks not applied: not the MX listener",
+}
 
 
 def _connect(e: SmtpConnect) -> Words:
@@ -84,7 +91,8 @@ def _connect(e: SmtpConnect) -> Words:
 
 
 def _check(e: SmtpCheck) -> Words:
-    summary = _GREYLIST_NOTES.get(e.result) if e.check == "greylist" else None
+    notes = {"greylist": _GREYLIST_NOTES, "reputation": _STANDING_NOTES}.get(e.check, {})
+    summary = notes.get(e.result)
     summary = summary or f"SMTP check {e.check} at {e.phase}: {e.result}"
     return Words("ingress", summary[0].upper() + summary[1:],
                  {"session": e.session_id, "check": e.check, "phase": e.phase, "result": e.result,

@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 from ingress.checks import PASS, Check, CheckChain, CheckContext, CheckServices, Decision, refuse
+from ingress.checks.dnsbl import DnsblCheck, DnsblSettings
 from ingress.checks.relay import RelayCheck, RelaySettings
+from ingress.checks.rhsbl import RhsblCheck, RhsblSettings
+from ingress.checks.sender_domain import SenderDomainCheck, SenderDomainSettings
 from ingress.handler import IngressHandler
 from ingress.server import make_protocol
 from ingress.tls import self_signed_certificate
@@ -177,6 +180,26 @@ async def test_a_data_refusal_stores_nothing(serve):
     assert (await client.cmd("DATA")).startswith("354")
     assert (await client.cmd(b"Subject: x\r\n\r\nbody\r\n.")) == "553 5.7.1 Sender address rejected"
     assert sink.persisted == [] and [r.phase for r in sink.rejects()] == ["data"]
+
+
+async def test_an_allowlisted_session_reports_its_standing_once_and_each_message_keeps_it_per_check(serve):
+    services = CheckServices(local_domains=LOCAL)  # (no resolver: the skipped checks ask no DNS)
+    reputation = [DnsblCheck(DnsblSettings(), services), SenderDomainCheck(SenderDomainSettings(), services),
+                  RhsblCheck(RhsblSettings(), services)]
+    sink, port = await serve(reputation, settings=IngressSettings(client_allowlist=["127.0.0.0/8"]))
+    client, _ = await connect(port)
+    await client.cmd("EHLO relay.school.test")
+    for n in range(2):  # two transactions of one session
+        assert (await client.cmd("MAIL FROM:<a@ext.test>")).startswith("250 ")
+        assert (await client.cmd("RCPT TO:<max@school.test>")).startswith("250 ")
+        assert (await client.cmd("DATA")).startswith("354")
+        assert (await client.cmd(b"Subject: %d\r\n\r\nbody\r\n." % n)).startswith("250 ")
+    assert [(e.phase, e.check, e.result) for e in sink.notified if isinstance(e, SmtpCheck)] == [
+        ("connect", "reputation", "allowlisted")]  # not one per check and message
+    assert len(sink.persisted) == 2
+    for received in sink.persisted:
+        assert {k: received.checks[k] for k in ("dnsbl", "sender_domain", "rhsbl")} == dict.fromkeys(
+            ("dnsbl", "sender_domain", "rhsbl"), "allowlisted")
 
 
 async def test_notes_become_smtp_check_events(serve):

@@ -21,3 +21,17 @@ def test_an_expanded_group_and_the_owner_bounces_are_told() -> None:
     assert words is not None and words.component == "expand"
     assert f"9a@school.test became {MAX}, {LENA}" in words.summary
     assert f"bounces for {MAX}, {LENA} go to {ANNA}" in words.summary
+
+
+def test_smtp_check_notes_in_words_greylisting_the_standing_and_any_other() -> None:
+    from schemas.events import SmtpCheck
+
+    def summary(check: str, result: str) -> str:
+        words = describe(SmtpCheck(session_id="s1", client_ip="192.0.2.7", phase="connect", check=check,
+                                   result=result))
+        assert words is not None and words.component == "ingress"
+        return words.summary
+
+    assert summary("reputation", "allowlisted") == "Reputation checks not applied: the client is on the allowlist"
+    assert summary("greylist", "passed") == "Greylisting: passed (this server and sender passed before)"
+    assert summary("fcrdns", "fail") == "SMTP check fcrdns at connect: fail"
