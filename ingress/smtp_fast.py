@@ -151,7 +151,8 @@ def _class_tables(cls: type) -> tuple[dict[str, Any], dict[str, Any]] | None:
 @lru_cache(maxsize=16)
 def _handler_tables(handler: Any) -> tuple[dict[str, Any], dict[str, Any], str] | None:
     """(auth mechanism -> aiosmtpd's entry, hook -> bound method, EHLO hook version) of a handler,
-    which serves every connection of its listener; None for what aiosmtpd warns or fails about."""
+    which serves every connection of its listener (read at its first connection: a hook set on the
+    handler later is not seen); None for what aiosmtpd warns or fails about."""
     hooks = {name.replace("handle_", ""): getattr(handler, name) for name in _dir(handler)
              if name.startswith("handle_")}
     auth = {_mechanism(name, method): aiosmtpd.smtp._AuthMechAttr(method, False)
