@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
+from aiokafka.errors import GroupCoordinatorNotAvailableError  # noqa: E402
 
 from pipeline import eventloop  # noqa: E402
 from pipeline.bus import Topics, ensure_topics, make_producer  # noqa: E402
@@ -134,7 +135,11 @@ async def wait_committed(bootstrap: str, group: str, output_topic: str, partitio
                 raise RuntimeError(f"{child.args[:3]} exited with status {child.returncode}")
             if first is None and sum((await end.end_offsets(tps)).values()) > 0:
                 first = (time.time(), cpu_seconds(child.pid))
-            offsets = await admin.list_consumer_group_offsets(group)
+            try:
+                offsets = await admin.list_consumer_group_offsets(group)
+            except GroupCoordinatorNotAvailableError:  # a fresh broker makes its offsets topic first
+                await asyncio.sleep(0.2)
+                continue
             if sum(meta.offset for meta in offsets.values() if meta.offset > 0) >= n:
                 done = (time.time(), cpu_seconds(child.pid))
                 return first or done, done
