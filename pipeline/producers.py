@@ -72,6 +72,13 @@ async def _queue(producer: AIOKafkaProducer, bound: float, topic: str, value: by
         return await producer.send(topic, value, key=key, headers=headers)
 
 
+async def _queue_batch(producer: AIOKafkaProducer, bound: float, topic: str, batch: Any,
+                       partition: int) -> asyncio.Future:
+    """`producer.send_batch`, bounded by `bound` (it waits for the partition's batch before it to drain)."""
+    async with _bounded(bound, f"queueing a batch for {topic}"):
+        return await producer.send_batch(batch, topic, partition=partition)
+
+
 async def _send_now(producer: AIOKafkaProducer) -> None:
     """Send a transaction's lingering records now, in as few requests as possible.
 
@@ -227,8 +234,7 @@ class TransactionalProducer:
         partitions = sorted(await _partitions_of(producer, self.bound, topic))
 
         async def send_batch(batch: Any, partition: int) -> asyncio.Future:
-            async with _bounded(self.bound, f"queueing a batch for {topic}"):
-                delivery = await producer.send_batch(batch, topic, partition=partition)
+            delivery = await _queue_batch(producer, self.bound, topic, batch, partition)
             self._deliveries.append(delivery)
             return delivery
 
@@ -299,8 +305,7 @@ class RenewingProducer:
                                  lambda batch, partition: self._send_batch(producer, batch, topic, partition))
 
     async def _send_batch(self, producer: AIOKafkaProducer, batch: Any, topic: str, partition: int) -> asyncio.Future:
-        async with _bounded(self.bound, f"queueing a batch for {topic}"):
-            delivery = await producer.send_batch(batch, topic, partition=partition)
+        delivery = await _queue_batch(producer, self.bound, topic, batch, partition)
         delivery.add_done_callback(lambda done: self._check(producer, done))
         return delivery
 
