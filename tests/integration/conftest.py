@@ -100,6 +100,7 @@ def stack_env(home: Path, base: int) -> dict[str, str]:
         "POSTSTELLE_SINKS__ANALYTICS__BATCH_SECONDS": "0.5",
         "POSTSTELLE_SUPERVISOR__RESTART_BACKOFF_MAX": "2",
         "POSTSTELLE_RUNNER__TEMPFAIL_BACKOFF_MAX": "2",
+        "POSTSTELLE_LDAP__CACHE_TTL": "5",  # a change in the directory is seen within 5 s, not 60 (test_expand)
     }
 
 
