@@ -212,6 +212,9 @@ class DeliverySettings:
     # delay before the 2nd, 3rd, ... attempt; the last delay repeats until the lifetime ends
     retry_schedule: list[str] = field(default_factory=lambda: ["1m", "5m", "15m", "1h", "4h"])
     lifetime: str = "7d"  # after this age a deferred delivery bounces (reason "expired")
+    # after this age a deferred delivery's sender is told once that it is still being tried (a DSN with
+    # Action: delayed; Postfix's delay_warning_time, Exim's delay_warning); "0": never
+    delay_warning: str = "4h"
 
     def __post_init__(self) -> None:
         if not self.retry_schedule:
@@ -219,10 +222,16 @@ class DeliverySettings:
         for i, text in enumerate(self.retry_schedule):
             parse_duration(f"delivery.retry_schedule[{i}]", text)
         parse_duration("delivery.lifetime", self.lifetime)
+        _ = self.delay_warning_seconds
 
     @property
     def lifetime_seconds(self) -> float:
         return parse_duration("delivery.lifetime", self.lifetime)
+
+    @property
+    def delay_warning_seconds(self) -> float:
+        """Age at which the sender of a deferred delivery is told of the delay; 0: never."""
+        return 0.0 if self.delay_warning == "0" else parse_duration("delivery.delay_warning", self.delay_warning)
 
     def delay_name_after(self, attempt: int) -> str:
         """The schedule entry after failed attempt number `attempt` (1-based): "5m"."""

@@ -198,6 +198,7 @@ class Deferred(Event):
     reply: Reply
     next_attempt_time: str = ""
     routed: Routed | None = None  # what to deliver again
+    delay_notice: bool = False  # this attempt passed `delivery.delay_warning`: the sender is told (bounce service)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

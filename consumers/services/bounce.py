@@ -1,10 +1,12 @@
-"""The bounce service: `bounced` deliveries become DSNs to their senders (RFC 3464).
+"""The bounce service: `bounced` deliveries become DSNs to their senders (RFC 3464), and so do delays.
 
 The bounce service is a consumer group (`<prefix>.bounce`) on the delivery topic. For each
-`bounced` event it decides whether a DSN may be sent at all (`dsn_refusal`), builds the DSN
-(`build_dsn`, `pipeline.mail.dsn`), stores it in the blob store and produces a `received` event for
-it: the DSN then goes through the whole pipeline like any other message (route chooses the mailbox
-or the smarthost), from the null sender `<>` to the original envelope sender.
+`bounced` event, and each `deferred` event the sink marked `delay_notice` (the delivery passed
+`delivery.delay_warning`: the sender is told once that it is still being tried), it decides whether
+a DSN may be sent at all (`dsn_refusal`), builds the DSN (`build_dsn`, `pipeline.mail.dsn`), stores
+it in the blob store and produces a `received` event for it: the DSN then goes through the whole
+pipeline like any other message (route chooses the mailbox or the smarthost), from the null sender
+`<>` to the original envelope sender.
 
 Exactly once: the `received` events of a batch and the consumer offsets past it commit in one Kafka
 transaction, as in the stage runner.
@@ -22,11 +24,11 @@ from aiokafka.structs import ConsumerRecord
 from pipeline.blobstore import BlobNotFound, BlobStore, FileBlobStore
 from pipeline.bus import Topics
 from pipeline.hop import Output, PoisonMessage, TransactionalHop
-from pipeline.mail.dsn import build_dsn, dsn_event_id, dsn_message_id, dsn_refusal, envelope_sender
+from pipeline.mail.dsn import Reported, build_dsn, dsn_event_id, dsn_message_id, dsn_refusal, envelope_sender
 from pipeline.mail.inject import DSN_LISTENER, inject_message
 from pipeline.settings import Settings
 from schemas.codec import DecodeError
-from schemas.events import Bounced, Received, decode_event
+from schemas.events import Bounced, Deferred, Received, decode_event, epoch_from_iso, iso_from_epoch
 
 __all__ = ["BounceService", "BounceStats", "run_bounce_service"]
 
@@ -37,9 +39,10 @@ TEMPORARY_ERRORS = (OSError, TimeoutError)  # blob store trouble: retry the reco
 
 @dataclass(slots=True)
 class BounceStats:
-    sent: int = 0  # DSNs produced
-    refused: int = 0  # bounced events that may not get a DSN
-    skipped: int = 0  # records that are not bounced events, or undecodable
+    sent: int = 0  # DSNs produced (failures and delays)
+    delayed: int = 0  # of them, delay notices
+    refused: int = 0  # events that may not get a DSN
+    skipped: int = 0  # records that report nothing (not bounced, not a deferral with delay_notice)
 
 
 class BounceService(TransactionalHop):
@@ -57,11 +60,12 @@ class BounceService(TransactionalHop):
         self.reporting_mta = settings.ingress.hostname
         domain = (settings.ingress.local_domains or [self.reporting_mta])[0]
         self.postmaster = f"postmaster@{domain}"
+        self.lifetime = settings.delivery.lifetime_seconds
         self.stats = BounceStats()
 
     # -- one event ------------------------------------------------------------------------------
 
-    def _original(self, bounced: Bounced) -> bytes:
+    def _original(self, bounced: Reported) -> bytes:
         """The original message, or b"" when its blob is gone (raises OSError on storage trouble)."""
         assert bounced.routed is not None
         blob = bounced.routed.message.blob
@@ -72,7 +76,7 @@ class BounceService(TransactionalHop):
                         bounced.message_id, blob.sha256)
             return b""
 
-    def dsn_event(self, bounced: Bounced) -> Received | None:
+    def dsn_event(self, bounced: Reported) -> Received | None:
         """The `received` event of the DSN for `bounced` (its blob stored), or None when refused.
 
         Blocking (blob store I/O). Raises OSError when the blob store cannot be read or written.
@@ -84,30 +88,37 @@ class BounceService(TransactionalHop):
                      bounced.id, reason)
             self.stats.refused += 1
             return None
-        dsn = build_dsn(bounced, original, reporting_mta=self.reporting_mta, postmaster=self.postmaster)
+        retry_until = ""
+        if isinstance(bounced, Deferred) and bounced.routed is not None:
+            retry_until = iso_from_epoch(epoch_from_iso(bounced.routed.message.time) + self.lifetime)
+        dsn = build_dsn(bounced, original, reporting_mta=self.reporting_mta, postmaster=self.postmaster,
+                        retry_until=retry_until)
         sender = envelope_sender(bounced)
         event = inject_message(self.blobs, dsn, message_id=dsn_message_id(bounced),
                                event_id=dsn_event_id(bounced), mail_from="", rcpt_to=[sender],
                                hostname=self.reporting_mta, listener=DSN_LISTENER)
-        log.info("bounced %s (%s, %s): DSN %s to %s", bounced.message_id, bounced.recipient,
+        log.info("%s %s (%s, %s): DSN %s to %s", bounced.type, bounced.message_id, bounced.recipient,
                  bounced.id, event.message_id, sender)
         self.stats.sent += 1
+        self.stats.delayed += isinstance(bounced, Deferred)
         return event
 
-    def _bounced_of(self, record: ConsumerRecord) -> Bounced | None:
-        """The record's `bounced` event; None for the other events on the topic. Undecodable: poison."""
+    def _bounced_of(self, record: ConsumerRecord) -> Reported | None:
+        """The record's `bounced` event, or its `deferred` event with `delay_notice`; None for the other
+        events on the topic. Undecodable: poison."""
         try:
             data = orjson.loads(record.value or b"")
         except orjson.JSONDecodeError as exc:
             raise PoisonMessage("undecodable", f"not JSON: {exc}") from None
-        if not isinstance(data, dict) or data.get("type") != "bounced":
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind not in ("bounced", "deferred") or (kind == "deferred" and data.get("delay_notice") is not True):
             self.stats.skipped += 1
             return None
         try:
-            event = decode_event(record.value or b"", expect=(Bounced,))
+            event = decode_event(record.value or b"", expect=(Bounced, Deferred))
         except DecodeError as exc:
             raise PoisonMessage("undecodable", str(exc)) from None
-        assert isinstance(event, Bounced)
+        assert isinstance(event, (Bounced, Deferred))
         return event
 
     async def handle(self, record: ConsumerRecord) -> list[Output]:

@@ -51,11 +51,27 @@ from schemas.events import (
 )
 from schemas.ids import new_id
 
-__all__ = ["DeliverySink", "SinkStats"]
+__all__ = ["DeliverySink", "SinkStats", "delay_notice_due"]
 
 log = logging.getLogger(__name__)
 UNREACHABLE = Reply(code=451, enhanced="4.4.1", text="next hop not reachable")
 MISSING_BLOB = Reply(code=451, enhanced="4.3.0", text="message content not available")
+
+
+def delay_notice_due(routed: Routed, now: float, warning: float) -> bool:
+    """Whether a deferral of `routed` at `now` is the one whose sender is told of the delay.
+
+    It is when the message (accepted at `routed.message.time`) is at least `warning` seconds old now
+    and was not at the attempt before: a retried copy's `time` is that attempt's, a first attempt
+    has none before it. Attempts of one delivery follow each other, so one deferral passes this.
+    `warning` 0: never.
+    """
+    if warning <= 0:
+        return False
+    accepted = epoch_from_iso(routed.message.time)
+    if now - accepted < warning:
+        return False
+    return routed.attempt == 0 or epoch_from_iso(routed.time) - accepted < warning
 
 
 @dataclass(slots=True)
@@ -149,8 +165,10 @@ class DeliverySink:
                             routed=single)
             self.stats.bounced += 1
         else:
-            due = time.time() + self.delivery.delay_after(attempt)
-            event = Deferred(**common, next_attempt_time=iso_from_epoch(due), routed=single)
+            now = time.time()
+            event = Deferred(**common, next_attempt_time=iso_from_epoch(now + self.delivery.delay_after(attempt)),
+                             routed=single,
+                             delay_notice=delay_notice_due(routed, now, self.delivery.delay_warning_seconds))
             self.stats.deferred += 1
         await self.ledger.record(event)  # write-ahead: before the offsets move
         DELIVERIES.labels(self.destination, event.type).inc()

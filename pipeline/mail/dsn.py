@@ -1,12 +1,14 @@
 """Delivery status notifications (RFC 3464): whether one may be sent, and the DSN message itself.
 
-`dsn_refusal` says why no DSN may be sent for a `bounced` event (never to the null sender, never
-for a spam or virus verdict, never for a bounce); `build_dsn` makes the DSN. The bounce service
-(`consumers.services.bounce`) stores it and injects it into the pipeline.
+A DSN reports a `bounced` event (Action: failed: the recipient does not get the message) or a
+`deferred` event that passed `delivery.delay_warning` (Action: delayed: still being tried, with
+Will-Retry-Until; Postfix's "Delayed Mail"). `dsn_refusal` says why no DSN may be sent (never to
+the null sender, never for a spam or virus verdict, never for a bounce); `build_dsn` makes the DSN.
+The bounce service (`consumers.services.bounce`) stores it and injects it into the pipeline.
 
-A DSN's message id (and its event id and its bytes) derive from the `bounced` event's id, so if a
-delivery sink re-emits the same `bounced` event after a crash, the second DSN has the same message
-id and the delivery ledger refuses to deliver it twice.
+A DSN's message id (and its event id and its bytes) derive from the reported event's id, so if a
+delivery sink re-emits the same event after a crash, the second DSN has the same message id and
+the delivery ledger refuses to deliver it twice.
 
 The DSN is ``multipart/report; report-type=delivery-status`` with three parts: a human explanation
 (text/plain), the machine-readable ``message/delivery-status``, and the original message's header
@@ -25,10 +27,11 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from pipeline.mail.render import envelope_sender_of
-from schemas.events import Bounced, Verdict
+from schemas.events import Bounced, Deferred, Verdict
 from schemas.ids import derived_id
 
 __all__ = [
+    "Reported",
     "build_dsn",
     "dsn_refusal",
     "dsn_message_id",
@@ -39,6 +42,7 @@ __all__ = [
 ]
 
 SUBJECT = "Undelivered Mail Returned to Sender"
+DELAYED_SUBJECT = "Delayed Mail (still being retried)"
 FROM_NAME = "Mail Delivery System"
 EXPIRED_STATUS = "4.4.7"  # RFC 3463: delivery time expired
 VERDICT_STAGES = ("spam", "virus")  # a fail verdict of these never earns a DSN (backscatter)
@@ -47,16 +51,18 @@ MAX_HEADER_BYTES = 65_536  # of the original's header block returned in the thir
 _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _CRLF = "\r\n"
 
+Reported = Bounced | Deferred  # what a DSN reports: a failure, or a delay (a deferral with `delay_notice`)
+
 
 # ---- identifiers ----------------------------------------------------------------------------------
 
 
-def dsn_message_id(bounced: Bounced) -> str:
+def dsn_message_id(bounced: Reported) -> str:
     """The message id of the DSN for `bounced`: the same for the same event, different otherwise."""
     return derived_id(bounced.id, "dsn")
 
 
-def dsn_event_id(bounced: Bounced) -> str:
+def dsn_event_id(bounced: Reported) -> str:
     """The id of the DSN's `received` event, so analytics counts a re-emitted DSN once."""
     return derived_id(bounced.id, "dsn-event")
 
@@ -64,12 +70,12 @@ def dsn_event_id(bounced: Bounced) -> str:
 # ---- refusal ---------------------------------------------------------------------------------------
 
 
-def envelope_sender(bounced: Bounced) -> str:
+def envelope_sender(bounced: Reported) -> str:
     """Where the DSN goes: the copy's envelope sender (`envelope_sender_of`: the message's, or the
     group owner an `envelope_sender` edit names) when the event carries the copy."""
     if bounced.routed is not None:
         return envelope_sender_of(bounced.routed)
-    return bounced.mail_from
+    return bounced.mail_from if isinstance(bounced, Bounced) else ""
 
 
 def _is_null(sender: str) -> bool:
@@ -87,12 +93,12 @@ def _is_delivery_report(original: bytes) -> bool:
     return report_type in ("delivery-status", "global-delivery-status")
 
 
-def dsn_refusal(bounced: Bounced, original: bytes) -> str | None:
+def dsn_refusal(bounced: Reported, original: bytes) -> str | None:
     """Why no DSN may be sent for `bounced`, or None when one may.
 
     `original` is the raw original message (b"" when it is not available: that check is skipped).
     """
-    if _is_null(envelope_sender(bounced)) or _is_null(bounced.mail_from):
+    if _is_null(envelope_sender(bounced)) or (isinstance(bounced, Bounced) and _is_null(bounced.mail_from)):
         return "null sender"
     if bounced.routed is None:
         return "no message data"
@@ -106,16 +112,17 @@ def dsn_refusal(bounced: Bounced, original: bytes) -> str | None:
 # ---- field values ----------------------------------------------------------------------------------
 
 
-def dsn_status(bounced: Bounced) -> str:
-    """The RFC 3463 status code of the failure.
+def dsn_status(bounced: Reported) -> str:
+    """The RFC 3463 status code of the failure or delay.
 
     Expiry is 4.4.7; otherwise the reply's enhanced code when it is well formed and of the reply's
-    class, else the class of the reply code with ".0.0" (5.0.0 for a 5xx).
+    class, else the class of the reply code with ".0.0" (5.0.0 for a 5xx; a reply of neither class:
+    5.0.0 for a failure, 4.0.0 for a delay).
     """
-    if bounced.reason == "expired":
+    if isinstance(bounced, Bounced) and bounced.reason == "expired":
         return EXPIRED_STATUS
     reply = bounced.reply
-    klass = str(reply.code)[0] if 400 <= reply.code < 600 else "5"
+    klass = str(reply.code)[0] if 400 <= reply.code < 600 else ("4" if isinstance(bounced, Deferred) else "5")
     if _STATUS.fullmatch(reply.enhanced) and reply.enhanced[0] == klass:
         return reply.enhanced
     return f"{klass}.0.0"
@@ -139,7 +146,7 @@ def _address_field(address: str) -> str:
     return f"utf-8; {escaped}"
 
 
-def _reply_line(bounced: Bounced) -> str:
+def _reply_line(bounced: Reported) -> str:
     reply = bounced.reply
     return _one_line(" ".join(p for p in (str(reply.code), reply.enhanced, reply.text) if p))
 
@@ -184,20 +191,32 @@ def _fold(name: str, value: str) -> str:
 # ---- parts -----------------------------------------------------------------------------------------
 
 
-def _human_text(bounced: Bounced, reporting_mta: str, with_headers: bool) -> str:
-    """The explanation for a person: which recipient, what the server said, permanent or expired."""
-    if bounced.reason == "expired":
-        received = _parse_time(bounced.routed.message.time) if bounced.routed else None
-        failed = _parse_time(bounced.time)
-        age = f" for {_duration((failed - received).total_seconds())}" if received and failed else ""
-        why = (f"Delivery was tried{age} without success, and the message has now expired "
+def _age(bounced: Reported) -> str:
+    """How long delivery has been tried (" for 4 hours"), or "" when the times are not known."""
+    received = _parse_time(bounced.routed.message.time) if bounced.routed else None
+    now = _parse_time(bounced.time)
+    return f" for {_duration((now - received).total_seconds())}" if received and now else ""
+
+
+def _human_text(bounced: Reported, reporting_mta: str, with_headers: bool, retry_until: str) -> str:
+    """The explanation for a person: which recipient, what the server said, permanent, expired or delayed."""
+    if isinstance(bounced, Deferred):
+        until = f" until {_date(retry_until)}" if retry_until else ""
+        opening = "Your message has not yet been delivered to the following recipient:"
+        why = (f"Delivery has been tried{_age(bounced)}. It will be tried again{until}; you do not need to "
+               "send it again, and you will be told if it cannot be delivered in the end. The last "
+               "attempt was answered:")
+    elif bounced.reason == "expired":
+        opening = "Your message could not be delivered to the following recipient:"
+        why = (f"Delivery was tried{_age(bounced)} without success, and the message has now expired "
                "(delivery time expired). It will not be tried again. The last attempt was answered:")
     else:
+        opening = "Your message could not be delivered to the following recipient:"
         why = ("The receiving mail server refused it permanently, so it will not be tried again. "
                "It answered:")
     paragraphs = [
         f"This is the mail delivery system at {reporting_mta}.",
-        "Your message could not be delivered to the following recipient:",
+        opening,
         f"    <{_one_line(bounced.recipient)}>",
         why,
         f"    {_reply_line(bounced) or '(no reply)'}",
@@ -227,14 +246,14 @@ def _encoded_part(data: bytes, content_type: str, charset: str) -> bytes:
     return head.encode("ascii") + b"\r\n\r\n" + body
 
 
-def _delivery_status(bounced: Bounced, reporting_mta: str, remote_mta: str) -> bytes:
+def _delivery_status(bounced: Reported, reporting_mta: str, remote_mta: str, retry_until: str) -> bytes:
     """The message/delivery-status part: per-message fields, a blank line, per-recipient fields."""
     per_message = _fold("Reporting-MTA", f"dns; {_ascii(reporting_mta)}")
     per_message += _fold("X-Poststelle-Message-Id", _ascii(bounced.message_id))
     if bounced.routed is not None:
         per_message += _fold("Arrival-Date", _date(bounced.routed.message.time))
     per_recipient = _fold("Final-Recipient", _address_field(bounced.recipient))
-    per_recipient += _fold("Action", "failed")
+    per_recipient += _fold("Action", "delayed" if isinstance(bounced, Deferred) else "failed")
     per_recipient += _fold("Status", dsn_status(bounced))
     if remote_mta:
         per_recipient += _fold("Remote-MTA", f"dns; {_ascii(remote_mta)}")
@@ -242,6 +261,8 @@ def _delivery_status(bounced: Bounced, reporting_mta: str, remote_mta: str) -> b
     if reply:
         per_recipient += _fold("Diagnostic-Code", f"smtp; {reply}")
     per_recipient += _fold("Last-Attempt-Date", _date(bounced.time))
+    if isinstance(bounced, Deferred) and retry_until:
+        per_recipient += _fold("Will-Retry-Until", _date(retry_until))
     body = per_message + _CRLF + per_recipient
     return f"Content-Type: message/delivery-status{_CRLF}{_CRLF}{body}".encode("ascii")
 
@@ -282,19 +303,20 @@ def _postmaster_address(postmaster: str, reporting_mta: str) -> str:
     return postmaster if "@" in postmaster else f"{postmaster or 'postmaster'}@{reporting_mta}"
 
 
-def build_dsn(bounced: Bounced, original: bytes, *, reporting_mta: str, postmaster: str,
-              remote_mta: str = "") -> bytes:
+def build_dsn(bounced: Reported, original: bytes, *, reporting_mta: str, postmaster: str,
+              remote_mta: str = "", retry_until: str = "") -> bytes:
     """The complete DSN message (RFC 5322, CRLF lines) for `bounced`, to the original sender.
 
     `original` is the raw original message; only its header block is returned (b"": no third part).
     `postmaster` is the From address (a bare local part gets `@reporting_mta`). `remote_mta` names the
-    host that gave the reply, when it is known and may be disclosed. The result is a pure function
-    of its arguments: the same `bounced` event always gives the same bytes.
+    host that gave the reply, when it is known and may be disclosed. `retry_until` (ISO 8601): for a
+    delay, when the delivery will have expired. The result is a pure function of its arguments: the
+    same event always gives the same bytes.
     """
     dsn_id = dsn_message_id(bounced)
     headers = header_block(original)
-    parts = [_text_part(_human_text(bounced, reporting_mta, with_headers=bool(headers))),
-             _delivery_status(bounced, reporting_mta, remote_mta)]
+    parts = [_text_part(_human_text(bounced, reporting_mta, bool(headers), retry_until)),
+             _delivery_status(bounced, reporting_mta, remote_mta, retry_until)]
     if headers:
         parts.append(_headers_part(headers))
     boundary = _boundary(dsn_id, parts)
@@ -302,7 +324,7 @@ def build_dsn(bounced: Bounced, original: bytes, *, reporting_mta: str, postmast
     head = (
         _fold("From", f"{FROM_NAME} <{_postmaster_address(postmaster, reporting_mta)}>")
         + f"To: <{sender}>{_CRLF}"
-        + _fold("Subject", SUBJECT)
+        + _fold("Subject", DELAYED_SUBJECT if isinstance(bounced, Deferred) else SUBJECT)
         + _fold("Date", _date(bounced.time))
         + _fold("Message-ID", f"<{dsn_id}@{_ascii(reporting_mta)}>")
         + _fold("Auto-Submitted", "auto-replied")

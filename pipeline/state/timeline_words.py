@@ -182,6 +182,9 @@ def _delivery(e: DeliveryAttempt | Delivered | Deferred | Bounced) -> Words:
     elif isinstance(e, Deferred):
         details["next_attempt_time"] = e.next_attempt_time
         summary = f"Delivery to {e.recipient} failed for now ({reply}); next try at {e.next_attempt_time}"
+        if e.delay_notice:
+            details["delay_notice"] = True
+            summary += "; the sender is told of the delay"
     else:
         details["reason"] = e.reason
         why = "gave up after retrying" if e.reason == "expired" else "failed permanently"

@@ -95,6 +95,7 @@ def stack_env(home: Path, base: int) -> dict[str, str]:
         "POSTSTELLE_METRICS__INSTANCE_STRIDE": "30",
         "POSTSTELLE_DELIVERY__RETRY_SCHEDULE": "1s,2s",  # the test-only short schedule
         "POSTSTELLE_DELIVERY__LIFETIME": "20s",
+        "POSTSTELLE_DELIVERY__DELAY_WARNING": "10s",  # the sender hears of a delay after 10 s, not 4 h
         "POSTSTELLE_CHECKS__GREYLIST__DELAY": "2s",  # the test-only greylisting delay
         "POSTSTELLE_INGRESS__VERDICT_WAIT": "8",  # shorter than the default 20 s: tests hold stages
         "POSTSTELLE_SINKS__ANALYTICS__BATCH_SECONDS": "0.5",

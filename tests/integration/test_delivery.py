@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email
 import email.policy
+import email.utils
 import signal
 import smtplib
 import subprocess
@@ -42,6 +44,12 @@ def _status_fields(dsn: email.message.EmailMessage) -> dict[str, str]:
         for key, value in block.items():
             fields[key.lower()] = str(value)
     return fields
+
+
+def _arrival_date(dsn: email.message.EmailMessage) -> str:
+    """Arrival-Date of the per-message block: when the gateway accepted the message."""
+    part = next(p for p in dsn.walk() if p.get_content_type() == "message/delivery-status")
+    return str(part.get_payload()[0]["Arrival-Date"])
 
 
 def _dsns_about(stack, mailbox: str, recipient: str) -> list[email.message.EmailMessage]:
@@ -94,17 +102,29 @@ def test_unknown_mailbox_gives_exactly_one_dsn_and_the_null_sender_none(stack):
         assert not _dsns_about(stack, address, nobody_null), address
 
 
-def test_expiry_after_the_lifetime_gives_one_dsn(stack):
-    """The test stack's lifetime is 20 s: a mailbox that stays full makes the delivery expire."""
+def test_a_delivery_past_the_delay_warning_tells_the_sender_once_and_after_the_lifetime_one_dsn(stack):
+    """The test stack's delay warning is 10 s and its lifetime 20 s: a mailbox that stays full makes the
+    sender hear once that the message is still being tried (Action: delayed), then that it expired."""
     sender = "anna.schmidt@school.test"
     send(_big_message(new_test_id(), FULL_BOX), [FULL_BOX], mail_from=sender, port=stack.smtp_port)
-    dsn = stack.wait_for(lambda: _dsns_about(stack, sender, FULL_BOX), timeout=60, interval=1,
-                         what="the expiry DSN")[0]
+
+    def failed() -> list[email.message.EmailMessage]:
+        return [d for d in _dsns_about(stack, sender, FULL_BOX) if _status_fields(d)["action"] == "failed"]
+
+    (dsn,) = stack.wait_for(failed, timeout=60, interval=1, what="the expiry DSN")
     fields = _status_fields(dsn)
     assert fields["status"] == "4.4.7"
     assert "452" in fields["diagnostic-code"]
     time.sleep(3)
-    assert len(_dsns_about(stack, sender, FULL_BOX)) == 1
+    dsns = _dsns_about(stack, sender, FULL_BOX)
+    assert sorted(_status_fields(d)["action"] for d in dsns) == ["delayed", "failed"]
+    (delayed,) = [d for d in dsns if _status_fields(d)["action"] == "delayed"]
+    assert delayed["Subject"] == "Delayed Mail (still being retried)"
+    fields = _status_fields(delayed)
+    assert fields["status"] == "4.2.2" and "452" in fields["diagnostic-code"]
+    arrival = email.utils.parsedate_to_datetime(_arrival_date(delayed))
+    assert email.utils.parsedate_to_datetime(fields["will-retry-until"]) - arrival == datetime.timedelta(seconds=20)
+    assert email.utils.parsedate_to_datetime(delayed["Date"]) < email.utils.parsedate_to_datetime(dsn["Date"])
 
 
 def test_killing_the_retry_service_while_deliveries_are_deferred_loses_none(stack):

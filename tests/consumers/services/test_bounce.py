@@ -1,6 +1,7 @@
 """The bounce service's events, without Kafka: DSNs stored and injected, refusals, which records it takes."""
 from __future__ import annotations
 
+import dataclasses
 
 import pytest
 from aiokafka.structs import ConsumerRecord
@@ -10,9 +11,18 @@ from pipeline.blobstore import FileBlobStore
 from pipeline.deadletter import original_value
 from pipeline.mail.dsn import dsn_message_id
 from pipeline.settings import Settings
-from schemas.events import Bounced, Deadlettered, Delivered, Received, Reply, decode_event, encode_event
+from schemas.events import Bounced, Deadlettered, Deferred, Delivered, Received, Reply, decode_event, encode_event
 from schemas.ids import new_id
-from tests.pipeline.mail.test_dsn import MTA, ORIGINAL, _bounced, _build, _parse, _received
+from tests.pipeline.mail.test_dsn import (
+    MTA,
+    ORIGINAL,
+    _bounced,
+    _build,
+    _build_delay,
+    _deferred,
+    _parse,
+    _received,
+)
 
 
 @pytest.fixture
@@ -81,3 +91,30 @@ async def test_service_handles_only_bounced_records_and_dead_letters_undecodable
     assert [(o.topic, o.key) for o in outputs] == [(service.topics.received, dsn_message_id(bounced).encode())]
     assert service.stats.skipped == 1 and service.stats.sent == 1 and service.deadlettered == 2
 
+
+
+def _stored_deferred(service: BounceService, **kwargs) -> Deferred:
+    deferred = _deferred(**kwargs)
+    message = dataclasses.replace(deferred.routed.message, blob=service.blobs.put(ORIGINAL))
+    return dataclasses.replace(deferred, routed=dataclasses.replace(deferred.routed, message=message))
+
+
+async def test_a_deferral_marked_for_a_delay_notice_gets_one_until_the_lifetime_ends(service):
+    deferred = _stored_deferred(service)
+    event = service.dsn_event(deferred)
+    assert event is not None and event.envelope.mail_from == "" and event.envelope.rcpt_to == ["alice@ext.test"]
+    assert event.headers.subject == "Delayed Mail (still being retried)"
+    # Will-Retry-Until: accepted + delivery.lifetime (7 days by default)
+    assert service.blobs.get(event.blob) == _build_delay(deferred)
+    assert service.stats.sent == 1 and service.stats.delayed == 1
+    outputs = await service.outputs_of(_record(encode_event(deferred)))
+    assert [(o.topic, o.key) for o in outputs] == [(service.topics.received, dsn_message_id(deferred).encode())]
+    # a deferral the sink did not mark is no concern of the bounce service
+    unmarked = dataclasses.replace(deferred, id=new_id(), delay_notice=False)
+    assert await service.outputs_of(_record(encode_event(unmarked))) == []
+    assert service.stats.skipped == 1 and service.stats.sent == 2
+
+
+def test_a_delay_notice_to_the_null_sender_is_refused(service):
+    assert service.dsn_event(_stored_deferred(service, mail_from="")) is None
+    assert service.stats.refused == 1 and service.stats.delayed == 0

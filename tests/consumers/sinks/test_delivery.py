@@ -6,16 +6,18 @@ sink fails before it delivers), so no broker is needed.
 from __future__ import annotations
 
 import dkim
+import pytest
 from aiokafka.structs import ConsumerRecord
 
-from consumers.sinks.delivery import DeliverySink
+from consumers.sinks.delivery import DeliverySink, delay_notice_due
 from consumers.sinks.transport import Delivery
 from pipeline.blobstore import FileBlobStore
 from pipeline.deadletter import original_value
 from pipeline.mail.dkim_sign import DkimSigner
 from pipeline.outbound_settings import DkimKey, DkimSettings
-from pipeline.settings import PathSettings, Settings
+from pipeline.settings import ConfigError, DeliverySettings, PathSettings, Settings
 from schemas.events import (
+    BlobRef,
     Client,
     Deadlettered,
     Edit,
@@ -24,6 +26,7 @@ from schemas.events import (
     Reply,
     Routed,
     encode_event,
+    iso_from_epoch,
 )
 from schemas.ids import new_id
 
@@ -101,3 +104,39 @@ async def test_a_signing_sink_signs_the_message_as_it_leaves_after_every_edit(tm
     assert sent.data.startswith(b"DKIM-Signature:") and b"X-Spam-Status: No\r\n" in sent.data
     record = await resolver.txt("s2026._domainkey.school.test")
     assert dkim.verify(sent.data, dnsfunc=lambda name, timeout=5: record.records[0].encode())
+
+
+def _retried(accepted: float, previous_attempt: float | None) -> Routed:
+    """A copy accepted at `accepted`; tried before at `previous_attempt` (None: never tried)."""
+    message = Received(message_id=new_id(), time=iso_from_epoch(accepted),
+                       envelope=Envelope(mail_from="a@ext.test", rcpt_to=["b@school.test"]),
+                       client=Client(ip="192.0.2.1", port=1), blob=BlobRef(sha256="0" * 64, size=1))
+    if previous_attempt is None:
+        return Routed(message_id=message.message_id, destination="lmtp", recipients=["b@school.test"],
+                      message=message, time=iso_from_epoch(accepted + 1))
+    return Routed(message_id=message.message_id, destination="lmtp", recipients=["b@school.test"],
+                  message=message, time=iso_from_epoch(previous_attempt), attempt=3)
+
+
+def test_one_deferral_tells_the_sender_of_the_delay_the_one_that_passes_the_warning_age():
+    hour, t0 = 3600.0, 1_700_000_000.0
+    # the retries of one delivery with a 4 h warning: attempts at 0.5 h, 2 h, 3.9 h, 4.2 h, 8 h
+    attempts = [t0 + h * hour for h in (0.5, 2, 3.9, 4.2, 8)]
+    due = [delay_notice_due(_retried(t0, previous), now, 4 * hour)
+           for previous, now in zip([None, *attempts], attempts)]
+    assert due == [False, False, False, True, False]
+    # a first attempt that comes late (the pipeline was held up) tells at once
+    assert delay_notice_due(_retried(t0, None), t0 + 5 * hour, 4 * hour)
+    # exactly at the warning age counts as past it; a second deferral after it does not tell again
+    assert delay_notice_due(_retried(t0, t0 + hour), t0 + 4 * hour, 4 * hour)
+    assert not delay_notice_due(_retried(t0, t0 + 4 * hour), t0 + 6 * hour, 4 * hour)
+    # delay_warning = "0": never
+    assert not delay_notice_due(_retried(t0, t0 + hour), t0 + 9 * hour, 0.0)
+
+
+def test_delay_warning_is_a_duration_or_0_for_never():
+    assert DeliverySettings().delay_warning_seconds == 4 * 3600
+    assert DeliverySettings(delay_warning="0").delay_warning_seconds == 0
+    assert DeliverySettings(delay_warning="90m").delay_warning_seconds == 5400
+    with pytest.raises(ConfigError, match="delivery.delay_warning"):
+        DeliverySettings(delay_warning="soon")

@@ -17,6 +17,7 @@ from schemas.events import (
     BlobRef,
     Bounced,
     Client,
+    Deferred,
     Envelope,
     Received,
     Reply,
@@ -317,3 +318,72 @@ def test_dsn_message_id_is_shaped_like_the_other_ids():
     assert value.version == 7
     assert str(value) == dsn_message_id(bounced)
     assert id_time_ms(str(value)) == id_time_ms(bounced.id)
+
+
+# ---- the delay notice (a deferral past delivery.delay_warning) ---------------------------------------
+
+
+DEFERRED_TIME = "2024-01-01T14:05:00.000Z"  # 4 h 5 min after RECEIVED_TIME
+RETRY_UNTIL = "2024-01-08T10:00:00.000Z"
+
+
+def _deferred(*, reply: Reply | None = None, mail_from: str = "alice@ext.test",
+              results: list[Result] | None = None) -> Deferred:
+    message = _received(mail_from=mail_from)
+    routed = Routed(message_id=message.message_id, destination="lmtp", recipients=["bob@school.test"],
+                    message=message, results=results or [], attempt=4)
+    return Deferred(message_id=message.message_id, time=DEFERRED_TIME, destination="lmtp", recipient="bob@school.test",
+                    attempt=5, reply=reply or Reply(code=452, enhanced="4.2.2", text="Mailbox is full"),
+                    next_attempt_time="2024-01-01T18:05:00.000Z", routed=routed, delay_notice=True)
+
+
+def _build_delay(deferred: Deferred) -> bytes:
+    return build_dsn(deferred, ORIGINAL, reporting_mta=MTA, postmaster=POSTMASTER, retry_until=RETRY_UNTIL)
+
+
+def test_a_delay_notice_says_delayed_and_until_when_it_is_retried():
+    deferred = _deferred()
+    dsn = _build_delay(deferred)
+    msg = _parse(dsn)
+    assert msg["Subject"] == "Delayed Mail (still being retried)"
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert [a for _, a in email.utils.getaddresses([msg["To"]])] == ["alice@ext.test"]
+    assert msg["Message-ID"] == f"<{dsn_message_id(deferred)}@{MTA}>"
+    assert [p.get_content_type() for p in msg.iter_parts()] == [
+        "text/plain", "message/delivery-status", "text/rfc822-headers"]
+    per_message, per_recipient = _status_blocks(dsn)
+    assert per_recipient["Action"] == "delayed"
+    assert per_recipient["Status"] == "4.2.2"
+    assert per_recipient["Diagnostic-Code"] == "smtp; 452 4.2.2 Mailbox is full"
+    until, last = (email.utils.parsedate_to_datetime(per_recipient[f]).isoformat()
+                   for f in ("Will-Retry-Until", "Last-Attempt-Date"))
+    assert (until, last) == ("2024-01-08T10:00:00+00:00", "2024-01-01T14:05:00+00:00")
+    text = _human_text(dsn)
+    assert "has not yet been delivered to the following recipient: <bob@school.test>" in text
+    assert "Delivery has been tried for 4 hours. It will be tried again until Mon, 08 Jan 2024 10:00:00" in text
+    assert "you do not need to send it again" in text and "452 4.2.2 Mailbox is full" in text
+    assert "could not be delivered" not in text and "will not be tried again" not in text
+    assert BODY_TEXT not in dsn
+
+
+def test_a_delay_notice_without_a_lifetime_leaves_out_when_and_a_reply_of_no_class_is_4_0_0():
+    deferred = _deferred(reply=Reply(code=0, text="connection lost"))
+    dsn = build_dsn(deferred, ORIGINAL, reporting_mta=MTA, postmaster=POSTMASTER)
+    _, per_recipient = _status_blocks(dsn)
+    assert per_recipient["Status"] == "4.0.0" and dsn_status(deferred) == "4.0.0"
+    assert per_recipient["Will-Retry-Until"] is None
+    assert "It will be tried again; you do not need" in _human_text(dsn)
+
+
+def test_a_delay_notice_is_refused_as_a_failure_is():
+    assert dsn_refusal(_deferred(), ORIGINAL) is None
+    assert dsn_refusal(_deferred(mail_from=""), ORIGINAL) == "null sender"
+    spam = Result(stage="spam", verdict=Verdict.FAIL)
+    assert dsn_refusal(_deferred(results=[spam]), ORIGINAL) == "spam/virus verdict"
+
+
+def test_a_delay_notice_and_the_failure_after_it_are_two_messages():
+    deferred = _deferred()
+    bounced = _bounced(message=deferred.routed.message, reason="expired")
+    assert dsn_message_id(deferred) != dsn_message_id(bounced)
+    assert dsn_message_id(decode_event(encode_event(deferred))) == dsn_message_id(deferred)
