@@ -272,6 +272,11 @@ class IngressHandler:
             server.clear_data_offence()
             server.close_after_reply()
             return self._reject(ctx, "data", "smuggling", "illegal_line_ending", offence)
+        hops = sum(f.key == "received" for f in ctx.message_header(envelope.original_content).fields)
+        if hops > self.settings.max_received_headers:
+            log.warning("message from [%s] refused: %d Received fields, a mail loop (ingress.max_received_headers %d)",
+                        ctx.client_ip, hops, self.settings.max_received_headers)
+            return self._reject(ctx, "data", "hops", "too_many_hops", Replies.TOO_MANY_HOPS)
         refusal = await self._run(ctx, "data", envelope.original_content)
         if refusal is not None:
             return refusal

@@ -25,6 +25,7 @@ class Replies:
     SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
     BARE_LINE_ENDING = "521 5.5.2 Error: bare <CR> or <LF> received (see RFC 5321 2.3.8); closing connection"
     NUL_CHARACTER = "521 5.6.0 Error: NUL character received; closing connection"
+    TOO_MANY_HOPS = "554 5.4.6 Too many hops: mail loop suspected"
 
     @staticmethod
     def queued(message_id: str) -> str:

@@ -136,6 +136,13 @@ class IngressSettings:
     # seconds to wait after storing a message for the pipeline's verdict (554 at DATA when every
     # recipient's copy is rejected); a later rejection becomes quarantine. 0: answer at once
     verdict_wait: float = 20.0
+    # Received header fields a message may carry; one more is a mail loop: 554 5.4.6 at DATA, on every
+    # listener (RFC 5321 6.3; Postfix's hopcount_limit, Exim's received_headers_max)
+    max_received_headers: int = 50
+
+    def __post_init__(self) -> None:
+        if self.max_received_headers < 1:
+            raise ConfigError("ingress.max_received_headers: must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import pytest
 from ingress.handler import IngressHandler
 from ingress.server import make_protocol
 from pipeline.blobstore import FileBlobStore
-from pipeline.settings import IngressSettings
+from pipeline.settings import ConfigError, IngressSettings
 from schemas.events import Event, Received, SmtpConnect, SmtpReject
 
 pytestmark = pytest.mark.timeout(30)
@@ -454,3 +454,36 @@ async def test_oversized_clean_message_leaves_the_session_usable(start):
     await client.send(_stuffed(b"Subject: clean\r\n\r\nok\r\n"))
     assert (await client.reply())[-1].startswith("250 2.0.0 Ok: queued as ")
     assert len(sink.persisted) == 1
+
+
+# ---- mail loops -----------------------------------------------------------------------------------
+
+
+def _hops(count: int) -> bytes:
+    """A message that passed `count` MTAs (a Received field each, newest first)."""
+    return b"".join(b"Received: from relay%d.ext.test by relay%d.ext.test; Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+                    % (i + 1, i) for i in reversed(range(count))) + MESSAGE
+
+
+async def test_a_message_over_the_hop_limit_is_a_mail_loop_refused_at_data(start):
+    sink, _, connect = await start(max_received_headers=5)
+    client = await connect()
+    await client.envelope()
+    await client.send(_stuffed(_hops(5)))  # at the limit: taken (ours makes it 6 on the way on)
+    assert (await client.reply())[-1].startswith("250 2.0.0 Ok: queued as ")
+    assert (await client.cmd("MAIL FROM:<alice@ext.test>")).startswith("250 2.1.0")
+    assert (await client.cmd("RCPT TO:<bob@school.test>")).startswith("250 2.1.5")
+    assert (await client.cmd("DATA")).startswith("354 ")
+    await client.send(_stuffed(_hops(6)))
+    assert await client.reply() == ["554 5.4.6 Too many hops: mail loop suspected"]
+    assert len(sink.persisted) == 1  # only the first
+    (reject,) = sink.rejects()
+    assert (reject.phase, reject.check, reject.reason_code) == ("data", "hops", "too_many_hops")
+    assert (reject.reply.code, reject.reply.enhanced) == (554, "5.4.6")
+    assert await client.cmd("QUIT") == "221 2.0.0 Bye"  # the session goes on
+
+
+async def test_the_default_hop_limit_is_postfixs_50_and_cannot_be_turned_off():
+    assert IngressSettings().max_received_headers == 50
+    with pytest.raises(ConfigError, match="ingress.max_received_headers"):
+        IngressSettings(max_received_headers=0)

@@ -20,6 +20,7 @@ from tests.integration.conftest import make_message, new_test_id
 
 GOOD_MTA = "127.0.2.10"  # mx.good.test
 LISTED_MTA = "127.0.1.66"  # zen.dnsbl.test 127.0.0.2
+MAX = "max.mustermann@school.test"
 GREYLIST_DELAY = 2.0  # POSTSTELLE_CHECKS__GREYLIST__DELAY in the test stack
 
 
@@ -262,3 +263,18 @@ def test_sending_as_someone_else_is_refused_and_as_oneself_delivered(stack):
     stack.wait_for(lambda: stack.test_ids("lena.mueller@school.test")[test_id], timeout=30,
                    what="the submitted message in lena's mailbox")
     assert wait_reject(stack, "sender_not_owned")[:3] == ["sender_login", "mail", 553]
+
+
+
+def test_a_message_that_went_round_50_times_is_refused_as_a_mail_loop(stack):
+    """ingress.max_received_headers (50, the default): a 51st Received field is a loop, 554 5.4.6 at DATA."""
+    test_id = new_test_id()
+    hops = [b"Received: from loop%d.example.org by loop%d.example.org; Mon, 1 Jan 2024 10:00:00 +0000\r\n" % (i + 1, i)
+            for i in range(51)]
+    with smtp_from(stack, "127.0.0.1") as client:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("sender@example.org", [MAX], b"".join(hops) + make_message(test_id))
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (554, b"5.4.6 Too many hops: mail loop suspected")
+        client.sendmail("sender@example.org", [MAX], b"".join(hops[1:]) + make_message(test_id))  # 50: taken
+    assert wait_reject(stack, "too_many_hops") == ["hops", "data", 554, "5.4.6"]
+    stack.wait_for(lambda: stack.test_ids(MAX)[test_id] == 1, what="the message that came through 50 hops")
