@@ -16,9 +16,11 @@ Finding the hosts (RFC 5321 5.1, RFC 7505), `mx_route`:
 - an address literal (`user@[192.0.2.1]`, which authenticated users may write to): that address.
 
 Delivering: the addresses are tried in order; a connection that cannot be made (refused, timed
-out, reset) moves on to the next one. The first SMTP server that answers decides: its replies are
-the recipients' replies (4xx: deferred and retried, 5xx: bounced), as for the smarthost. No
-address reachable is a 4xx (deferred).
+out, reset), and a server that greets with anything but 220 (4xx "too busy" or 5xx, as Postfix's
+smtp_skip_4xx_greeting and smtp_skip_5xx_greeting), move on to the next one. The first SMTP server
+that greets with 220 decides: its replies are the recipients' replies (4xx: deferred and retried,
+5xx: bounced), as for the smarthost. No address reachable, or none that would talk, is a 4xx
+(deferred), with what each host did in the reply.
 
 TLS (the destination's `tls`, default "opportunistic"): "opportunistic" uses STARTTLS when offered and
 accepts any certificate (RFC 7435: encryption against passive listeners; most MX certificates do not
@@ -44,6 +46,7 @@ from itertools import groupby
 from consumers.sinks.transport import (
     Delivery,
     DeliveryTransport,
+    RefusedGreeting,
     SmtpClientTransport,
     client_ssl_context,
     tls_handshake_failed,
@@ -176,7 +179,8 @@ class MxTransport:
         s = self.settings
         tls = "none" if plain else {"none": "none", "opportunistic": "opportunistic", "verify": "required"}[self.tls]
         return SmtpClientTransport(address, s.port, lmtp=False, helo_name=s.helo_name, timeout=s.timeout, tls=tls,
-                                   ssl_context=self._context, server_name=host, peer=f"MX host {host}")
+                                   ssl_context=self._context, server_name=host, peer=f"MX host {host}",
+                                   skip_refusing_greeting=True)
 
     async def deliver(self, delivery: Delivery) -> dict[str, Reply]:
         by_domain: dict[str, list[str]] = {}
@@ -202,8 +206,11 @@ class MxTransport:
                     log.info("mx %s: TLS with %s[%s] failed, again in plain text", domain, host, address)
                     replies = await self.connect(host, address, True).deliver(delivery)
                 return replies
+            except RefusedGreeting as refused:
+                log.info("mx %s: %s[%s] greeted %s, trying the next host", domain, host, address, refused)
+                tried.append(f"{host}[{address}] greeted {refused}")
             except (OSError, asyncio.TimeoutError) as exc:
                 log.info("mx %s: %s[%s] unreachable: %s", domain, host, address, exc or type(exc).__name__)
-                tried.append(f"{host}[{address}]")
+                tried.append(f"{host}[{address}] unreachable")
         return dict.fromkeys(delivery.recipients, Reply(code=451, enhanced="4.4.1",
-                                                        text=f"no MX host of {domain} reachable: {', '.join(tried)}"))
+                                                        text=f"no MX host of {domain} took it: {', '.join(tried)}"))

@@ -40,6 +40,7 @@ __all__ = [
     "DeliveryTransport",
     "Delivery",
     "SmtpClientTransport",
+    "RefusedGreeting",
     "TLS_MODES",
     "client_ssl_context",
     "parse_extensions",
@@ -131,6 +132,14 @@ class _Refused(Exception):
         self.reply, self.quit = reply, quit
 
 
+class RefusedGreeting(OSError):
+    """The server greeted with something else than 220 (`skip_refusing_greeting`): try another host."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(_said(reply))
+        self.reply = reply
+
+
 class _Stale(Exception):
     """A kept session failed before the delivery's MAIL was accepted: use a new connection."""
 
@@ -208,16 +217,18 @@ class SmtpClientTransport:
     `tls` is one of `TLS_MODES`; `ssl_context` defaults to a verifying one (`client_ssl_context`),
     checked against `server_name` (default: `host`; the MX sink connects to an address and checks the
     MX host's name). `peer` names the next hop in the replies it makes up ("smarthost", "MX host").
-    With `username`, AUTH follows EHLO, and only over TLS unless tls="none".
+    With `username`, AUTH follows EHLO, and only over TLS unless tls="none". `skip_refusing_greeting`
+    (the MX sink): a greeting other than 220 raises `RefusedGreeting` instead of being every
+    recipient's reply, so the caller tries the next host (Postfix's smtp_skip_4xx/5xx_greeting).
     """
 
     def __init__(self, host: str, port: int, *, lmtp: bool, helo_name: str, timeout: float = 60.0,
                  tls: str = "none", ssl_context: ssl.SSLContext | None = None, username: str = "",
                  password: str = "", server_name: str = "", peer: str = "smarthost",
-                 reuse_seconds: float = 0.0) -> None:
+                 reuse_seconds: float = 0.0, skip_refusing_greeting: bool = False) -> None:
         if tls not in TLS_MODES:
             raise ValueError(f"tls: expected one of {', '.join(TLS_MODES)}, got {tls!r}")
-        self.reuse_seconds = reuse_seconds
+        self.reuse_seconds, self.skip_refusing_greeting = reuse_seconds, skip_refusing_greeting
         self._kept: SessionCache[_Session] = SessionCache(reuse_seconds, self._quit_and_close)
         self.host, self.port, self.lmtp = host, port, lmtp
         self.helo_name, self.timeout = helo_name, timeout
@@ -254,7 +265,9 @@ class SmtpClientTransport:
                 await self._quit(session)
             await session.close()
             return dict.fromkeys(delivery.recipients, refused.reply)
-        except _Stale:
+        except (_Stale, RefusedGreeting) as exc:
+            if isinstance(exc, RefusedGreeting):
+                await self._quit_and_close(session)
             raise
         except BaseException:
             await session.close()
@@ -283,7 +296,7 @@ class SmtpClientTransport:
         if not reused:
             greeting = await s.reply()
             if greeting.code != 220:
-                raise _Refused(greeting)
+                raise RefusedGreeting(greeting) if self.skip_refusing_greeting else _Refused(greeting)
             extensions = await self._hello(s)
             if self.tls in ("opportunistic", "required"):
                 extensions = await self._starttls(s, extensions)

@@ -52,6 +52,10 @@ class ScriptedServer:
         try:
             say(self.script.greeting)
             if not self.script.greeting.startswith("220"):
+                line = await reader.readline()  # a polite client says QUIT now (RFC 5321 3.1)
+                if line:
+                    self.seen.commands.append(line.decode().rstrip("\r\n"))
+                    say("221 2.0.0 Bye")
                 return
             while True:
                 waited = not getattr(reader, "_buffer", b"")  # nothing of the client's next write read yet

@@ -11,7 +11,7 @@ import pytest
 
 from consumers.sinks.destination import destination_signer, destination_transport
 from consumers.sinks.mx import NO_DOMAIN, NO_HOST, NULL_MX, MxTransport, mx_route
-from consumers.sinks.transport import Delivery, SmtpClientTransport
+from consumers.sinks.transport import Delivery, RefusedGreeting, SmtpClientTransport
 from pipeline.cli.components import load_config
 from pipeline.destination_settings import DestinationSettings
 from pipeline.settings import REPO_ROOT, ConfigError
@@ -25,8 +25,10 @@ OK = Reply(code=250, enhanced="2.0.0", text="queued")
 class Hosts:
     """A connector whose hosts accept everything, except the addresses in `down` (connection refused)."""
 
-    def __init__(self, down: tuple[str, ...] = (), pause: float = 0.0, broken_tls: tuple[str, ...] = ()) -> None:
+    def __init__(self, down: tuple[str, ...] = (), pause: float = 0.0, broken_tls: tuple[str, ...] = (),
+                 greeting: dict[str, Reply] | None = None) -> None:
         self.down, self.pause, self.broken_tls = down, pause, broken_tls
+        self.greeting = greeting or {}  # address -> the greeting of a server that does not say 220
         self.tried: list[tuple[str, str]] = []
         self.plain: list[str] = []  # addresses connected to in plain text
         self.delivered: list[tuple[str, list[str]]] = []  # (address, recipients)
@@ -46,6 +48,8 @@ class _Client:
     async def deliver(self, delivery: Delivery) -> dict[str, Reply]:
         if self.address in self.hosts.down:
             raise ConnectionRefusedError(111, "Connection refused")
+        if self.address in self.hosts.greeting:  # what SmtpClientTransport(skip_refusing_greeting=True) does
+            raise RefusedGreeting(self.hosts.greeting[self.address])
         if self.address in self.hosts.broken_tls and not self.plain:  # what SmtpClientTransport answers
             return dict.fromkeys(delivery.recipients, Reply(code=454, enhanced="4.7.0",
                                                             text="TLS handshake with MX host x failed: bad record"))
@@ -106,6 +110,20 @@ async def test_no_reachable_host_defers(resolver):
         "a@outside.test"]
     assert (reply.code, reply.enhanced) == (451, "4.4.1")
     assert "mx1.outside.test[127.0.3.24]" in reply.text and "mx2.outside.test[127.0.3.25]" in reply.text
+
+
+async def test_a_host_that_greets_with_4xx_or_5xx_is_passed_over_for_the_next(resolver):
+    busy = Reply(code=421, enhanced="4.7.0", text="mx1.outside.test too busy, try later")
+    hosts = Hosts(greeting={"127.0.3.24": busy})
+    assert await MxTransport(resolver, MX, connect=hosts).deliver(_delivery("a@outside.test")) == {"a@outside.test": OK}
+    assert hosts.tried == [("mx1.outside.test", "127.0.3.24"), ("mx2.outside.test", "127.0.3.25")]
+    assert hosts.delivered == [("127.0.3.25", ["a@outside.test"])]
+    # none that would talk: deferred (as Postfix does, a 5xx greeting too), saying what each host did
+    hosts = Hosts(down=("127.0.3.25",), greeting={"127.0.3.24": Reply(code=554, enhanced="5.3.2", text="no mail")})
+    reply = (await MxTransport(resolver, MX, connect=hosts).deliver(_delivery("a@outside.test")))["a@outside.test"]
+    assert (reply.code, reply.enhanced) == (451, "4.4.1")
+    assert reply.text == ("no MX host of outside.test took it: mx1.outside.test[127.0.3.24] greeted 554 5.3.2 no mail, "
+                          "mx2.outside.test[127.0.3.25] unreachable")
 
 
 async def test_each_domain_gets_its_own_answer(resolver):

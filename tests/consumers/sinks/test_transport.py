@@ -9,7 +9,14 @@ import asyncio
 
 import pytest
 
-from consumers.sinks.transport import PIPELINE_GROUP, Delivery, SmtpClientTransport, dot_stuff, parse_reply_text
+from consumers.sinks.transport import (
+    PIPELINE_GROUP,
+    Delivery,
+    RefusedGreeting,
+    SmtpClientTransport,
+    dot_stuff,
+    parse_reply_text,
+)
 from schemas.events import Reply
 from tests.consumers.sinks.scripted_server import Script
 
@@ -232,6 +239,17 @@ async def test_refusing_greeting_applies_to_every_recipient(serve):
                                                       data=b"x\r\n"))
     assert replies == dict.fromkeys(["b@school.test", "c@school.test"],
                                     Reply(code=554, enhanced="5.3.2", text="not accepting mail"))
+
+
+async def test_a_refusing_greeting_raises_for_a_caller_with_other_hosts_and_is_answered_with_quit(serve):
+    server, port = await serve(Script(greeting="421 4.7.0 mx1.outside.test too busy"))
+    transport = SmtpClientTransport("127.0.0.1", port, lmtp=False, helo_name="mx.school.test", timeout=5.0,
+                                    skip_refusing_greeting=True)
+    with pytest.raises(RefusedGreeting) as refused:
+        await transport.deliver(Delivery(mail_from="a@ext.test", recipients=["b@outside.test"], data=b"x\r\n"))
+    assert refused.value.reply == Reply(code=421, enhanced="4.7.0", text="mx1.outside.test too busy")
+    assert str(refused.value) == "421 4.7.0 mx1.outside.test too busy"
+    assert server.seen.commands == ["QUIT"] and server.seen.data == []
 
 
 async def test_connection_refused_raises_oserror():
