@@ -72,6 +72,7 @@ __all__ = [
     "Delivered",
     "Deferred",
     "Bounced",
+    "Discarded",
     "Quarantined",
     "Held",
     "Rejected",
@@ -216,6 +217,18 @@ class Bounced(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Discarded(Event):
+    """An operator took a deferred delivery out of the queue (`poststelle queue delete`, Postfix's
+    `postsuper -d`): it is not tried again, and its sender gets no DSN."""
+
+    type: Literal["discarded"] = "discarded"
+    destination: str
+    recipient: str
+    attempt: int  # the attempts made before
+    by: str = ""  # who took it out, and why: `queue delete --by` ("helpdesk: ticket 4711")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Quarantined(Event):
     """A stage held the message for these recipients, for a person to look at."""
 
@@ -315,6 +328,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Delivered,
         Deferred,
         Bounced,
+        Discarded,
         Quarantined,
         Held,
         Rejected,

@@ -213,7 +213,12 @@ class DeliverySink:
 
     async def _process_batch(self, producer, batch: dict[TopicPartition, list]) -> None:
         records = [r for rs in batch.values() for r in rs]
-        results = await asyncio.gather(*(self._deliver_record(r) for r in records))
+        copies = [self._decode(r) for r in records]
+        if any(isinstance(c, Routed) and c.attempt > 0 for c in copies):
+            # a retry: what was written to the ledger since it was deferred (`poststelle queue delete`,
+            # a forced attempt's result) decides whether it is still wanted
+            await self.ledger.catch_up()
+        results = await asyncio.gather(*(self._deliver_record(r, c) for r, c in zip(records, copies)))
         async with producer.transaction():
             for record, events in zip(records, results):
                 for event in events:
@@ -222,22 +227,27 @@ class DeliverySink:
             offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
             await producer.send_offsets_to_transaction(offsets, self.group_id)
 
-    async def _deliver_record(self, record) -> list[Event]:
-        """The delivery events of one record, or its dead letter when it can never be delivered.
+    @staticmethod
+    def _decode(record) -> Routed | DecodeError:
+        try:
+            return decode_event(record.value or b"", expect=(Routed,))  # type: ignore[return-value]
+        except DecodeError as exc:
+            return exc
+
+    async def _deliver_record(self, record, copy: Routed | DecodeError | None = None) -> list[Event]:
+        """The delivery events of one record (`copy`: its decoded event, if already known), or its dead
+        letter when it can never be delivered.
 
         Undecodable records and copies that cannot be rendered (a `replace_part` whose part is not in
         the message, ...) are dead-lettered whole, and the sink goes on; broker trouble is not the
         record's fault and propagates.
         """
         with self.metrics.handling():
-            return await self._events_of(record)
+            return await self._events_of(record, self._decode(record) if copy is None else copy)
 
-    async def _events_of(self, record) -> list[Event]:
-        try:
-            routed = decode_event(record.value or b"", expect=(Routed,))
-        except DecodeError as exc:
-            return [await self._deadletter(record, "undecodable", str(exc))]
-        assert isinstance(routed, Routed)
+    async def _events_of(self, record, routed: Routed | DecodeError) -> list[Event]:
+        if isinstance(routed, DecodeError):
+            return [await self._deadletter(record, "undecodable", str(routed))]
         try:
             return await self.deliver(routed)
         except KafkaError:

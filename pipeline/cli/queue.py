@@ -1,8 +1,12 @@
-"""`poststelle queue`: the deferred deliveries, read from the ledger, and bringing them forward.
+"""`poststelle queue`: the deferred deliveries, read from the ledger; bringing them forward; deleting them.
 
-Like Postfix's `postqueue -p` and `postqueue -f`: the list shows every delivery whose latest state
-is `deferred`; `retry` publishes their `routed` copies again right away. The scheduled retry that
-is still waiting is then stale (the ledger shows a newer attempt) and the retry service drops it.
+Like Postfix's `postqueue -p`, `postqueue -f` and `postsuper -d`: the list shows every delivery
+whose latest state is `deferred`; `retry` publishes their `routed` copies again right away (the
+scheduled retry that is still waiting is then stale: the ledger shows a newer attempt, and the
+retry service drops it); `delete` writes a `discarded` state for each to the ledger and the event to
+the delivery topic (for analytics and `poststelle trace`): the retry service drops the waiting
+retry, no sink tries it again, and no DSN goes to the sender. A copy the retry service handed to a
+sink before the deletion may still be tried once.
 """
 from __future__ import annotations
 
@@ -11,31 +15,37 @@ import asyncio
 import sys
 
 from pipeline.bus import Topics, make_producer
-from pipeline.cli.common import settings_of
+from pipeline.cli.common import cli_actor, settings_of
 from pipeline.cli.table import format_table
 from pipeline.settings import Settings
 from pipeline.state.ledger import Ledger
-from schemas.events import Deferred, encode_event
+from schemas.events import Deferred, Discarded, encode_event
 
-__all__ = ["add_parsers", "deferred_deliveries", "retry_now", "queue_rows"]
+__all__ = ["add_parsers", "deferred_deliveries", "retry_now", "delete_deferred", "queue_rows"]
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    queue = sub.add_parser("queue", help="deferred deliveries (like postqueue -p / -f)")
-    queue.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
+    queue = sub.add_parser("queue", help="deferred deliveries (like postqueue -p / -f, postsuper -d)")
+    queue.add_argument("action", nargs="?", choices=["list", "retry", "delete"], default="list")
     queue.add_argument("ids", nargs="*", metavar="MESSAGE_ID")
-    queue.add_argument("--all", action="store_true", help="with retry: every deferred delivery")
+    queue.add_argument("--all", action="store_true", help="with retry or delete: every deferred delivery")
+    queue.add_argument("--by", default="", help="with delete: who deletes, and why (default: cli:<login>@<host>)")
     queue.set_defaults(func=cmd_queue)
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    """List deferred deliveries, or (`queue retry ID|--all`) try them now."""
+    """List deferred deliveries, or (`queue retry ID|--all`) try them now, or (`queue delete ID|--all`) drop them."""
     settings = settings_of(args)
-    if args.action == "retry":
+    if args.action in ("retry", "delete"):
         if not args.all and not args.ids:
-            print("poststelle queue retry: name message ids or --all", file=sys.stderr)
+            print(f"poststelle queue {args.action}: name message ids or --all", file=sys.stderr)
             return 2
-        chosen = asyncio.run(retry_now(settings, None if args.all else set(args.ids)))
+        chosen_ids = None if args.all else set(args.ids)
+        if args.action == "delete":
+            deleted = asyncio.run(delete_deferred(settings, chosen_ids, args.by or cli_actor()))
+            print(f"{len(deleted)} deferred deliveries deleted (no DSN to their senders)")
+            return 0
+        chosen = asyncio.run(retry_now(settings, chosen_ids))
         print(f"{len(chosen)} deferred deliveries sent for an immediate attempt")
         return 0
     columns, rows = queue_rows(asyncio.run(deferred_deliveries(settings)))
@@ -66,6 +76,30 @@ async def retry_now(settings: Settings, message_ids: set[str] | None) -> list[De
     finally:
         await producer.stop()
     return chosen
+
+
+async def delete_deferred(settings: Settings, message_ids: set[str] | None, by: str) -> list[Discarded]:
+    """Take the deferred deliveries of `message_ids` (all when None) out of the queue: a `discarded`
+    ledger state first (from then on the retry service drops their retries), then the event."""
+    topics = Topics.from_settings(settings)
+    ledger = Ledger(settings.kafka, topics.ledger, "queue")
+    producer = make_producer(settings.kafka, "queue")
+    deleted: list[Discarded] = []
+    try:
+        await ledger.start()
+        await producer.start()
+        for deferred in sorted(ledger.deferred(), key=lambda d: (d.message_id, d.recipient, d.destination)):
+            if message_ids is not None and deferred.message_id not in message_ids:
+                continue
+            event = Discarded(message_id=deferred.message_id, destination=deferred.destination,
+                              recipient=deferred.recipient, attempt=deferred.attempt, by=by)
+            await ledger.record(event)
+            await producer.send_and_wait(topics.delivery, encode_event(event), key=deferred.message_id.encode())
+            deleted.append(event)
+    finally:
+        await producer.stop()
+        await ledger.close()
+    return deleted
 
 
 def queue_rows(deferred: list[Deferred]) -> tuple[list[str], list[list]]:

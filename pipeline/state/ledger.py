@@ -1,7 +1,8 @@
 """The delivery ledger: the latest delivery state of every (message, recipient, destination).
 
 A compacted topic keyed by ``<message_id>/<recipient>/<destination>`` whose value is the latest
-event: `deferred` (waiting for a retry), or the final `delivered` / `bounced`. A sink writes the
+event: `deferred` (waiting for a retry), or the final `delivered` / `bounced` / `discarded` (an
+operator took it out of the queue: `poststelle queue delete`). A sink writes the
 entry right after the next hop answered, before the batch's offsets are committed (write-ahead), and
 reads the whole ledger at start and whenever it is assigned partitions. After a crash, the records
 re-read from the last committed offset are checked against it, so only deliveries in flight at the
@@ -17,7 +18,14 @@ from pipeline.broker import watch
 from pipeline.bus import kafka_bound
 from pipeline.settings import KafkaSettings
 from pipeline.tables import KafkaTransport
-from schemas.events import Bounced, Deferred, Delivered, decode_event, encode_event
+from schemas.events import (
+    Bounced,
+    Deferred,
+    Delivered,
+    Discarded,
+    decode_event,
+    encode_event,
+)
 
 __all__ = ["Ledger", "ledger_key", "State", "FinalEvent"]
 
@@ -26,8 +34,8 @@ log = logging.getLogger(__name__)
 # long to share one produce request (the broker's cost is per request); a delivery's entry is still
 # written before its batch commits, a few milliseconds later than alone
 LEDGER_LINGER_MS = 10
-FinalEvent = Delivered | Bounced
-State = Delivered | Bounced | Deferred
+FinalEvent = Delivered | Bounced | Discarded
+State = Delivered | Bounced | Discarded | Deferred
 
 
 def ledger_key(message_id: str, recipient: str, destination: str) -> str:
@@ -59,7 +67,7 @@ class Ledger:
             self.entries.pop(key, None)
             return
         try:
-            event = decode_event(value, expect=(Delivered, Bounced, Deferred))
+            event = decode_event(value, expect=(Delivered, Bounced, Discarded, Deferred))
         except ValueError as exc:
             log.warning("ledger: ignoring undecodable entry %r: %s", key, exc)
             return
@@ -69,7 +77,7 @@ class Ledger:
         return self.entries.get(ledger_key(message_id, recipient, destination))
 
     def final(self, message_id: str, recipient: str, destination: str) -> FinalEvent | None:
-        """The delivered/bounced event, if this delivery is done."""
+        """The delivered/bounced/discarded event, if this delivery is done."""
         state = self.state(message_id, recipient, destination)
         return None if isinstance(state, Deferred) else state
 

@@ -12,11 +12,12 @@ from typing import Any
 
 from schemas.events import (
     Bounced,
-    DeadletterReplayed,
     Deadlettered,
+    DeadletterReplayed,
     Deferred,
     Delivered,
     DeliveryAttempt,
+    Discarded,
     Edit,
     Event,
     Held,
@@ -245,6 +246,13 @@ def _action(e: QuarantineAction) -> Words:
                                          "released_as": e.released_as, "topic": e.topic, "note": e.note})
 
 
+def _discarded(e: Discarded) -> Words:
+    by = f" by {e.by}" if e.by else ""
+    return Words(f"sink:{e.destination}", f"Taken out of the queue{by}: {e.recipient} does not get it, and no "
+                 "DSN goes to the sender", {"destination": e.destination, "recipient": e.recipient,
+                                             "attempt": e.attempt, "by": e.by})
+
+
 def _digest(e: DigestSent) -> Words:
     return Words("digest", f"Listed in the quarantine digest mailed to {e.user}",
                  {"user": e.user, "entries": list(e.entries), "digest_message_id": e.digest_message_id})
@@ -253,7 +261,7 @@ def _digest(e: DigestSent) -> Words:
 _DESCRIBE: dict[type[Event], Callable[[Any], Words]] = {
     SmtpConnect: _connect, SmtpCheck: _check, SmtpReject: _reject, Received: _received,
     StageResult: _stage_result, Routed: _routed, DeliveryAttempt: _delivery, Delivered: _delivery,
-    Deferred: _delivery, Bounced: _delivery, Quarantined: _decision, Rejected: _decision, Held: _held,
+    Deferred: _delivery, Bounced: _delivery, Discarded: _discarded, Quarantined: _decision, Rejected: _decision, Held: _held,
     Deadlettered: _deadlettered, DeadletterReplayed: _replayed, QuarantineAction: _action, DigestSent: _digest,
 }
 

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pipeline.blobstore import FileBlobStore
 from schemas.events import Client, Envelope, Received, Routed, encode_event
 from schemas.ids import new_id
-from tests.integration.conftest import FULL_BOX, NO_MAILBOX, make_message, new_test_id, send, write_users
+from tests.integration.conftest import FULL_BOX, NO_MAILBOX, make_message, new_test_id, send, send_data, write_users
 
 BIG = "x" * 78 + "\r\n"
 
@@ -125,6 +125,30 @@ def test_a_delivery_past_the_delay_warning_tells_the_sender_once_and_after_the_l
     arrival = email.utils.parsedate_to_datetime(_arrival_date(delayed))
     assert email.utils.parsedate_to_datetime(fields["will-retry-until"]) - arrival == datetime.timedelta(seconds=20)
     assert email.utils.parsedate_to_datetime(delayed["Date"]) < email.utils.parsedate_to_datetime(dsn["Date"])
+
+
+def test_queue_delete_takes_a_deferred_delivery_out_for_good_without_a_dsn(stack):
+    """`poststelle queue delete` (postsuper -d): retried every 1-2 s in the test stack, the delivery is
+    not tried again once deleted, not even after the mailbox has room; the sender hears nothing."""
+    sender = "anna.schmidt@school.test"
+    test_id = new_test_id()
+    try:
+        reply = send_data(stack, _big_message(test_id, FULL_BOX), [FULL_BOX], mail_from=sender)
+        assert reply.code == 250, reply
+        stack.wait_for(lambda: reply.message_id in stack.cli("queue").stdout, timeout=30, what="the deferral")
+        done = stack.cli("queue", "delete", reply.message_id, "--by", "helpdesk: ticket 4711")
+        assert done.stdout.strip() == "1 deferred deliveries deleted (no DSN to their senders)"
+        assert reply.message_id not in stack.cli("queue").stdout
+        write_users(stack.home, quota="100M")
+        time.sleep(6)  # several retry rounds: a retry still in the queue would have delivered it by now
+        assert stack.test_ids(FULL_BOX)[test_id] == 0
+    finally:
+        write_users(stack.home, quota="1K")
+    rows = stack.wait_for(lambda: stack.sql(f"SELECT recipient, reason FROM poststelle.events WHERE type = 'discarded' "
+                                            f"AND message_id = '{reply.message_id}'"), what="the discarded event")
+    assert rows == [[FULL_BOX, "helpdesk: ticket 4711"]]
+    assert not [d for d in _dsns(stack, sender) if reply.message_id in d.as_string()]
+    assert stack.cli("queue", "delete", reply.message_id).stdout.strip().startswith("0 deferred")
 
 
 def test_killing_the_retry_service_while_deliveries_are_deferred_loses_none(stack):

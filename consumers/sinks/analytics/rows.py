@@ -27,6 +27,7 @@ from schemas.events import (
     Delivered,
     DeliveryAttempt,
     DigestSent,
+    Discarded,
     Event,
     Held,
     QuarantineAction,
@@ -126,6 +127,11 @@ def _delivery(e: DeliveryAttempt | Delivered | Deferred | Bounced) -> dict[str, 
     return row
 
 
+def _discarded(e: Discarded) -> dict[str, Any]:
+    return {"destination": e.destination, "recipient": e.recipient, "attempt": _clamp(e.attempt, 0, 2**32 - 1),
+            "reason": e.by}
+
+
 def _verdict(e: Rejected | Quarantined) -> dict[str, Any]:
     return {**_from_message(e.message), "stage": e.stage, "reason": e.reason, "recipients": list(e.recipients)}
 
@@ -189,6 +195,7 @@ _FLATTEN: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
     Delivered: _delivery,
     Deferred: _delivery,
     Bounced: _delivery,
+    Discarded: _discarded,
     Quarantined: _verdict,
     Held: _held,
     Rejected: _verdict,

@@ -7,7 +7,7 @@ stored before it inserts (`store.AnalyticsStore.insert`), and the engine collaps
 two concurrent writers could race in (only possible against a server, during a rebalance).
 
 The schema is versioned: `MIGRATIONS` are applied in order by `store.AnalyticsStore.migrate` and
-recorded in ``schema_migrations``. Each statement is safe to re-run (``IF NOT EXISTS``), so a
+recorded in ``schema_migrations``. Each statement is safe to re-run (``IF NOT EXISTS``, ``OR REPLACE``), so a
 migration interrupted between a statement and its record is simply applied again. A change to the
 schema is a new `Migration` at the end, never an edit of an old one: a store that already applied
 the old version would not see the edit.
@@ -153,6 +153,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "analyst views", _VIEWS),
     Migration(3, "SMTP-time decisions: rejections by reason, greylisting", _SMTP_VIEWS),
     Migration(4, "spam: scores per message, actions per recipient, rules on spam and ham, daily shares", _SPAM_VIEWS),
+    Migration(5, "delivery outcomes count deliveries taken out of the queue (discarded)", (
+        """CREATE OR REPLACE VIEW {db}.delivery_outcomes AS
+SELECT toDate(time) AS day, destination, type AS outcome, count() AS recipients
+FROM {db}.events WHERE type IN ('delivered', 'deferred', 'bounced', 'discarded')
+GROUP BY day, destination, outcome""",)),
 )
 
 # where the applied versions are recorded (created before the first migration is looked up)
