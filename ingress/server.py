@@ -219,9 +219,10 @@ def make_protocol(handler: IngressHandler, settings: IngressSettings, *, tls_con
                   implicit_tls: bool = False) -> Callable[[], IngressSMTP]:
     """The protocol factory of one listener.
 
-    With `tls_context` and not `implicit_tls`, STARTTLS is offered and required before anything
-    but EHLO/NOOP/QUIT (submission on 587); with `implicit_tls` the socket itself is TLS (465), so
-    AUTH needs no STARTTLS. AUTH is only ever accepted over TLS.
+    With `tls_context` and not `implicit_tls`, STARTTLS is offered: on the MX listener for those who
+    want it (RFC 3207 4: a public MX must not require it), on submission (587) required before
+    anything but EHLO/NOOP/QUIT; with `implicit_tls` the socket itself is TLS (465), so AUTH needs no
+    STARTTLS. AUTH is only ever accepted over TLS.
     """
 
     def protocol() -> IngressSMTP:
@@ -235,7 +236,7 @@ def make_protocol(handler: IngressHandler, settings: IngressSettings, *, tls_con
             timeout=settings.data_timeout,
             max_bad_commands=settings.max_bad_commands,
             tls_context=None if implicit_tls else tls_context,
-            require_starttls=tls_context is not None and not implicit_tls,
+            require_starttls=tls_context is not None and not implicit_tls and handler.listener != "mx",
             auth_require_tls=not implicit_tls,
             loop=asyncio.get_running_loop(),  # else aiosmtpd asks for it under warnings.catch_warnings()
         )
@@ -270,7 +271,8 @@ async def run_ingress(settings: Settings, stop: asyncio.Event, on_ready: Callabl
     handlers = [IngressHandler(s, blobs, sink, chains[0], listener="mx", local_domains=services.local_domains,
                                limits=limits, verdicts=verdicts, message=settings.message, segments=segments)]
     loop = asyncio.get_running_loop()
-    listeners = [(handlers[0], make_protocol(handlers[0], s), s.host, s.port, None)]
+    mx_tls = server_context(settings, "mx") if s.starttls else None
+    listeners = [(handlers[0], make_protocol(handlers[0], s, tls_context=mx_tls), s.host, s.port, None)]
     sub = settings.submission
     if sub.enabled:
         tls = server_context(settings)

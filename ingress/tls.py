@@ -1,8 +1,11 @@
-"""TLS for the submission listeners: the site's certificate, or a self-signed one for the local stack.
+"""TLS for the listeners: the site's certificate, or a self-signed one for the local stack.
 
-`submission.cert_file` and `submission.key_file` name PEM files. When both are empty, a self-signed
-certificate for `ingress.hostname` is made once with the `openssl` command into `<home>/tls/` (and
-reused on later starts), which is what the local stack runs with.
+The submission listeners (587 with STARTTLS required, 465 with implicit TLS) use `submission.cert_file`
+and `submission.key_file`; the MX listener, which offers STARTTLS to other MTAs (`ingress.starttls`),
+uses `ingress.cert_file` and `ingress.key_file`, or the submission's when those are empty. All PEM
+files. When none is set, a self-signed certificate for `ingress.hostname` is made once with the
+`openssl` command into `<home>/tls/` (and reused on later starts), which is what the local stack runs
+with. Sending MTAs rarely check the certificate of an MX (RFC 7435); DANE and MTA-STS need a real one.
 """
 from __future__ import annotations
 
@@ -40,13 +43,22 @@ def _resolve(path: str) -> Path:
     return p if p.is_absolute() else REPO_ROOT / p
 
 
-def server_context(settings: Settings) -> ssl.SSLContext:
-    """The server-side TLS context of the submission listeners (TLS 1.2 or newer)."""
-    sub = settings.submission
-    if bool(sub.cert_file) != bool(sub.key_file):
-        raise ConfigError("submission.cert_file and submission.key_file: set both, or neither for a self-signed one")
-    if sub.cert_file:
-        cert, key = _resolve(sub.cert_file), _resolve(sub.key_file)
+def _certificate_files(settings: Settings, listener: str) -> tuple[str, str, str]:
+    """(config section, cert file, key file) of the certificate `listener` uses; all "": self-signed."""
+    sections = [("submission", settings.submission)]
+    if listener == "mx":
+        sections.insert(0, ("ingress", settings.ingress))
+    for name, section in sections:
+        if bool(section.cert_file) != bool(section.key_file):
+            raise ConfigError(f"{name}.cert_file and {name}.key_file: set both, or neither for a self-signed one")
+    return next(((name, s.cert_file, s.key_file) for name, s in sections if s.cert_file), ("", "", ""))
+
+
+def server_context(settings: Settings, listener: str = "submission") -> ssl.SSLContext:
+    """The server-side TLS context (TLS 1.2 or newer) of the "submission" or the "mx" listener."""
+    section, cert_file, key_file = _certificate_files(settings, listener)
+    if cert_file:
+        cert, key = _resolve(cert_file), _resolve(key_file)
     else:
         cert, key = self_signed_certificate(settings.home / "tls", settings.ingress.hostname)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -54,5 +66,6 @@ def server_context(settings: Settings) -> ssl.SSLContext:
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"submission.cert_file: cannot load {cert} / {key}: {exc}") from None
+        where = f"{section}.cert_file" if section else f"the self-signed certificate in {cert.parent}"
+        raise ConfigError(f"{where}: cannot load {cert} / {key}: {exc}") from None
     return context

@@ -139,6 +139,11 @@ class IngressSettings:
     # Received header fields a message may carry; one more is a mail loop: 554 5.4.6 at DATA, on every
     # listener (RFC 5321 6.3; Postfix's hopcount_limit, Exim's received_headers_max)
     max_received_headers: int = 50
+    # offer STARTTLS on this (MX) listener, never require it (RFC 3207 4: a public MX must take plain
+    # SMTP too); the certificate: cert_file/key_file (PEM), both empty: the submission listeners' one
+    starttls: bool = True
+    cert_file: str = ""
+    key_file: str = ""
 
     def __post_init__(self) -> None:
         if self.max_received_headers < 1:

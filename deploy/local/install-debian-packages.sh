@@ -18,6 +18,7 @@ PACKAGES=(
   libmail-dmarc-perl
   spamd                  # spamd, spamc: bench/spamassassin_accuracy.py
   spamc
+  openssl                # the self-signed certificate of the ingress's TLS (STARTTLS on 25 and 587, 465)
   swaks                  # sending test mail
   libnet-ssleay-perl     # swaks --tls / --tls-on-connect (submission on 2587 and 2465)
   libio-socket-ssl-perl

@@ -463,6 +463,31 @@ async def test_directory_down_is_a_temporary_auth_failure(serve, tls_files):
     assert reply == "454 4.7.0 Temporary authentication failure, try again later"
 
 
+async def test_the_mx_listener_offers_starttls_without_requiring_it(serve, tls_files, tmp_path):
+    server_ctx, client_ctx = _contexts(tls_files)
+    sink, port = await serve(ssl_context=server_ctx)  # listener "mx"
+    plain, _ = await connect(port)
+    await plain.send(b"EHLO mta.ext.test\r\n")
+    ehlo = await plain.reply()
+    assert "250-STARTTLS" in ehlo and not any("AUTH" in line for line in ehlo)
+    assert (await plain.cmd("MAIL FROM:<a@ext.test>")).startswith("250 ")  # plain SMTP still welcome
+    assert (await plain.cmd("RCPT TO:<max@school.test>")).startswith("250 ")
+    encrypted, _ = await connect(port)
+    await encrypted.cmd("EHLO mta.ext.test")
+    assert (await encrypted.cmd("STARTTLS")).startswith("220 ")
+    await encrypted.writer.start_tls(client_ctx)
+    await encrypted.send(b"EHLO mta.ext.test\r\n")
+    assert not any("STARTTLS" in line for line in await encrypted.reply())  # once is enough
+    assert (await encrypted.cmd("MAIL FROM:<a@ext.test>")).startswith("250 ")
+    assert (await encrypted.cmd("RCPT TO:<max@school.test>")).startswith("250 ")
+    assert (await encrypted.cmd("DATA")).startswith("354 ")
+    assert (await encrypted.cmd(b"Subject: sealed\r\n\r\nHallo.\r\n.")).startswith("250 2.0.0 Ok: queued as ")
+    (received,) = sink.persisted
+    assert received.client.tls and received.client.helo == "mta.ext.test"
+    stored = FileBlobStore(tmp_path / "blobs").get(received.blob)
+    assert b"with ESMTPS id " + received.message_id.encode() in stored
+
+
 async def test_mx_listener_offers_no_auth(serve):
     _, port = await serve()
     client, _ = await connect(port)

@@ -278,3 +278,18 @@ def test_a_message_that_went_round_50_times_is_refused_as_a_mail_loop(stack):
         client.sendmail("sender@example.org", [MAX], b"".join(hops[1:]) + make_message(test_id))  # 50: taken
     assert wait_reject(stack, "too_many_hops") == ["hops", "data", 554, "5.4.6"]
     stack.wait_for(lambda: stack.test_ids(MAX)[test_id] == 1, what="the message that came through 50 hops")
+
+
+def test_an_mta_may_start_tls_on_the_mx_port_and_the_received_line_says_so(stack):
+    test_id = new_test_id()
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the stack's self-signed cert
+    with smtp_from(stack, "127.0.0.1") as client:
+        assert client.has_extn("starttls") and not client.has_extn("auth")
+        client.starttls(context=context)
+        client.ehlo("client.test")
+        assert not client.has_extn("starttls")
+        client.sendmail("sender@example.org", [MAX], make_message(test_id))
+    stack.wait_for(lambda: stack.test_ids(MAX)[test_id] == 1, what="the message sent over TLS")
+    (raw,) = [m for m in stack.messages(MAX) if test_id.encode() in m]
+    assert b" with ESMTPS id " in raw
