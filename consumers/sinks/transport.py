@@ -265,9 +265,10 @@ class SmtpClientTransport:
                 await self._quit(session)
             await session.close()
             return dict.fromkeys(delivery.recipients, refused.reply)
-        except (_Stale, RefusedGreeting) as exc:
-            if isinstance(exc, RefusedGreeting):
-                await self._quit_and_close(session)
+        except RefusedGreeting:
+            await self._quit_and_close(session)
+            raise
+        except _Stale:
             raise
         except BaseException:
             await session.close()

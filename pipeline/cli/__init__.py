@@ -5,7 +5,7 @@
     poststelle stop|start COMPONENT    hold a component of the running stack down / release it
     poststelle run COMPONENT           one process (see pipeline.cli.components)
     poststelle sql "SELECT ..."        query the analytics store, print a table
-    poststelle queue [retry|delete ID|--all]   deferred deliveries; try them now, or drop them (postqueue -p / -f, postsuper -d)
+    poststelle queue [retry|delete ID|--all]   deferred deliveries; try now, or drop (postqueue -p/-f, postsuper -d)
     poststelle quarantine list|show|release|delete|approve|get   the quarantine's entries; act on one
     poststelle trace ID|--recipient A  a message's timeline: SMTP checks, stages, delivery, quarantine, release
     poststelle digest send [--user ADDRESS] [--dry-run]   mail the quarantine digests now

@@ -261,8 +261,9 @@ def _digest(e: DigestSent) -> Words:
 _DESCRIBE: dict[type[Event], Callable[[Any], Words]] = {
     SmtpConnect: _connect, SmtpCheck: _check, SmtpReject: _reject, Received: _received,
     StageResult: _stage_result, Routed: _routed, DeliveryAttempt: _delivery, Delivered: _delivery,
-    Deferred: _delivery, Bounced: _delivery, Discarded: _discarded, Quarantined: _decision, Rejected: _decision, Held: _held,
-    Deadlettered: _deadlettered, DeadletterReplayed: _replayed, QuarantineAction: _action, DigestSent: _digest,
+    Deferred: _delivery, Bounced: _delivery, Discarded: _discarded, Quarantined: _decision, Rejected: _decision,
+    Held: _held, Deadlettered: _deadlettered, DeadletterReplayed: _replayed, QuarantineAction: _action,
+    DigestSent: _digest,
 }
 
 

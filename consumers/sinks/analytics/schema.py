@@ -7,8 +7,9 @@ stored before it inserts (`store.AnalyticsStore.insert`), and the engine collaps
 two concurrent writers could race in (only possible against a server, during a rebalance).
 
 The schema is versioned: `MIGRATIONS` are applied in order by `store.AnalyticsStore.migrate` and
-recorded in ``schema_migrations``. Each statement is safe to re-run (``IF NOT EXISTS``, ``OR REPLACE``), so a
-migration interrupted between a statement and its record is simply applied again. A change to the
+recorded in ``schema_migrations``. Each statement is safe to re-run (``IF NOT EXISTS``, or ``OR
+REPLACE`` for a view that changes), so a migration interrupted between a statement and its record
+is simply applied again. A change to the
 schema is a new `Migration` at the end, never an edit of an old one: a store that already applied
 the old version would not see the edit.
 """
