@@ -136,7 +136,11 @@ def test_queue_delete_takes_a_deferred_delivery_out_for_good_without_a_dsn(stack
         reply = send_data(stack, _big_message(test_id, FULL_BOX), [FULL_BOX], mail_from=sender)
         assert reply.code == 250, reply
         stack.wait_for(lambda: reply.message_id in stack.cli("queue").stdout, timeout=30, what="the deferral")
-        done = stack.cli("queue", "delete", reply.message_id, "--by", "helpdesk: ticket 4711")
+        listed = stack.cli("queue", "--from", sender).stdout
+        assert reply.message_id in listed and sender in listed
+        assert stack.cli("queue", "list", reply.message_id, "--from", "nobody@ext.test").stdout.strip() == (
+            "no deferred delivery matches")
+        done = stack.cli("queue", "delete", reply.message_id, "--from", sender, "--by", "helpdesk: ticket 4711")
         assert done.stdout.strip() == "1 deferred deliveries deleted (no DSN to their senders)"
         assert reply.message_id not in stack.cli("queue").stdout
         write_users(stack.home, quota="100M")
