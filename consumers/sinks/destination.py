@@ -82,7 +82,8 @@ def lmtp_transport(s: Any, key: str) -> SmtpClientTransport:
 
 def mx_transport(s: DestinationSettings, key: str, settings: Settings) -> MxTransport:
     """SMTP to each recipient domain's MX hosts, looked up with the resolver of `[dns]`."""
-    return MxTransport(Resolver.from_settings(settings.dns), s, key=key)
+    return MxTransport(Resolver.from_settings(settings.dns), s, key=key,
+                       own_listener=(settings.ingress.host, settings.ingress.port))
 
 
 # kind -> the function building its transport from (destination settings, config key for messages,

@@ -22,6 +22,13 @@ that greets with 220 decides: its replies are the recipients' replies (4xx: defe
 5xx: bounced), as for the smarthost. No address reachable, or none that would talk, is a 4xx
 (deferred), with what each host did in the reply.
 
+Mail loops (Postfix's "loops back to myself"): an MX host whose address and port are where this
+gateway's own MX listener takes mail (`own_listener`: `ingress.host` and `ingress.port`; with a
+wildcard host, any address of this machine) ends the list: only the hosts before it, which the
+domain prefers, are tried. When the gateway is the first, the recipients get ``554 5.4.6 mail for
+<domain> loops back to myself`` (bounced, the sender gets a DSN): the DNS or the routing table sends
+the domain's mail here, and it must be delivered locally instead.
+
 TLS (the destination's `tls`, default "opportunistic"): "opportunistic" uses STARTTLS when offered and
 accepts any certificate (RFC 7435: encryption against passive listeners; most MX certificates do not
 name the MX host); a handshake that fails is tried again at once in plain text, as Postfix does (a
@@ -39,8 +46,10 @@ import asyncio
 import ipaddress
 import logging
 import random
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import groupby
 
 from consumers.sinks.transport import (
@@ -56,13 +65,42 @@ from pipeline.destination_settings import DestinationSettings
 from pipeline.settings import REPO_ROOT, ConfigError
 from schemas.events import Reply
 
-__all__ = ["MxTransport", "MxRoute", "mx_route"]
+__all__ = ["MxTransport", "MxRoute", "mx_route", "is_own_listener"]
 
 log = logging.getLogger(__name__)
 
 NULL_MX = Reply(code=556, enhanced="5.1.10", text="recipient domain accepts no mail (null MX, RFC 7505)")
 NO_DOMAIN = Reply(code=550, enhanced="5.1.2", text="recipient domain does not exist")
 NO_HOST = Reply(code=550, enhanced="5.4.4", text="recipient domain has no mail host with an address")
+
+
+def _loops_back(domain: str) -> Reply:
+    return Reply(code=554, enhanced="5.4.6", text=f"mail for {domain} loops back to myself")
+
+
+@lru_cache(maxsize=1024)
+def _address_of_this_host(address: str) -> bool:
+    """Whether `address` is one of this machine's (a socket can be bound to it)."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    except ValueError:
+        return False
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:  # no IPv6 on this host: OSError too
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
+def is_own_listener(address: str, port: int, own_listener: tuple[str, int] | None) -> bool:
+    """Whether `address`:`port` reaches this gateway's MX listener (`own_listener`: its host and port)."""
+    if own_listener is None or port != own_listener[1]:
+        return False
+    host = own_listener[0]
+    if host in ("", "0.0.0.0", "::"):
+        return _address_of_this_host(address)
+    return address == host
 
 
 def _dns_tempfail(answer: Answer) -> Reply:
@@ -159,9 +197,10 @@ class MxTransport:
     """Delivers each recipient domain's share of a delivery to that domain's MX hosts."""
 
     def __init__(self, resolver: Resolver, settings: DestinationSettings, connect: Connector | None = None,
-                 key: str = "destinations.mx") -> None:
+                 key: str = "destinations.mx", own_listener: tuple[str, int] | None = None) -> None:
         self.resolver = resolver
         self.settings = settings
+        self.own_listener = own_listener  # (ingress.host, ingress.port): MX hosts there are this gateway
         self.tls = settings.tls or "opportunistic"  # none | opportunistic | verify
         self.connect = connect or self._smtp_client
         self.limits = _DomainLimits(settings.connections_per_domain)
@@ -198,8 +237,17 @@ class MxTransport:
         if route.failure is not None:
             log.info("mx %s: %s %s %s", domain, route.failure.code, route.failure.enhanced, route.failure.text)
             return dict.fromkeys(delivery.recipients, route.failure)
+        targets = list(route.targets)
+        ours = next((i for i, (_, address) in enumerate(targets)
+                     if is_own_listener(address, s.port, self.own_listener)), None)
+        if ours is not None:  # only the hosts the domain prefers to this gateway
+            log.warning("mx %s: %s[%s] is this gateway; %d more preferred host(s) to try", domain,
+                        targets[ours][0], targets[ours][1], ours)
+            targets = targets[:ours]
+            if not targets:
+                return dict.fromkeys(delivery.recipients, _loops_back(domain))
         tried: list[str] = []
-        for host, address in route.targets:
+        for host, address in targets:
             try:
                 replies = await self.connect(host, address, False).deliver(delivery)
                 if self.tls == "opportunistic" and tls_handshake_failed(replies):

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from consumers.sinks.destination import destination_signer, destination_transport
-from consumers.sinks.mx import NO_DOMAIN, NO_HOST, NULL_MX, MxTransport, mx_route
+from consumers.sinks.mx import NO_DOMAIN, NO_HOST, NULL_MX, MxTransport, is_own_listener, mx_route
 from consumers.sinks.transport import Delivery, RefusedGreeting, SmtpClientTransport
 from pipeline.cli.components import load_config
 from pipeline.destination_settings import DestinationSettings
@@ -124,6 +124,33 @@ async def test_a_host_that_greets_with_4xx_or_5xx_is_passed_over_for_the_next(re
     assert (reply.code, reply.enhanced) == (451, "4.4.1")
     assert reply.text == ("no MX host of outside.test took it: mx1.outside.test[127.0.3.24] greeted 554 5.3.2 no mail, "
                           "mx2.outside.test[127.0.3.25] unreachable")
+
+
+async def test_an_mx_host_that_is_this_gateway_ends_the_list_and_alone_is_a_loop(resolver):
+    # the gateway listens on every address of this machine (127.0.0.0/8 included) at the MX port
+    hosts = Hosts()
+    transport = MxTransport(resolver, MX, connect=hosts, own_listener=("0.0.0.0", MX.port))
+    reply = (await transport.deliver(_delivery("a@outside.test")))["a@outside.test"]
+    assert (reply.code, reply.enhanced, reply.text) == (554, "5.4.6", "mail for outside.test loops back to myself")
+    assert hosts.tried == []
+    # the gateway is the backup MX (mx2): only the preferred host is tried
+    hosts = Hosts(down=("127.0.3.24",))
+    transport = MxTransport(resolver, MX, connect=hosts, own_listener=("127.0.3.25", MX.port))
+    reply = (await transport.deliver(_delivery("a@outside.test")))["a@outside.test"]
+    assert (reply.code, reply.enhanced) == (451, "4.4.1") and hosts.tried == [("mx1.outside.test", "127.0.3.24")]
+    # another port is another server, even on this machine (the local stack's test MX hosts)
+    hosts = Hosts()
+    transport = MxTransport(resolver, MX, connect=hosts, own_listener=("0.0.0.0", MX.port + 1))
+    assert await transport.deliver(_delivery("a@outside.test")) == {"a@outside.test": OK}
+
+
+def test_own_listener_means_its_port_and_its_address_or_any_of_this_host():
+    assert is_own_listener("127.0.0.1", 25, ("0.0.0.0", 25))
+    assert not is_own_listener("192.0.2.77", 25, ("0.0.0.0", 25))  # TEST-NET: not an address of this host
+    assert not is_own_listener("2001:db8::25", 25, ("::", 25))  # nor this one (or no IPv6 here at all)
+    assert not is_own_listener("127.0.0.1", 25, ("0.0.0.0", 2525)) and not is_own_listener("127.0.0.1", 25, None)
+    assert is_own_listener("127.0.3.25", 25, ("127.0.3.25", 25)) and not is_own_listener("127.0.3.24", 25,
+                                                                                          ("127.0.3.25", 25))
 
 
 async def test_each_domain_gets_its_own_answer(resolver):
